@@ -1,0 +1,55 @@
+//! Released payload versions that are no longer written, and their upcasters.
+//! Readers only ever see the newest version: [`upcast`] turns old bytes into it.
+
+use super::user::UserRegistered;
+use super::Event;
+use crate::error::CodecError;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `user.registered` v1, as released first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRegisteredV1 {
+    pub user_id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub password_hash: String,
+    pub verification_token_hash: String,
+    pub verification_expires_at: i64,
+}
+
+/// Locale given to accounts registered before v2 recorded one.
+pub const DEFAULT_LOCALE: &str = "en";
+
+impl From<UserRegisteredV1> for UserRegistered {
+    fn from(v1: UserRegisteredV1) -> Self {
+        UserRegistered {
+            user_id: v1.user_id,
+            email: v1.email,
+            username: v1.username,
+            first_name: v1.first_name,
+            last_name: v1.last_name,
+            phone_number: None,
+            locale: DEFAULT_LOCALE.to_string(),
+            password_hash: v1.password_hash,
+            verification_token_hash: v1.verification_token_hash,
+            verification_expires_at: v1.verification_expires_at,
+        }
+    }
+}
+
+/// Every released (event_type, schema_version) that is older than the current one.
+pub const LEGACY_VERSIONS: &[(&str, u16)] = &[("user.registered", 1)];
+
+/// Decodes an old version and upcasts it; `None` if (`event_type`, `version`) is not a legacy version.
+pub(super) fn upcast(event_type: &str, version: u16, bytes: &[u8]) -> Option<Result<Event, CodecError>> {
+    match (event_type, version) {
+        ("user.registered", 1) => Some(
+            super::decode_as::<UserRegisteredV1>(event_type, version, bytes)
+                .map(|v1| Event::UserRegistered(v1.into())),
+        ),
+        _ => None,
+    }
+}

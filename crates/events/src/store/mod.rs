@@ -1,0 +1,142 @@
+//! The [`EventStore`] trait and its backends.
+//!
+//! Invariants every backend keeps (and `tests/conformance.rs` checks):
+//! - positions are dense: the log holds exactly positions `1..=head`;
+//! - a position is visible to readers only once every lower position is;
+//! - an append is acknowledged only after its commit is durable;
+//! - an append that fails wrote nothing.
+
+
+mod postgres;
+mod sqlite;
+mod subscription;
+
+
+pub use postgres::{PostgresConfig, PostgresStore};
+pub use sqlite::{SqliteConfig, SqliteStore};
+pub use subscription::Subscription;
+
+use crate::envelope::{AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use crate::limits::MAX_EVENTS_PER_APPEND;
+use async_trait::async_trait;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// An append-only, globally ordered log of versioned events.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` atomically if the stream is at `expected`.
+    /// Returns once the events are durable; the returned position is the consistency token.
+    ///
+    /// Re-appending events whose ids are already recorded, in the same stream and
+    /// order, succeeds without writing and returns the original result.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// Events of one stream with `stream_version >= from_version`, at most `limit`.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Events with `position >= from_position` in position order, at most `limit`.
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the last committed event (0 for an empty log).
+    async fn head_position(&self) -> Result<u64, StoreError>;
+
+    /// Counts for operators.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// A receiver that changes whenever this store learns of a new head position
+    /// (its own commits, and other writers' where the backend can tell).
+    fn head_watch(&self) -> watch::Receiver<u64>;
+
+    /// Backend name, e.g. `sqlite`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Catch-up-then-live subscription to the whole log from `from_position` (inclusive).
+pub fn subscribe_all(store: Arc<dyn EventStore>, from_position: u64) -> Subscription {
+    Subscription::new(store, from_position)
+}
+
+/// Counts of the log, by event type.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStats {
+    pub backend: &'static str,
+    pub head_position: u64,
+    pub events: u64,
+    pub streams: u64,
+    /// (event_type, schema_version, count), sorted by type.
+    pub by_type: Vec<(String, u16, u64)>,
+    /// Bytes on disk, where the backend can tell.
+    pub size_bytes: Option<u64>,
+}
+
+/// Opens a store from a URL: `sqlite://<path to file>` or `postgres://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(StoreError::InvalidUrl { url: url.into(), reason: "no file path after sqlite://".into() });
+        }
+        let store = SqliteStore::open(SqliteConfig::new(path)).await?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(PostgresConfig::new(url)).await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::InvalidUrl {
+            url: url.into(),
+            reason: "expected sqlite://<file> or postgres://user@host/db".into(),
+        })
+    }
+}
+
+/// Checks an append's arguments the same way in every backend; returns each event's encoded metadata.
+pub(crate) fn validate_append(events: &[EventData]) -> Result<Vec<Vec<u8>>, StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::EmptyAppend);
+    }
+    if events.len() > MAX_EVENTS_PER_APPEND {
+        return Err(StoreError::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_APPEND });
+    }
+    events.iter().map(EventData::validate).collect()
+}
+
+/// How an append relates to events already in the log with the same ids.
+pub(crate) enum Existing {
+    /// None of the ids is recorded.
+    New,
+    /// All are recorded, consecutively in this stream: the append already happened.
+    Replay(AppendResult),
+}
+
+/// Decides whether an append whose first event id is recorded at `found` is an
+/// exact re-append. `found` lists (event_id, stream, version, position) for the
+/// ids that exist, in the append's order.
+pub(crate) fn classify_existing(
+    stream: &StreamId,
+    events: &[EventData],
+    found: &[(uuid::Uuid, String, u64, u64)],
+) -> Result<Existing, StoreError> {
+    let Some(first) = found.first() else { return Ok(Existing::New) };
+    let exact = found.len() == events.len()
+        && found.iter().zip(events).enumerate().all(|(i, ((id, s, v, p), e))| {
+            *id == e.event_id && s == stream.as_str() && *v == first.2 + i as u64 && *p == first.3 + i as u64
+        });
+    if exact {
+        let last = found.last().expect("non-empty");
+        return Ok(Existing::Replay(AppendResult { first_position: first.3, position: last.3, stream_version: last.2 }));
+    }
+    let (event_id, s, _, position) = first.clone();
+    Err(StoreError::DuplicateEventId { event_id, stream: s, position })
+}

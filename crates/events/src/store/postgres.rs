@@ -1,0 +1,445 @@
+//! The PostgreSQL backend (sqlx).
+//!
+//! Ordering without holes: positions do not come from a sequence (sequence
+//! values commit out of order, so a reader could see position 11 before 10 and
+//! skip 10 for ever). Every appending transaction first locks the one row of
+//! `log_head`, takes the next positions from it, inserts, moves the head and
+//! commits. PostgreSQL makes a commit visible before it releases the
+//! transaction's row locks, so the next writer — in this process or any other —
+//! can only take positions after the previous ones are visible: readers see
+//! positions strictly in order, and a failed append leaves no hole.
+//!
+//! Group commit: each store instance has one writer task that takes every
+//! append waiting and runs them in one transaction (one lock, one fsync).
+//! Readers learn of new commits through `LISTEN/NOTIFY`, with polling as a fallback.
+
+use super::{classify_existing, validate_append, EventStore, Existing, StoreStats};
+use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgPool, Row};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const BACKEND: &str = "postgres";
+/// Most events one group commit gathers.
+const MAX_BATCH_EVENTS: usize = 20_000;
+
+/// How to connect a [`PostgresStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url: String,
+    /// Schema holding the log tables (created if missing); `None`: the connection's default.
+    pub schema: Option<String>,
+    pub max_connections: u32,
+    /// Share one transaction among all appends waiting (default). Off: one per append.
+    pub group_commit: bool,
+}
+
+impl PostgresConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig { url: url.into(), schema: None, max_connections: 10, group_commit: true }
+    }
+
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+}
+
+struct AppendRequest {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<EventData>,
+    metadata: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// The PostgreSQL event store. Many instances (in many processes) may share one log.
+pub struct PostgresStore {
+    pool: PgPool,
+    writer: mpsc::Sender<AppendRequest>,
+    head: watch::Receiver<u64>,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::unavailable(BACKEND, e)
+}
+
+fn valid_schema(schema: &str) -> bool {
+    !schema.is_empty()
+        && schema.len() <= 40
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if asked, and runs the migrations in `migrations/postgres`.
+    pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
+        let invalid = |reason: String| StoreError::InvalidUrl { url: redact(&config.url), reason };
+        let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
+        if let Some(schema) = &config.schema {
+            if !valid_schema(schema) {
+                return Err(invalid(format!("schema '{schema}' is not a lower-case identifier of at most 40 bytes")));
+            }
+            let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(db_err)?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await.map_err(db_err)?;
+            conn.close().await.map_err(db_err)?;
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("../../migrations/postgres").run(&pool).await.map_err(db_err)?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&pool).await.map_err(db_err)?;
+        let (head_tx, head_rx) = watch::channel(head as u64);
+        let channel = format!("perfect21_{}", config.schema.as_deref().unwrap_or("log"));
+        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), head_tx.clone()));
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run_writer(pool.clone(), rx, head_tx, channel, config.group_commit));
+        Ok(PostgresStore { pool, writer: tx, head: head_rx, listener })
+    }
+
+    /// The connection pool (for tools and benchmarks that share it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn advance(head_tx: &watch::Sender<u64>, head: u64) {
+    head_tx.send_if_modified(|h| {
+        let moved = head > *h;
+        *h = (*h).max(head);
+        moved
+    });
+}
+
+async fn listen(pool: PgPool, channel: String, head_tx: watch::Sender<u64>) {
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        if let Ok(mut l) = listener.await {
+            while let Ok(n) = l.recv().await {
+                if let Ok(head) = n.payload().parse::<u64>() {
+                    advance(&head_tx, head);
+                }
+            }
+        }
+        // Subscribers poll meanwhile; try again shortly.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn run_writer(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    head_tx: watch::Sender<u64>,
+    channel: String,
+    group: bool,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut events = first.events.len();
+        let mut batch = vec![first];
+        while group && events < MAX_BATCH_EVENTS {
+            match rx.try_recv() {
+                Ok(request) => {
+                    events += request.events.len();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&pool, &batch, &channel).await {
+            Ok((results, head)) => {
+                advance(&head_tx, head);
+                for (request, result) in batch.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = format!(
+                    "append transaction failed ({e}); if the commit itself was cut off the events may \
+                     be recorded: retry with the same event ids, which is idempotent"
+                );
+                for request in batch {
+                    let _ = request.reply.send(Err(db_err(&message)));
+                }
+            }
+        }
+    }
+}
+
+/// Rows to insert, column by column (for `UNNEST`).
+#[derive(Default)]
+struct Columns {
+    position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    stream_id: Vec<String>,
+    stream_version: Vec<i64>,
+    event_type: Vec<String>,
+    schema_version: Vec<i16>,
+    recorded_at: Vec<DateTime<Utc>>,
+    metadata: Vec<Vec<u8>>,
+    payload: Vec<Vec<u8>>,
+}
+
+const INSERT: &str = "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+    schema_version, recorded_at, metadata, payload) SELECT * FROM UNNEST($1::bigint[], $2::uuid[], \
+    $3::text[], $4::bigint[], $5::text[], $6::smallint[], $7::timestamptz[], $8::bytea[], $9::bytea[])";
+
+type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
+
+async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> Result<BatchOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The head lock: serialises appenders across all processes until our commit is visible.
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE").fetch_one(&mut *tx).await?;
+    let mut head = head as u64;
+    let start_head = head;
+
+    let ids: Vec<Uuid> = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+    let mut known: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
+    for row in sqlx::query("SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        known.insert(row.get(0), (row.get(1), row.get::<i64, _>(2) as u64, row.get::<i64, _>(3) as u64));
+    }
+    let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect::<HashSet<_>>().into_iter().collect();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    for row in sqlx::query("SELECT stream_id, max(stream_version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id")
+        .bind(&streams)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        versions.insert(row.get(0), row.get::<i64, _>(1) as u64);
+    }
+
+    let recorded_at = Utc::now();
+    let mut cols = Columns::default();
+    let mut results = Vec::with_capacity(batch.len());
+    for request in batch {
+        let outcome = decide(request, head, &known, &versions);
+        if let Ok(result) = &outcome {
+            if result.position > head {
+                let first_version = result.stream_version + 1 - request.events.len() as u64;
+                for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
+                    let (position, version) = (head + 1 + i as u64, first_version + i as u64);
+                    known.insert(event.event_id, (request.stream.to_string(), version, position));
+                    cols.position.push(position as i64);
+                    cols.event_id.push(event.event_id);
+                    cols.stream_id.push(request.stream.to_string());
+                    cols.stream_version.push(version as i64);
+                    cols.event_type.push(event.event_type.clone());
+                    cols.schema_version.push(event.schema_version as i16);
+                    cols.recorded_at.push(recorded_at);
+                    cols.metadata.push(metadata.clone());
+                    cols.payload.push(event.payload.clone());
+                }
+                versions.insert(request.stream.to_string(), result.stream_version);
+                head = result.position;
+            }
+        }
+        results.push(outcome);
+    }
+    if head == start_head {
+        tx.rollback().await?;
+        return Ok((results, head));
+    }
+    sqlx::query(INSERT)
+        .bind(&cols.position)
+        .bind(&cols.event_id)
+        .bind(&cols.stream_id)
+        .bind(&cols.stream_version)
+        .bind(&cols.event_type)
+        .bind(&cols.schema_version)
+        .bind(&cols.recorded_at)
+        .bind(&cols.metadata)
+        .bind(&cols.payload)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("WITH moved AS (UPDATE log_head SET position = $1 WHERE id RETURNING position) \
+                 SELECT pg_notify($2, position::text) FROM moved")
+        .bind(head as i64)
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((results, head))
+}
+
+/// Decides one append of a batch against the log as it stands inside the batch's transaction.
+fn decide(
+    request: &AppendRequest,
+    head: u64,
+    known: &HashMap<Uuid, (String, u64, u64)>,
+    versions: &HashMap<String, u64>,
+) -> Result<AppendResult, StoreError> {
+    let stream = &request.stream;
+    let found: Vec<_> = request
+        .events
+        .iter()
+        .filter_map(|e| known.get(&e.event_id).map(|(s, v, p)| (e.event_id, s.clone(), *v, *p)))
+        .collect();
+    if let Existing::Replay(result) = classify_existing(stream, &request.events, &found)? {
+        return Ok(result);
+    }
+    let mut seen = HashSet::with_capacity(request.events.len());
+    for (i, e) in request.events.iter().enumerate() {
+        if !seen.insert(e.event_id) {
+            return Err(StoreError::DuplicateEventId {
+                event_id: e.event_id,
+                stream: stream.to_string(),
+                position: head + 1 + i as u64,
+            });
+        }
+    }
+    let actual = versions.get(stream.as_str()).copied();
+    if !request.expected.admits(actual) {
+        return Err(StoreError::WrongExpectedVersion { stream: stream.to_string(), expected: request.expected, actual });
+    }
+    let n = request.events.len() as u64;
+    let first_version = actual.map_or(0, |v| v + 1);
+    Ok(AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 })
+}
+
+const SELECT: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+                      recorded_at, metadata, payload FROM events";
+
+fn to_event(row: PgRow) -> Result<RecordedEvent, StoreError> {
+    let position = row.try_get::<i64, _>(0).map_err(db_err)? as u64;
+    let metadata: Vec<u8> = row.try_get(7).map_err(db_err)?;
+    Ok(RecordedEvent {
+        position,
+        event_id: row.try_get(1).map_err(db_err)?,
+        stream_id: row.try_get(2).map_err(db_err)?,
+        stream_version: row.try_get::<i64, _>(3).map_err(db_err)? as u64,
+        event_type: row.try_get(4).map_err(db_err)?,
+        schema_version: row.try_get::<i16, _>(5).map_err(db_err)? as u16,
+        recorded_at: row.try_get(6).map_err(db_err)?,
+        metadata: Metadata::decode(&metadata)
+            .map_err(|e| StoreError::Corrupt { position, reason: e.to_string() })?,
+        payload: row.try_get(8).map_err(db_err)?,
+    })
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let metadata = validate_append(&events)?;
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
+        self.writer.send(request).await.map_err(|_| db_err("the writer task has stopped"))?;
+        answer.await.map_err(|_| db_err("the writer task stopped before answering"))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        sqlx::query(&format!("{SELECT} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"))
+            .bind(stream.as_str())
+            .bind(from_version as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(to_event)
+            .collect()
+    }
+
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        sqlx::query(&format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2"))
+            .bind(from_position as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(to_event)
+            .collect()
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let head: i64 =
+            sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&self.pool).await.map_err(db_err)?;
+        Ok(head as u64)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*), count(DISTINCT stream_id), (SELECT position FROM log_head), \
+             pg_total_relation_size('events') FROM events",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let by_type = sqlx::query(
+            "SELECT event_type, schema_version, count(*) FROM events \
+             GROUP BY event_type, schema_version ORDER BY event_type, schema_version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i16, _>(1) as u16, r.get::<i64, _>(2) as u64))
+        .collect();
+        Ok(StoreStats {
+            backend: BACKEND,
+            events: row.get::<i64, _>(0) as u64,
+            streams: row.get::<i64, _>(1) as u64,
+            head_position: row.get::<i64, _>(2) as u64,
+            size_bytes: Some(row.get::<i64, _>(3) as u64),
+            by_type,
+        })
+    }
+
+    fn head_watch(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+}

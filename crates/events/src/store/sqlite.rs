@@ -1,0 +1,394 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! One writer thread owns the write connection. Appends queue up for it; it
+//! takes every append waiting (up to a bound), runs them in one IMMEDIATE
+//! transaction, each inside its own savepoint so that one append's failure
+//! leaves the others intact, commits once (`synchronous=FULL`: the WAL is
+//! fsync'd) and only then answers each caller: group commit. Readers use their
+//! own connections on the blocking pool.
+
+use super::{classify_existing, validate_append, EventStore, Existing, StoreStats};
+use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+const BACKEND: &str = "sqlite";
+const SCHEMA: &str = include_str!("../../../../migrations/sqlite/0001_events.sql");
+const SCHEMA_VERSION: i64 = 1;
+/// Most events one group commit gathers.
+const MAX_BATCH_EVENTS: usize = 20_000;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    /// Share one commit among all appends waiting (default). Off: one commit per append.
+    pub group_commit: bool,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteConfig { path: path.into(), group_commit: true }
+    }
+}
+
+struct AppendRequest {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<EventData>,
+    metadata: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// The SQLite event store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<AppendRequest>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    head: watch::Receiver<u64>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::unavailable(BACKEND, e)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the log file at `config.path`.
+    pub async fn open(config: SqliteConfig) -> Result<Self, StoreError> {
+        let path = config.path.clone();
+        let (conn, head) = tokio::task::spawn_blocking(move || open_writer(&path))
+            .await
+            .map_err(db_err)??;
+        let (head_tx, head_rx) = watch::channel(head);
+        let (tx, rx) = mpsc::channel(4096);
+        let group = config.group_commit;
+        std::thread::Builder::new()
+            .name("perfect21-sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx, head_tx, group))
+            .map_err(db_err)?;
+        Ok(SqliteStore { path: config.path, writer: tx, readers: Arc::new(Mutex::new(Vec::new())), head: head_rx })
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().expect("reader pool").pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&path).map_err(db_err)?,
+            };
+            let out = f(&conn).map_err(db_err);
+            readers.lock().expect("reader pool").push(conn);
+            out
+        })
+        .await
+        .map_err(db_err)?
+    }
+}
+
+fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| db_err(format!("cannot create data directory {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open(path).map_err(|e| db_err(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(db_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(db_err(format!("{} cannot use WAL mode (got {mode})", path.display())));
+    }
+    // FULL: in WAL mode every commit fsyncs the WAL, so an acknowledged append survives a power cut.
+    conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(db_err(format!(
+            "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))
+            .map_err(db_err)?;
+    }
+    let head = query_head(&conn).map_err(db_err)?;
+    Ok((conn, head))
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+fn query_head(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get::<_, i64>(0)).map(|h| h as u64)
+}
+
+fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: watch::Sender<u64>, group: bool) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut events = first.events.len();
+        let mut batch = vec![first];
+        while group && events < MAX_BATCH_EVENTS {
+            match rx.try_recv() {
+                Ok(request) => {
+                    events += request.events.len();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&mut conn, &batch) {
+            Ok((results, head)) => {
+                head_tx.send_if_modified(|h| {
+                    let moved = head > *h;
+                    *h = (*h).max(head);
+                    moved
+                });
+                for (request, result) in batch.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = format!("commit failed, nothing of this append was written: {e}");
+                for request in batch {
+                    let _ = request.reply.send(Err(db_err(&message)));
+                }
+            }
+        }
+    }
+}
+
+type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
+
+fn commit_batch(conn: &mut Connection, batch: &[AppendRequest]) -> rusqlite::Result<BatchOutcome> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Read the head inside the write lock: another process may have appended.
+    let mut head = query_head(&tx)?;
+    let recorded_at = to_micros(chrono::Utc::now());
+    let mut results = Vec::with_capacity(batch.len());
+    for request in batch {
+        let sp = tx.savepoint()?;
+        let outcome = append_one(&sp, request, head, recorded_at);
+        match &outcome {
+            Ok(result) if result.position > head => {
+                head = result.position;
+                sp.commit()?;
+            }
+            // Dropping the savepoint rolls back whatever this append wrote.
+            _ => drop(sp),
+        }
+        results.push(outcome);
+    }
+    tx.commit()?;
+    Ok((results, head))
+}
+
+fn append_one(
+    conn: &Connection,
+    request: &AppendRequest,
+    head: u64,
+    recorded_at: i64,
+) -> Result<AppendResult, StoreError> {
+    let events = &request.events;
+    let stream = &request.stream;
+    let first_found = find_event(conn, events[0].event_id).map_err(db_err)?;
+    if first_found.is_some() {
+        let found = events
+            .iter()
+            .map(|e| find_event(conn, e.event_id).map(|f| f.map(|(s, v, p)| (e.event_id, s, v, p))))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err)?;
+        let found: Vec<_> = found.into_iter().flatten().collect();
+        if let Existing::Replay(result) = classify_existing(stream, events, &found)? {
+            return Ok(result);
+        }
+    }
+    let actual: Option<i64> = conn
+        .query_row("SELECT max(stream_version) FROM events WHERE stream_id = ?1", [stream.as_str()], |r| r.get(0))
+        .map_err(db_err)?;
+    let actual = actual.map(|v| v as u64);
+    if !request.expected.admits(actual) {
+        return Err(StoreError::WrongExpectedVersion {
+            stream: stream.to_string(),
+            expected: request.expected,
+            actual,
+        });
+    }
+    let first_version = actual.map_or(0, |v| v + 1);
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
+             recorded_at, metadata, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(db_err)?;
+    for (i, (event, metadata)) in events.iter().zip(&request.metadata).enumerate() {
+        let inserted = insert.execute(params![
+            (head + 1 + i as u64) as i64,
+            event.event_id.as_bytes().as_slice(),
+            stream.as_str(),
+            (first_version + i as u64) as i64,
+            event.event_type,
+            event.schema_version,
+            recorded_at,
+            metadata,
+            event.payload,
+        ]);
+        if let Err(e) = inserted {
+            // A later event id of this append already exists (or repeats inside it).
+            if let Ok(Some((s, _, p))) = find_event(conn, event.event_id) {
+                return Err(StoreError::DuplicateEventId { event_id: event.event_id, stream: s, position: p });
+            }
+            if events[..i].iter().any(|e| e.event_id == event.event_id) {
+                return Err(StoreError::DuplicateEventId {
+                    event_id: event.event_id,
+                    stream: stream.to_string(),
+                    position: head + 1 + i as u64,
+                });
+            }
+            return Err(db_err(e));
+        }
+    }
+    let n = events.len() as u64;
+    Ok(AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 })
+}
+
+fn find_event(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<(String, u64, u64)>> {
+    conn.prepare_cached("SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1")?
+        .query_row([id.as_bytes().as_slice()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+        })
+        .optional()
+}
+
+const SELECT: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+                      recorded_at, metadata, payload FROM events";
+
+fn read_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<RecordedEvent>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        let position = r.get::<_, i64>(0)? as u64;
+        let id: Vec<u8> = r.get(1)?;
+        let metadata: Vec<u8> = r.get(7)?;
+        let bad = |reason: String| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Blob,
+                Box::new(StoreError::Corrupt { position, reason }),
+            )
+        };
+        Ok(RecordedEvent {
+            position,
+            event_id: Uuid::from_slice(&id).map_err(|e| bad(format!("event id: {e}")))?,
+            stream_id: r.get(2)?,
+            stream_version: r.get::<_, i64>(3)? as u64,
+            event_type: r.get(4)?,
+            schema_version: r.get(5)?,
+            recorded_at: from_micros(r.get(6)?),
+            metadata: crate::envelope::Metadata::decode(&metadata).map_err(|e| bad(e.to_string()))?,
+            payload: r.get(8)?,
+        })
+    })?;
+    rows.collect()
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let metadata = validate_append(&events)?;
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
+        self.writer.send(request).await.map_err(|_| db_err("the writer thread has stopped"))?;
+        answer.await.map_err(|_| db_err("the writer thread stopped before answering"))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.to_string();
+        self.with_reader(move |c| {
+            read_rows(
+                c,
+                &format!("{SELECT} WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"),
+                params![stream, from_version as i64, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.with_reader(move |c| {
+            read_rows(
+                c,
+                &format!("{SELECT} WHERE position >= ?1 ORDER BY position LIMIT ?2"),
+                params![from_position as i64, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        self.with_reader(query_head).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let size = ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum();
+        let mut stats = self
+            .with_reader(|c| {
+                let (events, streams, head) = c.query_row(
+                    "SELECT count(*), count(DISTINCT stream_id), coalesce(max(position), 0) FROM events",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+                )?;
+                let mut stmt = c.prepare(
+                    "SELECT event_type, schema_version, count(*) FROM events \
+                     GROUP BY event_type, schema_version ORDER BY event_type, schema_version",
+                )?;
+                let by_type = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(StoreStats { backend: BACKEND, head_position: head, events, streams, by_type, size_bytes: None })
+            })
+            .await?;
+        stats.size_bytes = Some(size);
+        Ok(stats)
+    }
+
+    fn head_watch(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+}

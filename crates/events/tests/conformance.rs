@@ -1,0 +1,419 @@
+//! One conformance suite, run unchanged against every backend.
+//!
+//! Each case takes a `TestLog`: a fresh, empty log that can be opened more than
+//! once (a second instance stands for another process writing the same log).
+//! The PostgreSQL cases need the server named by `PERFECT21_TEST_POSTGRES`
+//! (default `postgres://postgres@127.0.0.1:5432/test`); they fail, not skip, without it.
+
+use perfect21_events::catalog::*;
+use perfect21_events::store::{PostgresConfig, PostgresStore, SqliteConfig, SqliteStore};
+use perfect21_events::{
+    subscribe_all, CodecError, EventData, EventStore, ExpectedVersion, Metadata, StoreError, StreamId,
+};
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+type Open = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Arc<dyn EventStore>> + Send>> + Send + Sync>;
+
+/// A fresh log, openable several times.
+struct TestLog {
+    open: Open,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestLog {
+    async fn open(&self) -> Arc<dyn EventStore> {
+        (self.open)().await
+    }
+}
+
+async fn sqlite_log() -> TestLog {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    TestLog {
+        open: Box::new(move || {
+            let path = path.clone();
+            Box::pin(async move {
+                Arc::new(SqliteStore::open(SqliteConfig::new(path)).await.unwrap()) as Arc<dyn EventStore>
+            })
+        }),
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres_log() -> TestLog {
+    let url = std::env::var("PERFECT21_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let schema = format!("p21t_{}", Uuid::new_v4().simple());
+    TestLog {
+        open: Box::new(move || {
+            let config = PostgresConfig::new(url.clone()).with_schema(schema.clone());
+            Box::pin(async move {
+                Arc::new(PostgresStore::connect(config).await.expect("PostgreSQL reachable")) as Arc<dyn EventStore>
+            })
+        }),
+        _dir: None,
+    }
+}
+
+fn stream(category: &str) -> StreamId {
+    StreamId::of(category, Uuid::new_v4()).unwrap()
+}
+
+fn verified(user_id: Uuid) -> EventData {
+    EventData::new(&Event::UserEmailVerified(UserEmailVerified { user_id }), meta()).unwrap()
+}
+
+fn meta() -> Metadata {
+    Metadata {
+        correlation_id: Some(Uuid::now_v7()),
+        actor: Some("service:conformance".into()),
+        client_ip: Some("127.0.0.1".into()),
+        user_agent: Some("conformance/1".into()),
+        ..Metadata::default()
+    }
+}
+
+fn batch(n: usize) -> Vec<EventData> {
+    (0..n).map(|_| verified(Uuid::new_v4())).collect()
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn append_and_read_back(log: TestLog) {
+        let store = log.open().await;
+        assert_eq!(store.head_position().await.unwrap(), 0);
+        let s = stream("user");
+        let user_id = Uuid::now_v7();
+        let events = vec![
+            Event::RoleAssigned(RoleAssigned { user_id, role_id: "admin".into(), expires_at: None }),
+            Event::UserLoginFailed(UserLoginFailed {
+                user_id,
+                reason: "bad_password".into(),
+                failure_count: 1,
+                risk_score: 0.25,
+            }),
+            Event::UserEmailVerified(UserEmailVerified { user_id }),
+        ];
+        let data: Vec<_> = events.iter().map(|e| EventData::new(e, meta()).unwrap()).collect();
+        let r = store.append(&s, ExpectedVersion::NoStream, data.clone()).await.unwrap();
+        assert_eq!((r.first_position, r.position, r.stream_version), (1, 3, 2));
+        assert_eq!(store.head_position().await.unwrap(), 3);
+
+        let read = store.read_stream(&s, 0, 100).await.unwrap();
+        assert_eq!(read.len(), 3);
+        for (i, (rec, sent)) in read.iter().zip(&data).enumerate() {
+            assert_eq!(rec.stream_version, i as u64);
+            assert_eq!(rec.position, 1 + i as u64);
+            assert_eq!(rec.event_id, sent.event_id);
+            assert_eq!(rec.stream_id, s.as_str());
+            assert_eq!(rec.metadata, sent.metadata);
+            assert_eq!(rec.decode().unwrap(), events[i]);
+            assert!((chrono::Utc::now() - rec.recorded_at).num_seconds().abs() < 60);
+        }
+        assert_eq!(store.read_all(0, 100).await.unwrap(), read);
+        assert_eq!(store.read_stream(&s, 2, 100).await.unwrap(), read[2..]);
+        assert!(store.read_stream(&stream("user"), 0, 10).await.unwrap().is_empty());
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.events, stats.streams, stats.head_position), (3, 1, 3));
+        assert_eq!(stats.by_type.len(), 3);
+    }
+
+    pub async fn expected_version_is_enforced(log: TestLog) {
+        let store = log.open().await;
+        let s = stream("user");
+        let missing = store.append(&s, ExpectedVersion::StreamExists, batch(1)).await.unwrap_err();
+        assert!(
+            matches!(&missing, StoreError::WrongExpectedVersion { actual: None, expected: ExpectedVersion::StreamExists, .. }),
+            "{missing:?}"
+        );
+        let missing = store.append(&s, ExpectedVersion::Exact(0), batch(1)).await.unwrap_err();
+        assert!(matches!(missing, StoreError::WrongExpectedVersion { actual: None, .. }));
+        store.append(&s, ExpectedVersion::NoStream, batch(3)).await.unwrap();
+
+        let err = store.append(&s, ExpectedVersion::NoStream, batch(2)).await.unwrap_err();
+        match &err {
+            StoreError::WrongExpectedVersion { stream, expected, actual } => {
+                assert_eq!(stream, s.as_str());
+                assert_eq!(*expected, ExpectedVersion::NoStream);
+                assert_eq!(*actual, Some(2));
+            }
+            other => panic!("expected WrongExpectedVersion, got {other:?}"),
+        }
+        assert!(err.to_string().contains("at version 2"), "{err}");
+        let err = store.append(&s, ExpectedVersion::Exact(1), batch(2)).await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongExpectedVersion { actual: Some(2), expected: ExpectedVersion::Exact(1), .. }));
+        assert_eq!(store.head_position().await.unwrap(), 3, "failed appends wrote nothing");
+
+        let r = store.append(&s, ExpectedVersion::Exact(2), batch(1)).await.unwrap();
+        assert_eq!(r.stream_version, 3);
+        let r = store.append(&s, ExpectedVersion::StreamExists, batch(1)).await.unwrap();
+        assert_eq!(r.stream_version, 4);
+        let r = store.append(&s, ExpectedVersion::Any, batch(2)).await.unwrap();
+        assert_eq!((r.stream_version, r.position), (6, 7));
+        let r = store.append(&stream("session"), ExpectedVersion::Any, batch(1)).await.unwrap();
+        assert_eq!((r.stream_version, r.position), (0, 8));
+    }
+
+    pub async fn concurrent_appends_with_one_expected_version_one_wins(log: TestLog) {
+        let store = log.open().await;
+        let other = log.open().await;
+        let s = stream("role");
+        for round in 0..5u64 {
+            let expected = if round == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(round - 1) };
+            let tasks: Vec<_> = (0..24)
+                .map(|i| {
+                    let store = if i % 2 == 0 { store.clone() } else { other.clone() };
+                    let s = s.clone();
+                    tokio::spawn(async move { store.append(&s, expected, batch(1)).await })
+                })
+                .collect();
+            let mut wins = 0;
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(r) => {
+                        wins += 1;
+                        assert_eq!(r.stream_version, round);
+                    }
+                    Err(StoreError::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Some(round)),
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+            }
+            assert_eq!(wins, 1, "round {round}: exactly one append may win");
+        }
+        assert_eq!(store.read_stream(&s, 0, 100).await.unwrap().len(), 5);
+        assert_eq!(store.head_position().await.unwrap(), 5);
+    }
+
+    pub async fn appends_are_atomic(log: TestLog) {
+        let store = log.open().await;
+        let s = stream("user");
+        let first = batch(5);
+        let r = store.append(&s, ExpectedVersion::NoStream, first.clone()).await.unwrap();
+        assert_eq!((r.first_position, r.position), (1, 5));
+
+        // A duplicate id in the middle of an append: nothing of it is written.
+        let mut mixed = batch(4);
+        mixed[2].event_id = first[0].event_id;
+        let err = store.append(&s, ExpectedVersion::Exact(4), mixed).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateEventId { position: 1, .. }), "{err:?}");
+        // The same id twice inside one append.
+        let mut twice = batch(3);
+        twice[2].event_id = twice[0].event_id;
+        let err = store.append(&s, ExpectedVersion::Any, twice).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err:?}");
+        assert_eq!(store.head_position().await.unwrap(), 5);
+        assert_eq!(store.read_stream(&s, 0, 100).await.unwrap().len(), 5);
+
+        // A large append lands whole, with consecutive positions and versions.
+        let r = store.append(&s, ExpectedVersion::Exact(4), batch(2000)).await.unwrap();
+        assert_eq!((r.first_position, r.position, r.stream_version), (6, 2005, 2004));
+        let all = store.read_all(1, 5000).await.unwrap();
+        assert!(all.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1 && e.stream_version == i as u64));
+    }
+
+    pub async fn paging_covers_everything_once(log: TestLog) {
+        let store = log.open().await;
+        let streams: Vec<_> = (0..3).map(|_| stream("session")).collect();
+        for i in 0..75 {
+            store.append(&streams[i % 3], ExpectedVersion::Any, batch(1 + i % 4)).await.unwrap();
+        }
+        let head = store.head_position().await.unwrap();
+        let mut from = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = store.read_all(from, 37).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 37);
+            from = page.last().unwrap().position + 1;
+            seen.extend(page.into_iter().map(|e| e.position));
+        }
+        assert_eq!(seen, (1..=head).collect::<Vec<_>>());
+        for s in &streams {
+            let mut versions = Vec::new();
+            let mut from = 0;
+            loop {
+                let page = store.read_stream(s, from, 10).await.unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                from = page.last().unwrap().stream_version + 1;
+                versions.extend(page.into_iter().map(|e| e.stream_version));
+            }
+            assert_eq!(versions, (0..versions.len() as u64).collect::<Vec<_>>());
+        }
+    }
+
+    pub async fn subscription_sees_every_event_once_in_order_while_writers_run(log: TestLog) {
+        let store = log.open().await;
+        let other = log.open().await;
+        store.append(&stream("user"), ExpectedVersion::Any, batch(10)).await.unwrap();
+        let mut sub = subscribe_all(store.clone(), 0);
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let store = if w % 2 == 0 { store.clone() } else { other.clone() };
+                tokio::spawn(async move {
+                    let mut written = 0;
+                    for i in 0..60 {
+                        let n = 1 + (i + w) % 3;
+                        store.append(&stream("user"), ExpectedVersion::NoStream, batch(n)).await.unwrap();
+                        written += n;
+                    }
+                    written
+                })
+            })
+            .collect();
+        let mut expected_total = 10;
+        for w in writers {
+            expected_total += w.await.unwrap();
+        }
+        let mut positions = Vec::new();
+        let mut ids = HashSet::new();
+        while positions.len() < expected_total {
+            let e = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("subscription stalled")
+                .unwrap();
+            assert!(ids.insert(e.event_id), "duplicate event {}", e.event_id);
+            positions.push(e.position);
+        }
+        assert_eq!(positions, (1..=expected_total as u64).collect::<Vec<_>>());
+        // Nothing more, and live events still arrive.
+        assert!(sub.try_next().await.unwrap().is_none());
+        let r = other.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+        assert_eq!(e.position, r.position);
+
+        // A subscription from the middle starts exactly there.
+        let mut mid = subscribe_all(store.clone(), 42);
+        assert_eq!(mid.next().await.unwrap().position, 42);
+        assert_eq!(mid.next().await.unwrap().position, 43);
+    }
+
+    pub async fn reappending_the_same_event_ids_is_idempotent(log: TestLog) {
+        let store = log.open().await;
+        let s = stream("user");
+        let events = batch(3);
+        let first = store.append(&s, ExpectedVersion::NoStream, events.clone()).await.unwrap();
+        // A retry after a lost answer: same ids, same expectation.
+        let again = store.append(&s, ExpectedVersion::NoStream, events.clone()).await.unwrap();
+        assert_eq!(again, first);
+        let again = store.append(&s, ExpectedVersion::Any, events.clone()).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(store.head_position().await.unwrap(), 3);
+        // Not an exact re-append: reordered, or mixed with new ids, or into another stream.
+        let reordered = vec![events[1].clone(), events[0].clone()];
+        assert!(matches!(
+            store.append(&s, ExpectedVersion::Any, reordered).await,
+            Err(StoreError::DuplicateEventId { .. })
+        ));
+        let mixed = vec![events[0].clone(), verified(Uuid::new_v4())];
+        assert!(matches!(store.append(&s, ExpectedVersion::Any, mixed).await, Err(StoreError::DuplicateEventId { .. })));
+        let elsewhere = store.append(&stream("user"), ExpectedVersion::Any, events.clone()).await.unwrap_err();
+        assert!(matches!(elsewhere, StoreError::DuplicateEventId { position: 1, .. }), "{elsewhere:?}");
+        assert_eq!(store.head_position().await.unwrap(), 3);
+        // Concurrent retries of one append record it once.
+        let fresh = batch(2);
+        let s2 = stream("user");
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (store, s2, fresh) = (store.clone(), s2.clone(), fresh.clone());
+                tokio::spawn(async move { store.append(&s2, ExpectedVersion::NoStream, fresh).await.unwrap() })
+            })
+            .collect();
+        let mut results = HashSet::new();
+        for t in tasks {
+            results.insert(t.await.unwrap().position);
+        }
+        assert_eq!(results.len(), 1);
+        assert_eq!(store.head_position().await.unwrap(), 5);
+    }
+
+    pub async fn bad_input_gets_typed_errors_and_writes_nothing(log: TestLog) {
+        let store = log.open().await;
+        store.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap();
+
+        for bad in ["", "user", "-42", "User-1", "user-", "user 1", &format!("user-{}", "x".repeat(200))] {
+            let err = StreamId::new(bad).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidStreamId { .. }), "{bad:?}: {err:?}");
+            assert!(err.to_string().contains("expected 'category-id'"), "{err}");
+        }
+        let s = stream("user");
+        let mut big = verified(Uuid::new_v4());
+        big.payload = vec![0; perfect21_events::limits::MAX_EVENT_BYTES + 1];
+        let err = store.append(&s, ExpectedVersion::Any, vec![verified(Uuid::new_v4()), big]).await.unwrap_err();
+        assert!(matches!(err, StoreError::PayloadTooLarge { max, .. } if max == perfect21_events::limits::MAX_EVENT_BYTES));
+        assert!(matches!(store.append(&s, ExpectedVersion::Any, vec![]).await, Err(StoreError::EmptyAppend)));
+        let mut bad_type = verified(Uuid::new_v4());
+        bad_type.event_type = "User Registered".into();
+        let err = store.append(&s, ExpectedVersion::Any, vec![bad_type]).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidEventType { .. }), "{err:?}");
+        let err = store.append(&s, ExpectedVersion::Any, batch(10_001)).await.unwrap_err();
+        assert!(matches!(err, StoreError::TooManyEvents { count: 10_001, .. }));
+        assert_eq!(store.head_position().await.unwrap(), 1, "nothing written");
+        assert!(store.read_stream(&s, 0, 10).await.unwrap().is_empty());
+    }
+
+    pub async fn unknown_event_types_fail_on_read_with_a_typed_error(log: TestLog) {
+        let store = log.open().await;
+        let s = stream("user");
+        // Written by a newer build: a type, and a version, that this build does not know.
+        let mut newer = verified(Uuid::new_v4());
+        newer.schema_version = 99;
+        newer.event_type = "user.registered".into();
+        let mut foreign = verified(Uuid::new_v4());
+        foreign.event_type = "billing.invoice_paid".into();
+        store.append(&s, ExpectedVersion::Any, vec![newer, foreign, verified(Uuid::new_v4())]).await.unwrap();
+        let read = store.read_stream(&s, 0, 10).await.unwrap();
+        assert_eq!(read.len(), 3, "the log keeps and returns what it cannot decode");
+        match read[0].decode().unwrap_err() {
+            CodecError::UnknownEventType { event_type, schema_version, known } => {
+                assert_eq!((event_type.as_str(), schema_version), ("user.registered", 99));
+                assert!(known.contains("v1") && known.contains("v2"), "{known}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(read[1].decode(), Err(CodecError::UnknownEventType { schema_version: 1, .. })));
+        // Garbage under a known type is a decode error, not a panic.
+        let mut garbage = verified(Uuid::new_v4());
+        garbage.event_type = "role.created".into();
+        garbage.payload = vec![0xff; 3];
+        store.append(&s, ExpectedVersion::Any, vec![garbage]).await.unwrap();
+        let read = store.read_stream(&s, 3, 10).await.unwrap();
+        assert!(matches!(read[0].decode(), Err(CodecError::Decode { .. })));
+        assert!(read[2 - 2].decode().unwrap_err().to_string().contains("role.created"));
+    }
+}
+
+macro_rules! suite {
+    ($backend:ident, $log:path) => {
+        mod $backend {
+            use super::*;
+            suite!(@case $log, append_and_read_back, expected_version_is_enforced,
+                concurrent_appends_with_one_expected_version_one_wins, appends_are_atomic,
+                paging_covers_everything_once,
+                subscription_sees_every_event_once_in_order_while_writers_run,
+                reappending_the_same_event_ids_is_idempotent,
+                bad_input_gets_typed_errors_and_writes_nothing,
+                unknown_event_types_fail_on_read_with_a_typed_error);
+        }
+    };
+    (@case $log:path, $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                cases::$case($log().await).await
+            }
+        )*
+    };
+}
+
+suite!(sqlite, sqlite_log);
+suite!(postgres, postgres_log);
