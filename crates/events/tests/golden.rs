@@ -1,0 +1,198 @@
+//! Golden fixtures: the bytes of every released (event_type, schema_version),
+//! checked in under `crates/events/fixtures/`, must decode forever into the same
+//! value, and this build must still encode the current versions to exactly those bytes.
+//!
+//! Adding an event type or version: add a sample below, then run
+//! `PERFECT21_BLESS_FIXTURES=1 cargo nextest run -p perfect21-events golden` once
+//! and commit the new file. Existing fixtures are never rewritten.
+
+use perfect21_events::catalog::legacy::UserRegisteredV1;
+use perfect21_events::catalog::*;
+use proptest::prelude::*;
+use std::path::PathBuf;
+use uuid::Uuid;
+
+fn uid(n: u8) -> Uuid {
+    Uuid::from_bytes([n; 16])
+}
+
+fn perm() -> PermissionSpec {
+    PermissionSpec {
+        id: "users.read.own".into(),
+        resource: "users".into(),
+        action: "read".into(),
+        scope: "own".into(),
+        name: "Read own user".into(),
+        description: "Read the caller's own user record".into(),
+    }
+}
+
+fn v1_registration() -> UserRegisteredV1 {
+    UserRegisteredV1 {
+        user_id: uid(1),
+        email: "ada@example.com".into(),
+        username: "ada".into(),
+        first_name: Some("Ada".into()),
+        last_name: None,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
+        verification_token_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        verification_expires_at: 1_767_225_600,
+    }
+}
+
+/// One sample of every current event type.
+fn samples() -> Vec<Event> {
+    let u = uid(1);
+    let s = uid(2);
+    vec![
+        Event::UserRegistered(UserRegistered {
+            phone_number: Some("+15555550100".into()),
+            locale: "fr-CA".into(),
+            ..v1_registration().into()
+        }),
+        UserEmailVerified { user_id: u }.into(),
+        UserProfileUpdated {
+            user_id: u,
+            first_name: Some("Ada".into()),
+            last_name: Some("Lovelace".into()),
+            phone_number: None,
+            profile: vec![("timezone".into(), "Europe/London".into())],
+        }
+        .into(),
+        UserPasswordChanged { user_id: u, password_hash: "$argon2id$v=19$m=19456,t=2,p=1$bmV3$bmV3".into(), reason: "user".into() }.into(),
+        UserStatusChanged { user_id: u, from: UserStatus::Active, to: UserStatus::Locked, reason: "too many failures".into() }.into(),
+        UserMfaEnabled { user_id: u, method: "totp".into(), secret_ciphertext: vec![1, 2, 3, 4], recovery_code_hashes: vec!["h1".into(), "h2".into()] }.into(),
+        UserMfaDisabled { user_id: u, reason: "user".into() }.into(),
+        UserLoginSucceeded { user_id: u, session_id: s, mfa_used: true, risk_score: 0.5, device_id: Some("dev-1".into()) }.into(),
+        UserLoginFailed { user_id: u, reason: "bad_password".into(), failure_count: 3, risk_score: 0.75 }.into(),
+        UserLoggedOut { user_id: u, session_id: s }.into(),
+        UserDeleted { user_id: u, reason: "user request".into() }.into(),
+        SessionStarted { session_id: s, user_id: u, refresh_token_hash: "rt1".into(), access_jti: "jti-1".into(), expires_at: 1_767_225_600, device_id: None }.into(),
+        SessionRefreshed { session_id: s, user_id: u, previous_token_hash: "rt1".into(), refresh_token_hash: "rt2".into(), access_jti: "jti-2".into(), expires_at: 1_767_229_200 }.into(),
+        SessionRevoked { session_id: s, user_id: u, reason: "logout".into() }.into(),
+        SessionExpired { session_id: s, user_id: u }.into(),
+        SessionTokenRevoked { session_id: s, user_id: u, jti: "jti-2".into(), expires_at: 1_767_226_500 }.into(),
+        RoleCreated { role_id: "admin".into(), name: "admin".into(), display_name: "Administrator".into(), description: "Everything".into(), priority: 100 }.into(),
+        RoleUpdated { role_id: "admin".into(), display_name: "Admin".into(), description: "All of it".into(), priority: -5 }.into(),
+        RoleDeleted { role_id: "admin".into() }.into(),
+        RolePermissionGranted { role_id: "admin".into(), permission: perm() }.into(),
+        RolePermissionRevoked { role_id: "admin".into(), permission_id: "users.read.own".into() }.into(),
+        RoleAssigned { user_id: u, role_id: "admin".into(), expires_at: Some(1_767_225_600) }.into(),
+        RoleRevoked { user_id: u, role_id: "admin".into() }.into(),
+        PermissionGranted { user_id: u, permission: perm() }.into(),
+        PermissionRevoked { user_id: u, permission_id: "users.read.own".into() }.into(),
+        SuspiciousActivity { user_id: u, activity_type: "new_device".into(), risk_score: 0.875, description: "login from a new device".into(), details: vec![("ip".into(), "203.0.113.9".into())] }.into(),
+        AccountLocked { user_id: u, reason: "5 failed logins in 15 min".into(), failed_attempts: 5, locked_until: Some(1_767_226_500) }.into(),
+        AccountUnlocked { user_id: u, reason: "lock expired".into() }.into(),
+        SecurityAlert {
+            user_id: u,
+            alert_type: "account_locked".into(),
+            severity: Severity::High,
+            description: "Account locked after repeated failures".into(),
+            details: vec![("failed_attempts".into(), "5".into())],
+            recommended_actions: vec!["Check login activity".into(), "Change your password".into()],
+        }
+        .into(),
+        RefreshTokenReuseDetected { user_id: u, session_id: s, reused_token_hash: "rt1".into() }.into(),
+    ]
+}
+
+fn fixture_path(event_type: &str, version: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(format!("{event_type}.v{version}.bin"))
+}
+
+/// The bytes of every readable (type, version) and the value they must decode to.
+fn expected() -> Vec<(&'static str, u16, Vec<u8>, Event)> {
+    let mut out: Vec<_> = samples()
+        .into_iter()
+        .map(|e| (e.event_type(), e.schema_version(), e.encode_payload().unwrap(), e))
+        .collect();
+    let v1 = v1_registration();
+    out.push(("user.registered", 1, postcard::to_stdvec(&v1).unwrap(), Event::UserRegistered(v1.into())));
+    out
+}
+
+#[test]
+fn every_readable_version_has_a_sample_and_a_fixture() {
+    let have: Vec<(&str, u16)> = expected().iter().map(|(t, v, _, _)| (*t, *v)).collect();
+    for (t, v) in readable_versions() {
+        assert!(have.contains(&(t, v)), "no sample for {t} v{v}: add one to samples()");
+    }
+    assert_eq!(have.len(), readable_versions().count(), "a sample for a version the catalog does not list");
+}
+
+#[test]
+fn golden_fixtures_decode_to_the_same_values_forever() {
+    let bless = std::env::var_os("PERFECT21_BLESS_FIXTURES").is_some();
+    let mut missing = Vec::new();
+    for (t, v, bytes, value) in expected() {
+        let path = fixture_path(t, v);
+        let Ok(golden) = std::fs::read(&path) else {
+            if bless {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            } else {
+                missing.push(path.display().to_string());
+            }
+            continue;
+        };
+        let decoded = Event::decode(t, v, &golden)
+            .unwrap_or_else(|e| panic!("{t} v{v}: the released fixture no longer decodes: {e}"));
+        assert_eq!(decoded, value, "{t} v{v}: the released fixture decodes to something else");
+        if (t, v) != ("user.registered", 1) {
+            assert_eq!(golden, bytes, "{t} v{v}: this build encodes the released version differently");
+        }
+    }
+    assert!(missing.is_empty(), "missing fixtures (PERFECT21_BLESS_FIXTURES=1 writes them): {missing:?}");
+}
+
+#[test]
+fn v1_registrations_are_read_as_v2() {
+    let bytes = std::fs::read(fixture_path("user.registered", 1)).unwrap();
+    let Event::UserRegistered(v2) = Event::decode("user.registered", 1, &bytes).unwrap() else { panic!() };
+    assert_eq!(v2.locale, legacy::DEFAULT_LOCALE);
+    assert_eq!(v2.phone_number, None);
+    assert_eq!(v2.email, "ada@example.com");
+}
+
+#[test]
+fn truncated_payloads_are_decode_errors() {
+    for (t, v, bytes, _) in expected() {
+        if bytes.len() > 1 {
+            let err = Event::decode(t, v, &bytes[..bytes.len() / 2]);
+            assert!(err.is_err(), "{t} v{v} decoded from half its bytes");
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn upcast_of_v1_equals_the_v2_it_describes(
+        email in "[a-z]{1,12}@[a-z]{1,8}\\.com",
+        username in "[a-z0-9_]{1,16}",
+        first in proptest::option::of("[A-Za-z]{1,10}"),
+        expires in any::<i64>(),
+    ) {
+        let v1 = UserRegisteredV1 { email: email.clone(), username: username.clone(), first_name: first.clone(), verification_expires_at: expires, ..v1_registration() };
+        let bytes = postcard::to_stdvec(&v1).unwrap();
+        let Event::UserRegistered(v2) = Event::decode("user.registered", 1, &bytes).unwrap() else { panic!() };
+        prop_assert_eq!(v2, UserRegistered::from(v1));
+    }
+
+    #[test]
+    fn current_payloads_round_trip(
+        reason in ".{0,40}",
+        count in any::<u32>(),
+        score in 0.0f32..=1.0,
+        details in proptest::collection::vec((".{0,8}", ".{0,8}"), 0..4),
+    ) {
+        let events: Vec<Event> = vec![
+            UserLoginFailed { user_id: uid(3), reason: reason.clone(), failure_count: count, risk_score: score }.into(),
+            SuspiciousActivity { user_id: uid(4), activity_type: reason.clone(), risk_score: score, description: String::new(), details }.into(),
+        ];
+        for e in events {
+            let bytes = e.encode_payload().unwrap();
+            prop_assert_eq!(Event::decode(e.event_type(), e.schema_version(), &bytes).unwrap(), e);
+        }
+    }
+}
