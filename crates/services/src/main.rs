@@ -1,1 +1,77 @@
-fn main(){}
+//! `perfect21`: the command-line entry point.
+
+mod bench;
+mod config;
+mod events_cmd;
+
+use clap::{Parser, Subcommand};
+use config::StoreArgs;
+use std::process::ExitCode;
+
+/// perfect21 — an event-sourced identity backend.
+#[derive(Parser)]
+#[command(
+    name = "perfect21",
+    version,
+    about = "perfect21 — an event-sourced identity backend"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the event log.
+    Events {
+        #[command(subcommand)]
+        command: events_cmd::EventsCommand,
+    },
+    /// Measure against a baseline run in the same process (DESIGN §9).
+    Bench(bench::BenchArgs),
+    /// Appends single events forever, printing each acknowledged position (crash tests).
+    #[command(hide = true)]
+    AppendForever {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Events { command } => events_cmd::run(command).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::AppendForever { store, writers } => {
+                events_cmd::append_forever(store, writers).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

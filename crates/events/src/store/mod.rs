@@ -6,11 +6,9 @@
 //! - an append is acknowledged only after its commit is durable;
 //! - an append that fails wrote nothing.
 
-
 mod postgres;
 mod sqlite;
 mod subscription;
-
 
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
@@ -48,7 +46,11 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Events with `position >= from_position` in position order, at most `limit`.
-    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// The position of the last committed event (0 for an empty log).
     async fn head_position(&self) -> Result<u64, StoreError>;
@@ -86,7 +88,10 @@ pub struct StoreStats {
 pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
-            return Err(StoreError::InvalidUrl { url: url.into(), reason: "no file path after sqlite://".into() });
+            return Err(StoreError::InvalidUrl {
+                url: url.into(),
+                reason: "no file path after sqlite://".into(),
+            });
         }
         let store = SqliteStore::open(SqliteConfig::new(path)).await?;
         Ok(Arc::new(store))
@@ -107,7 +112,10 @@ pub(crate) fn validate_append(events: &[EventData]) -> Result<Vec<Vec<u8>>, Stor
         return Err(StoreError::EmptyAppend);
     }
     if events.len() > MAX_EVENTS_PER_APPEND {
-        return Err(StoreError::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_APPEND });
+        return Err(StoreError::TooManyEvents {
+            count: events.len(),
+            max: MAX_EVENTS_PER_APPEND,
+        });
     }
     events.iter().map(EventData::validate).collect()
 }
@@ -128,15 +136,32 @@ pub(crate) fn classify_existing(
     events: &[EventData],
     found: &[(uuid::Uuid, String, u64, u64)],
 ) -> Result<Existing, StoreError> {
-    let Some(first) = found.first() else { return Ok(Existing::New) };
+    let Some(first) = found.first() else {
+        return Ok(Existing::New);
+    };
     let exact = found.len() == events.len()
-        && found.iter().zip(events).enumerate().all(|(i, ((id, s, v, p), e))| {
-            *id == e.event_id && s == stream.as_str() && *v == first.2 + i as u64 && *p == first.3 + i as u64
-        });
+        && found
+            .iter()
+            .zip(events)
+            .enumerate()
+            .all(|(i, ((id, s, v, p), e))| {
+                *id == e.event_id
+                    && s == stream.as_str()
+                    && *v == first.2 + i as u64
+                    && *p == first.3 + i as u64
+            });
     if exact {
         let last = found.last().expect("non-empty");
-        return Ok(Existing::Replay(AppendResult { first_position: first.3, position: last.3, stream_version: last.2 }));
+        return Ok(Existing::Replay(AppendResult {
+            first_position: first.3,
+            position: last.3,
+            stream_version: last.2,
+        }));
     }
     let (event_id, s, _, position) = first.clone();
-    Err(StoreError::DuplicateEventId { event_id, stream: s, position })
+    Err(StoreError::DuplicateEventId {
+        event_id,
+        stream: s,
+        position,
+    })
 }

@@ -14,7 +14,9 @@
 //! Readers learn of new commits through `LISTEN/NOTIFY`, with polling as a fallback.
 
 use super::{classify_existing, validate_append, EventStore, Existing, StoreStats};
-use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
+use crate::envelope::{
+    AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId,
+};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -44,7 +46,12 @@ pub struct PostgresConfig {
 
 impl PostgresConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        PostgresConfig { url: url.into(), schema: None, max_connections: 10, group_commit: true }
+        PostgresConfig {
+            url: url.into(),
+            schema: None,
+            max_connections: 10,
+            group_commit: true,
+        }
     }
 
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
@@ -82,21 +89,34 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 fn valid_schema(schema: &str) -> bool {
     !schema.is_empty()
         && schema.len() <= 40
-        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !schema.starts_with(|c: char| c.is_ascii_digit())
 }
 
 impl PostgresStore {
     /// Connects, creates the schema if asked, and runs the migrations in `migrations/postgres`.
     pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
-        let invalid = |reason: String| StoreError::InvalidUrl { url: redact(&config.url), reason };
-        let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
+        let invalid = |reason: String| StoreError::InvalidUrl {
+            url: redact(&config.url),
+            reason,
+        };
+        let mut options =
+            PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
         if let Some(schema) = &config.schema {
             if !valid_schema(schema) {
-                return Err(invalid(format!("schema '{schema}' is not a lower-case identifier of at most 40 bytes")));
+                return Err(invalid(format!(
+                    "schema '{schema}' is not a lower-case identifier of at most 40 bytes"
+                )));
             }
-            let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(db_err)?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await.map_err(db_err)?;
+            let mut conn = sqlx::PgConnection::connect_with(&options)
+                .await
+                .map_err(db_err)?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut conn)
+                .await
+                .map_err(db_err)?;
             conn.close().await.map_err(db_err)?;
             options = options.options([("search_path", schema.as_str())]);
         }
@@ -106,14 +126,31 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(db_err)?;
-        sqlx::migrate!("../../migrations/postgres").run(&pool).await.map_err(db_err)?;
-        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&pool).await.map_err(db_err)?;
+        sqlx::migrate!("../../migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(db_err)?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_err)?;
         let (head_tx, head_rx) = watch::channel(head as u64);
         let channel = format!("perfect21_{}", config.schema.as_deref().unwrap_or("log"));
         let listener = tokio::spawn(listen(pool.clone(), channel.clone(), head_tx.clone()));
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run_writer(pool.clone(), rx, head_tx, channel, config.group_commit));
-        Ok(PostgresStore { pool, writer: tx, head: head_rx, listener })
+        tokio::spawn(run_writer(
+            pool.clone(),
+            rx,
+            head_tx,
+            channel,
+            config.group_commit,
+        ));
+        Ok(PostgresStore {
+            pool,
+            writer: tx,
+            head: head_rx,
+            listener,
+        })
     }
 
     /// The connection pool (for tools and benchmarks that share it).
@@ -216,36 +253,68 @@ struct Columns {
     payload: Vec<Vec<u8>>,
 }
 
-const INSERT: &str = "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-    schema_version, recorded_at, metadata, payload) SELECT * FROM UNNEST($1::bigint[], $2::uuid[], \
-    $3::text[], $4::bigint[], $5::text[], $6::smallint[], $7::timestamptz[], $8::bytea[], $9::bytea[])";
+/// Inserts the batch's rows, moves the head and notifies listeners, in one round trip.
+const INSERT_AND_MOVE_HEAD: &str = "WITH inserted AS (INSERT INTO events (position, event_id, stream_id, \
+    stream_version, event_type, schema_version, recorded_at, metadata, payload) SELECT * FROM UNNEST( \
+    $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::smallint[], $7::timestamptz[], \
+    $8::bytea[], $9::bytea[])), moved AS (UPDATE log_head SET position = $10 WHERE id RETURNING position) \
+    SELECT pg_notify($11, position::text) FROM moved";
 
 type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
 
-async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> Result<BatchOutcome, sqlx::Error> {
+async fn commit_batch(
+    pool: &PgPool,
+    batch: &[AppendRequest],
+    channel: &str,
+) -> Result<BatchOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The head lock: serialises appenders across all processes until our commit is visible.
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE").fetch_one(&mut *tx).await?;
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
     let mut head = head as u64;
     let start_head = head;
 
-    let ids: Vec<Uuid> = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+    let ids: Vec<Uuid> = batch
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
     let mut known: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
-    for row in sqlx::query("SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
+    for row in sqlx::query(
+        "SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
     {
-        known.insert(row.get(0), (row.get(1), row.get::<i64, _>(2) as u64, row.get::<i64, _>(3) as u64));
+        known.insert(
+            row.get(0),
+            (
+                row.get(1),
+                row.get::<i64, _>(2) as u64,
+                row.get::<i64, _>(3) as u64,
+            ),
+        );
     }
-    let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect::<HashSet<_>>().into_iter().collect();
+    let streams: Vec<&str> = batch
+        .iter()
+        .map(|r| r.stream.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     let mut versions: HashMap<String, u64> = HashMap::new();
-    for row in sqlx::query("SELECT stream_id, max(stream_version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id")
-        .bind(&streams)
-        .fetch_all(&mut *tx)
-        .await?
+    // One index probe per stream (a plain max() … GROUP BY would scan whole streams).
+    for row in sqlx::query(
+        "SELECT s.id, (SELECT e.stream_version FROM events e WHERE e.stream_id = s.id \
+         ORDER BY e.stream_version DESC LIMIT 1) FROM UNNEST($1::text[]) AS s(id)",
+    )
+    .bind(&streams)
+    .fetch_all(&mut *tx)
+    .await?
     {
-        versions.insert(row.get(0), row.get::<i64, _>(1) as u64);
+        if let Some(version) = row.get::<Option<i64>, _>(1) {
+            versions.insert(row.get(0), version as u64);
+        }
     }
 
     let recorded_at = Utc::now();
@@ -256,9 +325,14 @@ async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> 
         if let Ok(result) = &outcome {
             if result.position > head {
                 let first_version = result.stream_version + 1 - request.events.len() as u64;
-                for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
+                for (i, (event, metadata)) in
+                    request.events.iter().zip(&request.metadata).enumerate()
+                {
                     let (position, version) = (head + 1 + i as u64, first_version + i as u64);
-                    known.insert(event.event_id, (request.stream.to_string(), version, position));
+                    known.insert(
+                        event.event_id,
+                        (request.stream.to_string(), version, position),
+                    );
                     cols.position.push(position as i64);
                     cols.event_id.push(event.event_id);
                     cols.stream_id.push(request.stream.to_string());
@@ -279,7 +353,7 @@ async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> 
         tx.rollback().await?;
         return Ok((results, head));
     }
-    sqlx::query(INSERT)
+    sqlx::query(INSERT_AND_MOVE_HEAD)
         .bind(&cols.position)
         .bind(&cols.event_id)
         .bind(&cols.stream_id)
@@ -289,10 +363,6 @@ async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> 
         .bind(&cols.recorded_at)
         .bind(&cols.metadata)
         .bind(&cols.payload)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("WITH moved AS (UPDATE log_head SET position = $1 WHERE id RETURNING position) \
-                 SELECT pg_notify($2, position::text) FROM moved")
         .bind(head as i64)
         .bind(channel)
         .execute(&mut *tx)
@@ -312,7 +382,11 @@ fn decide(
     let found: Vec<_> = request
         .events
         .iter()
-        .filter_map(|e| known.get(&e.event_id).map(|(s, v, p)| (e.event_id, s.clone(), *v, *p)))
+        .filter_map(|e| {
+            known
+                .get(&e.event_id)
+                .map(|(s, v, p)| (e.event_id, s.clone(), *v, *p))
+        })
         .collect();
     if let Existing::Replay(result) = classify_existing(stream, &request.events, &found)? {
         return Ok(result);
@@ -329,14 +403,23 @@ fn decide(
     }
     let actual = versions.get(stream.as_str()).copied();
     if !request.expected.admits(actual) {
-        return Err(StoreError::WrongExpectedVersion { stream: stream.to_string(), expected: request.expected, actual });
+        return Err(StoreError::WrongExpectedVersion {
+            stream: stream.to_string(),
+            expected: request.expected,
+            actual,
+        });
     }
     let n = request.events.len() as u64;
     let first_version = actual.map_or(0, |v| v + 1);
-    Ok(AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 })
+    Ok(AppendResult {
+        first_position: head + 1,
+        position: head + n,
+        stream_version: first_version + n - 1,
+    })
 }
 
-const SELECT: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+const SELECT: &str =
+    "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
                       recorded_at, metadata, payload FROM events";
 
 fn to_event(row: PgRow) -> Result<RecordedEvent, StoreError> {
@@ -350,8 +433,10 @@ fn to_event(row: PgRow) -> Result<RecordedEvent, StoreError> {
         event_type: row.try_get(4).map_err(db_err)?,
         schema_version: row.try_get::<i16, _>(5).map_err(db_err)? as u16,
         recorded_at: row.try_get(6).map_err(db_err)?,
-        metadata: Metadata::decode(&metadata)
-            .map_err(|e| StoreError::Corrupt { position, reason: e.to_string() })?,
+        metadata: Metadata::decode(&metadata).map_err(|e| StoreError::Corrupt {
+            position,
+            reason: e.to_string(),
+        })?,
         payload: row.try_get(8).map_err(db_err)?,
     })
 }
@@ -366,9 +451,20 @@ impl EventStore for PostgresStore {
     ) -> Result<AppendResult, StoreError> {
         let metadata = validate_append(&events)?;
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
-        self.writer.send(request).await.map_err(|_| db_err("the writer task has stopped"))?;
-        answer.await.map_err(|_| db_err("the writer task stopped before answering"))?
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            metadata,
+            reply,
+        };
+        self.writer
+            .send(request)
+            .await
+            .map_err(|_| db_err("the writer task has stopped"))?;
+        answer
+            .await
+            .map_err(|_| db_err("the writer task stopped before answering"))?
     }
 
     async fn read_stream(
@@ -389,21 +485,29 @@ impl EventStore for PostgresStore {
             .collect()
     }
 
-    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        sqlx::query(&format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2"))
-            .bind(from_position as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(to_event)
-            .collect()
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        sqlx::query(&format!(
+            "{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(from_position as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(to_event)
+        .collect()
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
-        let head: i64 =
-            sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&self.pool).await.map_err(db_err)?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(head as u64)
     }
 
@@ -423,7 +527,13 @@ impl EventStore for PostgresStore {
         .await
         .map_err(db_err)?
         .into_iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<i16, _>(1) as u16, r.get::<i64, _>(2) as u64))
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                r.get::<i16, _>(1) as u16,
+                r.get::<i64, _>(2) as u64,
+            )
+        })
         .collect();
         Ok(StoreStats {
             backend: BACKEND,

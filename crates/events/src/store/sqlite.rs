@@ -8,10 +8,13 @@
 //! own connections on the blocking pool.
 
 use super::{classify_existing, validate_append, EventStore, Existing, StoreStats};
-use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
+use crate::envelope::{
+    from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId,
+};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +38,10 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        SqliteConfig { path: path.into(), group_commit: true }
+        SqliteConfig {
+            path: path.into(),
+            group_commit: true,
+        }
     }
 }
 
@@ -73,7 +79,12 @@ impl SqliteStore {
             .name("perfect21-sqlite-writer".into())
             .spawn(move || run_writer(conn, rx, head_tx, group))
             .map_err(db_err)?;
-        Ok(SqliteStore { path: config.path, writer: tx, readers: Arc::new(Mutex::new(Vec::new())), head: head_rx })
+        Ok(SqliteStore {
+            path: config.path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            head: head_rx,
+        })
     }
 
     /// The log file.
@@ -104,18 +115,31 @@ impl SqliteStore {
 
 fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| db_err(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            db_err(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
     }
-    let conn = Connection::open(path).map_err(|e| db_err(format!("cannot open {}: {e}", path.display())))?;
+    let conn = Connection::open(path)
+        .map_err(|e| db_err(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(db_err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(db_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(db_err(format!("{} cannot use WAL mode (got {mode})", path.display())));
+        return Err(db_err(format!(
+            "{} cannot use WAL mode (got {mode})",
+            path.display()
+        )));
     }
     // FULL: in WAL mode every commit fsyncs the WAL, so an acknowledged append survives a power cut.
-    conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
+    conn.execute_batch("PRAGMA synchronous=FULL;")
+        .map_err(db_err)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
     if version > SCHEMA_VERSION {
         return Err(db_err(format!(
             "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}",
@@ -123,24 +147,55 @@ fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
         )));
     }
     if version < SCHEMA_VERSION {
-        conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))
-            .map_err(db_err)?;
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(db_err)?;
     }
     let head = query_head(&conn).map_err(db_err)?;
     Ok((conn, head))
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 
 fn query_head(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get::<_, i64>(0)).map(|h| h as u64)
+    conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|h| h as u64)
 }
 
-fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: watch::Sender<u64>, group: bool) {
+/// The writer thread's state: the write connection and what it knows of the log.
+struct Writer {
+    conn: Connection,
+    /// Last version of streams this writer has seen, valid while `known_head` is the log's head
+    /// (another process appending to the same file moves the head, which clears it).
+    versions: HashMap<String, u64>,
+    known_head: u64,
+}
+
+/// Stream versions remembered at most, to bound the writer's memory.
+const MAX_CACHED_STREAMS: usize = 100_000;
+
+fn run_writer(
+    conn: Connection,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    head_tx: watch::Sender<u64>,
+    group: bool,
+) {
+    let known_head = *head_tx.borrow();
+    let mut writer = Writer {
+        conn,
+        versions: HashMap::new(),
+        known_head,
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut events = first.events.len();
         let mut batch = vec![first];
@@ -153,7 +208,7 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_
                 Err(_) => break,
             }
         }
-        match commit_batch(&mut conn, &batch) {
+        match writer.commit_batch(&batch) {
             Ok((results, head)) => {
                 head_tx.send_if_modified(|h| {
                     let moved = head > *h;
@@ -165,6 +220,7 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_
                 }
             }
             Err(e) => {
+                writer.versions.clear();
                 let message = format!("commit failed, nothing of this append was written: {e}");
                 for request in batch {
                     let _ = request.reply.send(Err(db_err(&message)));
@@ -176,27 +232,45 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_
 
 type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
 
-fn commit_batch(conn: &mut Connection, batch: &[AppendRequest]) -> rusqlite::Result<BatchOutcome> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Read the head inside the write lock: another process may have appended.
-    let mut head = query_head(&tx)?;
-    let recorded_at = to_micros(chrono::Utc::now());
-    let mut results = Vec::with_capacity(batch.len());
-    for request in batch {
-        let sp = tx.savepoint()?;
-        let outcome = append_one(&sp, request, head, recorded_at);
-        match &outcome {
-            Ok(result) if result.position > head => {
-                head = result.position;
-                sp.commit()?;
-            }
-            // Dropping the savepoint rolls back whatever this append wrote.
-            _ => drop(sp),
+impl Writer {
+    fn commit_batch(&mut self, batch: &[AppendRequest]) -> rusqlite::Result<BatchOutcome> {
+        let Writer {
+            conn,
+            versions,
+            known_head,
+        } = self;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read the head inside the write lock: another process may have appended.
+        let mut head = query_head(&tx)?;
+        if head != *known_head || versions.len() > MAX_CACHED_STREAMS {
+            versions.clear();
         }
-        results.push(outcome);
+        let recorded_at = to_micros(chrono::Utc::now());
+        let mut results = Vec::with_capacity(batch.len());
+        for request in batch {
+            // A single INSERT is atomic by itself; several need a savepoint to be undone together.
+            let savepoint = request.events.len() > 1;
+            if savepoint {
+                tx.prepare_cached("SAVEPOINT append")?.execute([])?;
+            }
+            let outcome = append_one(&tx, request, head, recorded_at, versions);
+            let written = matches!(&outcome, Ok(result) if result.position > head);
+            if let (true, Ok(result)) = (written, &outcome) {
+                head = result.position;
+                versions.insert(request.stream.to_string(), result.stream_version);
+            }
+            if savepoint {
+                if !written {
+                    tx.prepare_cached("ROLLBACK TO append")?.execute([])?;
+                }
+                tx.prepare_cached("RELEASE append")?.execute([])?;
+            }
+            results.push(outcome);
+        }
+        tx.commit()?;
+        *known_head = head;
+        Ok((results, head))
     }
-    tx.commit()?;
-    Ok((results, head))
 }
 
 fn append_one(
@@ -204,26 +278,23 @@ fn append_one(
     request: &AppendRequest,
     head: u64,
     recorded_at: i64,
+    versions: &HashMap<String, u64>,
 ) -> Result<AppendResult, StoreError> {
     let events = &request.events;
     let stream = &request.stream;
-    let first_found = find_event(conn, events[0].event_id).map_err(db_err)?;
-    if first_found.is_some() {
-        let found = events
-            .iter()
-            .map(|e| find_event(conn, e.event_id).map(|f| f.map(|(s, v, p)| (e.event_id, s, v, p))))
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(db_err)?;
-        let found: Vec<_> = found.into_iter().flatten().collect();
-        if let Existing::Replay(result) = classify_existing(stream, events, &found)? {
+    let actual = match versions.get(stream.as_str()) {
+        Some(v) => Some(*v),
+        None => conn
+            .prepare_cached("SELECT max(stream_version) FROM events WHERE stream_id = ?1")
+            .and_then(|mut q| q.query_row([stream.as_str()], |r| r.get::<_, Option<i64>>(0)))
+            .map_err(db_err)?
+            .map(|v| v as u64),
+    };
+    if !request.expected.admits(actual) {
+        // A retry of an append that already happened is answered as it was then.
+        if let Existing::Replay(result) = existing(conn, stream, events, head)? {
             return Ok(result);
         }
-    }
-    let actual: Option<i64> = conn
-        .query_row("SELECT max(stream_version) FROM events WHERE stream_id = ?1", [stream.as_str()], |r| r.get(0))
-        .map_err(db_err)?;
-    let actual = actual.map(|v| v as u64);
-    if !request.expected.admits(actual) {
         return Err(StoreError::WrongExpectedVersion {
             stream: stream.to_string(),
             expected: request.expected,
@@ -250,36 +321,72 @@ fn append_one(
             event.payload,
         ]);
         if let Err(e) = inserted {
-            // A later event id of this append already exists (or repeats inside it).
-            if let Ok(Some((s, _, p))) = find_event(conn, event.event_id) {
-                return Err(StoreError::DuplicateEventId { event_id: event.event_id, stream: s, position: p });
+            if e.sqlite_error_code() != Some(rusqlite::ErrorCode::ConstraintViolation) {
+                return Err(db_err(e));
             }
-            if events[..i].iter().any(|e| e.event_id == event.event_id) {
-                return Err(StoreError::DuplicateEventId {
-                    event_id: event.event_id,
-                    stream: stream.to_string(),
-                    position: head + 1 + i as u64,
-                });
+            // An event id already recorded: a retry, or a real duplicate.
+            if let Existing::Replay(result) = existing(conn, stream, events, head)? {
+                return Ok(result);
             }
-            return Err(db_err(e));
+            // Not recorded before: the id repeats inside this append.
+            return Err(StoreError::DuplicateEventId {
+                event_id: event.event_id,
+                stream: stream.to_string(),
+                position: head + 1 + i as u64,
+            });
         }
     }
     let n = events.len() as u64;
-    Ok(AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 })
+    Ok(AppendResult {
+        first_position: head + 1,
+        position: head + n,
+        stream_version: first_version + n - 1,
+    })
+}
+
+/// How the append's event ids relate to events recorded before it (at or below `head`;
+/// rows this append wrote itself, above `head`, do not count).
+fn existing(
+    conn: &Connection,
+    stream: &StreamId,
+    events: &[EventData],
+    head: u64,
+) -> Result<Existing, StoreError> {
+    let mut found = Vec::new();
+    for e in events {
+        if let Some((s, v, p)) = find_event(conn, e.event_id)
+            .map_err(db_err)?
+            .filter(|(_, _, p)| *p <= head)
+        {
+            found.push((e.event_id, s, v, p));
+        }
+    }
+    classify_existing(stream, events, &found)
 }
 
 fn find_event(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<(String, u64, u64)>> {
-    conn.prepare_cached("SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1")?
-        .query_row([id.as_bytes().as_slice()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
-        })
-        .optional()
+    conn.prepare_cached(
+        "SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1",
+    )?
+    .query_row([id.as_bytes().as_slice()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })
+    .optional()
 }
 
-const SELECT: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+const SELECT: &str =
+    "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
                       recorded_at, metadata, payload FROM events";
 
-fn read_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<RecordedEvent>> {
+fn read_rows(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<RecordedEvent>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(params, |r| {
         let position = r.get::<_, i64>(0)? as u64;
@@ -300,7 +407,8 @@ fn read_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rus
             event_type: r.get(4)?,
             schema_version: r.get(5)?,
             recorded_at: from_micros(r.get(6)?),
-            metadata: crate::envelope::Metadata::decode(&metadata).map_err(|e| bad(e.to_string()))?,
+            metadata: crate::envelope::Metadata::decode(&metadata)
+                .map_err(|e| bad(e.to_string()))?,
             payload: r.get(8)?,
         })
     })?;
@@ -317,9 +425,20 @@ impl EventStore for SqliteStore {
     ) -> Result<AppendResult, StoreError> {
         let metadata = validate_append(&events)?;
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
-        self.writer.send(request).await.map_err(|_| db_err("the writer thread has stopped"))?;
-        answer.await.map_err(|_| db_err("the writer thread stopped before answering"))?
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            metadata,
+            reply,
+        };
+        self.writer
+            .send(request)
+            .await
+            .map_err(|_| db_err("the writer thread has stopped"))?;
+        answer
+            .await
+            .map_err(|_| db_err("the writer thread stopped before answering"))?
     }
 
     async fn read_stream(
@@ -339,7 +458,11 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.with_reader(move |c| {
             read_rows(
                 c,

@@ -31,7 +31,13 @@ pub struct Subscription {
 impl Subscription {
     pub(crate) fn new(store: Arc<dyn EventStore>, from_position: u64) -> Self {
         let head = store.head_watch();
-        Subscription { store, next: from_position.max(1), buffer: VecDeque::new(), head, hole_since: None }
+        Subscription {
+            store,
+            next: from_position.max(1),
+            buffer: VecDeque::new(),
+            head,
+            hole_since: None,
+        }
     }
 
     /// The position of the next event this subscription will yield.
@@ -56,7 +62,10 @@ impl Subscription {
             let page = self.store.read_all(self.next, PAGE).await?;
             self.accept(page)?;
         }
-        Ok(self.buffer.pop_front().inspect(|e| self.next = e.position + 1))
+        Ok(self
+            .buffer
+            .pop_front()
+            .inspect(|e| self.next = e.position + 1))
     }
 
     async fn fill(&mut self) -> Result<(), StoreError> {
@@ -65,8 +74,15 @@ impl Subscription {
         let page = self.store.read_all(self.next, PAGE).await?;
         let got = self.accept(page)?;
         if !got {
-            let wait = if self.hole_since.is_some() { Duration::from_millis(5) } else { POLL };
-            if tokio::time::timeout(wait, self.head.changed()).await.is_ok_and(|r| r.is_err()) {
+            let wait = if self.hole_since.is_some() {
+                Duration::from_millis(5)
+            } else {
+                POLL
+            };
+            if tokio::time::timeout(wait, self.head.changed())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
                 // The store's notifier is gone; fall back to polling.
                 tokio::time::sleep(wait).await;
             }
@@ -77,12 +93,10 @@ impl Subscription {
     /// Buffers the contiguous prefix of `page`; false if nothing could be taken.
     fn accept(&mut self, page: Vec<RecordedEvent>) -> Result<bool, StoreError> {
         let first = page.first().map(|e| e.position);
-        let mut expected = self.next;
-        for event in page {
+        for (expected, event) in (self.next..).zip(page) {
             if event.position != expected {
                 break;
             }
-            expected += 1;
             self.buffer.push_back(event);
         }
         if !self.buffer.is_empty() {
@@ -98,7 +112,10 @@ impl Subscription {
                 if since.elapsed() > HOLE_TIMEOUT {
                     return Err(StoreError::Corrupt {
                         position: self.next,
-                        reason: format!("position {} is missing while {position} is committed", self.next),
+                        reason: format!(
+                            "position {} is missing while {position} is committed",
+                            self.next
+                        ),
                     });
                 }
             }

@@ -1,0 +1,159 @@
+//! `perfect21 bench <scenario>`: every figure is measured against a baseline run
+//! in the same process on the same machine, and reported as a ratio oriented so
+//! that higher is better (DESIGN §9).
+
+mod append;
+
+use crate::config::StoreArgs;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    pub scenario: Scenario,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// PostgreSQL server for `append-postgres` (a scratch schema is created and dropped).
+    #[arg(
+        long,
+        env = "PERFECT21_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub postgres: String,
+    /// Seconds to run each side (ours, then the baseline).
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[allow(clippy::enum_variant_names)] // the names are DESIGN §9's scenario names
+pub enum Scenario {
+    /// 64 concurrent single-event appenders (group commit) vs one commit per event, same store.
+    AppendConcurrent,
+    /// 100-event appends vs raw INSERT of the same bytes, 100 rows per transaction (SQLite).
+    AppendBatch,
+    /// PostgreSQL store, 100-event appends vs raw batched INSERT through sqlx.
+    AppendPostgres,
+}
+
+/// One line of the output contract.
+#[derive(Debug, Serialize)]
+pub struct Measurement {
+    pub scenario: &'static str,
+    pub metric: &'static str,
+    pub ours: f64,
+    pub baseline: f64,
+    /// ours / baseline for rates; baseline / ours for latencies (higher is better either way).
+    pub ratio: f64,
+    pub unit: &'static str,
+}
+
+impl Measurement {
+    pub fn rate(
+        scenario: &'static str,
+        metric: &'static str,
+        ours: f64,
+        baseline: f64,
+        unit: &'static str,
+    ) -> Self {
+        Measurement {
+            scenario,
+            metric,
+            ours,
+            baseline,
+            ratio: ours / baseline.max(f64::MIN_POSITIVE),
+            unit,
+        }
+    }
+
+    pub fn latency(
+        scenario: &'static str,
+        metric: &'static str,
+        ours: f64,
+        baseline: f64,
+        unit: &'static str,
+    ) -> Self {
+        Measurement {
+            scenario,
+            metric,
+            ours,
+            baseline,
+            ratio: baseline / ours.max(f64::MIN_POSITIVE),
+            unit,
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.duration > 0.0 && args.duration <= 3600.0,
+        "--duration must be in (0, 3600] seconds"
+    );
+    let duration = Duration::from_secs_f64(args.duration);
+    let scratch = Scratch::new(&args.store.data_dir)?;
+    let rows = match args.scenario {
+        Scenario::AppendConcurrent => append::concurrent(&args, &scratch, duration).await?,
+        Scenario::AppendBatch => append::batch(&scratch, duration).await?,
+        Scenario::AppendPostgres => append::postgres(&args.postgres, duration).await?,
+    };
+    print(&rows, args.json);
+    Ok(())
+}
+
+fn print(rows: &[Measurement], json: bool) {
+    if json {
+        for r in rows {
+            println!(
+                "{}",
+                serde_json::to_string(r).expect("plain numbers and strings")
+            );
+        }
+        return;
+    }
+    println!(
+        "{:<18} {:<22} {:>14} {:>14} {:>8}  unit",
+        "scenario", "metric", "ours", "baseline", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<18} {:<22} {:>14.1} {:>14.1} {:>8.2}  {}",
+            r.scenario, r.metric, r.ours, r.baseline, r.ratio, r.unit
+        );
+    }
+}
+
+/// A directory for scratch logs, under the data directory so that it sits on the
+/// same disk as a real log (not a RAM-backed /tmp); removed afterwards.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join(format!("bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Latency percentiles of a sample, in microseconds.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
