@@ -1,0 +1,226 @@
+//! Roles, permissions and who holds them; permission checks.
+
+use crate::digest::{sorted, Digest};
+use perfect21_events::catalog::{PermissionSpec, UserStatus};
+use perfect21_events::Event;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use uuid::Uuid;
+
+/// A role and its permissions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleView {
+    pub id: String,
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    pub priority: i32,
+    pub permissions: BTreeMap<String, PermissionSpec>,
+}
+
+/// The answer to "may this user do this?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: String,
+    /// The grants that allowed it, highest role priority first: `role:<id>:<permission id>` or `direct:<permission id>`.
+    pub applied_policies: Vec<String>,
+}
+
+/// The roles & permissions read model.
+#[derive(Debug, Default)]
+pub struct Authz {
+    roles: BTreeMap<String, RoleView>,
+    user_roles: HashMap<Uuid, BTreeSet<String>>,
+    direct: HashMap<Uuid, BTreeMap<String, PermissionSpec>>,
+}
+
+fn field_matches(granted: &str, wanted: &str) -> bool {
+    granted == "*"
+        || granted == wanted
+        || granted
+            .strip_suffix(".*")
+            .is_some_and(|p| wanted.starts_with(p) && wanted[p.len()..].starts_with('.'))
+}
+
+/// Whether a granted permission covers the requested resource, action and scope (`*` matches anything).
+pub fn covers(p: &PermissionSpec, resource: &str, action: &str, scope: &str) -> bool {
+    field_matches(&p.resource, resource)
+        && field_matches(&p.action, action)
+        && field_matches(&p.scope, scope)
+}
+
+impl Authz {
+    pub fn role(&self, id: &str) -> Option<&RoleView> {
+        self.roles.get(id)
+    }
+
+    pub fn roles(&self) -> impl Iterator<Item = &RoleView> {
+        self.roles.values()
+    }
+
+    /// The user's roles, highest priority first.
+    pub fn user_roles(&self, user: Uuid) -> Vec<&RoleView> {
+        let mut roles: Vec<_> = self
+            .user_roles
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.roles.get(id))
+            .collect();
+        roles.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        roles
+    }
+
+    /// Every permission the user holds, with where it comes from, highest role priority first, direct grants last.
+    pub fn effective_permissions(&self, user: Uuid) -> Vec<(String, &PermissionSpec)> {
+        let mut out = Vec::new();
+        for role in self.user_roles(user) {
+            for p in role.permissions.values() {
+                out.push((format!("role:{}:{}", role.id, p.id), p));
+            }
+        }
+        for p in self.direct.get(&user).into_iter().flat_map(|m| m.values()) {
+            out.push((format!("direct:{}", p.id), p));
+        }
+        out
+    }
+
+    /// Checks one permission. `status` is the user's status, `None` for an unknown user.
+    pub fn check(
+        &self,
+        user: Uuid,
+        status: Option<UserStatus>,
+        resource: &str,
+        action: &str,
+        scope: &str,
+    ) -> Decision {
+        let deny = |reason: String| Decision {
+            allowed: false,
+            reason,
+            applied_policies: vec![],
+        };
+        match status {
+            None => return deny("unknown user".into()),
+            Some(UserStatus::Locked) => return deny("user is locked".into()),
+            Some(UserStatus::Suspended) => return deny("user is suspended".into()),
+            Some(UserStatus::Deleted) => return deny("user is deleted".into()),
+            Some(UserStatus::PendingVerification | UserStatus::Active) => {}
+        }
+        let applied: Vec<String> = self
+            .effective_permissions(user)
+            .into_iter()
+            .filter(|(_, p)| covers(p, resource, action, scope))
+            .map(|(source, _)| source)
+            .collect();
+        if applied.is_empty() {
+            deny(format!(
+                "no role or grant of the user covers {resource}:{action}:{scope}"
+            ))
+        } else {
+            Decision {
+                allowed: true,
+                reason: format!("granted by {}", applied[0]),
+                applied_policies: applied,
+            }
+        }
+    }
+
+    pub(crate) fn apply(&mut self, event: &Event) {
+        match event {
+            Event::RoleCreated(e) => {
+                self.roles.insert(
+                    e.role_id.clone(),
+                    RoleView {
+                        id: e.role_id.clone(),
+                        name: e.name.clone(),
+                        display_name: e.display_name.clone(),
+                        description: e.description.clone(),
+                        priority: e.priority,
+                        permissions: BTreeMap::new(),
+                    },
+                );
+            }
+            Event::RoleUpdated(e) => {
+                if let Some(r) = self.roles.get_mut(&e.role_id) {
+                    r.display_name = e.display_name.clone();
+                    r.description = e.description.clone();
+                    r.priority = e.priority;
+                }
+            }
+            Event::RoleDeleted(e) => {
+                self.roles.remove(&e.role_id);
+                for roles in self.user_roles.values_mut() {
+                    roles.remove(&e.role_id);
+                }
+            }
+            Event::RolePermissionGranted(e) => {
+                if let Some(r) = self.roles.get_mut(&e.role_id) {
+                    r.permissions
+                        .insert(e.permission.id.clone(), e.permission.clone());
+                }
+            }
+            Event::RolePermissionRevoked(e) => {
+                if let Some(r) = self.roles.get_mut(&e.role_id) {
+                    r.permissions.remove(&e.permission_id);
+                }
+            }
+            Event::RoleAssigned(e) => {
+                self.user_roles
+                    .entry(e.user_id)
+                    .or_default()
+                    .insert(e.role_id.clone());
+            }
+            Event::RoleRevoked(e) => {
+                if let Some(roles) = self.user_roles.get_mut(&e.user_id) {
+                    roles.remove(&e.role_id);
+                }
+            }
+            Event::PermissionGranted(e) => {
+                self.direct
+                    .entry(e.user_id)
+                    .or_default()
+                    .insert(e.permission.id.clone(), e.permission.clone());
+            }
+            Event::PermissionRevoked(e) => {
+                if let Some(grants) = self.direct.get_mut(&e.user_id) {
+                    grants.remove(&e.permission_id);
+                }
+            }
+            Event::UserDeleted(e) => {
+                self.user_roles.remove(&e.user_id);
+                self.direct.remove(&e.user_id);
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn digest(&self, d: &mut Digest) {
+        let perm = |d: &mut Digest, p: &PermissionSpec| {
+            for f in [
+                &p.id,
+                &p.resource,
+                &p.action,
+                &p.scope,
+                &p.name,
+                &p.description,
+            ] {
+                d.str(f);
+            }
+        };
+        for r in self.roles.values() {
+            for f in [&r.id, &r.name, &r.display_name, &r.description] {
+                d.str(f);
+            }
+            d.i64(r.priority as i64);
+            r.permissions.values().for_each(|p| perm(d, p));
+        }
+        for (user, roles) in sorted(self.user_roles.iter()) {
+            d.bytes(user.as_bytes());
+            roles.iter().for_each(|r| d.str(r));
+        }
+        for (user, grants) in sorted(self.direct.iter()) {
+            d.bytes(user.as_bytes());
+            grants.values().for_each(|p| perm(d, p));
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The folds, fed hand-made recorded events: no database needed.
+
+use perfect21_events::catalog::*;
+use perfect21_events::{Event, Metadata, RecordedEvent};
+use perfect21_projections::sessions::RefreshTokenState;
+use perfect21_projections::{ProjectionError, ReadModels};
+use uuid::Uuid;
+
+/// Records `events` at positions 1.. as the log would.
+fn record(events: Vec<Event>) -> Vec<RecordedEvent> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| RecordedEvent {
+            event_id: Uuid::from_u128(i as u128 + 1),
+            stream_id: "user-x".into(),
+            stream_version: i as u64,
+            position: i as u64 + 1,
+            event_type: e.event_type().into(),
+            schema_version: e.schema_version(),
+            recorded_at: chrono::DateTime::from_timestamp(1_700_000_000 + i as i64, 0).unwrap(),
+            metadata: Metadata {
+                client_ip: Some(format!("10.0.0.{i}")),
+                ..Metadata::default()
+            },
+            payload: e.encode_payload().unwrap(),
+        })
+        .collect()
+}
+
+fn fold(events: &[RecordedEvent]) -> ReadModels {
+    let mut m = ReadModels::default();
+    for e in events {
+        m.apply(e).unwrap();
+    }
+    m
+}
+
+fn registered(user_id: Uuid, email: &str, username: &str) -> Event {
+    UserRegistered {
+        user_id,
+        email: email.into(),
+        username: username.into(),
+        first_name: Some("Ada".into()),
+        last_name: None,
+        phone_number: None,
+        locale: "en".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$x$y".into(),
+        verification_token_hash: "h".into(),
+        verification_expires_at: 0,
+    }
+    .into()
+}
+
+fn perm(id: &str, resource: &str, action: &str, scope: &str) -> PermissionSpec {
+    PermissionSpec {
+        id: id.into(),
+        resource: resource.into(),
+        action: action.into(),
+        scope: scope.into(),
+        name: id.into(),
+        description: String::new(),
+    }
+}
+
+#[test]
+fn users_are_found_by_id_email_and_username_and_deletion_forgets_them() {
+    let u = Uuid::from_u128(7);
+    let events = record(vec![
+        registered(u, "Ada@Example.com", "Ada"),
+        UserEmailVerified { user_id: u }.into(),
+        UserStatusChanged {
+            user_id: u,
+            from: UserStatus::PendingVerification,
+            to: UserStatus::Active,
+            reason: "verified".into(),
+        }
+        .into(),
+        UserLoginSucceeded {
+            user_id: u,
+            session_id: Uuid::from_u128(9),
+            mfa_used: false,
+            risk_score: 0.1,
+            device_id: None,
+        }
+        .into(),
+    ]);
+    let m = fold(&events);
+    let user = m
+        .users
+        .by_email("ada@example.COM")
+        .expect("case-insensitive email");
+    assert_eq!(user.id, u);
+    assert_eq!(m.users.by_username("ADA").unwrap().id, u);
+    assert!(user.email_verified);
+    assert_eq!(user.status, UserStatus::Active);
+    assert_eq!(
+        user.last_login_at,
+        Some(events[3].recorded_at.timestamp_micros())
+    );
+
+    let mut all = events.clone();
+    all.extend(
+        record(vec![UserDeleted {
+            user_id: u,
+            reason: "request".into(),
+        }
+        .into()])
+        .into_iter()
+        .map(|mut e| {
+            e.position = 5;
+            e
+        }),
+    );
+    let m = fold(&all);
+    assert!(m.users.by_email("ada@example.com").is_none());
+    assert!(m.users.by_username("ada").is_none());
+    let gone = m.users.get(u).unwrap();
+    assert_eq!(gone.status, UserStatus::Deleted);
+    assert!(gone.email.is_empty() && gone.password_hash.is_empty() && gone.first_name.is_none());
+}
+
+#[test]
+fn permission_checks_follow_roles_grants_wildcards_and_status() {
+    let u = Uuid::from_u128(1);
+    let events = record(vec![
+        registered(u, "a@x.io", "a"),
+        RoleCreated {
+            role_id: "viewer".into(),
+            name: "viewer".into(),
+            display_name: "Viewer".into(),
+            description: String::new(),
+            priority: 10,
+        }
+        .into(),
+        RoleCreated {
+            role_id: "admin".into(),
+            name: "admin".into(),
+            display_name: "Admin".into(),
+            description: String::new(),
+            priority: 100,
+        }
+        .into(),
+        RolePermissionGranted {
+            role_id: "viewer".into(),
+            permission: perm("docs.read", "docs", "read", "own"),
+        }
+        .into(),
+        RolePermissionGranted {
+            role_id: "admin".into(),
+            permission: perm("all", "*", "*", "*"),
+        }
+        .into(),
+        RoleAssigned {
+            user_id: u,
+            role_id: "viewer".into(),
+            expires_at: None,
+        }
+        .into(),
+        PermissionGranted {
+            user_id: u,
+            permission: perm("billing.any", "billing.*", "read", "*"),
+        }
+        .into(),
+    ]);
+    let m = fold(&events);
+    let status = m.users.get(u).map(|u| u.status);
+    let d = m.authz.check(u, status, "docs", "read", "own");
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.applied_policies, vec!["role:viewer:docs.read"]);
+    assert!(!m.authz.check(u, status, "docs", "write", "own").allowed);
+    assert!(!m.authz.check(u, status, "docs", "read", "all").allowed);
+    let d = m.authz.check(u, status, "billing.invoices", "read", "team");
+    assert_eq!(d.applied_policies, vec!["direct:billing.any"]);
+    assert!(!m.authz.check(u, status, "billingx", "read", "team").allowed);
+    assert!(
+        !m.authz
+            .check(Uuid::from_u128(99), None, "docs", "read", "own")
+            .allowed
+    );
+
+    // Admin outranks viewer; revoking and locking take effect.
+    let mut more = events.clone();
+    let tail = record(vec![
+        RoleAssigned {
+            user_id: u,
+            role_id: "admin".into(),
+            expires_at: None,
+        }
+        .into(),
+        RoleRevoked {
+            user_id: u,
+            role_id: "viewer".into(),
+        }
+        .into(),
+        AccountLocked {
+            user_id: u,
+            reason: "failures".into(),
+            failed_attempts: 5,
+            locked_until: None,
+        }
+        .into(),
+    ]);
+    for (i, mut e) in tail.into_iter().enumerate() {
+        e.position = events.len() as u64 + 1 + i as u64;
+        more.push(e);
+    }
+    let mut m = ReadModels::default();
+    for e in &more[..more.len() - 1] {
+        m.apply(e).unwrap();
+    }
+    let status = m.users.get(u).map(|u| u.status);
+    let d = m.authz.check(u, status, "docs", "delete", "any");
+    assert_eq!(d.applied_policies, vec!["role:admin:all"]);
+    assert_eq!(
+        m.authz
+            .user_roles(u)
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["admin"]
+    );
+    m.apply(more.last().unwrap()).unwrap();
+    let d = m
+        .authz
+        .check(u, m.users.get(u).map(|u| u.status), "docs", "read", "own");
+    assert!(!d.allowed);
+    assert_eq!(d.reason, "user is locked");
+}
+
+#[test]
+fn refresh_rotation_and_revocation_are_tracked() {
+    let (u, s) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let events = record(vec![
+        SessionStarted {
+            session_id: s,
+            user_id: u,
+            refresh_token_hash: "r1".into(),
+            access_jti: "j1".into(),
+            expires_at: i64::MAX,
+            device_id: None,
+        }
+        .into(),
+        SessionRefreshed {
+            session_id: s,
+            user_id: u,
+            previous_token_hash: "r1".into(),
+            refresh_token_hash: "r2".into(),
+            access_jti: "j2".into(),
+            expires_at: i64::MAX,
+        }
+        .into(),
+        SessionTokenRevoked {
+            session_id: s,
+            user_id: u,
+            jti: "j1".into(),
+            expires_at: 0,
+        }
+        .into(),
+    ]);
+    let m = fold(&events);
+    assert_eq!(
+        m.sessions.refresh_token("r1"),
+        Some(RefreshTokenState::Rotated(s))
+    );
+    assert_eq!(
+        m.sessions.refresh_token("r2"),
+        Some(RefreshTokenState::Current(s))
+    );
+    assert!(m.sessions.is_revoked("j1", Some(s)));
+    assert!(!m.sessions.is_revoked("j2", Some(s)));
+    assert!(m.sessions.get(s).unwrap().is_active(0));
+    let mut all = events.clone();
+    let mut revoked = record(vec![SessionRevoked {
+        session_id: s,
+        user_id: u,
+        reason: "logout".into(),
+    }
+    .into()]);
+    revoked[0].position = 4;
+    all.extend(revoked);
+    let m = fold(&all);
+    assert!(
+        m.sessions.is_revoked("j2", Some(s)),
+        "ending the session revokes its tokens"
+    );
+    assert_eq!(
+        m.sessions.of_user(u)[0].ended.as_deref(),
+        Some("revoked:logout")
+    );
+    assert_eq!(
+        m.audit.positions(u),
+        &[3, 4],
+        "token and session revocations are audited, starts and refreshes are not"
+    );
+}
+
+#[test]
+fn login_history_is_bounded_and_records_where_from() {
+    let u = Uuid::from_u128(1);
+    let events: Vec<Event> = (0..25)
+        .map(|i| {
+            UserLoginFailed {
+                user_id: u,
+                reason: "bad_password".into(),
+                failure_count: i,
+                risk_score: 0.5,
+            }
+            .into()
+        })
+        .collect();
+    let m = fold(&record(events));
+    let logins: Vec<_> = m.audit.logins(u).collect();
+    assert_eq!(
+        logins.len(),
+        perfect21_projections::audit::LOGIN_HISTORY_LEN
+    );
+    assert_eq!(logins.last().unwrap().position, 25);
+    assert_eq!(
+        logins.last().unwrap().client_ip.as_deref(),
+        Some("10.0.0.24")
+    );
+    assert_eq!(m.audit.positions(u).len(), 25);
+}
+
+#[test]
+fn checkpoints_make_folds_idempotent_and_refuse_holes() {
+    let u = Uuid::from_u128(1);
+    let events = record(vec![
+        registered(u, "a@x.io", "a"),
+        UserEmailVerified { user_id: u }.into(),
+        UserMfaEnabled {
+            user_id: u,
+            method: "totp".into(),
+            secret_ciphertext: vec![],
+            recovery_code_hashes: vec![],
+        }
+        .into(),
+    ]);
+    let once = fold(&events);
+    let mut twice = fold(&events);
+    for e in &events {
+        twice.apply(e).unwrap();
+    }
+    assert_eq!(once.digest(), twice.digest());
+    assert_eq!(twice.checkpoint(), 3);
+
+    let mut holed = ReadModels::default();
+    holed.apply(&events[0]).unwrap();
+    assert!(matches!(
+        holed.apply(&events[2]),
+        Err(ProjectionError::OutOfOrder {
+            expected: 2,
+            got: 3
+        })
+    ));
+    // Different state, different digest.
+    assert_ne!(fold(&events[..2]).digest(), once.digest());
+}
+
+#[test]
+fn unknown_types_are_skipped_and_damaged_payloads_refused() {
+    let mut events = record(vec![
+        UserEmailVerified {
+            user_id: Uuid::from_u128(1)
+        }
+        .into();
+        2
+    ]);
+    events[0].schema_version = 77;
+    events[1].payload = vec![];
+    let mut m = ReadModels::default();
+    m.apply(&events[0]).unwrap();
+    assert_eq!(m.skipped_unknown(), 1);
+    assert!(matches!(
+        m.apply(&events[1]),
+        Err(ProjectionError::Undecodable { position: 2, .. })
+    ));
+}
