@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod events_cmd;
+mod replay;
 
 use clap::{Parser, Subcommand};
 use config::StoreArgs;
@@ -26,6 +27,14 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: events_cmd::EventsCommand,
+    },
+    /// Rebuild every read model from the start of the log and print a digest of the state.
+    Replay {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure against a baseline run in the same process (DESIGN §9).
     Bench(bench::BenchArgs),
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Events { command } => events_cmd::run(command).await,
+            Command::Replay { store, json } => replay::run(store, json).await,
             Command::Bench(args) => bench::run(args).await,
             Command::AppendForever { store, writers } => {
                 events_cmd::append_forever(store, writers).await

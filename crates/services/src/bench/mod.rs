@@ -3,6 +3,7 @@
 //! that higher is better (DESIGN §9).
 
 mod append;
+mod replay;
 
 use crate::config::StoreArgs;
 use serde::Serialize;
@@ -25,6 +26,9 @@ pub struct BenchArgs {
     /// Seconds to run each side (ours, then the baseline).
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
+    /// Events in the scratch log of `replay`; users folded by `memory` are a tenth of it.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -39,6 +43,10 @@ pub enum Scenario {
     AppendBatch,
     /// PostgreSQL store, 100-event appends vs raw batched INSERT through sqlx.
     AppendPostgres,
+    /// Rebuild all read models from a log of `--events` events vs a raw scan of the same log.
+    Replay,
+    /// Resident bytes per user in the read models (users = `--events` / 10) vs the 1 KiB budget.
+    Memory,
 }
 
 /// One line of the output contract.
@@ -100,6 +108,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::AppendConcurrent => append::concurrent(&args, &scratch, duration).await?,
         Scenario::AppendBatch => append::batch(&scratch, duration).await?,
         Scenario::AppendPostgres => append::postgres(&args.postgres, duration).await?,
+        Scenario::Replay => replay::replay(&scratch, args.events).await?,
+        Scenario::Memory => replay::memory(args.events / 10).await?,
     };
     print(&rows, args.json);
     Ok(())
