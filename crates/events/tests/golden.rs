@@ -231,6 +231,21 @@ fn samples() -> Vec<Event> {
             reused_token_hash: "rt1".into(),
         }
         .into(),
+        ReservationClaimed {
+            owner: u,
+            kind: "email".into(),
+        }
+        .into(),
+        ReservationReleased {
+            owner: u,
+            kind: "email".into(),
+        }
+        .into(),
+        UserRecoveryCodeUsed {
+            user_id: u,
+            code_hash: "c1".into(),
+        }
+        .into(),
     ]
 }
 

@@ -8,11 +8,13 @@
 
 pub mod authz;
 pub mod legacy;
+pub mod reservation;
 pub mod security;
 pub mod session;
 pub mod user;
 
 pub use authz::*;
+pub use reservation::*;
 pub use security::*;
 pub use session::*;
 pub use user::*;
@@ -124,6 +126,9 @@ catalog! {
     AccountUnlocked = "security.account_unlocked" v 1,
     SecurityAlert = "security.alert" v 1,
     RefreshTokenReuseDetected = "security.refresh_token_reuse_detected" v 1,
+    ReservationClaimed = "reservation.claimed" v 1,
+    ReservationReleased = "reservation.released" v 1,
+    UserRecoveryCodeUsed = "user.recovery_code_used" v 1,
 }
 
 /// Every (event_type, schema_version) this build can read: current and legacy.

@@ -124,3 +124,10 @@ pub struct UserDeleted {
     pub user_id: Uuid,
     pub reason: String,
 }
+
+/// `user.recovery_code_used` v1: one MFA recovery code spent (it cannot be used again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecoveryCodeUsed {
+    pub user_id: Uuid,
+    pub code_hash: String,
+}

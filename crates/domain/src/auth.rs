@@ -1,0 +1,592 @@
+//! Credentials and sessions: login (argon2id, lockout, risk, MFA), refresh-token
+//! rotation with reuse detection, logout and revocation.
+
+use crate::error::{DomainError, Result};
+use crate::secrets::{constant_time_eq, random_token, token_hash};
+use crate::state::{ReservationState, SessionState, UserState};
+use crate::{now, stream, Identity, RequestContext};
+use perfect21_events::catalog::*;
+use perfect21_events::{Event, ExpectedVersion};
+use perfect21_projections::users::{normalize_email, normalize_username};
+use uuid::Uuid;
+
+/// Attempts of a command that lost a race on its stream before giving up.
+const RETRIES: usize = 3;
+
+/// What a client sends to log in.
+#[derive(Debug, Clone, Default)]
+pub struct LoginRequest {
+    /// Email address or username.
+    pub identifier: String,
+    pub password: String,
+    /// A TOTP code or a recovery code, for accounts with MFA.
+    pub mfa_code: Option<String>,
+    pub device_id: Option<String>,
+}
+
+/// A started (or refreshed) session.
+#[derive(Debug, Clone)]
+pub struct LoginGrant {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    /// Opaque; the only copy (the log holds its hash). Rotated on every refresh.
+    pub refresh_token: String,
+    pub refresh_expires_at: i64,
+    /// Id of the access token to issue for this grant.
+    pub access_jti: String,
+    pub access_expires_at: i64,
+    pub risk_score: f32,
+    pub mfa_used: bool,
+    pub position: u64,
+}
+
+/// The outcome of checking a password (and second factor) against a user's state.
+enum Verdict {
+    Ok {
+        mfa_used: bool,
+        recovery_code: Option<String>,
+    },
+    Failed(&'static str),
+    NeedMfa,
+}
+
+impl Identity {
+    /// Finds the user an email or username belongs to, from the reservation streams
+    /// (authoritative and never behind, unlike a read model).
+    async fn owner_of(&self, identifier: &str) -> Result<Option<Uuid>> {
+        let (kind, value) = if identifier.contains('@') {
+            ("email", normalize_email(identifier))
+        } else {
+            ("username", normalize_username(identifier))
+        };
+        let s = stream(kind, &token_hash(&value)[..40])?;
+        let state: ReservationState = self.load(&s).await?;
+        Ok(state.owner.map(|(o, _)| o))
+    }
+
+    /// Logs in. Unknown users, wrong passwords and locked accounts all cost one
+    /// argon2id verification and all answer [`DomainError::InvalidCredentials`].
+    pub async fn login(&self, ctx: &RequestContext, req: LoginRequest) -> Result<LoginGrant> {
+        if req.identifier.is_empty() || req.identifier.len() > 254 || req.password.len() > 1024 {
+            return Err(DomainError::InvalidCredentials);
+        }
+        let Some(user_id) = self.owner_of(&req.identifier).await? else {
+            self.passwords.verify(req.password, None).await?;
+            return Err(DomainError::InvalidCredentials);
+        };
+        let ctx = &ctx.clone().as_user(user_id);
+        let user_stream = stream("user", user_id)?;
+        let mut password_checked: Option<(String, bool)> = None;
+        for _ in 0..RETRIES {
+            let state: UserState = self.load(&user_stream).await?;
+            if !state.exists || state.is_deleted() {
+                self.passwords.verify(req.password.clone(), None).await?;
+                return Err(DomainError::InvalidCredentials);
+            }
+            // The hash only changes with a password change; a retry need not pay argon2 again.
+            let password_ok = match &password_checked {
+                Some((hash, ok)) if *hash == state.password_hash => *ok,
+                _ => {
+                    let ok = self
+                        .passwords
+                        .verify(req.password.clone(), Some(state.password_hash.clone()))
+                        .await?;
+                    password_checked = Some((state.password_hash.clone(), ok));
+                    ok
+                }
+            };
+            let now = now();
+            let mut events = Vec::new();
+            let mut status = state.status.unwrap_or(UserStatus::PendingVerification);
+            if status == UserStatus::Locked && state.locked_until.is_some_and(|t| t <= now) {
+                events.push(Event::AccountUnlocked(AccountUnlocked {
+                    user_id,
+                    reason: "lock expired".into(),
+                }));
+                status = if state.email_verified {
+                    UserStatus::Active
+                } else {
+                    UserStatus::PendingVerification
+                };
+            }
+            let verdict = match status {
+                UserStatus::Locked => Verdict::Failed("account_locked"),
+                UserStatus::Suspended => Verdict::Failed("account_suspended"),
+                UserStatus::Deleted => Verdict::Failed("account_deleted"),
+                _ if !password_ok => Verdict::Failed("bad_password"),
+                _ => self.second_factor(&state, req.mfa_code.as_deref()),
+            };
+            let window_start = now - self.config.lockout_window.as_secs() as i64;
+            let recent_failures = state
+                .failures
+                .iter()
+                .filter(|t| **t >= window_start)
+                .count() as u32;
+            let risk = self.risk_score(&state, ctx, recent_failures);
+            match verdict {
+                Verdict::NeedMfa => return Err(DomainError::MfaRequired),
+                Verdict::Failed(reason) => {
+                    let failure_count = recent_failures + 1;
+                    events.push(Event::UserLoginFailed(UserLoginFailed {
+                        user_id,
+                        reason: reason.into(),
+                        failure_count,
+                        risk_score: risk,
+                    }));
+                    let already_locked = status == UserStatus::Locked;
+                    if !already_locked
+                        && reason != "account_suspended"
+                        && failure_count >= self.config.lockout_threshold
+                    {
+                        let locked_until = now + self.config.lockout_duration.as_secs() as i64;
+                        events.push(Event::AccountLocked(AccountLocked {
+                            user_id,
+                            reason: format!(
+                                "{failure_count} failed logins within {} s",
+                                self.config.lockout_window.as_secs()
+                            ),
+                            failed_attempts: failure_count,
+                            locked_until: Some(locked_until),
+                        }));
+                        events.push(alert(
+                            user_id,
+                            "account_locked",
+                            Severity::High,
+                            format!("Account locked after {failure_count} failed logins"),
+                            vec![
+                                ("failed_attempts".into(), failure_count.to_string()),
+                                ("locked_until".into(), locked_until.to_string()),
+                            ],
+                        ));
+                    }
+                    match self
+                        .append(
+                            ctx,
+                            &user_stream,
+                            ExpectedVersion::from_current(state.version),
+                            &events,
+                        )
+                        .await
+                    {
+                        Ok(_) => return Err(DomainError::InvalidCredentials),
+                        Err(DomainError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Verdict::Ok {
+                    mfa_used,
+                    recovery_code,
+                } => {
+                    let session_id = Uuid::now_v7();
+                    if let Some(code_hash) = recovery_code {
+                        events.push(Event::UserRecoveryCodeUsed(UserRecoveryCodeUsed {
+                            user_id,
+                            code_hash,
+                        }));
+                    }
+                    if risk > self.config.risk_threshold {
+                        events.push(Event::SuspiciousActivity(SuspiciousActivity {
+                            user_id,
+                            activity_type: "risky_login".into(),
+                            risk_score: risk,
+                            description: "login from an unfamiliar client after recent failures"
+                                .into(),
+                            details: vec![
+                                (
+                                    "client_ip".into(),
+                                    ctx.client_ip.clone().unwrap_or_default(),
+                                ),
+                                ("recent_failures".into(), recent_failures.to_string()),
+                            ],
+                        }));
+                    }
+                    events.push(Event::UserLoginSucceeded(UserLoginSucceeded {
+                        user_id,
+                        session_id,
+                        mfa_used,
+                        risk_score: risk,
+                        device_id: req.device_id.clone(),
+                    }));
+                    match self
+                        .append(
+                            ctx,
+                            &user_stream,
+                            ExpectedVersion::from_current(state.version),
+                            &events,
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            return self
+                                .start_session(
+                                    ctx,
+                                    user_id,
+                                    session_id,
+                                    risk,
+                                    mfa_used,
+                                    req.device_id,
+                                )
+                                .await
+                        }
+                        Err(DomainError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(DomainError::Conflict {
+            stream: user_stream.to_string(),
+        })
+    }
+
+    fn second_factor(&self, state: &UserState, code: Option<&str>) -> Verdict {
+        let Some(sealed) = &state.mfa_secret else {
+            return Verdict::Ok {
+                mfa_used: false,
+                recovery_code: None,
+            };
+        };
+        let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
+            return Verdict::NeedMfa;
+        };
+        if let Some(secret) = self.secrets.open(sealed) {
+            if crate::mfa::check_totp(&secret, code, &self.config.totp_issuer) {
+                return Verdict::Ok {
+                    mfa_used: true,
+                    recovery_code: None,
+                };
+            }
+        }
+        let hash = token_hash(&crate::mfa::normalize_recovery_code(code));
+        if state
+            .recovery_codes
+            .iter()
+            .any(|h| constant_time_eq(h, &hash))
+        {
+            return Verdict::Ok {
+                mfa_used: true,
+                recovery_code: Some(hash),
+            };
+        }
+        Verdict::Failed("bad_mfa_code")
+    }
+
+    /// 0 (a familiar client) … 1: an unknown IP, an unknown user agent, recent failures.
+    fn risk_score(&self, state: &UserState, ctx: &RequestContext, recent_failures: u32) -> f32 {
+        if state.logins == 0 {
+            return (recent_failures as f32 * 0.1).min(0.3);
+        }
+        let mut risk = 0.0;
+        if ctx
+            .client_ip
+            .as_ref()
+            .is_some_and(|ip| !state.known_ips.contains(ip))
+        {
+            risk += 0.4;
+        }
+        if ctx
+            .user_agent
+            .as_ref()
+            .is_some_and(|ua| !state.known_agents.contains(ua))
+        {
+            risk += 0.3;
+        }
+        risk + (recent_failures as f32 * 0.1).min(0.3)
+    }
+
+    async fn start_session(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        session_id: Uuid,
+        risk_score: f32,
+        mfa_used: bool,
+        device_id: Option<String>,
+    ) -> Result<LoginGrant> {
+        let refresh_token = format!("{}.{}", session_id.simple(), random_token());
+        let access_jti = Uuid::now_v7().to_string();
+        let now = now();
+        let refresh_expires_at = now + self.config.refresh_token_ttl.as_secs() as i64;
+        let event = Event::SessionStarted(SessionStarted {
+            session_id,
+            user_id,
+            refresh_token_hash: token_hash(&refresh_token),
+            access_jti: access_jti.clone(),
+            expires_at: refresh_expires_at,
+            device_id,
+        });
+        let r = self
+            .append(
+                ctx,
+                &stream("session", session_id)?,
+                ExpectedVersion::NoStream,
+                &[event],
+            )
+            .await?;
+        Ok(LoginGrant {
+            user_id,
+            session_id,
+            refresh_token,
+            refresh_expires_at,
+            access_jti,
+            access_expires_at: now + self.config.access_token_ttl.as_secs() as i64,
+            risk_score,
+            mfa_used,
+            position: r.position,
+        })
+    }
+
+    /// Exchanges a refresh token for a new one (rotation). Presenting a token that
+    /// was already rotated away revokes the whole session and records the reuse.
+    pub async fn refresh(&self, ctx: &RequestContext, refresh_token: &str) -> Result<LoginGrant> {
+        let bad = || DomainError::InvalidToken {
+            what: "refresh token",
+        };
+        let session_id = refresh_token
+            .split_once('.')
+            .and_then(|(id, _)| Uuid::parse_str(id).ok())
+            .ok_or_else(bad)?;
+        let s = stream("session", session_id)?;
+        let state: SessionState = self.load(&s).await?;
+        if !state.exists() || state.ended {
+            return Err(bad());
+        }
+        let ctx = &ctx.clone().as_user(state.user_id);
+        let expected = ExpectedVersion::from_current(state.version);
+        let presented = token_hash(refresh_token);
+        let user_id = state.user_id;
+        if state
+            .rotated
+            .iter()
+            .any(|h| constant_time_eq(h, &presented))
+        {
+            let events = [
+                Event::SessionRevoked(SessionRevoked {
+                    session_id,
+                    user_id,
+                    reason: "refresh_token_reuse".into(),
+                }),
+                Event::RefreshTokenReuseDetected(RefreshTokenReuseDetected {
+                    user_id,
+                    session_id,
+                    reused_token_hash: presented,
+                }),
+                alert(
+                    user_id,
+                    "refresh_token_reuse",
+                    Severity::High,
+                    "A refresh token was used twice; the session was ended".into(),
+                    vec![("session_id".into(), session_id.to_string())],
+                ),
+            ];
+            self.append(ctx, &s, expected, &events).await?;
+            return Err(bad());
+        }
+        if !constant_time_eq(&state.current_hash, &presented) {
+            return Err(bad());
+        }
+        let now = now();
+        if state.expires_at <= now {
+            self.append(
+                ctx,
+                &s,
+                expected,
+                &[Event::SessionExpired(SessionExpired {
+                    session_id,
+                    user_id,
+                })],
+            )
+            .await?;
+            return Err(bad());
+        }
+        let user: UserState = self.load(&stream("user", user_id)?).await?;
+        if matches!(
+            user.status,
+            Some(UserStatus::Locked | UserStatus::Suspended | UserStatus::Deleted)
+        ) {
+            return Err(bad());
+        }
+        let new_token = format!("{}.{}", session_id.simple(), random_token());
+        let access_jti = Uuid::now_v7().to_string();
+        let refresh_expires_at = now + self.config.refresh_token_ttl.as_secs() as i64;
+        let event = Event::SessionRefreshed(SessionRefreshed {
+            session_id,
+            user_id,
+            previous_token_hash: presented,
+            refresh_token_hash: token_hash(&new_token),
+            access_jti: access_jti.clone(),
+            expires_at: refresh_expires_at,
+        });
+        // Two refreshes racing with the same token: only one may rotate it.
+        let r = self
+            .append(ctx, &s, expected, &[event])
+            .await
+            .map_err(|e| match e {
+                DomainError::Conflict { .. } => bad(),
+                other => other,
+            })?;
+        Ok(LoginGrant {
+            user_id,
+            session_id,
+            refresh_token: new_token,
+            refresh_expires_at,
+            access_jti,
+            access_expires_at: now + self.config.access_token_ttl.as_secs() as i64,
+            risk_score: 0.0,
+            mfa_used: false,
+            position: r.position,
+        })
+    }
+
+    /// Ends one session.
+    pub async fn revoke_session(
+        &self,
+        ctx: &RequestContext,
+        session_id: Uuid,
+        reason: &str,
+    ) -> Result<u64> {
+        let s = stream("session", session_id)?;
+        let state: SessionState = self.load(&s).await?;
+        if !state.exists() {
+            return Err(DomainError::NotFound {
+                what: "session",
+                id: session_id.to_string(),
+            });
+        }
+        if state.ended {
+            return Err(DomainError::FailedPrecondition(format!(
+                "session {session_id} has already ended"
+            )));
+        }
+        let event = Event::SessionRevoked(SessionRevoked {
+            session_id,
+            user_id: state.user_id,
+            reason: reason.into(),
+        });
+        Ok(self
+            .append(
+                ctx,
+                &s,
+                ExpectedVersion::from_current(state.version),
+                &[event],
+            )
+            .await?
+            .position)
+    }
+
+    /// Logs out: ends the session and records `user.logged_out`.
+    pub async fn logout(&self, ctx: &RequestContext, session_id: Uuid) -> Result<u64> {
+        let state: SessionState = self.load(&stream("session", session_id)?).await?;
+        let position = self.revoke_session(ctx, session_id, "logout").await?;
+        let user_stream = stream("user", state.user_id)?;
+        let event = Event::UserLoggedOut(UserLoggedOut {
+            user_id: state.user_id,
+            session_id,
+        });
+        Ok(self
+            .append(ctx, &user_stream, ExpectedVersion::Any, &[event])
+            .await?
+            .position
+            .max(position))
+    }
+
+    /// Revokes one access token by its id, before it expires.
+    pub async fn revoke_token(
+        &self,
+        ctx: &RequestContext,
+        session_id: Uuid,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<u64> {
+        if jti.is_empty() || jti.len() > 64 {
+            return Err(DomainError::InvalidArgument {
+                field: "jti",
+                reason: "must be 1 to 64 characters".into(),
+            });
+        }
+        let s = stream("session", session_id)?;
+        let state: SessionState = self.load(&s).await?;
+        if !state.exists() {
+            return Err(DomainError::NotFound {
+                what: "session",
+                id: session_id.to_string(),
+            });
+        }
+        let event = Event::SessionTokenRevoked(SessionTokenRevoked {
+            session_id,
+            user_id: state.user_id,
+            jti: jti.into(),
+            expires_at,
+        });
+        Ok(self
+            .append(ctx, &s, ExpectedVersion::Any, &[event])
+            .await?
+            .position)
+    }
+
+    /// Ends every active session of a user; returns the last position written (or `after`).
+    pub async fn revoke_all_sessions(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        reason: &str,
+        after: Option<u64>,
+    ) -> Result<u64> {
+        let now = now();
+        let sessions: Vec<Uuid> = self
+            .read(after, |m| {
+                m.sessions
+                    .of_user(user_id)
+                    .into_iter()
+                    .filter(|s| s.is_active(now))
+                    .map(|s| s.id)
+                    .collect()
+            })
+            .await?;
+        let mut last = after.unwrap_or(0);
+        for session_id in sessions {
+            match self.revoke_session(ctx, session_id, reason).await {
+                Ok(p) => last = last.max(p),
+                // Ended meanwhile: nothing to do.
+                Err(DomainError::FailedPrecondition(_)) | Err(DomainError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(last)
+    }
+}
+
+/// A `security.alert` with the seed's recommended actions for its severity.
+pub(crate) fn alert(
+    user_id: Uuid,
+    alert_type: &str,
+    severity: Severity,
+    description: String,
+    details: Vec<(String, String)>,
+) -> Event {
+    let recommended_actions = match severity {
+        Severity::Critical => vec![
+            "Change your password now",
+            "Enable multi-factor authentication",
+            "Review account activity",
+            "Contact support",
+        ],
+        Severity::High => vec![
+            "Review recent logins",
+            "Consider enabling multi-factor authentication",
+            "Update your password",
+        ],
+        _ => vec![
+            "Review your security settings",
+            "Update your password regularly",
+        ],
+    };
+    Event::SecurityAlert(SecurityAlert {
+        user_id,
+        alert_type: alert_type.into(),
+        severity,
+        description,
+        details,
+        recommended_actions: recommended_actions.into_iter().map(String::from).collect(),
+    })
+}

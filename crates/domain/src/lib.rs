@@ -1,0 +1,186 @@
+//! Identity commands. Each command loads the state of the streams it touches,
+//! decides which events follow, and appends them with the expected version it
+//! decided from — so two commands racing on one stream cannot both win.
+//! Every command returns the position of its last event: the consistency token
+//! a client passes to a later read to see its own write.
+//!
+//! ```text
+//! register -> reservation.claimed (email-*, username-*) -> user.registered
+//! login    -> user.login_succeeded | user.login_failed [+ security.account_locked, security.alert]
+//!          -> session.started
+//! refresh  -> session.refreshed | session.revoked + security.refresh_token_reuse_detected
+//! ```
+
+mod auth;
+mod authz;
+pub mod context;
+pub mod error;
+pub mod live;
+mod mfa;
+pub mod password;
+pub mod secrets;
+pub mod state;
+mod users;
+
+pub use auth::{LoginGrant, LoginRequest};
+pub use authz::RoleSpec;
+pub use context::RequestContext;
+pub use error::{DomainError, Result};
+pub use live::LiveModels;
+pub use mfa::MfaEnrollment;
+pub use users::{ProfileUpdate, Registered, Registration};
+
+use password::{PasswordCost, Passwords};
+use perfect21_events::{
+    AppendResult, Event, EventData, EventStore, ExpectedVersion, StoreError, StreamId,
+};
+use secrets::SecretBox;
+use state::StreamState;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tunables of the identity commands, with defaults an operator would expect.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Failed logins within `lockout_window` that lock the account.
+    pub lockout_threshold: u32,
+    pub lockout_window: Duration,
+    /// How long a lockout lasts.
+    pub lockout_duration: Duration,
+    /// A login riskier than this records `security.suspicious_activity`.
+    pub risk_threshold: f32,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub verification_ttl: Duration,
+    /// How long a read waits for the read models to reach a consistency token.
+    pub consistency_timeout: Duration,
+    pub password_cost: PasswordCost,
+    /// argon2 computations running at once (each on a blocking thread).
+    pub password_workers: usize,
+    /// Issuer shown in authenticator apps.
+    pub totp_issuer: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            lockout_threshold: 5,
+            lockout_window: Duration::from_secs(15 * 60),
+            lockout_duration: Duration::from_secs(15 * 60),
+            risk_threshold: 0.7,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            verification_ttl: Duration::from_secs(24 * 3600),
+            consistency_timeout: Duration::from_secs(5),
+            password_cost: PasswordCost::OWASP,
+            password_workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            totp_issuer: "perfect21".into(),
+        }
+    }
+}
+
+/// The identity commands over one event store, with this process's live read models.
+#[derive(Clone)]
+pub struct Identity {
+    store: Arc<dyn EventStore>,
+    live: Arc<LiveModels>,
+    passwords: Passwords,
+    secrets: SecretBox,
+    config: Arc<IdentityConfig>,
+}
+
+impl Identity {
+    /// `secrets` seals TOTP secrets; it must be the same key on every replica and across restarts.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        live: Arc<LiveModels>,
+        secrets: SecretBox,
+        config: IdentityConfig,
+    ) -> Result<Self> {
+        let passwords = Passwords::new(config.password_cost, config.password_workers)?;
+        Ok(Identity {
+            store,
+            live,
+            passwords,
+            secrets,
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub fn live(&self) -> &Arc<LiveModels> {
+        &self.live
+    }
+
+    pub fn config(&self) -> &IdentityConfig {
+        &self.config
+    }
+
+    pub fn passwords(&self) -> &Passwords {
+        &self.passwords
+    }
+
+    /// Folds a whole stream into its state.
+    async fn load<S: StreamState>(&self, stream: &StreamId) -> Result<S> {
+        let mut state = S::default();
+        let mut from = 0;
+        loop {
+            let page = self.store.read_stream(stream, from, 1000).await?;
+            let Some(last) = page.last() else { break };
+            from = last.stream_version + 1;
+            for recorded in &page {
+                state.apply(recorded, &recorded.decode()?);
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Appends `events` as `ctx`; a lost race becomes [`DomainError::Conflict`].
+    async fn append(
+        &self,
+        ctx: &RequestContext,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[Event],
+    ) -> Result<AppendResult> {
+        let metadata = ctx.metadata();
+        let data = events
+            .iter()
+            .map(|e| EventData::new(e, metadata.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store
+            .append(stream, expected, data)
+            .await
+            .map_err(|e| match e {
+                StoreError::WrongExpectedVersion { stream, .. } => DomainError::Conflict { stream },
+                other => other.into(),
+            })
+    }
+
+    /// Waits (bounded) until the read models have reached `min_position`, then reads them.
+    pub async fn read<T>(
+        &self,
+        min_position: Option<u64>,
+        f: impl FnOnce(&perfect21_projections::ReadModels) -> T,
+    ) -> Result<T> {
+        self.live
+            .read_at(min_position, self.config.consistency_timeout, f)
+            .await
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn stream(category: &str, id: impl std::fmt::Display) -> Result<StreamId> {
+    Ok(StreamId::of(category, id)?)
+}

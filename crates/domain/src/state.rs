@@ -1,0 +1,237 @@
+//! Aggregate state folded from one stream: what the commands decide from.
+//! These folds are pure, like the projections, but they hold what a decision
+//! needs (hashes, counters) rather than what a reader wants.
+
+use perfect21_events::catalog::UserStatus;
+use perfect21_events::{Event, RecordedEvent};
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+/// How many recent client IPs and user agents a user's risk scoring remembers.
+const KNOWN_CLIENTS: usize = 10;
+
+/// A user, as its `user-<id>` stream tells.
+#[derive(Debug, Clone, Default)]
+pub struct UserState {
+    pub version: Option<u64>,
+    pub exists: bool,
+    pub user_id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub status: Option<UserStatus>,
+    pub password_hash: String,
+    pub email_verified: bool,
+    pub verification: Option<(String, i64)>,
+    pub mfa_secret: Option<Vec<u8>>,
+    pub recovery_codes: Vec<String>,
+    /// Unix seconds of failed logins since the last success.
+    pub failures: Vec<i64>,
+    pub locked_until: Option<i64>,
+    pub known_ips: Vec<String>,
+    pub known_agents: Vec<String>,
+    pub roles: BTreeSet<String>,
+    pub grants: BTreeSet<String>,
+    pub logins: u64,
+}
+
+fn remember(list: &mut Vec<String>, value: Option<&String>) {
+    if let Some(v) = value {
+        list.retain(|x| x != v);
+        list.push(v.clone());
+        if list.len() > KNOWN_CLIENTS {
+            list.remove(0);
+        }
+    }
+}
+
+impl UserState {
+    pub fn is_deleted(&self) -> bool {
+        self.status == Some(UserStatus::Deleted)
+    }
+
+    pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+        self.version = Some(recorded.stream_version);
+        let at = recorded.recorded_at.timestamp();
+        match event {
+            Event::UserRegistered(e) => {
+                self.exists = true;
+                self.user_id = e.user_id;
+                self.email = e.email.clone();
+                self.username = e.username.clone();
+                self.status = Some(UserStatus::PendingVerification);
+                self.password_hash = e.password_hash.clone();
+                self.verification =
+                    Some((e.verification_token_hash.clone(), e.verification_expires_at));
+            }
+            Event::UserEmailVerified(_) => {
+                self.email_verified = true;
+                self.verification = None;
+            }
+            Event::UserPasswordChanged(e) => self.password_hash = e.password_hash.clone(),
+            Event::UserStatusChanged(e) => {
+                self.status = Some(e.to);
+                if e.to != UserStatus::Locked {
+                    self.locked_until = None;
+                }
+            }
+            Event::UserMfaEnabled(e) => {
+                self.mfa_secret = Some(e.secret_ciphertext.clone());
+                self.recovery_codes = e.recovery_code_hashes.clone();
+            }
+            Event::UserMfaDisabled(_) => {
+                self.mfa_secret = None;
+                self.recovery_codes.clear();
+            }
+            Event::UserRecoveryCodeUsed(e) => self.recovery_codes.retain(|c| c != &e.code_hash),
+            Event::UserLoginSucceeded(_) => {
+                self.failures.clear();
+                self.logins += 1;
+                remember(&mut self.known_ips, recorded.metadata.client_ip.as_ref());
+                remember(
+                    &mut self.known_agents,
+                    recorded.metadata.user_agent.as_ref(),
+                );
+            }
+            Event::UserLoginFailed(_) => self.failures.push(at),
+            Event::AccountLocked(e) => {
+                self.status = Some(UserStatus::Locked);
+                self.locked_until = e.locked_until;
+            }
+            Event::AccountUnlocked(_) => {
+                self.status = Some(if self.email_verified {
+                    UserStatus::Active
+                } else {
+                    UserStatus::PendingVerification
+                });
+                self.locked_until = None;
+                self.failures.clear();
+            }
+            Event::UserDeleted(_) => {
+                self.status = Some(UserStatus::Deleted);
+                self.password_hash.clear();
+                self.mfa_secret = None;
+                self.recovery_codes.clear();
+                self.roles.clear();
+                self.grants.clear();
+            }
+            Event::RoleAssigned(e) => {
+                self.roles.insert(e.role_id.clone());
+            }
+            Event::RoleRevoked(e) => {
+                self.roles.remove(&e.role_id);
+            }
+            Event::PermissionGranted(e) => {
+                self.grants.insert(e.permission.id.clone());
+            }
+            Event::PermissionRevoked(e) => {
+                self.grants.remove(&e.permission_id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A session, as its `session-<id>` stream tells.
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    pub version: Option<u64>,
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub current_hash: String,
+    pub rotated: Vec<String>,
+    pub access_jti: String,
+    pub expires_at: i64,
+    pub ended: bool,
+}
+
+impl SessionState {
+    pub fn exists(&self) -> bool {
+        self.version.is_some()
+    }
+
+    pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+        self.version = Some(recorded.stream_version);
+        match event {
+            Event::SessionStarted(e) => {
+                self.session_id = e.session_id;
+                self.user_id = e.user_id;
+                self.current_hash = e.refresh_token_hash.clone();
+                self.access_jti = e.access_jti.clone();
+                self.expires_at = e.expires_at;
+            }
+            Event::SessionRefreshed(e) => {
+                self.rotated.push(std::mem::take(&mut self.current_hash));
+                self.current_hash = e.refresh_token_hash.clone();
+                self.access_jti = e.access_jti.clone();
+                self.expires_at = e.expires_at;
+            }
+            Event::SessionRevoked(_) | Event::SessionExpired(_) => self.ended = true,
+            _ => {}
+        }
+    }
+}
+
+/// A role, as its `role-<id>` stream tells.
+#[derive(Debug, Clone, Default)]
+pub struct RoleState {
+    pub version: Option<u64>,
+    pub deleted: bool,
+    pub permissions: BTreeSet<String>,
+}
+
+impl RoleState {
+    pub fn is_live(&self) -> bool {
+        self.version.is_some() && !self.deleted
+    }
+
+    pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+        self.version = Some(recorded.stream_version);
+        match event {
+            Event::RoleCreated(_) => {
+                self.deleted = false;
+                self.permissions.clear();
+            }
+            Event::RoleDeleted(_) => self.deleted = true,
+            Event::RolePermissionGranted(e) => {
+                self.permissions.insert(e.permission.id.clone());
+            }
+            Event::RolePermissionRevoked(e) => {
+                self.permissions.remove(&e.permission_id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A reservation (`email-<hash>` / `username-<hash>`), as its stream tells.
+#[derive(Debug, Clone, Default)]
+pub struct ReservationState {
+    pub version: Option<u64>,
+    /// The owner and the claim time (Unix seconds), if claimed.
+    pub owner: Option<(Uuid, i64)>,
+}
+
+impl ReservationState {
+    pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+        self.version = Some(recorded.stream_version);
+        match event {
+            Event::ReservationClaimed(e) => {
+                self.owner = Some((e.owner, recorded.recorded_at.timestamp()))
+            }
+            Event::ReservationReleased(_) => self.owner = None,
+            _ => {}
+        }
+    }
+}
+
+/// Anything foldable from one stream.
+pub trait StreamState: Default {
+    fn apply(&mut self, recorded: &RecordedEvent, event: &Event);
+}
+
+macro_rules! stream_state {
+    ($($t:ty),*) => { $(impl StreamState for $t {
+        fn apply(&mut self, recorded: &RecordedEvent, event: &Event) { <$t>::apply(self, recorded, event) }
+    })* };
+}
+stream_state!(UserState, SessionState, RoleState, ReservationState);

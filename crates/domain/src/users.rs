@@ -1,0 +1,426 @@
+//! User lifecycle: register (with event-sourced uniqueness), verify email,
+//! profile, password, status, delete.
+
+use crate::error::{DomainError, Result};
+use crate::secrets::{constant_time_eq, random_token, token_hash};
+use crate::state::{ReservationState, UserState};
+use crate::{now, stream, Identity, RequestContext};
+use perfect21_events::catalog::*;
+use perfect21_events::{Event, ExpectedVersion};
+use perfect21_projections::users::{normalize_email, normalize_username};
+use uuid::Uuid;
+
+/// A claim older than this whose owner never got registered was abandoned (a crash mid-registration).
+const ABANDONED_CLAIM_SECS: i64 = 60;
+
+/// What a new user sends.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub email: String,
+    pub username: String,
+    pub password: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone_number: Option<String>,
+    pub locale: Option<String>,
+}
+
+/// A registration that happened.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub user_id: Uuid,
+    /// Single-use; the only copy (the log holds its hash). Goes into the welcome email.
+    pub verification_token: String,
+    pub position: u64,
+}
+
+/// Profile fields to change (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ProfileUpdate {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone_number: Option<String>,
+    pub profile: Vec<(String, String)>,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
+    DomainError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn validate_email(email: &str) -> Result<()> {
+    let e = email.trim();
+    let ok = e.len() <= 254
+        && e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "email",
+            format!("'{e}' is not an address like name@example.com (at most 254 characters)"),
+        ))
+    }
+}
+
+fn validate_username(username: &str) -> Result<()> {
+    let ok = (3..=32).contains(&username.len())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "username",
+            "must be 3 to 32 characters of [A-Za-z0-9_.-]",
+        ))
+    }
+}
+
+fn optional_text(field: &'static str, value: &Option<String>, max: usize) -> Result<()> {
+    match value {
+        Some(v) if v.chars().count() > max || v.chars().any(char::is_control) => Err(invalid(
+            field,
+            format!("must be at most {max} printable characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The reservation stream of a unique value; the value itself is hashed, so no
+/// personal data appears in stream ids.
+fn reservation_stream(kind: &str, normalized: &str) -> Result<perfect21_events::StreamId> {
+    stream(kind, &token_hash(normalized)[..40])
+}
+
+impl Identity {
+    /// Registers a user. Email and username are unique across all users even under
+    /// concurrent registrations: each is claimed by appending to its own
+    /// reservation stream with the version the claimer saw, so only one claim wins.
+    pub async fn register(&self, ctx: &RequestContext, r: Registration) -> Result<Registered> {
+        validate_email(&r.email)?;
+        validate_username(&r.username)?;
+        crate::password::Passwords::validate(&r.password)?;
+        optional_text("first_name", &r.first_name, 100)?;
+        optional_text("last_name", &r.last_name, 100)?;
+        optional_text("phone_number", &r.phone_number, 32)?;
+        optional_text("locale", &r.locale, 35)?;
+        let user_id = Uuid::now_v7();
+        let ctx = &ctx.clone().as_user(user_id);
+        let password_hash = self.passwords.hash(r.password.clone()).await?;
+
+        let email_stream = reservation_stream("email", &normalize_email(&r.email))?;
+        let username_stream = reservation_stream("username", &normalize_username(&r.username))?;
+        self.claim(ctx, &email_stream, "email", user_id).await?;
+        if let Err(e) = self.claim(ctx, &username_stream, "username", user_id).await {
+            self.release(ctx, &email_stream, "email", user_id).await?;
+            return Err(e);
+        }
+        let verification_token = format!("{}.{}", user_id.simple(), random_token());
+        let event = Event::UserRegistered(UserRegistered {
+            user_id,
+            email: r.email.trim().to_string(),
+            username: r.username.clone(),
+            first_name: r.first_name,
+            last_name: r.last_name,
+            phone_number: r.phone_number,
+            locale: r.locale.unwrap_or_else(|| "en".into()),
+            password_hash,
+            verification_token_hash: token_hash(&verification_token),
+            verification_expires_at: now() + self.config.verification_ttl.as_secs() as i64,
+        });
+        let appended = self
+            .append(
+                ctx,
+                &stream("user", user_id)?,
+                ExpectedVersion::NoStream,
+                &[event],
+            )
+            .await?;
+        Ok(Registered {
+            user_id,
+            verification_token,
+            position: appended.position,
+        })
+    }
+
+    async fn claim(
+        &self,
+        ctx: &RequestContext,
+        s: &perfect21_events::StreamId,
+        kind: &'static str,
+        owner: Uuid,
+    ) -> Result<()> {
+        let state: ReservationState = self.load(s).await?;
+        if let Some((holder, since)) = state.owner {
+            // A claim whose user never got registered (a crash between the steps) is abandoned.
+            let holder_state: UserState = self.load(&stream("user", holder)?).await?;
+            if holder_state.exists || now() - since < ABANDONED_CLAIM_SECS {
+                return Err(DomainError::AlreadyRegistered { kind });
+            }
+        }
+        let event = Event::ReservationClaimed(ReservationClaimed {
+            owner,
+            kind: kind.into(),
+        });
+        match self
+            .append(
+                ctx,
+                s,
+                ExpectedVersion::from_current(state.version),
+                &[event],
+            )
+            .await
+        {
+            Err(DomainError::Conflict { .. }) => Err(DomainError::AlreadyRegistered { kind }),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn release(
+        &self,
+        ctx: &RequestContext,
+        s: &perfect21_events::StreamId,
+        kind: &str,
+        owner: Uuid,
+    ) -> Result<()> {
+        let state: ReservationState = self.load(s).await?;
+        if state.owner.map(|(o, _)| o) == Some(owner) {
+            let event = Event::ReservationReleased(ReservationReleased {
+                owner,
+                kind: kind.into(),
+            });
+            self.append(
+                ctx,
+                s,
+                ExpectedVersion::from_current(state.version),
+                &[event],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Loads a user that exists and is not deleted.
+    pub(crate) async fn existing_user(&self, user_id: Uuid) -> Result<UserState> {
+        let state: UserState = self.load(&stream("user", user_id)?).await?;
+        if !state.exists || state.is_deleted() {
+            return Err(DomainError::NotFound {
+                what: "user",
+                id: user_id.to_string(),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Verifies the email address with the single-use token from the welcome email.
+    pub async fn verify_email(&self, ctx: &RequestContext, token: &str) -> Result<u64> {
+        let bad = DomainError::InvalidToken {
+            what: "verification token",
+        };
+        let user_id = token
+            .split_once('.')
+            .and_then(|(id, _)| Uuid::parse_str(id).ok())
+            .ok_or(bad)?;
+        let bad = || DomainError::InvalidToken {
+            what: "verification token",
+        };
+        let state = self.existing_user(user_id).await.map_err(|_| bad())?;
+        let Some((hash, expires_at)) = &state.verification else {
+            return Err(bad());
+        };
+        if !constant_time_eq(hash, &token_hash(token)) || *expires_at < now() {
+            return Err(bad());
+        }
+        let mut events = vec![Event::UserEmailVerified(UserEmailVerified { user_id })];
+        if state.status == Some(UserStatus::PendingVerification) {
+            events.push(Event::UserStatusChanged(UserStatusChanged {
+                user_id,
+                from: UserStatus::PendingVerification,
+                to: UserStatus::Active,
+                reason: "email verified".into(),
+            }));
+        }
+        let ctx = ctx.clone().as_user(user_id);
+        let r = self
+            .append(
+                &ctx,
+                &stream("user", user_id)?,
+                ExpectedVersion::from_current(state.version),
+                &events,
+            )
+            .await?;
+        Ok(r.position)
+    }
+
+    pub async fn update_profile(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        u: ProfileUpdate,
+    ) -> Result<u64> {
+        optional_text("first_name", &u.first_name, 100)?;
+        optional_text("last_name", &u.last_name, 100)?;
+        optional_text("phone_number", &u.phone_number, 32)?;
+        if u.profile.len() > 50
+            || u.profile
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024)
+        {
+            return Err(invalid(
+                "profile",
+                "at most 50 entries, keys 1-64 bytes, values up to 1024 bytes",
+            ));
+        }
+        let state = self.existing_user(user_id).await?;
+        let event = Event::UserProfileUpdated(UserProfileUpdated {
+            user_id,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            phone_number: u.phone_number,
+            profile: u.profile,
+        });
+        let r = self
+            .append(
+                ctx,
+                &stream("user", user_id)?,
+                ExpectedVersion::from_current(state.version),
+                &[event],
+            )
+            .await?;
+        Ok(r.position)
+    }
+
+    /// Changes the password after checking the current one; ends every session of the user.
+    pub async fn change_password(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        current: &str,
+        new: &str,
+    ) -> Result<u64> {
+        crate::password::Passwords::validate(new)?;
+        let state = self.existing_user(user_id).await?;
+        if !self
+            .passwords
+            .verify(current.to_string(), Some(state.password_hash.clone()))
+            .await?
+        {
+            return Err(DomainError::InvalidCredentials);
+        }
+        let password_hash = self.passwords.hash(new.to_string()).await?;
+        let event = Event::UserPasswordChanged(UserPasswordChanged {
+            user_id,
+            password_hash,
+            reason: "user".into(),
+        });
+        let r = self
+            .append(
+                ctx,
+                &stream("user", user_id)?,
+                ExpectedVersion::from_current(state.version),
+                &[event],
+            )
+            .await?;
+        let revoked = self
+            .revoke_all_sessions(ctx, user_id, "password_changed", Some(r.position))
+            .await?;
+        Ok(revoked.max(r.position))
+    }
+
+    /// Sets a user's status (an administrator's action). Deleting goes through [`Identity::delete_user`].
+    pub async fn set_status(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        to: UserStatus,
+        reason: &str,
+    ) -> Result<u64> {
+        if to == UserStatus::Deleted {
+            return self.delete_user(ctx, user_id, reason).await;
+        }
+        let state = self.existing_user(user_id).await?;
+        let from = state.status.unwrap_or(UserStatus::PendingVerification);
+        if from == to {
+            return Err(DomainError::FailedPrecondition(format!(
+                "user {user_id} is already {to:?}"
+            )));
+        }
+        let mut events = vec![Event::UserStatusChanged(UserStatusChanged {
+            user_id,
+            from,
+            to,
+            reason: reason.into(),
+        })];
+        if from == UserStatus::Locked {
+            events.push(Event::AccountUnlocked(AccountUnlocked {
+                user_id,
+                reason: reason.into(),
+            }));
+        }
+        let r = self
+            .append(
+                ctx,
+                &stream("user", user_id)?,
+                ExpectedVersion::from_current(state.version),
+                &events,
+            )
+            .await?;
+        if matches!(to, UserStatus::Locked | UserStatus::Suspended) {
+            return Ok(self
+                .revoke_all_sessions(ctx, user_id, "user_status_changed", Some(r.position))
+                .await?
+                .max(r.position));
+        }
+        Ok(r.position)
+    }
+
+    /// Deletes a user: ends its sessions, frees its email and username, and records
+    /// `user.deleted`, after which the read models hold no personal data of it.
+    pub async fn delete_user(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        reason: &str,
+    ) -> Result<u64> {
+        let state = self.existing_user(user_id).await?;
+        let event = Event::UserDeleted(UserDeleted {
+            user_id,
+            reason: reason.into(),
+        });
+        let r = self
+            .append(
+                ctx,
+                &stream("user", user_id)?,
+                ExpectedVersion::from_current(state.version),
+                &[event],
+            )
+            .await?;
+        self.release(
+            ctx,
+            &reservation_stream("email", &normalize_email(&state.email))?,
+            "email",
+            user_id,
+        )
+        .await?;
+        self.release(
+            ctx,
+            &reservation_stream("username", &normalize_username(&state.username))?,
+            "username",
+            user_id,
+        )
+        .await?;
+        let revoked = self
+            .revoke_all_sessions(ctx, user_id, "user_deleted", Some(r.position))
+            .await?;
+        Ok(revoked.max(r.position))
+    }
+}
