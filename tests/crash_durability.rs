@@ -40,42 +40,22 @@ fn append_then_kill(url: &str, acks: usize) -> HashMap<u64, Uuid> {
 async fn check(store: Arc<dyn EventStore>, acked: &HashMap<u64, Uuid>) {
     let head = store.head_position().await.unwrap();
     let all = store.read_all(1, head as usize + 10).await.unwrap();
-    assert_eq!(
-        all.len() as u64,
-        head,
-        "the log holds exactly positions 1..=head"
-    );
+    assert_eq!(all.len() as u64, head, "the log holds exactly positions 1..=head");
     for (i, e) in all.iter().enumerate() {
         assert_eq!(e.position, i as u64 + 1, "hole or disorder at {}", i + 1);
         e.decode().expect("every recorded event decodes");
     }
     for (position, id) in acked {
-        let e = all
-            .get(*position as usize - 1)
-            .unwrap_or_else(|| panic!("acknowledged position {position} lost"));
+        let e = all.get(*position as usize - 1).unwrap_or_else(|| panic!("acknowledged position {position} lost"));
         assert_eq!(e.event_id, *id, "position {position} holds another event");
     }
-    let r = store
-        .append(
-            &StreamId::new("crash-after").unwrap(),
-            ExpectedVersion::Any,
-            vec![],
-        )
-        .await;
+    let r = store.append(&StreamId::new("crash-after").unwrap(), ExpectedVersion::Any, vec![]).await;
     assert!(r.is_err(), "empty appends are refused");
-    let event =
-        perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
-            user_id: Uuid::now_v7(),
-        });
+    let event = perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
+        user_id: Uuid::now_v7(),
+    });
     let data = perfect21_events::EventData::new(&event, Default::default()).unwrap();
-    let r = store
-        .append(
-            &StreamId::new("crash-after").unwrap(),
-            ExpectedVersion::Any,
-            vec![data],
-        )
-        .await
-        .unwrap();
+    let r = store.append(&StreamId::new("crash-after").unwrap(), ExpectedVersion::Any, vec![data]).await.unwrap();
     assert_eq!(r.position, head + 1);
 }
 
@@ -96,15 +76,11 @@ async fn postgres_acknowledged_appends_survive_sigkill() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let schema = format!("p21t_{}", Uuid::new_v4().simple());
     // Create the schema, then point the child at it through the search_path option.
-    let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema))
-        .await
-        .unwrap();
+    let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema)).await.unwrap();
     drop(store);
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     let acked = append_then_kill(&url, 400);
-    let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema))
-        .await
-        .unwrap();
+    let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema)).await.unwrap();
     check(Arc::new(store), &acked).await;
 }

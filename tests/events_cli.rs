@@ -8,24 +8,14 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 fn perfect21(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_perfect21"))
-        .args(args)
-        .output()
-        .expect("run perfect21")
+    Command::new(env!("CARGO_BIN_EXE_perfect21")).args(args).output().expect("run perfect21")
 }
 
-async fn seeded(
-    path: &std::path::Path,
-) -> (Uuid, std::sync::Arc<dyn perfect21_events::EventStore>) {
-    let store = perfect21_events::store::open(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+async fn seeded(path: &std::path::Path) -> (Uuid, std::sync::Arc<dyn perfect21_events::EventStore>) {
+    let store = perfect21_events::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
     let user_id = Uuid::now_v7();
-    let meta = Metadata {
-        client_ip: Some("198.51.100.4".into()),
-        actor: Some("anonymous".into()),
-        ..Metadata::default()
-    };
+    let meta =
+        Metadata { client_ip: Some("198.51.100.4".into()), actor: Some("anonymous".into()), ..Metadata::default() };
     let events = [
         Event::UserEmailVerified(UserEmailVerified { user_id }),
         Event::UserLoginFailed(UserLoginFailed {
@@ -41,28 +31,11 @@ async fn seeded(
             locked_until: None,
         }),
     ];
-    let data = events
-        .iter()
-        .map(|e| EventData::new(e, meta.clone()).unwrap())
-        .collect();
-    store
-        .append(
-            &StreamId::of("user", user_id).unwrap(),
-            ExpectedVersion::NoStream,
-            data,
-        )
-        .await
-        .unwrap();
+    let data = events.iter().map(|e| EventData::new(e, meta.clone()).unwrap()).collect();
+    store.append(&StreamId::of("user", user_id).unwrap(), ExpectedVersion::NoStream, data).await.unwrap();
     let mut unknown = EventData::new(&events[0], Metadata::default()).unwrap();
     unknown.schema_version = 42;
-    store
-        .append(
-            &StreamId::of("user", user_id).unwrap(),
-            ExpectedVersion::Any,
-            vec![unknown],
-        )
-        .await
-        .unwrap();
+    store.append(&StreamId::of("user", user_id).unwrap(), ExpectedVersion::Any, vec![unknown]).await.unwrap();
     (user_id, store)
 }
 
@@ -74,16 +47,9 @@ async fn tail_prints_decoded_json_and_stats_count() {
     let url = format!("sqlite://{}", db.display());
 
     let out = perfect21(&["events", "tail", "--store", &url]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[0]["position"], 1);
     assert_eq!(lines[1]["event_type"], "user.login_failed");
@@ -91,25 +57,9 @@ async fn tail_prints_decoded_json_and_stats_count() {
     assert_eq!(lines[1]["payload"]["user_id"], user_id.to_string());
     assert_eq!(lines[1]["metadata"]["client_ip"], "198.51.100.4");
     assert_eq!(lines[2]["payload"]["failed_attempts"], 5);
-    assert!(
-        lines[3]["payload_error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown event type"),
-        "{}",
-        lines[3]
-    );
+    assert!(lines[3]["payload_error"].as_str().unwrap().contains("unknown event type"), "{}", lines[3]);
 
-    let out = perfect21(&[
-        "events",
-        "tail",
-        "--store",
-        &url,
-        "--from",
-        "2",
-        "--type",
-        "security.",
-    ]);
+    let out = perfect21(&["events", "tail", "--store", &url, "--from", "2", "--type", "security."]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1);
     assert!(text.contains("security.account_locked"));
@@ -119,15 +69,8 @@ async fn tail_prints_decoded_json_and_stats_count() {
     assert_eq!(stats["head_position"], 4);
     assert_eq!(stats["events"], 4);
     assert_eq!(stats["streams"], 1);
-    let out = perfect21(&[
-        "events",
-        "stats",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert!(String::from_utf8(out.stdout)
-        .unwrap()
-        .contains("security.account_locked"));
+    let out = perfect21(&["events", "stats", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(String::from_utf8(out.stdout).unwrap().contains("security.account_locked"));
 }
 
 #[tokio::test]
@@ -136,24 +79,13 @@ async fn tail_follow_prints_new_events_as_they_commit() {
     let db = dir.path().join("events.db");
     let (user_id, store) = seeded(&db).await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_perfect21"))
-        .args([
-            "events",
-            "tail",
-            "--follow",
-            "--from",
-            "4",
-            "--store",
-            &format!("sqlite://{}", db.display()),
-        ])
+        .args(["events", "tail", "--follow", "--from", "4", "--store", &format!("sqlite://{}", db.display())])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().contains("\"position\":4"));
-    let event = Event::UserLoggedOut(UserLoggedOut {
-        user_id,
-        session_id: Uuid::now_v7(),
-    });
+    let event = Event::UserLoggedOut(UserLoggedOut { user_id, session_id: Uuid::now_v7() });
     let start = Instant::now();
     store
         .append(
@@ -175,8 +107,5 @@ fn bad_store_url_is_a_clear_error() {
     let out = perfect21(&["events", "stats", "--store", "mysql://localhost/x"]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("expected sqlite://<file> or postgres://"),
-        "{err}"
-    );
+    assert!(err.contains("expected sqlite://<file> or postgres://"), "{err}");
 }

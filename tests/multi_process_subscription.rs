@@ -20,9 +20,7 @@ fn start_writers(url: &str, n: usize) -> Vec<Child> {
                 .spawn()
                 .expect("start perfect21");
             let stdout = child.stdout.take().unwrap();
-            std::thread::spawn(move || {
-                BufReader::new(stdout).lines().map_while(Result::ok).count()
-            });
+            std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).count());
             child
         })
         .collect()
@@ -35,10 +33,7 @@ async fn follow_while_writing(store: Arc<dyn EventStore>, url: &str) {
     let started = tokio::time::Instant::now();
     // Follow live for a while, with all writers racing.
     while started.elapsed() < Duration::from_millis(1500) {
-        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("stalled")
-            .unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("stalled").unwrap();
         seen.push(e.position);
     }
     for w in &mut writers {
@@ -47,21 +42,11 @@ async fn follow_while_writing(store: Arc<dyn EventStore>, url: &str) {
     }
     let head = store.head_position().await.unwrap();
     while (seen.len() as u64) < head {
-        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("stalled")
-            .unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("stalled").unwrap();
         seen.push(e.position);
     }
-    assert!(
-        head > 100,
-        "the writers appended too little to prove anything ({head})"
-    );
-    assert_eq!(
-        seen,
-        (1..=head).collect::<Vec<_>>(),
-        "every position once, in order"
-    );
+    assert!(head > 100, "the writers appended too little to prove anything ({head})");
+    assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "every position once, in order");
     assert!(sub.try_next().await.unwrap().is_none());
 }
 
@@ -70,9 +55,7 @@ async fn postgres_subscriber_sees_every_event_of_racing_processes() {
     let base = std::env::var("PERFECT21_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let schema = format!("p21t_{}", Uuid::new_v4().simple());
-    let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema))
-        .await
-        .unwrap();
+    let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema)).await.unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     follow_while_writing(Arc::new(store), &url).await;

@@ -42,10 +42,7 @@ pub struct LoginGrant {
 
 /// The outcome of checking a password (and second factor) against a user's state.
 enum Verdict {
-    Ok {
-        mfa_used: bool,
-        recovery_code: Option<String>,
-    },
+    Ok { mfa_used: bool, recovery_code: Option<String> },
     Failed(&'static str),
     NeedMfa,
 }
@@ -87,10 +84,7 @@ impl Identity {
             let password_ok = match &password_checked {
                 Some((hash, ok)) if *hash == state.password_hash => *ok,
                 _ => {
-                    let ok = self
-                        .passwords
-                        .verify(req.password.clone(), Some(state.password_hash.clone()))
-                        .await?;
+                    let ok = self.passwords.verify(req.password.clone(), Some(state.password_hash.clone())).await?;
                     password_checked = Some((state.password_hash.clone(), ok));
                     ok
                 }
@@ -99,15 +93,8 @@ impl Identity {
             let mut events = Vec::new();
             let mut status = state.status.unwrap_or(UserStatus::PendingVerification);
             if status == UserStatus::Locked && state.locked_until.is_some_and(|t| t <= now) {
-                events.push(Event::AccountUnlocked(AccountUnlocked {
-                    user_id,
-                    reason: "lock expired".into(),
-                }));
-                status = if state.email_verified {
-                    UserStatus::Active
-                } else {
-                    UserStatus::PendingVerification
-                };
+                events.push(Event::AccountUnlocked(AccountUnlocked { user_id, reason: "lock expired".into() }));
+                status = if state.email_verified { UserStatus::Active } else { UserStatus::PendingVerification };
             }
             let verdict = match status {
                 UserStatus::Locked => Verdict::Failed("account_locked"),
@@ -117,11 +104,7 @@ impl Identity {
                 _ => self.second_factor(&state, req.mfa_code.as_deref()),
             };
             let window_start = now - self.config.lockout_window.as_secs() as i64;
-            let recent_failures = state
-                .failures
-                .iter()
-                .filter(|t| **t >= window_start)
-                .count() as u32;
+            let recent_failures = state.failures.iter().filter(|t| **t >= window_start).count() as u32;
             let risk = self.risk_score(&state, ctx, recent_failures);
             match verdict {
                 Verdict::NeedMfa => return Err(DomainError::MfaRequired),
@@ -159,43 +142,25 @@ impl Identity {
                             ],
                         ));
                     }
-                    match self
-                        .append(
-                            ctx,
-                            &user_stream,
-                            ExpectedVersion::from_current(state.version),
-                            &events,
-                        )
-                        .await
-                    {
+                    match self.append(ctx, &user_stream, ExpectedVersion::from_current(state.version), &events).await {
                         Ok(_) => return Err(DomainError::InvalidCredentials),
                         Err(DomainError::Conflict { .. }) => continue,
                         Err(e) => return Err(e),
                     }
                 }
-                Verdict::Ok {
-                    mfa_used,
-                    recovery_code,
-                } => {
+                Verdict::Ok { mfa_used, recovery_code } => {
                     let session_id = Uuid::now_v7();
                     if let Some(code_hash) = recovery_code {
-                        events.push(Event::UserRecoveryCodeUsed(UserRecoveryCodeUsed {
-                            user_id,
-                            code_hash,
-                        }));
+                        events.push(Event::UserRecoveryCodeUsed(UserRecoveryCodeUsed { user_id, code_hash }));
                     }
                     if risk > self.config.risk_threshold {
                         events.push(Event::SuspiciousActivity(SuspiciousActivity {
                             user_id,
                             activity_type: "risky_login".into(),
                             risk_score: risk,
-                            description: "login from an unfamiliar client after recent failures"
-                                .into(),
+                            description: "login from an unfamiliar client after recent failures".into(),
                             details: vec![
-                                (
-                                    "client_ip".into(),
-                                    ctx.client_ip.clone().unwrap_or_default(),
-                                ),
+                                ("client_ip".into(), ctx.client_ip.clone().unwrap_or_default()),
                                 ("recent_failures".into(), recent_failures.to_string()),
                             ],
                         }));
@@ -207,26 +172,9 @@ impl Identity {
                         risk_score: risk,
                         device_id: req.device_id.clone(),
                     }));
-                    match self
-                        .append(
-                            ctx,
-                            &user_stream,
-                            ExpectedVersion::from_current(state.version),
-                            &events,
-                        )
-                        .await
-                    {
+                    match self.append(ctx, &user_stream, ExpectedVersion::from_current(state.version), &events).await {
                         Ok(_) => {
-                            return self
-                                .start_session(
-                                    ctx,
-                                    user_id,
-                                    session_id,
-                                    risk,
-                                    mfa_used,
-                                    req.device_id,
-                                )
-                                .await
+                            return self.start_session(ctx, user_id, session_id, risk, mfa_used, req.device_id).await
                         }
                         Err(DomainError::Conflict { .. }) => continue,
                         Err(e) => return Err(e),
@@ -234,39 +182,24 @@ impl Identity {
                 }
             }
         }
-        Err(DomainError::Conflict {
-            stream: user_stream.to_string(),
-        })
+        Err(DomainError::Conflict { stream: user_stream.to_string() })
     }
 
     fn second_factor(&self, state: &UserState, code: Option<&str>) -> Verdict {
         let Some(sealed) = &state.mfa_secret else {
-            return Verdict::Ok {
-                mfa_used: false,
-                recovery_code: None,
-            };
+            return Verdict::Ok { mfa_used: false, recovery_code: None };
         };
         let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
             return Verdict::NeedMfa;
         };
         if let Some(secret) = self.secrets.open(sealed) {
             if crate::mfa::check_totp(&secret, code, &self.config.totp_issuer) {
-                return Verdict::Ok {
-                    mfa_used: true,
-                    recovery_code: None,
-                };
+                return Verdict::Ok { mfa_used: true, recovery_code: None };
             }
         }
         let hash = token_hash(&crate::mfa::normalize_recovery_code(code));
-        if state
-            .recovery_codes
-            .iter()
-            .any(|h| constant_time_eq(h, &hash))
-        {
-            return Verdict::Ok {
-                mfa_used: true,
-                recovery_code: Some(hash),
-            };
+        if state.recovery_codes.iter().any(|h| constant_time_eq(h, &hash)) {
+            return Verdict::Ok { mfa_used: true, recovery_code: Some(hash) };
         }
         Verdict::Failed("bad_mfa_code")
     }
@@ -277,18 +210,10 @@ impl Identity {
             return (recent_failures as f32 * 0.1).min(0.3);
         }
         let mut risk = 0.0;
-        if ctx
-            .client_ip
-            .as_ref()
-            .is_some_and(|ip| !state.known_ips.contains(ip))
-        {
+        if ctx.client_ip.as_ref().is_some_and(|ip| !state.known_ips.contains(ip)) {
             risk += 0.4;
         }
-        if ctx
-            .user_agent
-            .as_ref()
-            .is_some_and(|ua| !state.known_agents.contains(ua))
-        {
+        if ctx.user_agent.as_ref().is_some_and(|ua| !state.known_agents.contains(ua)) {
             risk += 0.3;
         }
         risk + (recent_failures as f32 * 0.1).min(0.3)
@@ -315,14 +240,7 @@ impl Identity {
             expires_at: refresh_expires_at,
             device_id,
         });
-        let r = self
-            .append(
-                ctx,
-                &stream("session", session_id)?,
-                ExpectedVersion::NoStream,
-                &[event],
-            )
-            .await?;
+        let r = self.append(ctx, &stream("session", session_id)?, ExpectedVersion::NoStream, &[event]).await?;
         Ok(LoginGrant {
             user_id,
             session_id,
@@ -339,13 +257,8 @@ impl Identity {
     /// Exchanges a refresh token for a new one (rotation). Presenting a token that
     /// was already rotated away revokes the whole session and records the reuse.
     pub async fn refresh(&self, ctx: &RequestContext, refresh_token: &str) -> Result<LoginGrant> {
-        let bad = || DomainError::InvalidToken {
-            what: "refresh token",
-        };
-        let session_id = refresh_token
-            .split_once('.')
-            .and_then(|(id, _)| Uuid::parse_str(id).ok())
-            .ok_or_else(bad)?;
+        let bad = || DomainError::InvalidToken { what: "refresh token" };
+        let session_id = refresh_token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()).ok_or_else(bad)?;
         let s = stream("session", session_id)?;
         let state: SessionState = self.load(&s).await?;
         if !state.exists() || state.ended {
@@ -355,17 +268,9 @@ impl Identity {
         let expected = ExpectedVersion::from_current(state.version);
         let presented = token_hash(refresh_token);
         let user_id = state.user_id;
-        if state
-            .rotated
-            .iter()
-            .any(|h| constant_time_eq(h, &presented))
-        {
+        if state.rotated.iter().any(|h| constant_time_eq(h, &presented)) {
             let events = [
-                Event::SessionRevoked(SessionRevoked {
-                    session_id,
-                    user_id,
-                    reason: "refresh_token_reuse".into(),
-                }),
+                Event::SessionRevoked(SessionRevoked { session_id, user_id, reason: "refresh_token_reuse".into() }),
                 Event::RefreshTokenReuseDetected(RefreshTokenReuseDetected {
                     user_id,
                     session_id,
@@ -387,23 +292,11 @@ impl Identity {
         }
         let now = now();
         if state.expires_at <= now {
-            self.append(
-                ctx,
-                &s,
-                expected,
-                &[Event::SessionExpired(SessionExpired {
-                    session_id,
-                    user_id,
-                })],
-            )
-            .await?;
+            self.append(ctx, &s, expected, &[Event::SessionExpired(SessionExpired { session_id, user_id })]).await?;
             return Err(bad());
         }
         let user: UserState = self.load(&stream("user", user_id)?).await?;
-        if matches!(
-            user.status,
-            Some(UserStatus::Locked | UserStatus::Suspended | UserStatus::Deleted)
-        ) {
+        if matches!(user.status, Some(UserStatus::Locked | UserStatus::Suspended | UserStatus::Deleted)) {
             return Err(bad());
         }
         let new_token = format!("{}.{}", session_id.simple(), random_token());
@@ -418,13 +311,10 @@ impl Identity {
             expires_at: refresh_expires_at,
         });
         // Two refreshes racing with the same token: only one may rotate it.
-        let r = self
-            .append(ctx, &s, expected, &[event])
-            .await
-            .map_err(|e| match e {
-                DomainError::Conflict { .. } => bad(),
-                other => other,
-            })?;
+        let r = self.append(ctx, &s, expected, &[event]).await.map_err(|e| match e {
+            DomainError::Conflict { .. } => bad(),
+            other => other,
+        })?;
         Ok(LoginGrant {
             user_id,
             session_id,
@@ -439,39 +329,17 @@ impl Identity {
     }
 
     /// Ends one session.
-    pub async fn revoke_session(
-        &self,
-        ctx: &RequestContext,
-        session_id: Uuid,
-        reason: &str,
-    ) -> Result<u64> {
+    pub async fn revoke_session(&self, ctx: &RequestContext, session_id: Uuid, reason: &str) -> Result<u64> {
         let s = stream("session", session_id)?;
         let state: SessionState = self.load(&s).await?;
         if !state.exists() {
-            return Err(DomainError::NotFound {
-                what: "session",
-                id: session_id.to_string(),
-            });
+            return Err(DomainError::NotFound { what: "session", id: session_id.to_string() });
         }
         if state.ended {
-            return Err(DomainError::FailedPrecondition(format!(
-                "session {session_id} has already ended"
-            )));
+            return Err(DomainError::FailedPrecondition(format!("session {session_id} has already ended")));
         }
-        let event = Event::SessionRevoked(SessionRevoked {
-            session_id,
-            user_id: state.user_id,
-            reason: reason.into(),
-        });
-        Ok(self
-            .append(
-                ctx,
-                &s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?
-            .position)
+        let event = Event::SessionRevoked(SessionRevoked { session_id, user_id: state.user_id, reason: reason.into() });
+        Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
     /// Logs out: ends the session and records `user.logged_out`.
@@ -479,15 +347,8 @@ impl Identity {
         let state: SessionState = self.load(&stream("session", session_id)?).await?;
         let position = self.revoke_session(ctx, session_id, "logout").await?;
         let user_stream = stream("user", state.user_id)?;
-        let event = Event::UserLoggedOut(UserLoggedOut {
-            user_id: state.user_id,
-            session_id,
-        });
-        Ok(self
-            .append(ctx, &user_stream, ExpectedVersion::Any, &[event])
-            .await?
-            .position
-            .max(position))
+        let event = Event::UserLoggedOut(UserLoggedOut { user_id: state.user_id, session_id });
+        Ok(self.append(ctx, &user_stream, ExpectedVersion::Any, &[event]).await?.position.max(position))
     }
 
     /// Revokes one access token by its id, before it expires.
@@ -499,18 +360,12 @@ impl Identity {
         expires_at: i64,
     ) -> Result<u64> {
         if jti.is_empty() || jti.len() > 64 {
-            return Err(DomainError::InvalidArgument {
-                field: "jti",
-                reason: "must be 1 to 64 characters".into(),
-            });
+            return Err(DomainError::InvalidArgument { field: "jti", reason: "must be 1 to 64 characters".into() });
         }
         let s = stream("session", session_id)?;
         let state: SessionState = self.load(&s).await?;
         if !state.exists() {
-            return Err(DomainError::NotFound {
-                what: "session",
-                id: session_id.to_string(),
-            });
+            return Err(DomainError::NotFound { what: "session", id: session_id.to_string() });
         }
         let event = Event::SessionTokenRevoked(SessionTokenRevoked {
             session_id,
@@ -518,10 +373,7 @@ impl Identity {
             jti: jti.into(),
             expires_at,
         });
-        Ok(self
-            .append(ctx, &s, ExpectedVersion::Any, &[event])
-            .await?
-            .position)
+        Ok(self.append(ctx, &s, ExpectedVersion::Any, &[event]).await?.position)
     }
 
     /// Ends every active session of a user; returns the last position written (or `after`).
@@ -535,12 +387,7 @@ impl Identity {
         let now = now();
         let sessions: Vec<Uuid> = self
             .read(after, |m| {
-                m.sessions
-                    .of_user(user_id)
-                    .into_iter()
-                    .filter(|s| s.is_active(now))
-                    .map(|s| s.id)
-                    .collect()
+                m.sessions.of_user(user_id).into_iter().filter(|s| s.is_active(now)).map(|s| s.id).collect()
             })
             .await?;
         let mut last = after.unwrap_or(0);
@@ -571,15 +418,10 @@ pub(crate) fn alert(
             "Review account activity",
             "Contact support",
         ],
-        Severity::High => vec![
-            "Review recent logins",
-            "Consider enabling multi-factor authentication",
-            "Update your password",
-        ],
-        _ => vec![
-            "Review your security settings",
-            "Update your password regularly",
-        ],
+        Severity::High => {
+            vec!["Review recent logins", "Consider enabling multi-factor authentication", "Update your password"]
+        }
+        _ => vec!["Review your security settings", "Update your password regularly"],
     };
     Event::SecurityAlert(SecurityAlert {
         user_id,

@@ -19,35 +19,20 @@ pub struct RoleSpec {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
-    DomainError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
+    DomainError::InvalidArgument { field, reason: reason.into() }
 }
 
 fn validate_name(field: &'static str, value: &str, wildcard: bool) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-' | ':')
-        })
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-' | ':'))
         || (wildcard
-            && (value == "*"
-                || value
-                    .strip_suffix(".*")
-                    .is_some_and(|p| validate_name(field, p, false).is_ok())));
+            && (value == "*" || value.strip_suffix(".*").is_some_and(|p| validate_name(field, p, false).is_ok())));
     if ok {
         Ok(())
     } else {
-        let allowed = if wildcard {
-            ", or '*', or 'prefix.*'"
-        } else {
-            ""
-        };
-        Err(invalid(
-            field,
-            format!("'{value}' must be 1-64 characters of [a-z0-9_.:-]{allowed}"),
-        ))
+        let allowed = if wildcard { ", or '*', or 'prefix.*'" } else { "" };
+        Err(invalid(field, format!("'{value}' must be 1-64 characters of [a-z0-9_.:-]{allowed}")))
     }
 }
 
@@ -58,10 +43,7 @@ pub fn validate_permission(p: &PermissionSpec) -> Result<()> {
     validate_name("permission.action", &p.action, true)?;
     validate_name("permission.scope", &p.scope, true)?;
     if p.name.len() > 200 || p.description.len() > 1000 {
-        return Err(invalid(
-            "permission",
-            "name at most 200 bytes, description at most 1000",
-        ));
+        return Err(invalid("permission", "name at most 200 bytes, description at most 1000"));
     }
     Ok(())
 }
@@ -72,10 +54,7 @@ impl Identity {
         let s = stream("role", role_id)?;
         let state: RoleState = self.load(&s).await?;
         if !state.is_live() {
-            return Err(DomainError::NotFound {
-                what: "role",
-                id: role_id.into(),
-            });
+            return Err(DomainError::NotFound { what: "role", id: role_id.into() });
         }
         Ok((state, s))
     }
@@ -83,18 +62,12 @@ impl Identity {
     pub async fn create_role(&self, ctx: &RequestContext, spec: RoleSpec) -> Result<u64> {
         validate_name("role_id", &spec.role_id, false)?;
         if spec.display_name.len() > 200 || spec.description.len() > 1000 {
-            return Err(invalid(
-                "role",
-                "display name at most 200 bytes, description at most 1000",
-            ));
+            return Err(invalid("role", "display name at most 200 bytes, description at most 1000"));
         }
         let s = stream("role", &spec.role_id)?;
         let state: RoleState = self.load(&s).await?;
         if state.is_live() {
-            return Err(DomainError::FailedPrecondition(format!(
-                "role '{}' already exists",
-                spec.role_id
-            )));
+            return Err(DomainError::FailedPrecondition(format!("role '{}' already exists", spec.role_id)));
         }
         let event = Event::RoleCreated(RoleCreated {
             role_id: spec.role_id.clone(),
@@ -103,15 +76,7 @@ impl Identity {
             description: spec.description,
             priority: spec.priority,
         });
-        Ok(self
-            .append(
-                ctx,
-                &s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?
-            .position)
+        Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
     pub async fn update_role(&self, ctx: &RequestContext, spec: RoleSpec) -> Result<u64> {
@@ -122,31 +87,13 @@ impl Identity {
             description: spec.description,
             priority: spec.priority,
         });
-        Ok(self
-            .append(
-                ctx,
-                &s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?
-            .position)
+        Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
     pub async fn delete_role(&self, ctx: &RequestContext, role_id: &str) -> Result<u64> {
         let (state, s) = self.live_role(role_id).await?;
-        let event = Event::RoleDeleted(RoleDeleted {
-            role_id: role_id.into(),
-        });
-        Ok(self
-            .append(
-                ctx,
-                &s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?
-            .position)
+        let event = Event::RoleDeleted(RoleDeleted { role_id: role_id.into() });
+        Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
     pub async fn grant_permission_to_role(
@@ -157,19 +104,8 @@ impl Identity {
     ) -> Result<u64> {
         validate_permission(&permission)?;
         let (state, s) = self.live_role(role_id).await?;
-        let event = Event::RolePermissionGranted(RolePermissionGranted {
-            role_id: role_id.into(),
-            permission,
-        });
-        Ok(self
-            .append(
-                ctx,
-                &s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?
-            .position)
+        let event = Event::RolePermissionGranted(RolePermissionGranted { role_id: role_id.into(), permission });
+        Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
     pub async fn revoke_permission_from_role(
@@ -180,24 +116,13 @@ impl Identity {
     ) -> Result<u64> {
         let (state, s) = self.live_role(role_id).await?;
         if !state.permissions.contains(permission_id) {
-            return Err(DomainError::NotFound {
-                what: "permission of role",
-                id: format!("{role_id}/{permission_id}"),
-            });
+            return Err(DomainError::NotFound { what: "permission of role", id: format!("{role_id}/{permission_id}") });
         }
         let event = Event::RolePermissionRevoked(RolePermissionRevoked {
             role_id: role_id.into(),
             permission_id: permission_id.into(),
         });
-        Ok(self
-            .append(
-                ctx,
-                &s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?
-            .position)
+        Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
     pub async fn assign_role(
@@ -210,50 +135,23 @@ impl Identity {
         self.live_role(role_id).await?;
         let user = self.existing_user(user_id).await?;
         if user.roles.contains(role_id) {
-            return Err(DomainError::FailedPrecondition(format!(
-                "user {user_id} already has role '{role_id}'"
-            )));
+            return Err(DomainError::FailedPrecondition(format!("user {user_id} already has role '{role_id}'")));
         }
-        let event = Event::RoleAssigned(RoleAssigned {
-            user_id,
-            role_id: role_id.into(),
-            expires_at,
-        });
+        let event = Event::RoleAssigned(RoleAssigned { user_id, role_id: role_id.into(), expires_at });
         Ok(self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(user.version),
-                &[event],
-            )
+            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(user.version), &[event])
             .await?
             .position)
     }
 
-    pub async fn revoke_role(
-        &self,
-        ctx: &RequestContext,
-        user_id: Uuid,
-        role_id: &str,
-    ) -> Result<u64> {
+    pub async fn revoke_role(&self, ctx: &RequestContext, user_id: Uuid, role_id: &str) -> Result<u64> {
         let user = self.existing_user(user_id).await?;
         if !user.roles.contains(role_id) {
-            return Err(DomainError::NotFound {
-                what: "role of user",
-                id: format!("{user_id}/{role_id}"),
-            });
+            return Err(DomainError::NotFound { what: "role of user", id: format!("{user_id}/{role_id}") });
         }
-        let event = Event::RoleRevoked(RoleRevoked {
-            user_id,
-            role_id: role_id.into(),
-        });
+        let event = Event::RoleRevoked(RoleRevoked { user_id, role_id: role_id.into() });
         Ok(self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(user.version),
-                &[event],
-            )
+            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(user.version), &[event])
             .await?
             .position)
     }
@@ -266,45 +164,21 @@ impl Identity {
     ) -> Result<u64> {
         validate_permission(&permission)?;
         let user = self.existing_user(user_id).await?;
-        let event = Event::PermissionGranted(PermissionGranted {
-            user_id,
-            permission,
-        });
+        let event = Event::PermissionGranted(PermissionGranted { user_id, permission });
         Ok(self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(user.version),
-                &[event],
-            )
+            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(user.version), &[event])
             .await?
             .position)
     }
 
-    pub async fn revoke_permission(
-        &self,
-        ctx: &RequestContext,
-        user_id: Uuid,
-        permission_id: &str,
-    ) -> Result<u64> {
+    pub async fn revoke_permission(&self, ctx: &RequestContext, user_id: Uuid, permission_id: &str) -> Result<u64> {
         let user = self.existing_user(user_id).await?;
         if !user.grants.contains(permission_id) {
-            return Err(DomainError::NotFound {
-                what: "grant of user",
-                id: format!("{user_id}/{permission_id}"),
-            });
+            return Err(DomainError::NotFound { what: "grant of user", id: format!("{user_id}/{permission_id}") });
         }
-        let event = Event::PermissionRevoked(PermissionRevoked {
-            user_id,
-            permission_id: permission_id.into(),
-        });
+        let event = Event::PermissionRevoked(PermissionRevoked { user_id, permission_id: permission_id.into() });
         Ok(self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(user.version),
-                &[event],
-            )
+            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(user.version), &[event])
             .await?
             .position)
     }

@@ -34,14 +34,8 @@ pub enum DomainError {
     #[error("concurrent modification of {stream}; retry")]
     Conflict { stream: String },
     /// A read with a consistency token waited too long for the projections.
-    #[error(
-        "read models have not reached position {wanted} within {waited_ms} ms (they are at {at})"
-    )]
-    ConsistencyTimeout {
-        wanted: u64,
-        at: u64,
-        waited_ms: u64,
-    },
+    #[error("read models have not reached position {wanted} within {waited_ms} ms (they are at {at})")]
+    ConsistencyTimeout { wanted: u64, at: u64, waited_ms: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An internal failure (a bug or a broken dependency), not the caller's fault.

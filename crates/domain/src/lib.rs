@@ -14,6 +14,7 @@
 mod auth;
 mod authz;
 pub mod context;
+pub mod erase;
 pub mod error;
 pub mod live;
 mod mfa;
@@ -31,9 +32,7 @@ pub use mfa::MfaEnrollment;
 pub use users::{ProfileUpdate, Registered, Registration};
 
 use password::{PasswordCost, Passwords};
-use perfect21_events::{
-    AppendResult, Event, EventData, EventStore, ExpectedVersion, StoreError, StreamId,
-};
+use perfect21_events::{AppendResult, Event, EventData, EventStore, ExpectedVersion, StoreError, StreamId};
 use secrets::SecretBox;
 use state::StreamState;
 use std::sync::Arc;
@@ -73,9 +72,7 @@ impl Default for IdentityConfig {
             verification_ttl: Duration::from_secs(24 * 3600),
             consistency_timeout: Duration::from_secs(5),
             password_cost: PasswordCost::OWASP,
-            password_workers: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            password_workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             totp_issuer: "perfect21".into(),
         }
     }
@@ -100,13 +97,7 @@ impl Identity {
         config: IdentityConfig,
     ) -> Result<Self> {
         let passwords = Passwords::new(config.password_cost, config.password_workers)?;
-        Ok(Identity {
-            store,
-            live,
-            passwords,
-            secrets,
-            config: Arc::new(config),
-        })
+        Ok(Identity { store, live, passwords, secrets, config: Arc::new(config) })
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -152,17 +143,11 @@ impl Identity {
         events: &[Event],
     ) -> Result<AppendResult> {
         let metadata = ctx.metadata();
-        let data = events
-            .iter()
-            .map(|e| EventData::new(e, metadata.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.store
-            .append(stream, expected, data)
-            .await
-            .map_err(|e| match e {
-                StoreError::WrongExpectedVersion { stream, .. } => DomainError::Conflict { stream },
-                other => other.into(),
-            })
+        let data = events.iter().map(|e| EventData::new(e, metadata.clone())).collect::<Result<Vec<_>, _>>()?;
+        self.store.append(stream, expected, data).await.map_err(|e| match e {
+            StoreError::WrongExpectedVersion { stream, .. } => DomainError::Conflict { stream },
+            other => other.into(),
+        })
     }
 
     /// Waits (bounded) until the read models have reached `min_position`, then reads them.
@@ -171,9 +156,7 @@ impl Identity {
         min_position: Option<u64>,
         f: impl FnOnce(&perfect21_projections::ReadModels) -> T,
     ) -> Result<T> {
-        self.live
-            .read_at(min_position, self.config.consistency_timeout, f)
-            .await
+        self.live.read_at(min_position, self.config.consistency_timeout, f).await
     }
 }
 

@@ -35,10 +35,7 @@ pub(crate) fn check_totp(secret: &[u8], code: &str, _issuer: &str) -> bool {
 
 /// Recovery codes are compared without case, spaces or dashes.
 pub(crate) fn normalize_recovery_code(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase()
+    code.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase()
 }
 
 fn percent_encode(s: &str) -> String {
@@ -58,9 +55,7 @@ impl Identity {
     pub async fn begin_mfa(&self, user_id: Uuid) -> Result<MfaEnrollment> {
         let state = self.existing_user(user_id).await?;
         if state.mfa_secret.is_some() {
-            return Err(DomainError::FailedPrecondition(
-                "multi-factor authentication is already enabled".into(),
-            ));
+            return Err(DomainError::FailedPrecondition("multi-factor authentication is already enabled".into()));
         }
         let mut secret = [0u8; 20];
         rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -74,11 +69,7 @@ impl Identity {
         );
         let mut sealed = user_id.as_bytes().to_vec();
         sealed.extend_from_slice(&secret);
-        Ok(MfaEnrollment {
-            secret: base32,
-            otpauth_url,
-            enrollment_token: self.secrets.seal_text(&sealed),
-        })
+        Ok(MfaEnrollment { secret: base32, otpauth_url, enrollment_token: self.secrets.seal_text(&sealed) })
     }
 
     /// Confirms enrollment with a first code; returns the recovery codes (shown once) and the position.
@@ -89,9 +80,7 @@ impl Identity {
         enrollment_token: &str,
         code: &str,
     ) -> Result<(Vec<String>, u64)> {
-        let bad = || DomainError::InvalidToken {
-            what: "enrollment token",
-        };
+        let bad = || DomainError::InvalidToken { what: "enrollment token" };
         let opened = self.secrets.open_text(enrollment_token).ok_or_else(bad)?;
         if opened.len() != 36 || opened[..16] != *user_id.as_bytes() {
             return Err(bad());
@@ -105,64 +94,32 @@ impl Identity {
         }
         let state = self.existing_user(user_id).await?;
         if state.mfa_secret.is_some() {
-            return Err(DomainError::FailedPrecondition(
-                "multi-factor authentication is already enabled".into(),
-            ));
+            return Err(DomainError::FailedPrecondition("multi-factor authentication is already enabled".into()));
         }
-        let codes: Vec<String> = (0..RECOVERY_CODES)
-            .map(|_| random_token()[..12].to_ascii_lowercase())
-            .collect();
+        let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| random_token()[..12].to_ascii_lowercase()).collect();
         let event = Event::UserMfaEnabled(UserMfaEnabled {
             user_id,
             method: "totp".into(),
             secret_ciphertext: self.secrets.seal(secret),
-            recovery_code_hashes: codes
-                .iter()
-                .map(|c| token_hash(&normalize_recovery_code(c)))
-                .collect(),
+            recovery_code_hashes: codes.iter().map(|c| token_hash(&normalize_recovery_code(c))).collect(),
         });
-        let r = self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?;
+        let r =
+            self.append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &[event]).await?;
         Ok((codes, r.position))
     }
 
     /// Turns MFA off; needs the password.
-    pub async fn disable_mfa(
-        &self,
-        ctx: &RequestContext,
-        user_id: Uuid,
-        password: &str,
-    ) -> Result<u64> {
+    pub async fn disable_mfa(&self, ctx: &RequestContext, user_id: Uuid, password: &str) -> Result<u64> {
         let state = self.existing_user(user_id).await?;
         if state.mfa_secret.is_none() {
-            return Err(DomainError::FailedPrecondition(
-                "multi-factor authentication is not enabled".into(),
-            ));
+            return Err(DomainError::FailedPrecondition("multi-factor authentication is not enabled".into()));
         }
-        if !self
-            .passwords
-            .verify(password.to_string(), Some(state.password_hash.clone()))
-            .await?
-        {
+        if !self.passwords.verify(password.to_string(), Some(state.password_hash.clone())).await? {
             return Err(DomainError::InvalidCredentials);
         }
-        let event = Event::UserMfaDisabled(UserMfaDisabled {
-            user_id,
-            reason: "user".into(),
-        });
+        let event = Event::UserMfaDisabled(UserMfaDisabled { user_id, reason: "user".into() });
         Ok(self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
+            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &[event])
             .await?
             .position)
     }

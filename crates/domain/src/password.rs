@@ -17,17 +17,9 @@ pub struct PasswordCost {
 
 impl PasswordCost {
     /// OWASP's recommendation for argon2id: 19 MiB, 2 iterations, 1 lane.
-    pub const OWASP: PasswordCost = PasswordCost {
-        memory_kib: 19 * 1024,
-        iterations: 2,
-        parallelism: 1,
-    };
+    pub const OWASP: PasswordCost = PasswordCost { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
     /// Cheap parameters for tests only.
-    pub const TEST: PasswordCost = PasswordCost {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
+    pub const TEST: PasswordCost = PasswordCost { memory_kib: 64, iterations: 1, parallelism: 1 };
 }
 
 /// Hashes and verifies passwords; at most `workers` at a time, each on a blocking thread.
@@ -54,11 +46,7 @@ impl Passwords {
             .hash_password(crate::secrets::random_token().as_bytes(), &salt)
             .map_err(|e| DomainError::Internal(e.to_string()))?
             .to_string();
-        Ok(Passwords {
-            argon,
-            permits: Arc::new(Semaphore::new(workers.max(1))),
-            dummy: dummy.into(),
-        })
+        Ok(Passwords { argon, permits: Arc::new(Semaphore::new(workers.max(1))), dummy: dummy.into() })
     }
 
     /// Checks length rules; the error names them.
@@ -67,9 +55,7 @@ impl Passwords {
         if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
             return Err(DomainError::InvalidArgument {
                 field: "password",
-                reason: format!(
-                    "must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters, got {n}"
-                ),
+                reason: format!("must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters, got {n}"),
             });
         }
         Ok(())
@@ -80,10 +66,7 @@ impl Passwords {
         let argon = self.argon.clone();
         self.blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| e.to_string())
+            argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
         })
         .await
     }
@@ -107,11 +90,7 @@ impl Passwords {
         &self,
         f: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| DomainError::Internal(e.to_string()))?;
+        let _permit = self.permits.acquire().await.map_err(|e| DomainError::Internal(e.to_string()))?;
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| DomainError::Internal(e.to_string()))?

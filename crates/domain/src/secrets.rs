@@ -16,10 +16,7 @@ pub fn random_token() -> String {
 
 /// SHA-256 of a token, hex: what the log stores instead of the token.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Compares two strings in time independent of where they differ.
@@ -42,9 +39,7 @@ impl std::fmt::Debug for SecretBox {
 
 impl SecretBox {
     pub fn new(key: [u8; 32]) -> Self {
-        SecretBox {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
-        }
+        SecretBox { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) }
     }
 
     /// A box with a random key (tests, ephemeral runs).
@@ -60,11 +55,7 @@ impl SecretBox {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let mut out = nonce.to_vec();
         // Encryption with a valid key and nonce cannot fail.
-        out.extend(
-            self.cipher
-                .encrypt(Nonce::from_slice(&nonce), plaintext)
-                .expect("encrypts"),
-        );
+        out.extend(self.cipher.encrypt(Nonce::from_slice(&nonce), plaintext).expect("encrypts"));
         out
     }
 
@@ -73,9 +64,7 @@ impl SecretBox {
             return None;
         }
         let (nonce, ciphertext) = sealed.split_at(12);
-        self.cipher
-            .decrypt(Nonce::from_slice(nonce), ciphertext)
-            .ok()
+        self.cipher.decrypt(Nonce::from_slice(nonce), ciphertext).ok()
     }
 
     /// Seals into URL-safe text (for enrollment tokens handed to clients).

@@ -60,8 +60,7 @@ impl UserState {
                 self.username = e.username.clone();
                 self.status = Some(UserStatus::PendingVerification);
                 self.password_hash = e.password_hash.clone();
-                self.verification =
-                    Some((e.verification_token_hash.clone(), e.verification_expires_at));
+                self.verification = Some((e.verification_token_hash.clone(), e.verification_expires_at));
             }
             Event::UserEmailVerified(_) => {
                 self.email_verified = true;
@@ -87,10 +86,7 @@ impl UserState {
                 self.failures.clear();
                 self.logins += 1;
                 remember(&mut self.known_ips, recorded.metadata.client_ip.as_ref());
-                remember(
-                    &mut self.known_agents,
-                    recorded.metadata.user_agent.as_ref(),
-                );
+                remember(&mut self.known_agents, recorded.metadata.user_agent.as_ref());
             }
             Event::UserLoginFailed(_) => self.failures.push(at),
             Event::AccountLocked(e) => {
@@ -98,11 +94,8 @@ impl UserState {
                 self.locked_until = e.locked_until;
             }
             Event::AccountUnlocked(_) => {
-                self.status = Some(if self.email_verified {
-                    UserStatus::Active
-                } else {
-                    UserStatus::PendingVerification
-                });
+                self.status =
+                    Some(if self.email_verified { UserStatus::Active } else { UserStatus::PendingVerification });
                 self.locked_until = None;
                 self.failures.clear();
             }
@@ -215,9 +208,7 @@ impl ReservationState {
     pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
         self.version = Some(recorded.stream_version);
         match event {
-            Event::ReservationClaimed(e) => {
-                self.owner = Some((e.owner, recorded.recorded_at.timestamp()))
-            }
+            Event::ReservationClaimed(e) => self.owner = Some((e.owner, recorded.recorded_at.timestamp())),
             Event::ReservationReleased(_) => self.owner = None,
             _ => {}
         }

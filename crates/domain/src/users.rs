@@ -44,53 +44,38 @@ pub struct ProfileUpdate {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
-    DomainError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
+    DomainError::InvalidArgument { field, reason: reason.into() }
 }
 
 fn validate_email(email: &str) -> Result<()> {
     let e = email.trim();
     let ok = e.len() <= 254
         && e.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
         })
         && !e.chars().any(|c| c.is_whitespace() || c.is_control());
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            "email",
-            format!("'{e}' is not an address like name@example.com (at most 254 characters)"),
-        ))
+        Err(invalid("email", format!("'{e}' is not an address like name@example.com (at most 254 characters)")))
     }
 }
 
 fn validate_username(username: &str) -> Result<()> {
     let ok = (3..=32).contains(&username.len())
-        && username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            "username",
-            "must be 3 to 32 characters of [A-Za-z0-9_.-]",
-        ))
+        Err(invalid("username", "must be 3 to 32 characters of [A-Za-z0-9_.-]"))
     }
 }
 
 fn optional_text(field: &'static str, value: &Option<String>, max: usize) -> Result<()> {
     match value {
-        Some(v) if v.chars().count() > max || v.chars().any(char::is_control) => Err(invalid(
-            field,
-            format!("must be at most {max} printable characters"),
-        )),
+        Some(v) if v.chars().count() > max || v.chars().any(char::is_control) => {
+            Err(invalid(field, format!("must be at most {max} printable characters")))
+        }
         _ => Ok(()),
     }
 }
@@ -137,19 +122,8 @@ impl Identity {
             verification_token_hash: token_hash(&verification_token),
             verification_expires_at: now() + self.config.verification_ttl.as_secs() as i64,
         });
-        let appended = self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::NoStream,
-                &[event],
-            )
-            .await?;
-        Ok(Registered {
-            user_id,
-            verification_token,
-            position: appended.position,
-        })
+        let appended = self.append(ctx, &stream("user", user_id)?, ExpectedVersion::NoStream, &[event]).await?;
+        Ok(Registered { user_id, verification_token, position: appended.position })
     }
 
     async fn claim(
@@ -167,19 +141,8 @@ impl Identity {
                 return Err(DomainError::AlreadyRegistered { kind });
             }
         }
-        let event = Event::ReservationClaimed(ReservationClaimed {
-            owner,
-            kind: kind.into(),
-        });
-        match self
-            .append(
-                ctx,
-                s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await
-        {
+        let event = Event::ReservationClaimed(ReservationClaimed { owner, kind: kind.into() });
+        match self.append(ctx, s, ExpectedVersion::from_current(state.version), &[event]).await {
             Err(DomainError::Conflict { .. }) => Err(DomainError::AlreadyRegistered { kind }),
             other => other.map(|_| ()),
         }
@@ -194,17 +157,8 @@ impl Identity {
     ) -> Result<()> {
         let state: ReservationState = self.load(s).await?;
         if state.owner.map(|(o, _)| o) == Some(owner) {
-            let event = Event::ReservationReleased(ReservationReleased {
-                owner,
-                kind: kind.into(),
-            });
-            self.append(
-                ctx,
-                s,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?;
+            let event = Event::ReservationReleased(ReservationReleased { owner, kind: kind.into() });
+            self.append(ctx, s, ExpectedVersion::from_current(state.version), &[event]).await?;
         }
         Ok(())
     }
@@ -213,26 +167,16 @@ impl Identity {
     pub(crate) async fn existing_user(&self, user_id: Uuid) -> Result<UserState> {
         let state: UserState = self.load(&stream("user", user_id)?).await?;
         if !state.exists || state.is_deleted() {
-            return Err(DomainError::NotFound {
-                what: "user",
-                id: user_id.to_string(),
-            });
+            return Err(DomainError::NotFound { what: "user", id: user_id.to_string() });
         }
         Ok(state)
     }
 
     /// Verifies the email address with the single-use token from the welcome email.
     pub async fn verify_email(&self, ctx: &RequestContext, token: &str) -> Result<u64> {
-        let bad = DomainError::InvalidToken {
-            what: "verification token",
-        };
-        let user_id = token
-            .split_once('.')
-            .and_then(|(id, _)| Uuid::parse_str(id).ok())
-            .ok_or(bad)?;
-        let bad = || DomainError::InvalidToken {
-            what: "verification token",
-        };
+        let bad = DomainError::InvalidToken { what: "verification token" };
+        let user_id = token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()).ok_or(bad)?;
+        let bad = || DomainError::InvalidToken { what: "verification token" };
         let state = self.existing_user(user_id).await.map_err(|_| bad())?;
         let Some((hash, expires_at)) = &state.verification else {
             return Err(bad());
@@ -250,35 +194,17 @@ impl Identity {
             }));
         }
         let ctx = ctx.clone().as_user(user_id);
-        let r = self
-            .append(
-                &ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(state.version),
-                &events,
-            )
-            .await?;
+        let r =
+            self.append(&ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &events).await?;
         Ok(r.position)
     }
 
-    pub async fn update_profile(
-        &self,
-        ctx: &RequestContext,
-        user_id: Uuid,
-        u: ProfileUpdate,
-    ) -> Result<u64> {
+    pub async fn update_profile(&self, ctx: &RequestContext, user_id: Uuid, u: ProfileUpdate) -> Result<u64> {
         optional_text("first_name", &u.first_name, 100)?;
         optional_text("last_name", &u.last_name, 100)?;
         optional_text("phone_number", &u.phone_number, 32)?;
-        if u.profile.len() > 50
-            || u.profile
-                .iter()
-                .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024)
-        {
-            return Err(invalid(
-                "profile",
-                "at most 50 entries, keys 1-64 bytes, values up to 1024 bytes",
-            ));
+        if u.profile.len() > 50 || u.profile.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024) {
+            return Err(invalid("profile", "at most 50 entries, keys 1-64 bytes, values up to 1024 bytes"));
         }
         let state = self.existing_user(user_id).await?;
         let event = Event::UserProfileUpdated(UserProfileUpdated {
@@ -288,92 +214,42 @@ impl Identity {
             phone_number: u.phone_number,
             profile: u.profile,
         });
-        let r = self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?;
+        let r =
+            self.append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &[event]).await?;
         Ok(r.position)
     }
 
     /// Changes the password after checking the current one; ends every session of the user.
-    pub async fn change_password(
-        &self,
-        ctx: &RequestContext,
-        user_id: Uuid,
-        current: &str,
-        new: &str,
-    ) -> Result<u64> {
+    pub async fn change_password(&self, ctx: &RequestContext, user_id: Uuid, current: &str, new: &str) -> Result<u64> {
         crate::password::Passwords::validate(new)?;
         let state = self.existing_user(user_id).await?;
-        if !self
-            .passwords
-            .verify(current.to_string(), Some(state.password_hash.clone()))
-            .await?
-        {
+        if !self.passwords.verify(current.to_string(), Some(state.password_hash.clone())).await? {
             return Err(DomainError::InvalidCredentials);
         }
         let password_hash = self.passwords.hash(new.to_string()).await?;
-        let event = Event::UserPasswordChanged(UserPasswordChanged {
-            user_id,
-            password_hash,
-            reason: "user".into(),
-        });
-        let r = self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
-            .await?;
-        let revoked = self
-            .revoke_all_sessions(ctx, user_id, "password_changed", Some(r.position))
-            .await?;
+        let event = Event::UserPasswordChanged(UserPasswordChanged { user_id, password_hash, reason: "user".into() });
+        let r =
+            self.append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &[event]).await?;
+        let revoked = self.revoke_all_sessions(ctx, user_id, "password_changed", Some(r.position)).await?;
         Ok(revoked.max(r.position))
     }
 
     /// Sets a user's status (an administrator's action). Deleting goes through [`Identity::delete_user`].
-    pub async fn set_status(
-        &self,
-        ctx: &RequestContext,
-        user_id: Uuid,
-        to: UserStatus,
-        reason: &str,
-    ) -> Result<u64> {
+    pub async fn set_status(&self, ctx: &RequestContext, user_id: Uuid, to: UserStatus, reason: &str) -> Result<u64> {
         if to == UserStatus::Deleted {
             return self.delete_user(ctx, user_id, reason).await;
         }
         let state = self.existing_user(user_id).await?;
         let from = state.status.unwrap_or(UserStatus::PendingVerification);
         if from == to {
-            return Err(DomainError::FailedPrecondition(format!(
-                "user {user_id} is already {to:?}"
-            )));
+            return Err(DomainError::FailedPrecondition(format!("user {user_id} is already {to:?}")));
         }
-        let mut events = vec![Event::UserStatusChanged(UserStatusChanged {
-            user_id,
-            from,
-            to,
-            reason: reason.into(),
-        })];
+        let mut events = vec![Event::UserStatusChanged(UserStatusChanged { user_id, from, to, reason: reason.into() })];
         if from == UserStatus::Locked {
-            events.push(Event::AccountUnlocked(AccountUnlocked {
-                user_id,
-                reason: reason.into(),
-            }));
+            events.push(Event::AccountUnlocked(AccountUnlocked { user_id, reason: reason.into() }));
         }
-        let r = self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(state.version),
-                &events,
-            )
-            .await?;
+        let r =
+            self.append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &events).await?;
         if matches!(to, UserStatus::Locked | UserStatus::Suspended) {
             return Ok(self
                 .revoke_all_sessions(ctx, user_id, "user_status_changed", Some(r.position))
@@ -383,44 +259,29 @@ impl Identity {
         Ok(r.position)
     }
 
-    /// Deletes a user: ends its sessions, frees its email and username, and records
-    /// `user.deleted`, after which the read models hold no personal data of it.
-    pub async fn delete_user(
-        &self,
-        ctx: &RequestContext,
-        user_id: Uuid,
-        reason: &str,
-    ) -> Result<u64> {
+    /// Deletes a user: records `user.deleted`, frees its email and username, ends its
+    /// sessions, and erases its personal data from the log (see [`crate::erase`]).
+    pub async fn delete_user(&self, ctx: &RequestContext, user_id: Uuid, reason: &str) -> Result<u64> {
         let state = self.existing_user(user_id).await?;
-        let event = Event::UserDeleted(UserDeleted {
-            user_id,
-            reason: reason.into(),
-        });
-        let r = self
-            .append(
-                ctx,
-                &stream("user", user_id)?,
-                ExpectedVersion::from_current(state.version),
-                &[event],
-            )
+        let event = Event::UserDeleted(UserDeleted { user_id, reason: reason.into() });
+        let r =
+            self.append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &[event]).await?;
+        self.release(ctx, &reservation_stream("email", &normalize_email(&state.email))?, "email", user_id).await?;
+        self.release(ctx, &reservation_stream("username", &normalize_username(&state.username))?, "username", user_id)
             .await?;
-        self.release(
-            ctx,
-            &reservation_stream("email", &normalize_email(&state.email))?,
-            "email",
-            user_id,
-        )
-        .await?;
-        self.release(
-            ctx,
-            &reservation_stream("username", &normalize_username(&state.username))?,
-            "username",
-            user_id,
-        )
-        .await?;
-        let revoked = self
-            .revoke_all_sessions(ctx, user_id, "user_deleted", Some(r.position))
+        let revoked = self.revoke_all_sessions(ctx, user_id, "user_deleted", Some(r.position)).await?;
+        let sessions: Vec<Uuid> = self
+            .read(Some(revoked.max(r.position)), |m| m.sessions.of_user(user_id).iter().map(|s| s.id).collect())
             .await?;
+        let mut streams = vec![
+            stream("user", user_id)?,
+            reservation_stream("email", &normalize_email(&state.email))?,
+            reservation_stream("username", &normalize_username(&state.username))?,
+        ];
+        for session in sessions {
+            streams.push(stream("session", session)?);
+        }
+        self.erase_personal_data(&streams).await?;
         Ok(revoked.max(r.position))
     }
 }

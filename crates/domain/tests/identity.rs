@@ -16,22 +16,15 @@ struct World {
 
 async fn world_with(config: IdentityConfig) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let store = perfect21_events::store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("events.db").display()
-    ))
-    .await
-    .unwrap();
+    let store =
+        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
     let live = LiveModels::start(store.clone());
     let id = Identity::new(store, live, SecretBox::random(), config).unwrap();
     World { id, _dir: dir }
 }
 
 fn test_config() -> IdentityConfig {
-    IdentityConfig {
-        password_cost: PasswordCost::TEST,
-        ..IdentityConfig::default()
-    }
+    IdentityConfig { password_cost: PasswordCost::TEST, ..IdentityConfig::default() }
 }
 
 async fn world() -> World {
@@ -59,16 +52,10 @@ fn registration(email: &str, username: &str) -> Registration {
 }
 
 fn login(identifier: &str, password: &str) -> LoginRequest {
-    LoginRequest {
-        identifier: identifier.into(),
-        password: password.into(),
-        ..Default::default()
-    }
+    LoginRequest { identifier: identifier.into(), password: password.into(), ..Default::default() }
 }
 
-async fn events_of(
-    store: &Arc<dyn EventStore>,
-) -> Vec<(String, Event, perfect21_events::Metadata)> {
+async fn events_of(store: &Arc<dyn EventStore>) -> Vec<(String, Event, perfect21_events::Metadata)> {
     store
         .read_all(1, 100_000)
         .await
@@ -82,56 +69,25 @@ async fn events_of(
 async fn register_verify_login_refresh_and_reuse_detection() {
     let w = world().await;
     let c = ctx("198.51.100.1");
-    let reg =
-        w.id.register(&c, registration("Ada@Example.com", "ada"))
-            .await
-            .unwrap();
-    let user =
-        w.id.read(Some(reg.position), |m| m.users.get(reg.user_id).cloned())
-            .await
-            .unwrap()
-            .unwrap();
+    let reg = w.id.register(&c, registration("Ada@Example.com", "ada")).await.unwrap();
+    let user = w.id.read(Some(reg.position), |m| m.users.get(reg.user_id).cloned()).await.unwrap().unwrap();
     assert_eq!(user.status, UserStatus::PendingVerification);
-    assert!(
-        user.password_hash.starts_with("$argon2id$"),
-        "only the PHC string is recorded"
-    );
+    assert!(user.password_hash.starts_with("$argon2id$"), "only the PHC string is recorded");
 
-    assert!(matches!(
-        w.id.verify_email(&c, "nonsense").await,
-        Err(DomainError::InvalidToken { .. })
-    ));
+    assert!(matches!(w.id.verify_email(&c, "nonsense").await, Err(DomainError::InvalidToken { .. })));
     let forged = format!("{}.{}", reg.user_id.simple(), "x".repeat(43));
-    assert!(matches!(
-        w.id.verify_email(&c, &forged).await,
-        Err(DomainError::InvalidToken { .. })
-    ));
-    let p =
-        w.id.verify_email(&c, &reg.verification_token)
-            .await
-            .unwrap();
+    assert!(matches!(w.id.verify_email(&c, &forged).await, Err(DomainError::InvalidToken { .. })));
+    let p = w.id.verify_email(&c, &reg.verification_token).await.unwrap();
     assert!(
-        matches!(
-            w.id.verify_email(&c, &reg.verification_token).await,
-            Err(DomainError::InvalidToken { .. })
-        ),
+        matches!(w.id.verify_email(&c, &reg.verification_token).await, Err(DomainError::InvalidToken { .. })),
         "single use"
     );
-    let status =
-        w.id.read(Some(p), |m| m.users.get(reg.user_id).unwrap().status)
-            .await
-            .unwrap();
+    let status = w.id.read(Some(p), |m| m.users.get(reg.user_id).unwrap().status).await.unwrap();
     assert_eq!(status, UserStatus::Active);
 
-    let grant =
-        w.id.login(&c, login("ada@example.com", "correct horse battery"))
-            .await
-            .unwrap();
+    let grant = w.id.login(&c, login("ada@example.com", "correct horse battery")).await.unwrap();
     assert_eq!(grant.user_id, reg.user_id);
-    let by_name =
-        w.id.login(&c, login("ADA", "correct horse battery"))
-            .await
-            .unwrap();
+    let by_name = w.id.login(&c, login("ADA", "correct horse battery")).await.unwrap();
     assert_ne!(by_name.session_id, grant.session_id);
 
     let rotated = w.id.refresh(&c, &grant.refresh_token).await.unwrap();
@@ -139,22 +95,16 @@ async fn register_verify_login_refresh_and_reuse_detection() {
     assert_ne!(rotated.refresh_token, grant.refresh_token);
     let again = w.id.refresh(&c, &rotated.refresh_token).await.unwrap();
     // The first token again: reuse. The whole session ends.
-    assert!(matches!(
-        w.id.refresh(&c, &grant.refresh_token).await,
-        Err(DomainError::InvalidToken { .. })
-    ));
+    assert!(matches!(w.id.refresh(&c, &grant.refresh_token).await, Err(DomainError::InvalidToken { .. })));
     assert!(
-        matches!(
-            w.id.refresh(&c, &again.refresh_token).await,
-            Err(DomainError::InvalidToken { .. })
-        ),
+        matches!(w.id.refresh(&c, &again.refresh_token).await, Err(DomainError::InvalidToken { .. })),
         "session family revoked"
     );
     let events = events_of(w.id.store()).await;
-    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::RefreshTokenReuseDetected(r) if r.session_id == grant.session_id)));
-    assert!(events.iter().any(
-        |(_, e, _)| matches!(e, Event::SessionRevoked(r) if r.reason == "refresh_token_reuse")
-    ));
+    assert!(events
+        .iter()
+        .any(|(_, e, _)| matches!(e, Event::RefreshTokenReuseDetected(r) if r.session_id == grant.session_id)));
+    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::SessionRevoked(r) if r.reason == "refresh_token_reuse")));
     // The other session is untouched.
     w.id.refresh(&c, &by_name.refresh_token).await.unwrap();
 
@@ -177,13 +127,8 @@ async fn concurrent_registrations_of_one_email_let_exactly_one_win() {
         .map(|i| {
             let id = w.id.clone();
             tokio::spawn(async move {
-                let email = if i % 2 == 0 {
-                    "race@example.com"
-                } else {
-                    "RACE@example.com"
-                };
-                id.register(&ctx("10.0.0.1"), registration(email, &format!("racer{i}")))
-                    .await
+                let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+                id.register(&ctx("10.0.0.1"), registration(email, &format!("racer{i}"))).await
             })
         })
         .collect();
@@ -197,244 +142,127 @@ async fn concurrent_registrations_of_one_email_let_exactly_one_win() {
     }
     assert_eq!(wins, 1);
     // Usernames too, and a losing registration frees the email it claimed.
-    w.id.register(&ctx("10.0.0.1"), registration("other@example.com", "solo"))
-        .await
-        .unwrap();
-    let err =
-        w.id.register(&ctx("10.0.0.1"), registration("third@example.com", "SOLO"))
-            .await
-            .unwrap_err();
-    assert!(matches!(
-        err,
-        DomainError::AlreadyRegistered { kind: "username" }
-    ));
-    w.id.register(&ctx("10.0.0.1"), registration("third@example.com", "solo2"))
-        .await
-        .unwrap();
+    w.id.register(&ctx("10.0.0.1"), registration("other@example.com", "solo")).await.unwrap();
+    let err = w.id.register(&ctx("10.0.0.1"), registration("third@example.com", "SOLO")).await.unwrap_err();
+    assert!(matches!(err, DomainError::AlreadyRegistered { kind: "username" }));
+    w.id.register(&ctx("10.0.0.1"), registration("third@example.com", "solo2")).await.unwrap();
 }
 
 #[tokio::test]
 async fn unknown_users_and_wrong_passwords_answer_the_same() {
     let w = world().await;
-    w.id.register(&ctx("10.0.0.1"), registration("known@example.com", "known"))
-        .await
-        .unwrap();
+    w.id.register(&ctx("10.0.0.1"), registration("known@example.com", "known")).await.unwrap();
     let before = w.id.store().head_position().await.unwrap();
-    let unknown =
-        w.id.login(
-            &ctx("10.0.0.1"),
-            login("nobody@example.com", "whatever-password"),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        w.id.store().head_position().await.unwrap(),
-        before,
-        "no events about unknown users"
-    );
-    let wrong =
-        w.id.login(
-            &ctx("10.0.0.1"),
-            login("known@example.com", "whatever-password"),
-        )
-        .await
-        .unwrap_err();
+    let unknown = w.id.login(&ctx("10.0.0.1"), login("nobody@example.com", "whatever-password")).await.unwrap_err();
+    assert_eq!(w.id.store().head_position().await.unwrap(), before, "no events about unknown users");
+    let wrong = w.id.login(&ctx("10.0.0.1"), login("known@example.com", "whatever-password")).await.unwrap_err();
     assert_eq!(unknown.to_string(), wrong.to_string());
     assert!(matches!(unknown, DomainError::InvalidCredentials));
 }
 
 #[tokio::test]
 async fn repeated_failures_lock_the_account_until_the_lock_expires() {
-    let config = IdentityConfig {
-        lockout_threshold: 3,
-        lockout_duration: Duration::from_secs(2),
-        ..test_config()
-    };
+    let config = IdentityConfig { lockout_threshold: 3, lockout_duration: Duration::from_secs(2), ..test_config() };
     let w = world_with(config).await;
     let c = ctx("10.0.0.9");
-    let reg =
-        w.id.register(&c, registration("lock@example.com", "locky"))
-            .await
-            .unwrap();
+    let reg = w.id.register(&c, registration("lock@example.com", "locky")).await.unwrap();
     for _ in 0..3 {
-        assert!(matches!(
-            w.id.login(&c, login("locky", "bad password!")).await,
-            Err(DomainError::InvalidCredentials)
-        ));
+        assert!(matches!(w.id.login(&c, login("locky", "bad password!")).await, Err(DomainError::InvalidCredentials)));
     }
     // Locked: even the right password is refused, with the same answer.
     assert!(matches!(
-        w.id.login(&c, login("locky", "correct horse battery"))
-            .await,
+        w.id.login(&c, login("locky", "correct horse battery")).await,
         Err(DomainError::InvalidCredentials)
     ));
     let events = events_of(w.id.store()).await;
-    assert!(events
-        .iter()
-        .any(|(_, e, _)| matches!(e, Event::AccountLocked(l) if l.failed_attempts == 3)));
+    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::AccountLocked(l) if l.failed_attempts == 3)));
     assert!(events.iter().any(|(_, e, _)| matches!(e, Event::SecurityAlert(a) if a.alert_type == "account_locked" && !a.recommended_actions.is_empty())));
     let head = w.id.store().head_position().await.unwrap();
-    let decision =
-        w.id.check_permission(reg.user_id, "docs", "read", "own", Some(head))
-            .await
-            .unwrap();
+    let decision = w.id.check_permission(reg.user_id, "docs", "read", "own", Some(head)).await.unwrap();
     assert_eq!(decision.reason, "user is locked");
 
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    w.id.login(&c, login("locky", "correct horse battery"))
-        .await
-        .unwrap();
+    w.id.login(&c, login("locky", "correct horse battery")).await.unwrap();
     let events = events_of(w.id.store()).await;
-    assert!(events
-        .iter()
-        .any(|(_, e, _)| matches!(e, Event::AccountUnlocked(_))));
+    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::AccountUnlocked(_))));
 }
 
 #[tokio::test]
 async fn a_login_from_an_unfamiliar_client_after_failures_is_suspicious() {
     let w = world().await;
-    w.id.register(&ctx("10.0.0.1"), registration("risk@example.com", "risky"))
-        .await
-        .unwrap();
-    w.id.login(&ctx("10.0.0.1"), login("risky", "correct horse battery"))
-        .await
-        .unwrap();
-    let stranger = RequestContext {
-        user_agent: Some("curl/8".into()),
-        ..ctx("203.0.113.66")
-    };
+    w.id.register(&ctx("10.0.0.1"), registration("risk@example.com", "risky")).await.unwrap();
+    w.id.login(&ctx("10.0.0.1"), login("risky", "correct horse battery")).await.unwrap();
+    let stranger = RequestContext { user_agent: Some("curl/8".into()), ..ctx("203.0.113.66") };
     for _ in 0..2 {
-        let _ =
-            w.id.login(&stranger, login("risky", "wrong password"))
-                .await;
+        let _ = w.id.login(&stranger, login("risky", "wrong password")).await;
     }
-    let grant =
-        w.id.login(&stranger, login("risky", "correct horse battery"))
-            .await
-            .unwrap();
+    let grant = w.id.login(&stranger, login("risky", "correct horse battery")).await.unwrap();
     assert!(grant.risk_score > 0.7, "{}", grant.risk_score);
     let events = events_of(w.id.store()).await;
-    assert!(events
-        .iter()
-        .any(|(_, e, _)| matches!(e, Event::SuspiciousActivity(s) if s.risk_score > 0.7)));
-    let familiar =
-        w.id.login(&ctx("10.0.0.1"), login("risky", "correct horse battery"))
-            .await
-            .unwrap();
+    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::SuspiciousActivity(s) if s.risk_score > 0.7)));
+    let familiar = w.id.login(&ctx("10.0.0.1"), login("risky", "correct horse battery")).await.unwrap();
     assert!(familiar.risk_score < 0.1);
 }
 
 fn current_code(base32: &str) -> String {
     let secret = totp_rs::Secret::Encoded(base32.into()).to_bytes().unwrap();
-    totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret)
-        .unwrap()
-        .generate_current()
-        .unwrap()
+    totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap().generate_current().unwrap()
 }
 
 #[tokio::test]
 async fn totp_mfa_with_single_use_recovery_codes() {
     let w = world().await;
     let c = ctx("10.0.0.1");
-    let reg =
-        w.id.register(&c, registration("mfa@example.com", "mfa_user"))
-            .await
-            .unwrap();
+    let reg = w.id.register(&c, registration("mfa@example.com", "mfa_user")).await.unwrap();
     let enrollment = w.id.begin_mfa(reg.user_id).await.unwrap();
-    assert!(enrollment
-        .otpauth_url
-        .starts_with("otpauth://totp/perfect21:mfa%40example.com?secret="));
-    let bad =
-        w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, "000000")
-            .await;
+    assert!(enrollment.otpauth_url.starts_with("otpauth://totp/perfect21:mfa%40example.com?secret="));
+    let bad = w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, "000000").await;
     assert!(
         matches!(bad, Err(DomainError::InvalidArgument { field: "code", .. }))
             || current_code(&enrollment.secret) == "000000"
     );
     let other_user = Uuid::now_v7();
     assert!(matches!(
-        w.id.confirm_mfa(
-            &c,
-            other_user,
-            &enrollment.enrollment_token,
-            &current_code(&enrollment.secret)
-        )
-        .await,
+        w.id.confirm_mfa(&c, other_user, &enrollment.enrollment_token, &current_code(&enrollment.secret)).await,
         Err(DomainError::InvalidToken { .. })
     ));
     let (codes, _) =
-        w.id.confirm_mfa(
-            &c,
-            reg.user_id,
-            &enrollment.enrollment_token,
-            &current_code(&enrollment.secret),
-        )
-        .await
-        .unwrap();
+        w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, &current_code(&enrollment.secret))
+            .await
+            .unwrap();
     assert_eq!(codes.len(), 10);
     let log = format!("{:?}", events_of(w.id.store()).await);
     assert!(!log.contains(&codes[0]), "recovery codes are stored hashed");
 
-    assert!(matches!(
-        w.id.login(&c, login("mfa_user", "correct horse battery"))
-            .await,
-        Err(DomainError::MfaRequired)
-    ));
-    let with_code = LoginRequest {
-        mfa_code: Some(current_code(&enrollment.secret)),
-        ..login("mfa_user", "correct horse battery")
-    };
+    assert!(matches!(w.id.login(&c, login("mfa_user", "correct horse battery")).await, Err(DomainError::MfaRequired)));
+    let with_code =
+        LoginRequest { mfa_code: Some(current_code(&enrollment.secret)), ..login("mfa_user", "correct horse battery") };
     assert!(w.id.login(&c, with_code).await.unwrap().mfa_used);
-    let with_recovery = LoginRequest {
-        mfa_code: Some(codes[3].to_uppercase()),
-        ..login("mfa_user", "correct horse battery")
-    };
+    let with_recovery =
+        LoginRequest { mfa_code: Some(codes[3].to_uppercase()), ..login("mfa_user", "correct horse battery") };
     w.id.login(&c, with_recovery.clone()).await.unwrap();
     assert!(
-        matches!(
-            w.id.login(&c, with_recovery).await,
-            Err(DomainError::InvalidCredentials)
-        ),
+        matches!(w.id.login(&c, with_recovery).await, Err(DomainError::InvalidCredentials)),
         "recovery codes are single-use"
     );
-    let wrong = LoginRequest {
-        mfa_code: Some("123456".into()),
-        ..login("mfa_user", "correct horse battery")
-    };
+    let wrong = LoginRequest { mfa_code: Some("123456".into()), ..login("mfa_user", "correct horse battery") };
     if current_code(&enrollment.secret) != "123456" {
-        assert!(matches!(
-            w.id.login(&c, wrong).await,
-            Err(DomainError::InvalidCredentials)
-        ));
+        assert!(matches!(w.id.login(&c, wrong).await, Err(DomainError::InvalidCredentials)));
     }
-    w.id.disable_mfa(&c, reg.user_id, "correct horse battery")
-        .await
-        .unwrap();
-    w.id.login(&c, login("mfa_user", "correct horse battery"))
-        .await
-        .unwrap();
+    w.id.disable_mfa(&c, reg.user_id, "correct horse battery").await.unwrap();
+    w.id.login(&c, login("mfa_user", "correct horse battery")).await.unwrap();
 }
 
 #[tokio::test]
 async fn roles_grants_and_checks_with_consistency_tokens() {
     let w = world().await;
     let admin = RequestContext::service("admin-cli");
-    let reg =
-        w.id.register(&ctx("10.0.0.1"), registration("rbac@example.com", "rbac"))
-            .await
-            .unwrap();
+    let reg = w.id.register(&ctx("10.0.0.1"), registration("rbac@example.com", "rbac")).await.unwrap();
     let u = reg.user_id;
-    let spec = RoleSpec {
-        role_id: "editor".into(),
-        display_name: "Editor".into(),
-        description: "edits".into(),
-        priority: 50,
-    };
+    let spec =
+        RoleSpec { role_id: "editor".into(), display_name: "Editor".into(), description: "edits".into(), priority: 50 };
     w.id.create_role(&admin, spec.clone()).await.unwrap();
-    assert!(matches!(
-        w.id.create_role(&admin, spec).await,
-        Err(DomainError::FailedPrecondition(_))
-    ));
+    assert!(matches!(w.id.create_role(&admin, spec).await, Err(DomainError::FailedPrecondition(_))));
     let perm = |id: &str, r: &str, a: &str, s: &str| PermissionSpec {
         id: id.into(),
         resource: r.into(),
@@ -443,85 +271,34 @@ async fn roles_grants_and_checks_with_consistency_tokens() {
         name: id.into(),
         description: String::new(),
     };
-    w.id.grant_permission_to_role(&admin, "editor", perm("docs.write", "docs", "write", "*"))
-        .await
-        .unwrap();
-    let bad =
-        w.id.grant_permission_to_role(&admin, "editor", perm("Bad Id", "docs", "write", "*"))
-            .await;
-    assert!(matches!(
-        bad,
-        Err(DomainError::InvalidArgument {
-            field: "permission.id",
-            ..
-        })
-    ));
-    assert!(matches!(
-        w.id.assign_role(&admin, u, "ghost", None).await,
-        Err(DomainError::NotFound { .. })
-    ));
+    w.id.grant_permission_to_role(&admin, "editor", perm("docs.write", "docs", "write", "*")).await.unwrap();
+    let bad = w.id.grant_permission_to_role(&admin, "editor", perm("Bad Id", "docs", "write", "*")).await;
+    assert!(matches!(bad, Err(DomainError::InvalidArgument { field: "permission.id", .. })));
+    assert!(matches!(w.id.assign_role(&admin, u, "ghost", None).await, Err(DomainError::NotFound { .. })));
 
-    let p =
-        w.id.check_permission(u, "docs", "write", "team", None)
-            .await
-            .unwrap();
+    let p = w.id.check_permission(u, "docs", "write", "team", None).await.unwrap();
     assert!(!p.allowed);
     let position = w.id.assign_role(&admin, u, "editor", None).await.unwrap();
-    let d =
-        w.id.check_permission(u, "docs", "write", "team", Some(position))
-            .await
-            .unwrap();
+    let d = w.id.check_permission(u, "docs", "write", "team", Some(position)).await.unwrap();
     assert!(d.allowed, "{d:?}");
     assert_eq!(d.applied_policies, vec!["role:editor:docs.write"]);
 
-    let position =
-        w.id.grant_permission(&admin, u, perm("billing.read", "billing", "read", "own"))
-            .await
-            .unwrap();
-    assert!(
-        w.id.check_permission(u, "billing", "read", "own", Some(position))
-            .await
-            .unwrap()
-            .allowed
-    );
-    let position =
-        w.id.revoke_permission(&admin, u, "billing.read")
-            .await
-            .unwrap();
-    assert!(
-        !w.id
-            .check_permission(u, "billing", "read", "own", Some(position))
-            .await
-            .unwrap()
-            .allowed
-    );
+    let position = w.id.grant_permission(&admin, u, perm("billing.read", "billing", "read", "own")).await.unwrap();
+    assert!(w.id.check_permission(u, "billing", "read", "own", Some(position)).await.unwrap().allowed);
+    let position = w.id.revoke_permission(&admin, u, "billing.read").await.unwrap();
+    assert!(!w.id.check_permission(u, "billing", "read", "own", Some(position)).await.unwrap().allowed);
     let position = w.id.revoke_role(&admin, u, "editor").await.unwrap();
-    assert!(
-        !w.id
-            .check_permission(u, "docs", "write", "team", Some(position))
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(!w.id.check_permission(u, "docs", "write", "team", Some(position)).await.unwrap().allowed);
 
-    let position =
-        w.id.set_status(&admin, u, UserStatus::Suspended, "abuse")
-            .await
-            .unwrap();
-    let d =
-        w.id.check_permission(u, "docs", "write", "team", Some(position))
-            .await
-            .unwrap();
+    let position = w.id.set_status(&admin, u, UserStatus::Suspended, "abuse").await.unwrap();
+    let d = w.id.check_permission(u, "docs", "write", "team", Some(position)).await.unwrap();
     assert_eq!(d.reason, "user is suspended");
 
     // A position the log has not reached: a clear, bounded timeout.
     let far = w.id.store().head_position().await.unwrap() + 1000;
     let cfg_timeout = w.id.config().consistency_timeout;
     let started = std::time::Instant::now();
-    let err =
-        w.id.check_permission(u, "docs", "write", "team", Some(far))
-            .await
-            .unwrap_err();
+    let err = w.id.check_permission(u, "docs", "write", "team", Some(far)).await.unwrap_err();
     assert!(matches!(err, DomainError::ConsistencyTimeout { wanted, .. } if wanted == far));
     assert!(started.elapsed() >= cfg_timeout);
 }
@@ -530,31 +307,15 @@ async fn roles_grants_and_checks_with_consistency_tokens() {
 async fn deleting_a_user_frees_its_names_ends_its_sessions_and_forgets_its_data() {
     let w = world().await;
     let c = ctx("10.0.0.1");
-    let reg =
-        w.id.register(&c, registration("gone@example.com", "gone"))
-            .await
-            .unwrap();
-    let grant =
-        w.id.login(&c, login("gone", "correct horse battery"))
-            .await
-            .unwrap();
-    let position =
-        w.id.delete_user(
-            &RequestContext::service("admin"),
-            reg.user_id,
-            "user request",
-        )
-        .await
-        .unwrap();
+    let reg = w.id.register(&c, registration("gone@example.com", "gone")).await.unwrap();
+    let grant = w.id.login(&c, login("gone", "correct horse battery")).await.unwrap();
+    let position = w.id.delete_user(&RequestContext::service("admin"), reg.user_id, "user request").await.unwrap();
     let (by_email, view, sessions_active) =
         w.id.read(Some(position), |m| {
             (
                 m.users.by_email("gone@example.com").is_some(),
                 m.users.get(reg.user_id).cloned().unwrap(),
-                m.sessions
-                    .of_user(reg.user_id)
-                    .iter()
-                    .any(|s| s.ended.is_none()),
+                m.sessions.of_user(reg.user_id).iter().any(|s| s.ended.is_none()),
             )
         })
         .await
@@ -562,19 +323,31 @@ async fn deleting_a_user_frees_its_names_ends_its_sessions_and_forgets_its_data(
     assert!(!by_email && !sessions_active);
     assert_eq!(view.status, UserStatus::Deleted);
     assert!(view.email.is_empty() && view.first_name.is_none());
-    assert!(matches!(
-        w.id.refresh(&c, &grant.refresh_token).await,
-        Err(DomainError::InvalidToken { .. })
-    ));
+    assert!(matches!(w.id.refresh(&c, &grant.refresh_token).await, Err(DomainError::InvalidToken { .. })));
     assert!(matches!(
         w.id.login(&c, login("gone", "correct horse battery")).await,
         Err(DomainError::InvalidCredentials)
     ));
+    // Nothing personal is left in the log: not in payloads, not in metadata.
+    let log = format!("{:?}", events_of(w.id.store()).await);
+    for secret in ["gone@example.com", "\"gone\"", "Ada", "$argon2id", "10.0.0.1", "identity-test/1"] {
+        assert!(!log.contains(secret), "{secret} is still in the log");
+    }
+    // Replaying the redacted log gives the same read models as following it live.
+    let head = w.id.store().head_position().await.unwrap();
+    let live = w.id.read(Some(head), |m| m.digest()).await.unwrap();
+    let mut replayed = perfect21_projections::ReadModels::default();
+    for e in w.id.store().read_all(1, 10_000).await.unwrap() {
+        replayed.apply(&e).unwrap();
+    }
+    if replayed.digest() != live {
+        let live_dbg = w.id.read(None, |m| format!("{m:#?}")).await.unwrap();
+        std::fs::write("/tmp/live.txt", live_dbg).unwrap();
+        std::fs::write("/tmp/replayed.txt", format!("{replayed:#?}")).unwrap();
+    }
+    assert_eq!(replayed.digest(), live);
     // The email and username can be registered again, by someone new.
-    let again =
-        w.id.register(&c, registration("gone@example.com", "gone"))
-            .await
-            .unwrap();
+    let again = w.id.register(&c, registration("gone@example.com", "gone")).await.unwrap();
     assert_ne!(again.user_id, reg.user_id);
 }
 
@@ -582,40 +355,18 @@ async fn deleting_a_user_frees_its_names_ends_its_sessions_and_forgets_its_data(
 async fn password_change_needs_the_current_password_and_ends_sessions() {
     let w = world().await;
     let c = ctx("10.0.0.1");
-    let reg =
-        w.id.register(&c, registration("pw@example.com", "pw_user"))
-            .await
-            .unwrap();
-    let grant =
-        w.id.login(&c, login("pw_user", "correct horse battery"))
-            .await
-            .unwrap();
+    let reg = w.id.register(&c, registration("pw@example.com", "pw_user")).await.unwrap();
+    let grant = w.id.login(&c, login("pw_user", "correct horse battery")).await.unwrap();
     assert!(matches!(
-        w.id.change_password(&c, reg.user_id, "wrong one!", "new password 1")
-            .await,
+        w.id.change_password(&c, reg.user_id, "wrong one!", "new password 1").await,
         Err(DomainError::InvalidCredentials)
     ));
     assert!(matches!(
-        w.id.change_password(&c, reg.user_id, "correct horse battery", "short")
-            .await,
-        Err(DomainError::InvalidArgument {
-            field: "password",
-            ..
-        })
+        w.id.change_password(&c, reg.user_id, "correct horse battery", "short").await,
+        Err(DomainError::InvalidArgument { field: "password", .. })
     ));
-    w.id.change_password(&c, reg.user_id, "correct horse battery", "new password 1")
-        .await
-        .unwrap();
-    assert!(matches!(
-        w.id.refresh(&c, &grant.refresh_token).await,
-        Err(DomainError::InvalidToken { .. })
-    ));
-    assert!(w
-        .id
-        .login(&c, login("pw_user", "correct horse battery"))
-        .await
-        .is_err());
-    w.id.login(&c, login("pw_user", "new password 1"))
-        .await
-        .unwrap();
+    w.id.change_password(&c, reg.user_id, "correct horse battery", "new password 1").await.unwrap();
+    assert!(matches!(w.id.refresh(&c, &grant.refresh_token).await, Err(DomainError::InvalidToken { .. })));
+    assert!(w.id.login(&c, login("pw_user", "correct horse battery")).await.is_err());
+    w.id.login(&c, login("pw_user", "new password 1")).await.unwrap();
 }

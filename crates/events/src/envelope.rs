@@ -22,12 +22,7 @@ impl StreamId {
     /// ```
     pub fn new(s: impl Into<String>) -> Result<Self, StoreError> {
         let s = s.into();
-        let fail = |reason| {
-            Err(StoreError::InvalidStreamId {
-                stream_id: truncate(&s),
-                reason,
-            })
-        };
+        let fail = |reason| Err(StoreError::InvalidStreamId { stream_id: truncate(&s), reason });
         if s.is_empty() {
             return fail("it is empty");
         }
@@ -190,32 +185,21 @@ impl EventData {
         let metadata = self.metadata.encode();
         let size = self.payload.len() + metadata.len();
         if size > MAX_EVENT_BYTES {
-            return Err(StoreError::PayloadTooLarge {
-                event_id: self.event_id,
-                size,
-                max: MAX_EVENT_BYTES,
-            });
+            return Err(StoreError::PayloadTooLarge { event_id: self.event_id, size, max: MAX_EVENT_BYTES });
         }
         Ok(metadata)
     }
 }
 
 fn validate_event_type(t: &str) -> Result<(), StoreError> {
-    let fail = |reason| {
-        Err(StoreError::InvalidEventType {
-            event_type: truncate(t),
-            reason,
-        })
-    };
+    let fail = |reason| Err(StoreError::InvalidEventType { event_type: truncate(t), reason });
     if t.is_empty() {
         return fail("it is empty");
     }
     if t.len() > MAX_EVENT_TYPE_BYTES {
         return fail("it is too long");
     }
-    if !t
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+    if !t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
         || t.starts_with('.')
         || t.ends_with('.')
     {

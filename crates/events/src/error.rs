@@ -19,23 +19,13 @@ pub enum StoreError {
     },
     /// The stream id is not of the form `category-id`.
     #[error("invalid stream id '{stream_id}': {reason} (expected 'category-id', category [a-z][a-z0-9_]*, at most {max} bytes, no whitespace)", max = crate::limits::MAX_STREAM_ID_BYTES)]
-    InvalidStreamId {
-        stream_id: String,
-        reason: &'static str,
-    },
+    InvalidStreamId { stream_id: String, reason: &'static str },
     /// The event type name is not a dotted lower-case name.
     #[error("invalid event type '{event_type}': {reason} (expected a dotted lower-case name such as 'user.registered', at most {max} bytes)", max = crate::limits::MAX_EVENT_TYPE_BYTES)]
-    InvalidEventType {
-        event_type: String,
-        reason: &'static str,
-    },
+    InvalidEventType { event_type: String, reason: &'static str },
     /// One event's payload (or metadata) is bigger than the store accepts.
     #[error("event {event_id} is {size} bytes, more than the {max} bytes an event may carry")]
-    PayloadTooLarge {
-        event_id: Uuid,
-        size: usize,
-        max: usize,
-    },
+    PayloadTooLarge { event_id: Uuid, size: usize, max: usize },
     /// An append carried no events.
     #[error("an append must carry at least one event")]
     EmptyAppend,
@@ -44,20 +34,16 @@ pub enum StoreError {
     TooManyEvents { count: usize, max: usize },
     /// An event id is already in the log, and the append is not a re-append of the same events.
     #[error("event id {event_id} is already recorded at position {position} in stream '{stream}', and this append is not an exact re-append of those events")]
-    DuplicateEventId {
-        event_id: Uuid,
-        stream: String,
-        position: u64,
-    },
+    DuplicateEventId { event_id: Uuid, stream: String, position: u64 },
     /// The backend could not be reached or failed; the append may be retried with the same event ids.
     #[error("event store ({backend}) unavailable: {message}")]
-    Unavailable {
-        backend: &'static str,
-        message: String,
-    },
+    Unavailable { backend: &'static str, message: String },
     /// A stored record could not be read back (a bug or a damaged log).
     #[error("event log damaged at position {position}: {reason}")]
     Corrupt { position: u64, reason: String },
+    /// A redaction named a position that does not hold an event of the stream.
+    #[error("position {position} does not hold an event of stream '{stream}'; nothing was redacted")]
+    NotInStream { stream: String, position: u64 },
     /// A store URL that this build cannot open.
     #[error("cannot open event store '{url}': {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -72,10 +58,7 @@ fn describe_actual(actual: Option<u64>) -> String {
 
 impl StoreError {
     pub(crate) fn unavailable(backend: &'static str, err: impl std::fmt::Display) -> Self {
-        StoreError::Unavailable {
-            backend,
-            message: err.to_string(),
-        }
+        StoreError::Unavailable { backend, message: err.to_string() }
     }
 }
 
@@ -85,11 +68,7 @@ pub enum CodecError {
     /// This build does not know the event type at this schema version
     /// (it was written by a newer build, or it is not an event of this catalog).
     #[error("unknown event type '{event_type}' at schema version {schema_version}; this build knows {known}")]
-    UnknownEventType {
-        event_type: String,
-        schema_version: u16,
-        known: String,
-    },
+    UnknownEventType { event_type: String, schema_version: u16, known: String },
     /// The bytes do not decode as the payload type they claim to be.
     #[error("payload of '{event_type}' v{schema_version} does not decode: {source}")]
     Decode {

@@ -26,4 +26,4 @@ pub mod store;
 pub use catalog::Event;
 pub use envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 pub use error::{CodecError, StoreError};
-pub use store::{subscribe_all, EventStore, StoreStats, Subscription};
+pub use store::{subscribe_all, EventStore, Redaction, StoreStats, Subscription};

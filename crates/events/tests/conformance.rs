@@ -8,8 +8,7 @@
 use perfect21_events::catalog::*;
 use perfect21_events::store::{PostgresConfig, PostgresStore, SqliteConfig, SqliteStore};
 use perfect21_events::{
-    subscribe_all, CodecError, EventData, EventStore, ExpectedVersion, Metadata, StoreError,
-    StreamId,
+    subscribe_all, CodecError, EventData, EventStore, ExpectedVersion, Metadata, StoreError, StreamId,
 };
 use std::collections::HashSet;
 use std::future::Future;
@@ -18,8 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-type Open =
-    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Arc<dyn EventStore>> + Send>> + Send + Sync>;
+type Open = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Arc<dyn EventStore>> + Send>> + Send + Sync>;
 
 /// A fresh log, openable several times.
 struct TestLog {
@@ -40,8 +38,7 @@ async fn sqlite_log() -> TestLog {
         open: Box::new(move || {
             let path = path.clone();
             Box::pin(async move {
-                Arc::new(SqliteStore::open(SqliteConfig::new(path)).await.unwrap())
-                    as Arc<dyn EventStore>
+                Arc::new(SqliteStore::open(SqliteConfig::new(path)).await.unwrap()) as Arc<dyn EventStore>
             })
         }),
         _dir: Some(dir),
@@ -56,11 +53,7 @@ async fn postgres_log() -> TestLog {
         open: Box::new(move || {
             let config = PostgresConfig::new(url.clone()).with_schema(schema.clone());
             Box::pin(async move {
-                Arc::new(
-                    PostgresStore::connect(config)
-                        .await
-                        .expect("PostgreSQL reachable"),
-                ) as Arc<dyn EventStore>
+                Arc::new(PostgresStore::connect(config).await.expect("PostgreSQL reachable")) as Arc<dyn EventStore>
             })
         }),
         _dir: None,
@@ -72,11 +65,7 @@ fn stream(category: &str) -> StreamId {
 }
 
 fn verified(user_id: Uuid) -> EventData {
-    EventData::new(
-        &Event::UserEmailVerified(UserEmailVerified { user_id }),
-        meta(),
-    )
-    .unwrap()
+    EventData::new(&Event::UserEmailVerified(UserEmailVerified { user_id }), meta()).unwrap()
 }
 
 fn meta() -> Metadata {
@@ -102,11 +91,7 @@ mod cases {
         let s = stream("user");
         let user_id = Uuid::now_v7();
         let events = [
-            Event::RoleAssigned(RoleAssigned {
-                user_id,
-                role_id: "admin".into(),
-                expires_at: None,
-            }),
+            Event::RoleAssigned(RoleAssigned { user_id, role_id: "admin".into(), expires_at: None }),
             Event::UserLoginFailed(UserLoginFailed {
                 user_id,
                 reason: "bad_password".into(),
@@ -115,14 +100,8 @@ mod cases {
             }),
             Event::UserEmailVerified(UserEmailVerified { user_id }),
         ];
-        let data: Vec<_> = events
-            .iter()
-            .map(|e| EventData::new(e, meta()).unwrap())
-            .collect();
-        let r = store
-            .append(&s, ExpectedVersion::NoStream, data.clone())
-            .await
-            .unwrap();
+        let data: Vec<_> = events.iter().map(|e| EventData::new(e, meta()).unwrap()).collect();
+        let r = store.append(&s, ExpectedVersion::NoStream, data.clone()).await.unwrap();
         assert_eq!((r.first_position, r.position, r.stream_version), (1, 3, 2));
         assert_eq!(store.head_position().await.unwrap(), 3);
 
@@ -139,60 +118,30 @@ mod cases {
         }
         assert_eq!(store.read_all(0, 100).await.unwrap(), read);
         assert_eq!(store.read_stream(&s, 2, 100).await.unwrap(), read[2..]);
-        assert!(store
-            .read_stream(&stream("user"), 0, 10)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(store.read_stream(&stream("user"), 0, 10).await.unwrap().is_empty());
         let stats = store.stats().await.unwrap();
-        assert_eq!(
-            (stats.events, stats.streams, stats.head_position),
-            (3, 1, 3)
-        );
+        assert_eq!((stats.events, stats.streams, stats.head_position), (3, 1, 3));
         assert_eq!(stats.by_type.len(), 3);
     }
 
     pub async fn expected_version_is_enforced(log: TestLog) {
         let store = log.open().await;
         let s = stream("user");
-        let missing = store
-            .append(&s, ExpectedVersion::StreamExists, batch(1))
-            .await
-            .unwrap_err();
+        let missing = store.append(&s, ExpectedVersion::StreamExists, batch(1)).await.unwrap_err();
         assert!(
             matches!(
                 &missing,
-                StoreError::WrongExpectedVersion {
-                    actual: None,
-                    expected: ExpectedVersion::StreamExists,
-                    ..
-                }
+                StoreError::WrongExpectedVersion { actual: None, expected: ExpectedVersion::StreamExists, .. }
             ),
             "{missing:?}"
         );
-        let missing = store
-            .append(&s, ExpectedVersion::Exact(0), batch(1))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            missing,
-            StoreError::WrongExpectedVersion { actual: None, .. }
-        ));
-        store
-            .append(&s, ExpectedVersion::NoStream, batch(3))
-            .await
-            .unwrap();
+        let missing = store.append(&s, ExpectedVersion::Exact(0), batch(1)).await.unwrap_err();
+        assert!(matches!(missing, StoreError::WrongExpectedVersion { actual: None, .. }));
+        store.append(&s, ExpectedVersion::NoStream, batch(3)).await.unwrap();
 
-        let err = store
-            .append(&s, ExpectedVersion::NoStream, batch(2))
-            .await
-            .unwrap_err();
+        let err = store.append(&s, ExpectedVersion::NoStream, batch(2)).await.unwrap_err();
         match &err {
-            StoreError::WrongExpectedVersion {
-                stream,
-                expected,
-                actual,
-            } => {
+            StoreError::WrongExpectedVersion { stream, expected, actual } => {
                 assert_eq!(stream, s.as_str());
                 assert_eq!(*expected, ExpectedVersion::NoStream);
                 assert_eq!(*actual, Some(2));
@@ -200,43 +149,20 @@ mod cases {
             other => panic!("expected WrongExpectedVersion, got {other:?}"),
         }
         assert!(err.to_string().contains("at version 2"), "{err}");
-        let err = store
-            .append(&s, ExpectedVersion::Exact(1), batch(2))
-            .await
-            .unwrap_err();
+        let err = store.append(&s, ExpectedVersion::Exact(1), batch(2)).await.unwrap_err();
         assert!(matches!(
             err,
-            StoreError::WrongExpectedVersion {
-                actual: Some(2),
-                expected: ExpectedVersion::Exact(1),
-                ..
-            }
+            StoreError::WrongExpectedVersion { actual: Some(2), expected: ExpectedVersion::Exact(1), .. }
         ));
-        assert_eq!(
-            store.head_position().await.unwrap(),
-            3,
-            "failed appends wrote nothing"
-        );
+        assert_eq!(store.head_position().await.unwrap(), 3, "failed appends wrote nothing");
 
-        let r = store
-            .append(&s, ExpectedVersion::Exact(2), batch(1))
-            .await
-            .unwrap();
+        let r = store.append(&s, ExpectedVersion::Exact(2), batch(1)).await.unwrap();
         assert_eq!(r.stream_version, 3);
-        let r = store
-            .append(&s, ExpectedVersion::StreamExists, batch(1))
-            .await
-            .unwrap();
+        let r = store.append(&s, ExpectedVersion::StreamExists, batch(1)).await.unwrap();
         assert_eq!(r.stream_version, 4);
-        let r = store
-            .append(&s, ExpectedVersion::Any, batch(2))
-            .await
-            .unwrap();
+        let r = store.append(&s, ExpectedVersion::Any, batch(2)).await.unwrap();
         assert_eq!((r.stream_version, r.position), (6, 7));
-        let r = store
-            .append(&stream("session"), ExpectedVersion::Any, batch(1))
-            .await
-            .unwrap();
+        let r = store.append(&stream("session"), ExpectedVersion::Any, batch(1)).await.unwrap();
         assert_eq!((r.stream_version, r.position), (0, 8));
     }
 
@@ -245,18 +171,10 @@ mod cases {
         let other = log.open().await;
         let s = stream("role");
         for round in 0..5u64 {
-            let expected = if round == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(round - 1)
-            };
+            let expected = if round == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(round - 1) };
             let tasks: Vec<_> = (0..24)
                 .map(|i| {
-                    let store = if i % 2 == 0 {
-                        store.clone()
-                    } else {
-                        other.clone()
-                    };
+                    let store = if i % 2 == 0 { store.clone() } else { other.clone() };
                     let s = s.clone();
                     tokio::spawn(async move { store.append(&s, expected, batch(1)).await })
                 })
@@ -284,61 +202,34 @@ mod cases {
         let store = log.open().await;
         let s = stream("user");
         let first = batch(5);
-        let r = store
-            .append(&s, ExpectedVersion::NoStream, first.clone())
-            .await
-            .unwrap();
+        let r = store.append(&s, ExpectedVersion::NoStream, first.clone()).await.unwrap();
         assert_eq!((r.first_position, r.position), (1, 5));
 
         // A duplicate id in the middle of an append: nothing of it is written.
         let mut mixed = batch(4);
         mixed[2].event_id = first[0].event_id;
-        let err = store
-            .append(&s, ExpectedVersion::Exact(4), mixed)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::DuplicateEventId { position: 1, .. }),
-            "{err:?}"
-        );
+        let err = store.append(&s, ExpectedVersion::Exact(4), mixed).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateEventId { position: 1, .. }), "{err:?}");
         // The same id twice inside one append.
         let mut twice = batch(3);
         twice[2].event_id = twice[0].event_id;
-        let err = store
-            .append(&s, ExpectedVersion::Any, twice)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::DuplicateEventId { .. }),
-            "{err:?}"
-        );
+        let err = store.append(&s, ExpectedVersion::Any, twice).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err:?}");
         assert_eq!(store.head_position().await.unwrap(), 5);
         assert_eq!(store.read_stream(&s, 0, 100).await.unwrap().len(), 5);
 
         // A large append lands whole, with consecutive positions and versions.
-        let r = store
-            .append(&s, ExpectedVersion::Exact(4), batch(2000))
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.first_position, r.position, r.stream_version),
-            (6, 2005, 2004)
-        );
+        let r = store.append(&s, ExpectedVersion::Exact(4), batch(2000)).await.unwrap();
+        assert_eq!((r.first_position, r.position, r.stream_version), (6, 2005, 2004));
         let all = store.read_all(1, 5000).await.unwrap();
-        assert!(all
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.position == i as u64 + 1 && e.stream_version == i as u64));
+        assert!(all.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1 && e.stream_version == i as u64));
     }
 
     pub async fn paging_covers_everything_once(log: TestLog) {
         let store = log.open().await;
         let streams: Vec<_> = (0..3).map(|_| stream("session")).collect();
         for i in 0..75 {
-            store
-                .append(&streams[i % 3], ExpectedVersion::Any, batch(1 + i % 4))
-                .await
-                .unwrap();
+            store.append(&streams[i % 3], ExpectedVersion::Any, batch(1 + i % 4)).await.unwrap();
         }
         let head = store.head_position().await.unwrap();
         let mut from = 0;
@@ -371,26 +262,16 @@ mod cases {
     pub async fn subscription_sees_every_event_once_in_order_while_writers_run(log: TestLog) {
         let store = log.open().await;
         let other = log.open().await;
-        store
-            .append(&stream("user"), ExpectedVersion::Any, batch(10))
-            .await
-            .unwrap();
+        store.append(&stream("user"), ExpectedVersion::Any, batch(10)).await.unwrap();
         let mut sub = subscribe_all(store.clone(), 0);
         let writers: Vec<_> = (0..8)
             .map(|w| {
-                let store = if w % 2 == 0 {
-                    store.clone()
-                } else {
-                    other.clone()
-                };
+                let store = if w % 2 == 0 { store.clone() } else { other.clone() };
                 tokio::spawn(async move {
                     let mut written = 0;
                     for i in 0..60 {
                         let n = 1 + (i + w) % 3;
-                        store
-                            .append(&stream("user"), ExpectedVersion::NoStream, batch(n))
-                            .await
-                            .unwrap();
+                        store.append(&stream("user"), ExpectedVersion::NoStream, batch(n)).await.unwrap();
                         written += n;
                     }
                     written
@@ -404,24 +285,16 @@ mod cases {
         let mut positions = Vec::new();
         let mut ids = HashSet::new();
         while positions.len() < expected_total {
-            let e = tokio::time::timeout(Duration::from_secs(20), sub.next())
-                .await
-                .expect("subscription stalled")
-                .unwrap();
+            let e =
+                tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("subscription stalled").unwrap();
             assert!(ids.insert(e.event_id), "duplicate event {}", e.event_id);
             positions.push(e.position);
         }
         assert_eq!(positions, (1..=expected_total as u64).collect::<Vec<_>>());
         // Nothing more, and live events still arrive.
         assert!(sub.try_next().await.unwrap().is_none());
-        let r = other
-            .append(&stream("user"), ExpectedVersion::Any, batch(1))
-            .await
-            .unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let r = other.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
         assert_eq!(e.position, r.position);
 
         // A subscription from the middle starts exactly there.
@@ -434,20 +307,11 @@ mod cases {
         let store = log.open().await;
         let s = stream("user");
         let events = batch(3);
-        let first = store
-            .append(&s, ExpectedVersion::NoStream, events.clone())
-            .await
-            .unwrap();
+        let first = store.append(&s, ExpectedVersion::NoStream, events.clone()).await.unwrap();
         // A retry after a lost answer: same ids, same expectation.
-        let again = store
-            .append(&s, ExpectedVersion::NoStream, events.clone())
-            .await
-            .unwrap();
+        let again = store.append(&s, ExpectedVersion::NoStream, events.clone()).await.unwrap();
         assert_eq!(again, first);
-        let again = store
-            .append(&s, ExpectedVersion::Any, events.clone())
-            .await
-            .unwrap();
+        let again = store.append(&s, ExpectedVersion::Any, events.clone()).await.unwrap();
         assert_eq!(again, first);
         assert_eq!(store.head_position().await.unwrap(), 3);
         // Not an exact re-append: reordered, or mixed with new ids, or into another stream.
@@ -461,14 +325,8 @@ mod cases {
             store.append(&s, ExpectedVersion::Any, mixed).await,
             Err(StoreError::DuplicateEventId { .. })
         ));
-        let elsewhere = store
-            .append(&stream("user"), ExpectedVersion::Any, events.clone())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(elsewhere, StoreError::DuplicateEventId { position: 1, .. }),
-            "{elsewhere:?}"
-        );
+        let elsewhere = store.append(&stream("user"), ExpectedVersion::Any, events.clone()).await.unwrap_err();
+        assert!(matches!(elsewhere, StoreError::DuplicateEventId { position: 1, .. }), "{elsewhere:?}");
         assert_eq!(store.head_position().await.unwrap(), 3);
         // Concurrent retries of one append record it once.
         let fresh = batch(2);
@@ -476,12 +334,7 @@ mod cases {
         let tasks: Vec<_> = (0..10)
             .map(|_| {
                 let (store, s2, fresh) = (store.clone(), s2.clone(), fresh.clone());
-                tokio::spawn(async move {
-                    store
-                        .append(&s2, ExpectedVersion::NoStream, fresh)
-                        .await
-                        .unwrap()
-                })
+                tokio::spawn(async move { store.append(&s2, ExpectedVersion::NoStream, fresh).await.unwrap() })
             })
             .collect();
         let mut results = HashSet::new();
@@ -494,63 +347,27 @@ mod cases {
 
     pub async fn bad_input_gets_typed_errors_and_writes_nothing(log: TestLog) {
         let store = log.open().await;
-        store
-            .append(&stream("user"), ExpectedVersion::Any, batch(1))
-            .await
-            .unwrap();
+        store.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap();
 
-        for bad in [
-            "",
-            "user",
-            "-42",
-            "User-1",
-            "user-",
-            "user 1",
-            &format!("user-{}", "x".repeat(200)),
-        ] {
+        for bad in ["", "user", "-42", "User-1", "user-", "user 1", &format!("user-{}", "x".repeat(200))] {
             let err = StreamId::new(bad).unwrap_err();
-            assert!(
-                matches!(err, StoreError::InvalidStreamId { .. }),
-                "{bad:?}: {err:?}"
-            );
+            assert!(matches!(err, StoreError::InvalidStreamId { .. }), "{bad:?}: {err:?}");
             assert!(err.to_string().contains("expected 'category-id'"), "{err}");
         }
         let s = stream("user");
         let mut big = verified(Uuid::new_v4());
         big.payload = vec![0; perfect21_events::limits::MAX_EVENT_BYTES + 1];
-        let err = store
-            .append(
-                &s,
-                ExpectedVersion::Any,
-                vec![verified(Uuid::new_v4()), big],
-            )
-            .await
-            .unwrap_err();
+        let err = store.append(&s, ExpectedVersion::Any, vec![verified(Uuid::new_v4()), big]).await.unwrap_err();
         assert!(
             matches!(err, StoreError::PayloadTooLarge { max, .. } if max == perfect21_events::limits::MAX_EVENT_BYTES)
         );
-        assert!(matches!(
-            store.append(&s, ExpectedVersion::Any, vec![]).await,
-            Err(StoreError::EmptyAppend)
-        ));
+        assert!(matches!(store.append(&s, ExpectedVersion::Any, vec![]).await, Err(StoreError::EmptyAppend)));
         let mut bad_type = verified(Uuid::new_v4());
         bad_type.event_type = "User Registered".into();
-        let err = store
-            .append(&s, ExpectedVersion::Any, vec![bad_type])
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::InvalidEventType { .. }),
-            "{err:?}"
-        );
-        let err = store
-            .append(&s, ExpectedVersion::Any, batch(10_001))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::TooManyEvents { count: 10_001, .. }
-        ));
+        let err = store.append(&s, ExpectedVersion::Any, vec![bad_type]).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidEventType { .. }), "{err:?}");
+        let err = store.append(&s, ExpectedVersion::Any, batch(10_001)).await.unwrap_err();
+        assert!(matches!(err, StoreError::TooManyEvents { count: 10_001, .. }));
         assert_eq!(store.head_position().await.unwrap(), 1, "nothing written");
         assert!(store.read_stream(&s, 0, 10).await.unwrap().is_empty());
     }
@@ -564,56 +381,68 @@ mod cases {
         newer.event_type = "user.registered".into();
         let mut foreign = verified(Uuid::new_v4());
         foreign.event_type = "billing.invoice_paid".into();
-        store
-            .append(
-                &s,
-                ExpectedVersion::Any,
-                vec![newer, foreign, verified(Uuid::new_v4())],
-            )
-            .await
-            .unwrap();
+        store.append(&s, ExpectedVersion::Any, vec![newer, foreign, verified(Uuid::new_v4())]).await.unwrap();
         let read = store.read_stream(&s, 0, 10).await.unwrap();
-        assert_eq!(
-            read.len(),
-            3,
-            "the log keeps and returns what it cannot decode"
-        );
+        assert_eq!(read.len(), 3, "the log keeps and returns what it cannot decode");
         match read[0].decode().unwrap_err() {
-            CodecError::UnknownEventType {
-                event_type,
-                schema_version,
-                known,
-            } => {
-                assert_eq!(
-                    (event_type.as_str(), schema_version),
-                    ("user.registered", 99)
-                );
+            CodecError::UnknownEventType { event_type, schema_version, known } => {
+                assert_eq!((event_type.as_str(), schema_version), ("user.registered", 99));
                 assert!(known.contains("v1") && known.contains("v2"), "{known}");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            read[1].decode(),
-            Err(CodecError::UnknownEventType {
-                schema_version: 1,
-                ..
-            })
-        ));
+        assert!(matches!(read[1].decode(), Err(CodecError::UnknownEventType { schema_version: 1, .. })));
         // Garbage under a known type is a decode error, not a panic.
         let mut garbage = verified(Uuid::new_v4());
         garbage.event_type = "role.created".into();
         garbage.payload = vec![0xff; 3];
-        store
-            .append(&s, ExpectedVersion::Any, vec![garbage])
-            .await
-            .unwrap();
+        store.append(&s, ExpectedVersion::Any, vec![garbage]).await.unwrap();
         let read = store.read_stream(&s, 3, 10).await.unwrap();
         assert!(matches!(read[0].decode(), Err(CodecError::Decode { .. })));
-        assert!(read[0]
-            .decode()
-            .unwrap_err()
-            .to_string()
-            .contains("role.created"));
+        assert!(read[0].decode().unwrap_err().to_string().contains("role.created"));
+    }
+}
+
+mod redaction {
+    use super::*;
+    use perfect21_events::Redaction;
+
+    pub async fn redaction_rewrites_content_and_keeps_the_envelope(log: TestLog) {
+        let store = log.open().await;
+        let s = stream("user");
+        let user_id = Uuid::now_v7();
+        let login = Event::UserLoginFailed(UserLoginFailed {
+            user_id,
+            reason: "bad_password".into(),
+            failure_count: 1,
+            risk_score: 0.5,
+        });
+        store.append(&s, ExpectedVersion::NoStream, vec![EventData::new(&login, meta()).unwrap(); 1]).await.unwrap();
+        store.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap();
+        let before = store.read_stream(&s, 0, 10).await.unwrap();
+        let blank = Event::UserLoginFailed(UserLoginFailed {
+            user_id,
+            reason: String::new(),
+            failure_count: 0,
+            risk_score: 0.0,
+        });
+        let redaction =
+            Redaction { position: 1, payload: blank.encode_payload().unwrap(), metadata: Metadata::default() };
+        // A position of another stream: refused, nothing changed.
+        let wrong = Redaction { position: 2, ..redaction.clone() };
+        let err = store.redact(&s, vec![redaction.clone(), wrong]).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotInStream { position: 2, .. }), "{err:?}");
+        assert_eq!(store.read_stream(&s, 0, 10).await.unwrap(), before);
+
+        assert_eq!(store.redact(&s, vec![redaction]).await.unwrap(), 1);
+        let after = store.read_stream(&s, 0, 10).await.unwrap();
+        assert_eq!(after[0].decode().unwrap(), blank);
+        assert_eq!(after[0].metadata, Metadata::default());
+        assert_eq!(
+            (after[0].event_id, after[0].position, &after[0].event_type, after[0].stream_version),
+            (before[0].event_id, before[0].position, &before[0].event_type, before[0].stream_version)
+        );
+        assert_eq!(store.head_position().await.unwrap(), 2);
     }
 }
 
@@ -628,6 +457,10 @@ macro_rules! suite {
                 reappending_the_same_event_ids_is_idempotent,
                 bad_input_gets_typed_errors_and_writes_nothing,
                 unknown_event_types_fail_on_read_with_a_typed_error);
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn redaction_rewrites_content_and_keeps_the_envelope() {
+                redaction::redaction_rewrites_content_and_keeps_the_envelope($log().await).await
+            }
         }
     };
     (@case $log:path, $($case:ident),*) => {

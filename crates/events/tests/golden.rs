@@ -35,8 +35,7 @@ fn v1_registration() -> UserRegisteredV1 {
         first_name: Some("Ada".into()),
         last_name: None,
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
-        verification_token_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-            .into(),
+        verification_token_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
         verification_expires_at: 1_767_225_600,
     }
 }
@@ -80,11 +79,7 @@ fn samples() -> Vec<Event> {
             recovery_code_hashes: vec!["h1".into(), "h2".into()],
         }
         .into(),
-        UserMfaDisabled {
-            user_id: u,
-            reason: "user".into(),
-        }
-        .into(),
+        UserMfaDisabled { user_id: u, reason: "user".into() }.into(),
         UserLoginSucceeded {
             user_id: u,
             session_id: s,
@@ -93,23 +88,9 @@ fn samples() -> Vec<Event> {
             device_id: Some("dev-1".into()),
         }
         .into(),
-        UserLoginFailed {
-            user_id: u,
-            reason: "bad_password".into(),
-            failure_count: 3,
-            risk_score: 0.75,
-        }
-        .into(),
-        UserLoggedOut {
-            user_id: u,
-            session_id: s,
-        }
-        .into(),
-        UserDeleted {
-            user_id: u,
-            reason: "user request".into(),
-        }
-        .into(),
+        UserLoginFailed { user_id: u, reason: "bad_password".into(), failure_count: 3, risk_score: 0.75 }.into(),
+        UserLoggedOut { user_id: u, session_id: s }.into(),
+        UserDeleted { user_id: u, reason: "user request".into() }.into(),
         SessionStarted {
             session_id: s,
             user_id: u,
@@ -128,24 +109,9 @@ fn samples() -> Vec<Event> {
             expires_at: 1_767_229_200,
         }
         .into(),
-        SessionRevoked {
-            session_id: s,
-            user_id: u,
-            reason: "logout".into(),
-        }
-        .into(),
-        SessionExpired {
-            session_id: s,
-            user_id: u,
-        }
-        .into(),
-        SessionTokenRevoked {
-            session_id: s,
-            user_id: u,
-            jti: "jti-2".into(),
-            expires_at: 1_767_226_500,
-        }
-        .into(),
+        SessionRevoked { session_id: s, user_id: u, reason: "logout".into() }.into(),
+        SessionExpired { session_id: s, user_id: u }.into(),
+        SessionTokenRevoked { session_id: s, user_id: u, jti: "jti-2".into(), expires_at: 1_767_226_500 }.into(),
         RoleCreated {
             role_id: "admin".into(),
             name: "admin".into(),
@@ -161,41 +127,13 @@ fn samples() -> Vec<Event> {
             priority: -5,
         }
         .into(),
-        RoleDeleted {
-            role_id: "admin".into(),
-        }
-        .into(),
-        RolePermissionGranted {
-            role_id: "admin".into(),
-            permission: perm(),
-        }
-        .into(),
-        RolePermissionRevoked {
-            role_id: "admin".into(),
-            permission_id: "users.read.own".into(),
-        }
-        .into(),
-        RoleAssigned {
-            user_id: u,
-            role_id: "admin".into(),
-            expires_at: Some(1_767_225_600),
-        }
-        .into(),
-        RoleRevoked {
-            user_id: u,
-            role_id: "admin".into(),
-        }
-        .into(),
-        PermissionGranted {
-            user_id: u,
-            permission: perm(),
-        }
-        .into(),
-        PermissionRevoked {
-            user_id: u,
-            permission_id: "users.read.own".into(),
-        }
-        .into(),
+        RoleDeleted { role_id: "admin".into() }.into(),
+        RolePermissionGranted { role_id: "admin".into(), permission: perm() }.into(),
+        RolePermissionRevoked { role_id: "admin".into(), permission_id: "users.read.own".into() }.into(),
+        RoleAssigned { user_id: u, role_id: "admin".into(), expires_at: Some(1_767_225_600) }.into(),
+        RoleRevoked { user_id: u, role_id: "admin".into() }.into(),
+        PermissionGranted { user_id: u, permission: perm() }.into(),
+        PermissionRevoked { user_id: u, permission_id: "users.read.own".into() }.into(),
         SuspiciousActivity {
             user_id: u,
             activity_type: "new_device".into(),
@@ -211,11 +149,7 @@ fn samples() -> Vec<Event> {
             locked_until: Some(1_767_226_500),
         }
         .into(),
-        AccountUnlocked {
-            user_id: u,
-            reason: "lock expired".into(),
-        }
-        .into(),
+        AccountUnlocked { user_id: u, reason: "lock expired".into() }.into(),
         SecurityAlert {
             user_id: u,
             alert_type: "account_locked".into(),
@@ -225,56 +159,23 @@ fn samples() -> Vec<Event> {
             recommended_actions: vec!["Check login activity".into(), "Change your password".into()],
         }
         .into(),
-        RefreshTokenReuseDetected {
-            user_id: u,
-            session_id: s,
-            reused_token_hash: "rt1".into(),
-        }
-        .into(),
-        ReservationClaimed {
-            owner: u,
-            kind: "email".into(),
-        }
-        .into(),
-        ReservationReleased {
-            owner: u,
-            kind: "email".into(),
-        }
-        .into(),
-        UserRecoveryCodeUsed {
-            user_id: u,
-            code_hash: "c1".into(),
-        }
-        .into(),
+        RefreshTokenReuseDetected { user_id: u, session_id: s, reused_token_hash: "rt1".into() }.into(),
+        ReservationClaimed { owner: u, kind: "email".into() }.into(),
+        ReservationReleased { owner: u, kind: "email".into() }.into(),
+        UserRecoveryCodeUsed { user_id: u, code_hash: "c1".into() }.into(),
     ]
 }
 
 fn fixture_path(event_type: &str, version: u16) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(format!("{event_type}.v{version}.bin"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(format!("{event_type}.v{version}.bin"))
 }
 
 /// The bytes of every readable (type, version) and the value they must decode to.
 fn expected() -> Vec<(&'static str, u16, Vec<u8>, Event)> {
-    let mut out: Vec<_> = samples()
-        .into_iter()
-        .map(|e| {
-            (
-                e.event_type(),
-                e.schema_version(),
-                e.encode_payload().unwrap(),
-                e,
-            )
-        })
-        .collect();
+    let mut out: Vec<_> =
+        samples().into_iter().map(|e| (e.event_type(), e.schema_version(), e.encode_payload().unwrap(), e)).collect();
     let v1 = v1_registration();
-    out.push((
-        "user.registered",
-        1,
-        postcard::to_stdvec(&v1).unwrap(),
-        Event::UserRegistered(v1.into()),
-    ));
+    out.push(("user.registered", 1, postcard::to_stdvec(&v1).unwrap(), Event::UserRegistered(v1.into())));
     out
 }
 
@@ -282,16 +183,9 @@ fn expected() -> Vec<(&'static str, u16, Vec<u8>, Event)> {
 fn every_readable_version_has_a_sample_and_a_fixture() {
     let have: Vec<(&str, u16)> = expected().iter().map(|(t, v, _, _)| (*t, *v)).collect();
     for (t, v) in readable_versions() {
-        assert!(
-            have.contains(&(t, v)),
-            "no sample for {t} v{v}: add one to samples()"
-        );
+        assert!(have.contains(&(t, v)), "no sample for {t} v{v}: add one to samples()");
     }
-    assert_eq!(
-        have.len(),
-        readable_versions().count(),
-        "a sample for a version the catalog does not list"
-    );
+    assert_eq!(have.len(), readable_versions().count(), "a sample for a version the catalog does not list");
 }
 
 #[test]
@@ -311,29 +205,18 @@ fn golden_fixtures_decode_to_the_same_values_forever() {
         };
         let decoded = Event::decode(t, v, &golden)
             .unwrap_or_else(|e| panic!("{t} v{v}: the released fixture no longer decodes: {e}"));
-        assert_eq!(
-            decoded, value,
-            "{t} v{v}: the released fixture decodes to something else"
-        );
+        assert_eq!(decoded, value, "{t} v{v}: the released fixture decodes to something else");
         if (t, v) != ("user.registered", 1) {
-            assert_eq!(
-                golden, bytes,
-                "{t} v{v}: this build encodes the released version differently"
-            );
+            assert_eq!(golden, bytes, "{t} v{v}: this build encodes the released version differently");
         }
     }
-    assert!(
-        missing.is_empty(),
-        "missing fixtures (PERFECT21_BLESS_FIXTURES=1 writes them): {missing:?}"
-    );
+    assert!(missing.is_empty(), "missing fixtures (PERFECT21_BLESS_FIXTURES=1 writes them): {missing:?}");
 }
 
 #[test]
 fn v1_registrations_are_read_as_v2() {
     let bytes = std::fs::read(fixture_path("user.registered", 1)).unwrap();
-    let Event::UserRegistered(v2) = Event::decode("user.registered", 1, &bytes).unwrap() else {
-        panic!()
-    };
+    let Event::UserRegistered(v2) = Event::decode("user.registered", 1, &bytes).unwrap() else { panic!() };
     assert_eq!(v2.locale, legacy::DEFAULT_LOCALE);
     assert_eq!(v2.phone_number, None);
     assert_eq!(v2.email, "ada@example.com");

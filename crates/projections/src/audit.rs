@@ -71,10 +71,14 @@ impl Audit {
         let Some(user) = audited_user(event) else {
             return;
         };
-        self.positions
-            .entry(user)
-            .or_default()
-            .push(recorded.position);
+        self.positions.entry(user).or_default().push(recorded.position);
+        if let Event::UserDeleted(_) = event {
+            // Where a deleted user logged in from is personal data: forget it (the log forgets it too).
+            for login in self.logins.get_mut(&user).into_iter().flatten() {
+                login.client_ip = None;
+                login.user_agent = None;
+            }
+        }
         let login = match event {
             Event::UserLoginSucceeded(e) => Some((true, e.risk_score, None)),
             Event::UserLoginFailed(e) => Some((false, e.risk_score, Some(e.reason.clone()))),

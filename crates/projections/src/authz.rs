@@ -37,16 +37,12 @@ pub struct Authz {
 fn field_matches(granted: &str, wanted: &str) -> bool {
     granted == "*"
         || granted == wanted
-        || granted
-            .strip_suffix(".*")
-            .is_some_and(|p| wanted.starts_with(p) && wanted[p.len()..].starts_with('.'))
+        || granted.strip_suffix(".*").is_some_and(|p| wanted.starts_with(p) && wanted[p.len()..].starts_with('.'))
 }
 
 /// Whether a granted permission covers the requested resource, action and scope (`*` matches anything).
 pub fn covers(p: &PermissionSpec, resource: &str, action: &str, scope: &str) -> bool {
-    field_matches(&p.resource, resource)
-        && field_matches(&p.action, action)
-        && field_matches(&p.scope, scope)
+    field_matches(&p.resource, resource) && field_matches(&p.action, action) && field_matches(&p.scope, scope)
 }
 
 impl Authz {
@@ -60,13 +56,8 @@ impl Authz {
 
     /// The user's roles, highest priority first.
     pub fn user_roles(&self, user: Uuid) -> Vec<&RoleView> {
-        let mut roles: Vec<_> = self
-            .user_roles
-            .get(&user)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.roles.get(id))
-            .collect();
+        let mut roles: Vec<_> =
+            self.user_roles.get(&user).into_iter().flatten().filter_map(|id| self.roles.get(id)).collect();
         roles.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         roles
     }
@@ -86,19 +77,8 @@ impl Authz {
     }
 
     /// Checks one permission. `status` is the user's status, `None` for an unknown user.
-    pub fn check(
-        &self,
-        user: Uuid,
-        status: Option<UserStatus>,
-        resource: &str,
-        action: &str,
-        scope: &str,
-    ) -> Decision {
-        let deny = |reason: String| Decision {
-            allowed: false,
-            reason,
-            applied_policies: vec![],
-        };
+    pub fn check(&self, user: Uuid, status: Option<UserStatus>, resource: &str, action: &str, scope: &str) -> Decision {
+        let deny = |reason: String| Decision { allowed: false, reason, applied_policies: vec![] };
         match status {
             None => return deny("unknown user".into()),
             Some(UserStatus::Locked) => return deny("user is locked".into()),
@@ -113,15 +93,9 @@ impl Authz {
             .map(|(source, _)| source)
             .collect();
         if applied.is_empty() {
-            deny(format!(
-                "no role or grant of the user covers {resource}:{action}:{scope}"
-            ))
+            deny(format!("no role or grant of the user covers {resource}:{action}:{scope}"))
         } else {
-            Decision {
-                allowed: true,
-                reason: format!("granted by {}", applied[0]),
-                applied_policies: applied,
-            }
+            Decision { allowed: true, reason: format!("granted by {}", applied[0]), applied_policies: applied }
         }
     }
 
@@ -155,8 +129,7 @@ impl Authz {
             }
             Event::RolePermissionGranted(e) => {
                 if let Some(r) = self.roles.get_mut(&e.role_id) {
-                    r.permissions
-                        .insert(e.permission.id.clone(), e.permission.clone());
+                    r.permissions.insert(e.permission.id.clone(), e.permission.clone());
                 }
             }
             Event::RolePermissionRevoked(e) => {
@@ -165,10 +138,7 @@ impl Authz {
                 }
             }
             Event::RoleAssigned(e) => {
-                self.user_roles
-                    .entry(e.user_id)
-                    .or_default()
-                    .insert(e.role_id.clone());
+                self.user_roles.entry(e.user_id).or_default().insert(e.role_id.clone());
             }
             Event::RoleRevoked(e) => {
                 if let Some(roles) = self.user_roles.get_mut(&e.user_id) {
@@ -176,10 +146,7 @@ impl Authz {
                 }
             }
             Event::PermissionGranted(e) => {
-                self.direct
-                    .entry(e.user_id)
-                    .or_default()
-                    .insert(e.permission.id.clone(), e.permission.clone());
+                self.direct.entry(e.user_id).or_default().insert(e.permission.id.clone(), e.permission.clone());
             }
             Event::PermissionRevoked(e) => {
                 if let Some(grants) = self.direct.get_mut(&e.user_id) {
@@ -196,14 +163,7 @@ impl Authz {
 
     pub(crate) fn digest(&self, d: &mut Digest) {
         let perm = |d: &mut Digest, p: &PermissionSpec| {
-            for f in [
-                &p.id,
-                &p.resource,
-                &p.action,
-                &p.scope,
-                &p.name,
-                &p.description,
-            ] {
+            for f in [&p.id, &p.resource, &p.action, &p.scope, &p.name, &p.description] {
                 d.str(f);
             }
         };

@@ -36,11 +36,7 @@ impl Digest {
     }
 
     pub fn finish(self) -> String {
-        self.0
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        self.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

@@ -58,20 +58,12 @@ impl ReadModels {
             return Ok(());
         }
         if recorded.position != self.checkpoint + 1 {
-            return Err(ProjectionError::OutOfOrder {
-                expected: self.checkpoint + 1,
-                got: recorded.position,
-            });
+            return Err(ProjectionError::OutOfOrder { expected: self.checkpoint + 1, got: recorded.position });
         }
         match recorded.decode() {
             Ok(event) => self.apply_decoded(recorded, &event),
             Err(CodecError::UnknownEventType { .. }) => self.skipped_unknown += 1,
-            Err(source) => {
-                return Err(ProjectionError::Undecodable {
-                    position: recorded.position,
-                    source,
-                })
-            }
+            Err(source) => return Err(ProjectionError::Undecodable { position: recorded.position, source }),
         }
         self.checkpoint = recorded.position;
         Ok(())

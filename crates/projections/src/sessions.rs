@@ -54,13 +54,7 @@ impl Sessions {
 
     /// The user's sessions, oldest first.
     pub fn of_user(&self, user: Uuid) -> Vec<&SessionView> {
-        let mut v: Vec<_> = self
-            .by_user
-            .get(&user)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.by_id.get(id))
-            .collect();
+        let mut v: Vec<_> = self.by_user.get(&user).into_iter().flatten().filter_map(|id| self.by_id.get(id)).collect();
         v.sort_by_key(|s| (s.started_at, s.id));
         v
     }
@@ -72,22 +66,14 @@ impl Sessions {
     /// Whether an access token was revoked: by its jti, or because its session ended.
     pub fn is_revoked(&self, jti: &str, session: Option<Uuid>) -> bool {
         self.revoked_jtis.contains_key(jti)
-            || session
-                .and_then(|s| self.by_id.get(&s))
-                .is_some_and(|s| s.ended.is_some())
+            || session.and_then(|s| self.by_id.get(&s)).is_some_and(|s| s.ended.is_some())
     }
 
     pub(crate) fn apply(&mut self, event: &Event, at: i64) {
         match event {
             Event::SessionStarted(e) => {
-                self.tokens.insert(
-                    e.refresh_token_hash.clone(),
-                    RefreshTokenState::Current(e.session_id),
-                );
-                self.by_user
-                    .entry(e.user_id)
-                    .or_default()
-                    .insert(e.session_id);
+                self.tokens.insert(e.refresh_token_hash.clone(), RefreshTokenState::Current(e.session_id));
+                self.by_user.entry(e.user_id).or_default().insert(e.session_id);
                 self.by_id.insert(
                     e.session_id,
                     SessionView {
@@ -104,14 +90,8 @@ impl Sessions {
             }
             Event::SessionRefreshed(e) => {
                 if let Some(s) = self.by_id.get_mut(&e.session_id) {
-                    self.tokens.insert(
-                        e.previous_token_hash.clone(),
-                        RefreshTokenState::Rotated(e.session_id),
-                    );
-                    self.tokens.insert(
-                        e.refresh_token_hash.clone(),
-                        RefreshTokenState::Current(e.session_id),
-                    );
+                    self.tokens.insert(e.previous_token_hash.clone(), RefreshTokenState::Rotated(e.session_id));
+                    self.tokens.insert(e.refresh_token_hash.clone(), RefreshTokenState::Current(e.session_id));
                     s.refresh_token_hash = e.refresh_token_hash.clone();
                     s.access_jti = e.access_jti.clone();
                     s.expires_at = e.expires_at;

@@ -51,15 +51,11 @@ impl Users {
     }
 
     pub fn by_email(&self, email: &str) -> Option<&UserView> {
-        self.by_email
-            .get(&normalize_email(email))
-            .and_then(|id| self.by_id.get(id))
+        self.by_email.get(&normalize_email(email)).and_then(|id| self.by_id.get(id))
     }
 
     pub fn by_username(&self, username: &str) -> Option<&UserView> {
-        self.by_username
-            .get(&normalize_username(username))
-            .and_then(|id| self.by_id.get(id))
+        self.by_username.get(&normalize_username(username)).and_then(|id| self.by_id.get(id))
     }
 
     pub fn len(&self) -> usize {
@@ -74,8 +70,7 @@ impl Users {
         match event {
             Event::UserRegistered(e) => {
                 self.by_email.insert(normalize_email(&e.email), e.user_id);
-                self.by_username
-                    .insert(normalize_username(&e.username), e.user_id);
+                self.by_username.insert(normalize_username(&e.username), e.user_id);
                 self.by_id.insert(
                     e.user_id,
                     UserView {
@@ -109,9 +104,7 @@ impl Users {
                 }
                 u.profile.extend(e.profile.iter().cloned());
             }),
-            Event::UserPasswordChanged(e) => {
-                self.update(e.user_id, |u| u.password_hash = e.password_hash.clone())
-            }
+            Event::UserPasswordChanged(e) => self.update(e.user_id, |u| u.password_hash = e.password_hash.clone()),
             Event::UserStatusChanged(e) => self.update(e.user_id, |u| u.status = e.to),
             Event::UserMfaEnabled(e) => self.update(e.user_id, |u| u.mfa_enabled = true),
             Event::UserMfaDisabled(e) => self.update(e.user_id, |u| u.mfa_enabled = false),
@@ -119,11 +112,7 @@ impl Users {
             Event::AccountLocked(e) => self.update(e.user_id, |u| u.status = UserStatus::Locked),
             Event::AccountUnlocked(e) => self.update(e.user_id, |u| {
                 if u.status == UserStatus::Locked {
-                    u.status = if u.email_verified {
-                        UserStatus::Active
-                    } else {
-                        UserStatus::PendingVerification
-                    };
+                    u.status = if u.email_verified { UserStatus::Active } else { UserStatus::PendingVerification };
                 }
             }),
             Event::UserDeleted(e) => {

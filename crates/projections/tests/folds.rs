@@ -19,10 +19,7 @@ fn record(events: Vec<Event>) -> Vec<RecordedEvent> {
             event_type: e.event_type().into(),
             schema_version: e.schema_version(),
             recorded_at: chrono::DateTime::from_timestamp(1_700_000_000 + i as i64, 0).unwrap(),
-            metadata: Metadata {
-                client_ip: Some(format!("10.0.0.{i}")),
-                ..Metadata::default()
-            },
+            metadata: Metadata { client_ip: Some(format!("10.0.0.{i}")), ..Metadata::default() },
             payload: e.encode_payload().unwrap(),
         })
         .collect()
@@ -86,32 +83,18 @@ fn users_are_found_by_id_email_and_username_and_deletion_forgets_them() {
         .into(),
     ]);
     let m = fold(&events);
-    let user = m
-        .users
-        .by_email("ada@example.COM")
-        .expect("case-insensitive email");
+    let user = m.users.by_email("ada@example.COM").expect("case-insensitive email");
     assert_eq!(user.id, u);
     assert_eq!(m.users.by_username("ADA").unwrap().id, u);
     assert!(user.email_verified);
     assert_eq!(user.status, UserStatus::Active);
-    assert_eq!(
-        user.last_login_at,
-        Some(events[3].recorded_at.timestamp_micros())
-    );
+    assert_eq!(user.last_login_at, Some(events[3].recorded_at.timestamp_micros()));
 
     let mut all = events.clone();
-    all.extend(
-        record(vec![UserDeleted {
-            user_id: u,
-            reason: "request".into(),
-        }
-        .into()])
-        .into_iter()
-        .map(|mut e| {
-            e.position = 5;
-            e
-        }),
-    );
+    all.extend(record(vec![UserDeleted { user_id: u, reason: "request".into() }.into()]).into_iter().map(|mut e| {
+        e.position = 5;
+        e
+    }));
     let m = fold(&all);
     assert!(m.users.by_email("ada@example.com").is_none());
     assert!(m.users.by_username("ada").is_none());
@@ -141,27 +124,10 @@ fn permission_checks_follow_roles_grants_wildcards_and_status() {
             priority: 100,
         }
         .into(),
-        RolePermissionGranted {
-            role_id: "viewer".into(),
-            permission: perm("docs.read", "docs", "read", "own"),
-        }
-        .into(),
-        RolePermissionGranted {
-            role_id: "admin".into(),
-            permission: perm("all", "*", "*", "*"),
-        }
-        .into(),
-        RoleAssigned {
-            user_id: u,
-            role_id: "viewer".into(),
-            expires_at: None,
-        }
-        .into(),
-        PermissionGranted {
-            user_id: u,
-            permission: perm("billing.any", "billing.*", "read", "*"),
-        }
-        .into(),
+        RolePermissionGranted { role_id: "viewer".into(), permission: perm("docs.read", "docs", "read", "own") }.into(),
+        RolePermissionGranted { role_id: "admin".into(), permission: perm("all", "*", "*", "*") }.into(),
+        RoleAssigned { user_id: u, role_id: "viewer".into(), expires_at: None }.into(),
+        PermissionGranted { user_id: u, permission: perm("billing.any", "billing.*", "read", "*") }.into(),
     ]);
     let m = fold(&events);
     let status = m.users.get(u).map(|u| u.status);
@@ -173,33 +139,14 @@ fn permission_checks_follow_roles_grants_wildcards_and_status() {
     let d = m.authz.check(u, status, "billing.invoices", "read", "team");
     assert_eq!(d.applied_policies, vec!["direct:billing.any"]);
     assert!(!m.authz.check(u, status, "billingx", "read", "team").allowed);
-    assert!(
-        !m.authz
-            .check(Uuid::from_u128(99), None, "docs", "read", "own")
-            .allowed
-    );
+    assert!(!m.authz.check(Uuid::from_u128(99), None, "docs", "read", "own").allowed);
 
     // Admin outranks viewer; revoking and locking take effect.
     let mut more = events.clone();
     let tail = record(vec![
-        RoleAssigned {
-            user_id: u,
-            role_id: "admin".into(),
-            expires_at: None,
-        }
-        .into(),
-        RoleRevoked {
-            user_id: u,
-            role_id: "viewer".into(),
-        }
-        .into(),
-        AccountLocked {
-            user_id: u,
-            reason: "failures".into(),
-            failed_attempts: 5,
-            locked_until: None,
-        }
-        .into(),
+        RoleAssigned { user_id: u, role_id: "admin".into(), expires_at: None }.into(),
+        RoleRevoked { user_id: u, role_id: "viewer".into() }.into(),
+        AccountLocked { user_id: u, reason: "failures".into(), failed_attempts: 5, locked_until: None }.into(),
     ]);
     for (i, mut e) in tail.into_iter().enumerate() {
         e.position = events.len() as u64 + 1 + i as u64;
@@ -212,18 +159,9 @@ fn permission_checks_follow_roles_grants_wildcards_and_status() {
     let status = m.users.get(u).map(|u| u.status);
     let d = m.authz.check(u, status, "docs", "delete", "any");
     assert_eq!(d.applied_policies, vec!["role:admin:all"]);
-    assert_eq!(
-        m.authz
-            .user_roles(u)
-            .iter()
-            .map(|r| r.id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["admin"]
-    );
+    assert_eq!(m.authz.user_roles(u).iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["admin"]);
     m.apply(more.last().unwrap()).unwrap();
-    let d = m
-        .authz
-        .check(u, m.users.get(u).map(|u| u.status), "docs", "read", "own");
+    let d = m.authz.check(u, m.users.get(u).map(|u| u.status), "docs", "read", "own");
     assert!(!d.allowed);
     assert_eq!(d.reason, "user is locked");
 }
@@ -250,44 +188,21 @@ fn refresh_rotation_and_revocation_are_tracked() {
             expires_at: i64::MAX,
         }
         .into(),
-        SessionTokenRevoked {
-            session_id: s,
-            user_id: u,
-            jti: "j1".into(),
-            expires_at: 0,
-        }
-        .into(),
+        SessionTokenRevoked { session_id: s, user_id: u, jti: "j1".into(), expires_at: 0 }.into(),
     ]);
     let m = fold(&events);
-    assert_eq!(
-        m.sessions.refresh_token("r1"),
-        Some(RefreshTokenState::Rotated(s))
-    );
-    assert_eq!(
-        m.sessions.refresh_token("r2"),
-        Some(RefreshTokenState::Current(s))
-    );
+    assert_eq!(m.sessions.refresh_token("r1"), Some(RefreshTokenState::Rotated(s)));
+    assert_eq!(m.sessions.refresh_token("r2"), Some(RefreshTokenState::Current(s)));
     assert!(m.sessions.is_revoked("j1", Some(s)));
     assert!(!m.sessions.is_revoked("j2", Some(s)));
     assert!(m.sessions.get(s).unwrap().is_active(0));
     let mut all = events.clone();
-    let mut revoked = record(vec![SessionRevoked {
-        session_id: s,
-        user_id: u,
-        reason: "logout".into(),
-    }
-    .into()]);
+    let mut revoked = record(vec![SessionRevoked { session_id: s, user_id: u, reason: "logout".into() }.into()]);
     revoked[0].position = 4;
     all.extend(revoked);
     let m = fold(&all);
-    assert!(
-        m.sessions.is_revoked("j2", Some(s)),
-        "ending the session revokes its tokens"
-    );
-    assert_eq!(
-        m.sessions.of_user(u)[0].ended.as_deref(),
-        Some("revoked:logout")
-    );
+    assert!(m.sessions.is_revoked("j2", Some(s)), "ending the session revokes its tokens");
+    assert_eq!(m.sessions.of_user(u)[0].ended.as_deref(), Some("revoked:logout"));
     assert_eq!(
         m.audit.positions(u),
         &[3, 4],
@@ -300,26 +215,14 @@ fn login_history_is_bounded_and_records_where_from() {
     let u = Uuid::from_u128(1);
     let events: Vec<Event> = (0..25)
         .map(|i| {
-            UserLoginFailed {
-                user_id: u,
-                reason: "bad_password".into(),
-                failure_count: i,
-                risk_score: 0.5,
-            }
-            .into()
+            UserLoginFailed { user_id: u, reason: "bad_password".into(), failure_count: i, risk_score: 0.5 }.into()
         })
         .collect();
     let m = fold(&record(events));
     let logins: Vec<_> = m.audit.logins(u).collect();
-    assert_eq!(
-        logins.len(),
-        perfect21_projections::audit::LOGIN_HISTORY_LEN
-    );
+    assert_eq!(logins.len(), perfect21_projections::audit::LOGIN_HISTORY_LEN);
     assert_eq!(logins.last().unwrap().position, 25);
-    assert_eq!(
-        logins.last().unwrap().client_ip.as_deref(),
-        Some("10.0.0.24")
-    );
+    assert_eq!(logins.last().unwrap().client_ip.as_deref(), Some("10.0.0.24"));
     assert_eq!(m.audit.positions(u).len(), 25);
 }
 
@@ -329,13 +232,8 @@ fn checkpoints_make_folds_idempotent_and_refuse_holes() {
     let events = record(vec![
         registered(u, "a@x.io", "a"),
         UserEmailVerified { user_id: u }.into(),
-        UserMfaEnabled {
-            user_id: u,
-            method: "totp".into(),
-            secret_ciphertext: vec![],
-            recovery_code_hashes: vec![],
-        }
-        .into(),
+        UserMfaEnabled { user_id: u, method: "totp".into(), secret_ciphertext: vec![], recovery_code_hashes: vec![] }
+            .into(),
     ]);
     let once = fold(&events);
     let mut twice = fold(&events);
@@ -347,33 +245,18 @@ fn checkpoints_make_folds_idempotent_and_refuse_holes() {
 
     let mut holed = ReadModels::default();
     holed.apply(&events[0]).unwrap();
-    assert!(matches!(
-        holed.apply(&events[2]),
-        Err(ProjectionError::OutOfOrder {
-            expected: 2,
-            got: 3
-        })
-    ));
+    assert!(matches!(holed.apply(&events[2]), Err(ProjectionError::OutOfOrder { expected: 2, got: 3 })));
     // Different state, different digest.
     assert_ne!(fold(&events[..2]).digest(), once.digest());
 }
 
 #[test]
 fn unknown_types_are_skipped_and_damaged_payloads_refused() {
-    let mut events = record(vec![
-        UserEmailVerified {
-            user_id: Uuid::from_u128(1)
-        }
-        .into();
-        2
-    ]);
+    let mut events = record(vec![UserEmailVerified { user_id: Uuid::from_u128(1) }.into(); 2]);
     events[0].schema_version = 77;
     events[1].payload = vec![];
     let mut m = ReadModels::default();
     m.apply(&events[0]).unwrap();
     assert_eq!(m.skipped_unknown(), 1);
-    assert!(matches!(
-        m.apply(&events[1]),
-        Err(ProjectionError::Undecodable { position: 2, .. })
-    ));
+    assert!(matches!(m.apply(&events[1]), Err(ProjectionError::Undecodable { position: 2, .. })));
 }

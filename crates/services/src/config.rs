@@ -19,15 +19,11 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// The store URL these options name.
     pub fn url(&self) -> String {
-        self.store
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("events.db").display()))
+        self.store.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("events.db").display()))
     }
 
     pub async fn open(&self) -> anyhow::Result<Arc<dyn EventStore>> {
         let url = self.url();
-        perfect21_events::store::open(&url)
-            .await
-            .with_context(|| "opening the event log")
+        perfect21_events::store::open(&url).await.with_context(|| "opening the event log")
     }
 }

@@ -1,9 +1,7 @@
 //! `perfect21 events …`: look at the log.
 
 use crate::config::StoreArgs;
-use perfect21_events::{
-    subscribe_all, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId,
-};
+use perfect21_events::{subscribe_all, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 use serde_json::json;
 use std::io::Write;
 
@@ -38,13 +36,9 @@ pub enum EventsCommand {
 
 pub async fn run(command: EventsCommand) -> anyhow::Result<()> {
     match command {
-        EventsCommand::Tail {
-            store,
-            from,
-            follow,
-            event_type,
-            limit,
-        } => tail(store, from, follow, event_type, limit).await,
+        EventsCommand::Tail { store, from, follow, event_type, limit } => {
+            tail(store, from, follow, event_type, limit).await
+        }
         EventsCommand::Stats { store, json } => stats(store, json).await,
     }
 }
@@ -97,10 +91,7 @@ async fn tail(
                 None => break,
             }
         };
-        if prefix
-            .as_deref()
-            .is_some_and(|p| !event.event_type.starts_with(p))
-        {
+        if prefix.as_deref().is_some_and(|p| !event.event_type.starts_with(p)) {
             continue;
         }
         if writeln!(out, "{}", event_json(&event)).is_err() {
@@ -146,19 +137,15 @@ pub async fn append_forever(store: StoreArgs, writers: usize) -> anyhow::Result<
     for w in 0..writers {
         let (store, tx) = (store.clone(), tx.clone());
         tokio::spawn(async move {
-            let stream = StreamId::of("crash", format!("{}-{w}", std::process::id()))
-                .expect("valid stream id");
+            let stream = StreamId::of("crash", format!("{}-{w}", std::process::id())).expect("valid stream id");
             loop {
                 let user_id = uuid::Uuid::now_v7();
-                let event = perfect21_events::Event::UserEmailVerified(
-                    perfect21_events::catalog::UserEmailVerified { user_id },
-                );
+                let event = perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
+                    user_id,
+                });
                 let data = EventData::new(&event, Metadata::default()).expect("encodes");
                 let id = data.event_id;
-                match store
-                    .append(&stream, ExpectedVersion::Any, vec![data])
-                    .await
-                {
+                match store.append(&stream, ExpectedVersion::Any, vec![data]).await {
                     Ok(r) => {
                         if tx.send((r.position, id)).is_err() {
                             return;

@@ -11,11 +11,7 @@ use std::process::ExitCode;
 
 /// perfect21 — an event-sourced identity backend.
 #[derive(Parser)]
-#[command(
-    name = "perfect21",
-    version,
-    about = "perfect21 — an event-sourced identity backend"
-)]
+#[command(name = "perfect21", version, about = "perfect21 — an event-sourced identity backend")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,16 +47,11 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -72,9 +63,7 @@ fn main() -> ExitCode {
             Command::Events { command } => events_cmd::run(command).await,
             Command::Replay { store, json } => replay::run(store, json).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::AppendForever { store, writers } => {
-                events_cmd::append_forever(store, writers).await
-            }
+            Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,
         }
     });
     match result {

@@ -20,10 +20,7 @@ pub struct Replayed {
 
 /// Folds the whole log into fresh read models. Reading runs ahead of folding
 /// (a few pages in flight), so I/O and decoding overlap.
-pub async fn rebuild(
-    store: Arc<dyn EventStore>,
-    progress: &ProgressBar,
-) -> anyhow::Result<Replayed> {
+pub async fn rebuild(store: Arc<dyn EventStore>, progress: &ProgressBar) -> anyhow::Result<Replayed> {
     let start = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let reader = tokio::spawn(async move {
@@ -43,19 +40,13 @@ pub async fn rebuild(
     let mut events = 0u64;
     while let Some(page) = rx.recv().await {
         for e in &page {
-            models
-                .apply(e)
-                .with_context(|| format!("folding position {}", e.position))?;
+            models.apply(e).with_context(|| format!("folding position {}", e.position))?;
         }
         events += page.len() as u64;
         progress.set_position(models.checkpoint());
     }
     reader.await??;
-    Ok(Replayed {
-        models,
-        events,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(Replayed { models, events, seconds: start.elapsed().as_secs_f64() })
 }
 
 pub async fn run(store: StoreArgs, json: bool) -> anyhow::Result<()> {
@@ -63,11 +54,9 @@ pub async fn run(store: StoreArgs, json: bool) -> anyhow::Result<()> {
     let head = store.head_position().await?;
     let progress = ProgressBar::with_draw_target(Some(head), ProgressDrawTarget::stderr());
     progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     let r = rebuild(store, &progress).await?;
     progress.finish_and_clear();
@@ -85,18 +74,10 @@ pub async fn run(store: StoreArgs, json: bool) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!(
-            "replayed {} events up to position {} in {:.2} s",
-            r.events,
-            r.models.checkpoint(),
-            r.seconds
-        );
+        println!("replayed {} events up to position {} in {:.2} s", r.events, r.models.checkpoint(), r.seconds);
         println!("users    {}", r.models.users.len());
         if r.models.skipped_unknown() > 0 {
-            println!(
-                "skipped  {} events of types this build does not know",
-                r.models.skipped_unknown()
-            );
+            println!("skipped  {} events of types this build does not know", r.models.skipped_unknown());
         }
         println!("digest   {digest}");
     }

@@ -44,15 +44,10 @@ impl From<UserRegisteredV1> for UserRegistered {
 pub const LEGACY_VERSIONS: &[(&str, u16)] = &[("user.registered", 1)];
 
 /// Decodes an old version and upcasts it; `None` if (`event_type`, `version`) is not a legacy version.
-pub(super) fn upcast(
-    event_type: &str,
-    version: u16,
-    bytes: &[u8],
-) -> Option<Result<Event, CodecError>> {
+pub(super) fn upcast(event_type: &str, version: u16, bytes: &[u8]) -> Option<Result<Event, CodecError>> {
     match (event_type, version) {
         ("user.registered", 1) => Some(
-            super::decode_as::<UserRegisteredV1>(event_type, version, bytes)
-                .map(|v1| Event::UserRegistered(v1.into())),
+            super::decode_as::<UserRegisteredV1>(event_type, version, bytes).map(|v1| Event::UserRegistered(v1.into())),
         ),
         _ => None,
     }

@@ -23,11 +23,7 @@ use crate::error::CodecError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-fn decode_as<T: DeserializeOwned>(
-    event_type: &str,
-    version: u16,
-    bytes: &[u8],
-) -> Result<T, CodecError> {
+fn decode_as<T: DeserializeOwned>(event_type: &str, version: u16, bytes: &[u8]) -> Result<T, CodecError> {
     postcard::from_bytes(bytes).map_err(|source| CodecError::Decode {
         event_type: event_type.to_string(),
         schema_version: version,
@@ -133,22 +129,14 @@ catalog! {
 
 /// Every (event_type, schema_version) this build can read: current and legacy.
 pub fn readable_versions() -> impl Iterator<Item = (&'static str, u16)> {
-    Event::CURRENT_VERSIONS
-        .iter()
-        .chain(legacy::LEGACY_VERSIONS)
-        .copied()
+    Event::CURRENT_VERSIONS.iter().chain(legacy::LEGACY_VERSIONS).copied()
 }
 
 fn known_versions_of(event_type: &str) -> String {
-    let versions: Vec<String> = readable_versions()
-        .filter(|(t, _)| *t == event_type)
-        .map(|(_, v)| format!("v{v}"))
-        .collect();
+    let versions: Vec<String> =
+        readable_versions().filter(|(t, _)| *t == event_type).map(|(_, v)| format!("v{v}")).collect();
     if versions.is_empty() {
-        format!(
-            "no event type of that name ({} types in all)",
-            Event::CURRENT_VERSIONS.len()
-        )
+        format!("no event type of that name ({} types in all)", Event::CURRENT_VERSIONS.len())
     } else {
         format!("{event_type} {}", versions.join(", "))
     }

@@ -46,11 +46,13 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Events with `position >= from_position` in position order, at most `limit`.
-    async fn read_all(
-        &self,
-        from_position: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Replaces the payload and metadata of recorded events of `stream`, keeping
+    /// everything else (id, type, version, positions): the one exception to an
+    /// append-only log, for erasing personal data. All or nothing; returns how
+    /// many events were rewritten.
+    async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError>;
 
     /// The position of the last committed event (0 for an empty log).
     async fn head_position(&self) -> Result<u64, StoreError>;
@@ -71,6 +73,34 @@ pub fn subscribe_all(store: Arc<dyn EventStore>, from_position: u64) -> Subscrip
     Subscription::new(store, from_position)
 }
 
+/// New content for one recorded event (see [`EventStore::redact`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redaction {
+    pub position: u64,
+    /// Payload of the same type and schema version, with personal data removed.
+    pub payload: Vec<u8>,
+    pub metadata: crate::envelope::Metadata,
+}
+
+/// Checks redactions like appends; returns each one's encoded metadata.
+pub(crate) fn validate_redactions(redactions: &[Redaction]) -> Result<Vec<Vec<u8>>, StoreError> {
+    redactions
+        .iter()
+        .map(|r| {
+            let metadata = r.metadata.encode();
+            let size = r.payload.len() + metadata.len();
+            if size > crate::limits::MAX_EVENT_BYTES {
+                return Err(StoreError::PayloadTooLarge {
+                    event_id: uuid::Uuid::nil(),
+                    size,
+                    max: crate::limits::MAX_EVENT_BYTES,
+                });
+            }
+            Ok(metadata)
+        })
+        .collect()
+}
+
 /// Counts of the log, by event type.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreStats {
@@ -88,10 +118,7 @@ pub struct StoreStats {
 pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
-            return Err(StoreError::InvalidUrl {
-                url: url.into(),
-                reason: "no file path after sqlite://".into(),
-            });
+            return Err(StoreError::InvalidUrl { url: url.into(), reason: "no file path after sqlite://".into() });
         }
         let store = SqliteStore::open(SqliteConfig::new(path)).await?;
         Ok(Arc::new(store))
@@ -112,10 +139,7 @@ pub(crate) fn validate_append(events: &[EventData]) -> Result<Vec<Vec<u8>>, Stor
         return Err(StoreError::EmptyAppend);
     }
     if events.len() > MAX_EVENTS_PER_APPEND {
-        return Err(StoreError::TooManyEvents {
-            count: events.len(),
-            max: MAX_EVENTS_PER_APPEND,
-        });
+        return Err(StoreError::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_APPEND });
     }
     events.iter().map(EventData::validate).collect()
 }
@@ -140,16 +164,9 @@ pub(crate) fn classify_existing(
         return Ok(Existing::New);
     };
     let exact = found.len() == events.len()
-        && found
-            .iter()
-            .zip(events)
-            .enumerate()
-            .all(|(i, ((id, s, v, p), e))| {
-                *id == e.event_id
-                    && s == stream.as_str()
-                    && *v == first.2 + i as u64
-                    && *p == first.3 + i as u64
-            });
+        && found.iter().zip(events).enumerate().all(|(i, ((id, s, v, p), e))| {
+            *id == e.event_id && s == stream.as_str() && *v == first.2 + i as u64 && *p == first.3 + i as u64
+        });
     if exact {
         let last = found.last().expect("non-empty");
         return Ok(Existing::Replay(AppendResult {
@@ -159,9 +176,5 @@ pub(crate) fn classify_existing(
         }));
     }
     let (event_id, s, _, position) = first.clone();
-    Err(StoreError::DuplicateEventId {
-        event_id,
-        stream: s,
-        position,
-    })
+    Err(StoreError::DuplicateEventId { event_id, stream: s, position })
 }

@@ -13,10 +13,8 @@
 //! append waiting and runs them in one transaction (one lock, one fsync).
 //! Readers learn of new commits through `LISTEN/NOTIFY`, with polling as a fallback.
 
-use super::{classify_existing, validate_append, EventStore, Existing, StoreStats};
-use crate::envelope::{
-    AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId,
-};
+use super::{classify_existing, validate_append, validate_redactions, EventStore, Existing, Redaction, StoreStats};
+use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -46,12 +44,7 @@ pub struct PostgresConfig {
 
 impl PostgresConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        PostgresConfig {
-            url: url.into(),
-            schema: None,
-            max_connections: 10,
-            group_commit: true,
-        }
+        PostgresConfig { url: url.into(), schema: None, max_connections: 10, group_commit: true }
     }
 
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
@@ -89,34 +82,21 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 fn valid_schema(schema: &str) -> bool {
     !schema.is_empty()
         && schema.len() <= 40
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !schema.starts_with(|c: char| c.is_ascii_digit())
 }
 
 impl PostgresStore {
     /// Connects, creates the schema if asked, and runs the migrations in `migrations/postgres`.
     pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
-        let invalid = |reason: String| StoreError::InvalidUrl {
-            url: redact(&config.url),
-            reason,
-        };
-        let mut options =
-            PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
+        let invalid = |reason: String| StoreError::InvalidUrl { url: redact(&config.url), reason };
+        let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
         if let Some(schema) = &config.schema {
             if !valid_schema(schema) {
-                return Err(invalid(format!(
-                    "schema '{schema}' is not a lower-case identifier of at most 40 bytes"
-                )));
+                return Err(invalid(format!("schema '{schema}' is not a lower-case identifier of at most 40 bytes")));
             }
-            let mut conn = sqlx::PgConnection::connect_with(&options)
-                .await
-                .map_err(db_err)?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .execute(&mut conn)
-                .await
-                .map_err(db_err)?;
+            let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(db_err)?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await.map_err(db_err)?;
             conn.close().await.map_err(db_err)?;
             options = options.options([("search_path", schema.as_str())]);
         }
@@ -126,31 +106,14 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(db_err)?;
-        sqlx::migrate!("../../migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(db_err)?;
-        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-            .fetch_one(&pool)
-            .await
-            .map_err(db_err)?;
+        sqlx::migrate!("../../migrations/postgres").run(&pool).await.map_err(db_err)?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&pool).await.map_err(db_err)?;
         let (head_tx, head_rx) = watch::channel(head as u64);
         let channel = format!("perfect21_{}", config.schema.as_deref().unwrap_or("log"));
         let listener = tokio::spawn(listen(pool.clone(), channel.clone(), head_tx.clone()));
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run_writer(
-            pool.clone(),
-            rx,
-            head_tx,
-            channel,
-            config.group_commit,
-        ));
-        Ok(PostgresStore {
-            pool,
-            writer: tx,
-            head: head_rx,
-            listener,
-        })
+        tokio::spawn(run_writer(pool.clone(), rx, head_tx, channel, config.group_commit));
+        Ok(PostgresStore { pool, writer: tx, head: head_rx, listener })
     }
 
     /// The connection pool (for tools and benchmarks that share it).
@@ -262,46 +225,23 @@ const INSERT_AND_MOVE_HEAD: &str = "WITH inserted AS (INSERT INTO events (positi
 
 type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
 
-async fn commit_batch(
-    pool: &PgPool,
-    batch: &[AppendRequest],
-    channel: &str,
-) -> Result<BatchOutcome, sqlx::Error> {
+async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> Result<BatchOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The head lock: serialises appenders across all processes until our commit is visible.
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE").fetch_one(&mut *tx).await?;
     let mut head = head as u64;
     let start_head = head;
 
-    let ids: Vec<Uuid> = batch
-        .iter()
-        .flat_map(|r| r.events.iter().map(|e| e.event_id))
-        .collect();
+    let ids: Vec<Uuid> = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
     let mut known: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
-    for row in sqlx::query(
-        "SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
+    for row in sqlx::query("SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
     {
-        known.insert(
-            row.get(0),
-            (
-                row.get(1),
-                row.get::<i64, _>(2) as u64,
-                row.get::<i64, _>(3) as u64,
-            ),
-        );
+        known.insert(row.get(0), (row.get(1), row.get::<i64, _>(2) as u64, row.get::<i64, _>(3) as u64));
     }
-    let streams: Vec<&str> = batch
-        .iter()
-        .map(|r| r.stream.as_str())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect::<HashSet<_>>().into_iter().collect();
     let mut versions: HashMap<String, u64> = HashMap::new();
     // One index probe per stream (a plain max() … GROUP BY would scan whole streams).
     for row in sqlx::query(
@@ -325,14 +265,9 @@ async fn commit_batch(
         if let Ok(result) = &outcome {
             if result.position > head {
                 let first_version = result.stream_version + 1 - request.events.len() as u64;
-                for (i, (event, metadata)) in
-                    request.events.iter().zip(&request.metadata).enumerate()
-                {
+                for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
                     let (position, version) = (head + 1 + i as u64, first_version + i as u64);
-                    known.insert(
-                        event.event_id,
-                        (request.stream.to_string(), version, position),
-                    );
+                    known.insert(event.event_id, (request.stream.to_string(), version, position));
                     cols.position.push(position as i64);
                     cols.event_id.push(event.event_id);
                     cols.stream_id.push(request.stream.to_string());
@@ -382,11 +317,7 @@ fn decide(
     let found: Vec<_> = request
         .events
         .iter()
-        .filter_map(|e| {
-            known
-                .get(&e.event_id)
-                .map(|(s, v, p)| (e.event_id, s.clone(), *v, *p))
-        })
+        .filter_map(|e| known.get(&e.event_id).map(|(s, v, p)| (e.event_id, s.clone(), *v, *p)))
         .collect();
     if let Existing::Replay(result) = classify_existing(stream, &request.events, &found)? {
         return Ok(result);
@@ -411,15 +342,10 @@ fn decide(
     }
     let n = request.events.len() as u64;
     let first_version = actual.map_or(0, |v| v + 1);
-    Ok(AppendResult {
-        first_position: head + 1,
-        position: head + n,
-        stream_version: first_version + n - 1,
-    })
+    Ok(AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 })
 }
 
-const SELECT: &str =
-    "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+const SELECT: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
                       recorded_at, metadata, payload FROM events";
 
 fn to_event(row: PgRow) -> Result<RecordedEvent, StoreError> {
@@ -433,10 +359,7 @@ fn to_event(row: PgRow) -> Result<RecordedEvent, StoreError> {
         event_type: row.try_get(4).map_err(db_err)?,
         schema_version: row.try_get::<i16, _>(5).map_err(db_err)? as u16,
         recorded_at: row.try_get(6).map_err(db_err)?,
-        metadata: Metadata::decode(&metadata).map_err(|e| StoreError::Corrupt {
-            position,
-            reason: e.to_string(),
-        })?,
+        metadata: Metadata::decode(&metadata).map_err(|e| StoreError::Corrupt { position, reason: e.to_string() })?,
         payload: row.try_get(8).map_err(db_err)?,
     })
 }
@@ -451,20 +374,9 @@ impl EventStore for PostgresStore {
     ) -> Result<AppendResult, StoreError> {
         let metadata = validate_append(&events)?;
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest {
-            stream: stream.clone(),
-            expected,
-            events,
-            metadata,
-            reply,
-        };
-        self.writer
-            .send(request)
-            .await
-            .map_err(|_| db_err("the writer task has stopped"))?;
-        answer
-            .await
-            .map_err(|_| db_err("the writer task stopped before answering"))?
+        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
+        self.writer.send(request).await.map_err(|_| db_err("the writer task has stopped"))?;
+        answer.await.map_err(|_| db_err("the writer task stopped before answering"))?
     }
 
     async fn read_stream(
@@ -485,29 +397,43 @@ impl EventStore for PostgresStore {
             .collect()
     }
 
-    async fn read_all(
-        &self,
-        from_position: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        sqlx::query(&format!(
-            "{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2"
-        ))
-        .bind(from_position as i64)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(to_event)
-        .collect()
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        sqlx::query(&format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2"))
+            .bind(from_position as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(to_event)
+            .collect()
+    }
+
+    async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {
+        let metadata = validate_redactions(&redactions)?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for (r, metadata) in redactions.iter().zip(&metadata) {
+            let changed =
+                sqlx::query("UPDATE events SET payload = $1, metadata = $2 WHERE position = $3 AND stream_id = $4")
+                    .bind(&r.payload)
+                    .bind(metadata)
+                    .bind(r.position as i64)
+                    .bind(stream.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+            if changed != 1 {
+                return Err(StoreError::NotInStream { stream: stream.to_string(), position: r.position });
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(redactions.len())
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
-        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let head: i64 =
+            sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&self.pool).await.map_err(db_err)?;
         Ok(head as u64)
     }
 
@@ -527,13 +453,7 @@ impl EventStore for PostgresStore {
         .await
         .map_err(db_err)?
         .into_iter()
-        .map(|r| {
-            (
-                r.get::<String, _>(0),
-                r.get::<i16, _>(1) as u16,
-                r.get::<i64, _>(2) as u64,
-            )
-        })
+        .map(|r| (r.get::<String, _>(0), r.get::<i16, _>(1) as u16, r.get::<i64, _>(2) as u64))
         .collect();
         Ok(StoreStats {
             backend: BACKEND,

@@ -7,10 +7,8 @@
 //! fsync'd) and only then answers each caller: group commit. Readers use their
 //! own connections on the blocking pool.
 
-use super::{classify_existing, validate_append, EventStore, Existing, StoreStats};
-use crate::envelope::{
-    from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId,
-};
+use super::{classify_existing, validate_append, validate_redactions, EventStore, Existing, Redaction, StoreStats};
+use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -38,10 +36,7 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        SqliteConfig {
-            path: path.into(),
-            group_commit: true,
-        }
+        SqliteConfig { path: path.into(), group_commit: true }
     }
 }
 
@@ -69,9 +64,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the log file at `config.path`.
     pub async fn open(config: SqliteConfig) -> Result<Self, StoreError> {
         let path = config.path.clone();
-        let (conn, head) = tokio::task::spawn_blocking(move || open_writer(&path))
-            .await
-            .map_err(db_err)??;
+        let (conn, head) = tokio::task::spawn_blocking(move || open_writer(&path)).await.map_err(db_err)??;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
         let group = config.group_commit;
@@ -79,12 +72,7 @@ impl SqliteStore {
             .name("perfect21-sqlite-writer".into())
             .spawn(move || run_writer(conn, rx, head_tx, group))
             .map_err(db_err)?;
-        Ok(SqliteStore {
-            path: config.path,
-            writer: tx,
-            readers: Arc::new(Mutex::new(Vec::new())),
-            head: head_rx,
-        })
+        Ok(SqliteStore { path: config.path, writer: tx, readers: Arc::new(Mutex::new(Vec::new())), head: head_rx })
     }
 
     /// The log file.
@@ -115,31 +103,18 @@ impl SqliteStore {
 
 fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            db_err(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| db_err(format!("cannot create data directory {}: {e}", dir.display())))?;
     }
-    let conn = Connection::open(path)
-        .map_err(|e| db_err(format!("cannot open {}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(|e| db_err(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(db_err)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(db_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(db_err(format!(
-            "{} cannot use WAL mode (got {mode})",
-            path.display()
-        )));
+        return Err(db_err(format!("{} cannot use WAL mode (got {mode})", path.display())));
     }
     // FULL: in WAL mode every commit fsyncs the WAL, so an acknowledged append survives a power cut.
-    conn.execute_batch("PRAGMA synchronous=FULL;")
-        .map_err(db_err)?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(db_err)?;
+    conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
     if version > SCHEMA_VERSION {
         return Err(db_err(format!(
             "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}",
@@ -147,29 +122,21 @@ fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
         )));
     }
     if version < SCHEMA_VERSION {
-        conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-        ))
-        .map_err(db_err)?;
+        conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))
+            .map_err(db_err)?;
     }
     let head = query_head(&conn).map_err(db_err)?;
     Ok((conn, head))
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 
 fn query_head(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map(|h| h as u64)
+    conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get::<_, i64>(0)).map(|h| h as u64)
 }
 
 /// The writer thread's state: the write connection and what it knows of the log.
@@ -184,18 +151,9 @@ struct Writer {
 /// Stream versions remembered at most, to bound the writer's memory.
 const MAX_CACHED_STREAMS: usize = 100_000;
 
-fn run_writer(
-    conn: Connection,
-    mut rx: mpsc::Receiver<AppendRequest>,
-    head_tx: watch::Sender<u64>,
-    group: bool,
-) {
+fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: watch::Sender<u64>, group: bool) {
     let known_head = *head_tx.borrow();
-    let mut writer = Writer {
-        conn,
-        versions: HashMap::new(),
-        known_head,
-    };
+    let mut writer = Writer { conn, versions: HashMap::new(), known_head };
     while let Some(first) = rx.blocking_recv() {
         let mut events = first.events.len();
         let mut batch = vec![first];
@@ -234,11 +192,7 @@ type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
 
 impl Writer {
     fn commit_batch(&mut self, batch: &[AppendRequest]) -> rusqlite::Result<BatchOutcome> {
-        let Writer {
-            conn,
-            versions,
-            known_head,
-        } = self;
+        let Writer { conn, versions, known_head } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read the head inside the write lock: another process may have appended.
         let mut head = query_head(&tx)?;
@@ -337,27 +291,15 @@ fn append_one(
         }
     }
     let n = events.len() as u64;
-    Ok(AppendResult {
-        first_position: head + 1,
-        position: head + n,
-        stream_version: first_version + n - 1,
-    })
+    Ok(AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 })
 }
 
 /// How the append's event ids relate to events recorded before it (at or below `head`;
 /// rows this append wrote itself, above `head`, do not count).
-fn existing(
-    conn: &Connection,
-    stream: &StreamId,
-    events: &[EventData],
-    head: u64,
-) -> Result<Existing, StoreError> {
+fn existing(conn: &Connection, stream: &StreamId, events: &[EventData], head: u64) -> Result<Existing, StoreError> {
     let mut found = Vec::new();
     for e in events {
-        if let Some((s, v, p)) = find_event(conn, e.event_id)
-            .map_err(db_err)?
-            .filter(|(_, _, p)| *p <= head)
-        {
+        if let Some((s, v, p)) = find_event(conn, e.event_id).map_err(db_err)?.filter(|(_, _, p)| *p <= head) {
             found.push((e.event_id, s, v, p));
         }
     }
@@ -365,28 +307,17 @@ fn existing(
 }
 
 fn find_event(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<(String, u64, u64)>> {
-    conn.prepare_cached(
-        "SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1",
-    )?
-    .query_row([id.as_bytes().as_slice()], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)? as u64,
-            r.get::<_, i64>(2)? as u64,
-        ))
-    })
-    .optional()
+    conn.prepare_cached("SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1")?
+        .query_row([id.as_bytes().as_slice()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+        })
+        .optional()
 }
 
-const SELECT: &str =
-    "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+const SELECT: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
                       recorded_at, metadata, payload FROM events";
 
-fn read_rows(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<Vec<RecordedEvent>> {
+fn read_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<RecordedEvent>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(params, |r| {
         let position = r.get::<_, i64>(0)? as u64;
@@ -407,8 +338,7 @@ fn read_rows(
             event_type: r.get(4)?,
             schema_version: r.get(5)?,
             recorded_at: from_micros(r.get(6)?),
-            metadata: crate::envelope::Metadata::decode(&metadata)
-                .map_err(|e| bad(e.to_string()))?,
+            metadata: crate::envelope::Metadata::decode(&metadata).map_err(|e| bad(e.to_string()))?,
             payload: r.get(8)?,
         })
     })?;
@@ -425,20 +355,9 @@ impl EventStore for SqliteStore {
     ) -> Result<AppendResult, StoreError> {
         let metadata = validate_append(&events)?;
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest {
-            stream: stream.clone(),
-            expected,
-            events,
-            metadata,
-            reply,
-        };
-        self.writer
-            .send(request)
-            .await
-            .map_err(|_| db_err("the writer thread has stopped"))?;
-        answer
-            .await
-            .map_err(|_| db_err("the writer thread stopped before answering"))?
+        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
+        self.writer.send(request).await.map_err(|_| db_err("the writer thread has stopped"))?;
+        answer.await.map_err(|_| db_err("the writer thread stopped before answering"))?
     }
 
     async fn read_stream(
@@ -458,11 +377,7 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn read_all(
-        &self,
-        from_position: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         self.with_reader(move |c| {
             read_rows(
                 c,
@@ -471,6 +386,34 @@ impl EventStore for SqliteStore {
             )
         })
         .await
+    }
+
+    async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {
+        let metadata = validate_redactions(&redactions)?;
+        let path = self.path.clone();
+        let stream = stream.to_string();
+        tokio::task::spawn_blocking(move || {
+            // A connection of its own: SQLite serialises it with the writer thread (busy timeout).
+            let mut conn = Connection::open(&path).map_err(db_err)?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+            conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+            for (r, metadata) in redactions.iter().zip(&metadata) {
+                let changed = tx
+                    .execute(
+                        "UPDATE events SET payload = ?1, metadata = ?2 WHERE position = ?3 AND stream_id = ?4",
+                        params![r.payload, metadata, r.position as i64, stream],
+                    )
+                    .map_err(db_err)?;
+                if changed != 1 {
+                    return Err(StoreError::NotInStream { stream: stream.clone(), position: r.position });
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(redactions.len())
+        })
+        .await
+        .map_err(db_err)?
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

@@ -31,13 +31,7 @@ pub struct Subscription {
 impl Subscription {
     pub(crate) fn new(store: Arc<dyn EventStore>, from_position: u64) -> Self {
         let head = store.head_watch();
-        Subscription {
-            store,
-            next: from_position.max(1),
-            buffer: VecDeque::new(),
-            head,
-            hole_since: None,
-        }
+        Subscription { store, next: from_position.max(1), buffer: VecDeque::new(), head, hole_since: None }
     }
 
     /// The position of the next event this subscription will yield.
@@ -62,10 +56,7 @@ impl Subscription {
             let page = self.store.read_all(self.next, PAGE).await?;
             self.accept(page)?;
         }
-        Ok(self
-            .buffer
-            .pop_front()
-            .inspect(|e| self.next = e.position + 1))
+        Ok(self.buffer.pop_front().inspect(|e| self.next = e.position + 1))
     }
 
     async fn fill(&mut self) -> Result<(), StoreError> {
@@ -74,15 +65,8 @@ impl Subscription {
         let page = self.store.read_all(self.next, PAGE).await?;
         let got = self.accept(page)?;
         if !got {
-            let wait = if self.hole_since.is_some() {
-                Duration::from_millis(5)
-            } else {
-                POLL
-            };
-            if tokio::time::timeout(wait, self.head.changed())
-                .await
-                .is_ok_and(|r| r.is_err())
-            {
+            let wait = if self.hole_since.is_some() { Duration::from_millis(5) } else { POLL };
+            if tokio::time::timeout(wait, self.head.changed()).await.is_ok_and(|r| r.is_err()) {
                 // The store's notifier is gone; fall back to polling.
                 tokio::time::sleep(wait).await;
             }
@@ -112,10 +96,7 @@ impl Subscription {
                 if since.elapsed() > HOLE_TIMEOUT {
                     return Err(StoreError::Corrupt {
                         position: self.next,
-                        reason: format!(
-                            "position {} is missing while {position} is committed",
-                            self.next
-                        ),
+                        reason: format!("position {} is missing while {position} is committed", self.next),
                     });
                 }
             }

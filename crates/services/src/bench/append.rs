@@ -44,12 +44,7 @@ struct Run {
 }
 
 /// `tasks` appenders, each appending `per_append` events at a time to its own stream, for `duration`.
-async fn drive(
-    store: Arc<dyn EventStore>,
-    tasks: usize,
-    per_append: usize,
-    duration: Duration,
-) -> anyhow::Result<Run> {
+async fn drive(store: Arc<dyn EventStore>, tasks: usize, per_append: usize, duration: Duration) -> anyhow::Result<Run> {
     let start = Instant::now();
     let deadline = start + duration;
     let handles: Vec<_> = (0..tasks)
@@ -100,37 +95,15 @@ async fn open_for(
     }
 }
 
-pub async fn concurrent(
-    args: &BenchArgs,
-    scratch: &Scratch,
-    duration: Duration,
-) -> anyhow::Result<Vec<Measurement>> {
+pub async fn concurrent(args: &BenchArgs, scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     const S: &str = "append-concurrent";
-    let ours = drive(
-        open_for(args, scratch, "grouped", true).await?,
-        APPENDERS,
-        1,
-        duration,
-    )
-    .await?;
-    let base = drive(
-        open_for(args, scratch, "single", false).await?,
-        APPENDERS,
-        1,
-        duration,
-    )
-    .await?;
+    let ours = drive(open_for(args, scratch, "grouped", true).await?, APPENDERS, 1, duration).await?;
+    let base = drive(open_for(args, scratch, "single", false).await?, APPENDERS, 1, duration).await?;
     if args.store.url().starts_with("postgres") {
         drop_schemas(&args.store.url(), &["grouped", "single"]).await?;
     }
     Ok(vec![
-        Measurement::rate(
-            S,
-            "durable_appends",
-            ours.events_per_sec,
-            base.events_per_sec,
-            "events/s",
-        ),
+        Measurement::rate(S, "durable_appends", ours.events_per_sec, base.events_per_sec, "events/s"),
         Measurement::latency(S, "append_p50", ours.p50_us, base.p50_us, "us"),
         Measurement::latency(S, "append_p99", ours.p99_us, base.p99_us, "us"),
     ])
@@ -142,22 +115,14 @@ pub async fn batch(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<
     let ours = drive(store, 1, BATCH, duration).await?;
     let raw_path = scratch.file("raw.db");
     let base = tokio::task::spawn_blocking(move || raw_sqlite(&raw_path, duration)).await??;
-    Ok(vec![Measurement::rate(
-        S,
-        "events_appended",
-        ours.events_per_sec,
-        base,
-        "events/s",
-    )])
+    Ok(vec![Measurement::rate(S, "events_appended", ours.events_per_sec, base, "events/s")])
 }
 
 /// Baseline: the same rows, 100 per transaction, straight through rusqlite into
 /// the same schema with the same durability settings.
 fn raw_sqlite(path: &std::path::Path, duration: Duration) -> anyhow::Result<f64> {
     // Let the store create the file with its schema and pragmas, then write around it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     drop(rt.block_on(SqliteStore::open(SqliteConfig::new(path)))?);
     let mut conn = rusqlite::Connection::open(path)?;
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
@@ -197,26 +162,16 @@ fn raw_sqlite(path: &std::path::Path, duration: Duration) -> anyhow::Result<f64>
 pub async fn postgres(url: &str, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     const S: &str = "append-postgres";
     let pid = std::process::id();
-    let ours_store = PostgresStore::connect(
-        PostgresConfig::new(url).with_schema(format!("p21bench_ours_{pid}")),
-    )
-    .await
-    .context("connecting to PostgreSQL for append-postgres (set --postgres)")?;
+    let ours_store = PostgresStore::connect(PostgresConfig::new(url).with_schema(format!("p21bench_ours_{pid}")))
+        .await
+        .context("connecting to PostgreSQL for append-postgres (set --postgres)")?;
     let ours = drive(Arc::new(ours_store), 1, BATCH, duration).await?;
     // The raw side writes into an identical table (same migrations, same indexes).
-    let raw_store =
-        PostgresStore::connect(PostgresConfig::new(url).with_schema(format!("p21bench_raw_{pid}")))
-            .await?;
+    let raw_store = PostgresStore::connect(PostgresConfig::new(url).with_schema(format!("p21bench_raw_{pid}"))).await?;
     let base = raw_postgres(raw_store.pool(), duration).await?;
     drop(raw_store);
     drop_schemas(url, &["ours", "raw"]).await?;
-    Ok(vec![Measurement::rate(
-        S,
-        "events_appended",
-        ours.events_per_sec,
-        base,
-        "events/s",
-    )])
+    Ok(vec![Measurement::rate(S, "events_appended", ours.events_per_sec, base, "events/s")])
 }
 
 /// Baseline: the same rows, 100 per transaction, one batched `INSERT … UNNEST` through sqlx.
@@ -256,12 +211,9 @@ async fn raw_postgres(pool: &sqlx::PgPool, duration: Duration) -> anyhow::Result
 async fn drop_schemas(url: &str, names: &[&str]) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(url).await?;
     for name in names {
-        sqlx::query(&format!(
-            "DROP SCHEMA IF EXISTS p21bench_{name}_{} CASCADE",
-            std::process::id()
-        ))
-        .execute(&pool)
-        .await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS p21bench_{name}_{} CASCADE", std::process::id()))
+            .execute(&pool)
+            .await?;
     }
     Ok(())
 }

@@ -17,11 +17,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// PostgreSQL server for `append-postgres` (a scratch schema is created and dropped).
-    #[arg(
-        long,
-        env = "PERFECT21_BENCH_POSTGRES",
-        default_value = "postgres://postgres@127.0.0.1:5432/test"
-    )]
+    #[arg(long, env = "PERFECT21_BENCH_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub postgres: String,
     /// Seconds to run each side (ours, then the baseline).
     #[arg(long, default_value_t = 5.0)]
@@ -62,46 +58,17 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    pub fn rate(
-        scenario: &'static str,
-        metric: &'static str,
-        ours: f64,
-        baseline: f64,
-        unit: &'static str,
-    ) -> Self {
-        Measurement {
-            scenario,
-            metric,
-            ours,
-            baseline,
-            ratio: ours / baseline.max(f64::MIN_POSITIVE),
-            unit,
-        }
+    pub fn rate(scenario: &'static str, metric: &'static str, ours: f64, baseline: f64, unit: &'static str) -> Self {
+        Measurement { scenario, metric, ours, baseline, ratio: ours / baseline.max(f64::MIN_POSITIVE), unit }
     }
 
-    pub fn latency(
-        scenario: &'static str,
-        metric: &'static str,
-        ours: f64,
-        baseline: f64,
-        unit: &'static str,
-    ) -> Self {
-        Measurement {
-            scenario,
-            metric,
-            ours,
-            baseline,
-            ratio: baseline / ours.max(f64::MIN_POSITIVE),
-            unit,
-        }
+    pub fn latency(scenario: &'static str, metric: &'static str, ours: f64, baseline: f64, unit: &'static str) -> Self {
+        Measurement { scenario, metric, ours, baseline, ratio: baseline / ours.max(f64::MIN_POSITIVE), unit }
     }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.duration > 0.0 && args.duration <= 3600.0,
-        "--duration must be in (0, 3600] seconds"
-    );
+    anyhow::ensure!(args.duration > 0.0 && args.duration <= 3600.0, "--duration must be in (0, 3600] seconds");
     let duration = Duration::from_secs_f64(args.duration);
     let scratch = Scratch::new(&args.store.data_dir)?;
     let rows = match args.scenario {
@@ -118,17 +85,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 fn print(rows: &[Measurement], json: bool) {
     if json {
         for r in rows {
-            println!(
-                "{}",
-                serde_json::to_string(r).expect("plain numbers and strings")
-            );
+            println!("{}", serde_json::to_string(r).expect("plain numbers and strings"));
         }
         return;
     }
-    println!(
-        "{:<18} {:<22} {:>14} {:>14} {:>8}  unit",
-        "scenario", "metric", "ours", "baseline", "ratio"
-    );
+    println!("{:<18} {:<22} {:>14} {:>14} {:>8}  unit", "scenario", "metric", "ours", "baseline", "ratio");
     for r in rows {
         println!(
             "{:<18} {:<22} {:>14.1} {:>14.1} {:>8.2}  {}",

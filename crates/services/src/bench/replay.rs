@@ -5,9 +5,7 @@ use crate::replay::rebuild;
 use indicatif::ProgressBar;
 use perfect21_events::catalog::*;
 use perfect21_events::store::{SqliteConfig, SqliteStore};
-use perfect21_events::{
-    Event, EventData, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId,
-};
+use perfect21_events::{Event, EventData, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 use perfect21_projections::ReadModels;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,11 +23,8 @@ fn user_life(user_id: Uuid) -> (Vec<Event>, Uuid, Vec<Event>) {
             last_name: Some("Lovelace".into()),
             phone_number: None,
             locale: "en".into(),
-            password_hash:
-                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo"
-                    .into(),
-            verification_token_hash:
-                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo".into(),
+            verification_token_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
             verification_expires_at: 1_767_225_600,
         }
         .into(),
@@ -41,32 +36,10 @@ fn user_life(user_id: Uuid) -> (Vec<Event>, Uuid, Vec<Event>) {
             reason: "email verified".into(),
         }
         .into(),
-        RoleAssigned {
-            user_id,
-            role_id: "member".into(),
-            expires_at: None,
-        }
-        .into(),
-        UserLoginFailed {
-            user_id,
-            reason: "bad_password".into(),
-            failure_count: 1,
-            risk_score: 0.2,
-        }
-        .into(),
-        UserLoginSucceeded {
-            user_id,
-            session_id,
-            mfa_used: false,
-            risk_score: 0.1,
-            device_id: None,
-        }
-        .into(),
-        UserLoggedOut {
-            user_id,
-            session_id,
-        }
-        .into(),
+        RoleAssigned { user_id, role_id: "member".into(), expires_at: None }.into(),
+        UserLoginFailed { user_id, reason: "bad_password".into(), failure_count: 1, risk_score: 0.2 }.into(),
+        UserLoginSucceeded { user_id, session_id, mfa_used: false, risk_score: 0.1, device_id: None }.into(),
+        UserLoggedOut { user_id, session_id }.into(),
     ];
     let session = vec![
         SessionStarted {
@@ -87,12 +60,7 @@ fn user_life(user_id: Uuid) -> (Vec<Event>, Uuid, Vec<Event>) {
             expires_at: 1_767_229_200,
         }
         .into(),
-        SessionRevoked {
-            session_id,
-            user_id,
-            reason: "logout".into(),
-        }
-        .into(),
+        SessionRevoked { session_id, user_id, reason: "logout".into() }.into(),
     ];
     (user, session_id, session)
 }
@@ -119,24 +87,11 @@ async fn populate(store: Arc<dyn EventStore>, events: u64) -> anyhow::Result<()>
                     let user_id = Uuid::now_v7();
                     let (user, session_id, session) = user_life(user_id);
                     let encode = |events: Vec<Event>| -> Vec<EventData> {
-                        events
-                            .iter()
-                            .map(|e| EventData::new(e, meta()).expect("encodes"))
-                            .collect()
+                        events.iter().map(|e| EventData::new(e, meta()).expect("encodes")).collect()
                     };
+                    store.append(&StreamId::of("user", user_id)?, ExpectedVersion::NoStream, encode(user)).await?;
                     store
-                        .append(
-                            &StreamId::of("user", user_id)?,
-                            ExpectedVersion::NoStream,
-                            encode(user),
-                        )
-                        .await?;
-                    store
-                        .append(
-                            &StreamId::of("session", session_id)?,
-                            ExpectedVersion::NoStream,
-                            encode(session),
-                        )
+                        .append(&StreamId::of("session", session_id)?, ExpectedVersion::NoStream, encode(session))
                         .await?;
                 }
                 Ok::<_, anyhow::Error>(())
@@ -159,21 +114,14 @@ pub async fn replay(scratch: &Scratch, events: u64) -> anyhow::Result<Vec<Measur
     let base = tokio::task::spawn_blocking(move || raw_scan(&path)).await??;
     let ours_rate = ours.events as f64 / ours.seconds;
     Ok(vec![
-        Measurement::rate(
-            S,
-            "events_folded",
-            ours_rate,
-            base.0 as f64 / base.1,
-            "events/s",
-        ),
+        Measurement::rate(S, "events_folded", ours_rate, base.0 as f64 / base.1, "events/s"),
         Measurement::latency(S, "seconds_for_log", ours.seconds, base.1, "s"),
     ])
 }
 
 /// Baseline: read every row and touch every column, decoding nothing.
 fn raw_scan(path: &std::path::Path) -> anyhow::Result<(u64, f64)> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let start = Instant::now();
     let mut stmt = conn.prepare(
         "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, metadata, payload \
@@ -197,11 +145,7 @@ fn raw_scan(path: &std::path::Path) -> anyhow::Result<(u64, f64)> {
 /// Resident memory of this process, in bytes.
 fn rss() -> anyhow::Result<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm")?;
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("bad /proc/self/statm"))?
-        .parse()?;
+    let pages: u64 = statm.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("bad /proc/self/statm"))?.parse()?;
     Ok(pages * 4096)
 }
 
@@ -233,11 +177,5 @@ pub async fn memory(users: u64) -> anyhow::Result<Vec<Measurement>> {
     }
     let per_user = rss()?.saturating_sub(before) as f64 / users as f64;
     std::hint::black_box(&models);
-    Ok(vec![Measurement::latency(
-        S,
-        "read_model_bytes_per_user",
-        per_user,
-        BYTES_PER_USER_BUDGET,
-        "bytes",
-    )])
+    Ok(vec![Measurement::latency(S, "read_model_bytes_per_user", per_user, BYTES_PER_USER_BUDGET, "bytes")])
 }

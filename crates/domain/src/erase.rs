@@ -1,0 +1,87 @@
+//! Erasing a deleted user's personal data from the log.
+//!
+//! The log is append-only with one exception: after `user.deleted`, every event
+//! of the user's stream and of its sessions is rewritten in place
+//! ([`EventStore::redact`](perfect21_events::EventStore::redact)) with the same
+//! type, version, id and position, but with names, email, username, phone,
+//! password and MFA material blanked and the client IP and user agent dropped from
+//! the metadata. Replaying afterwards yields the same read models as before (they
+//! forget the same data when they fold `user.deleted`), so digests still agree.
+//! Email and username reservations hold only hashes; their metadata is redacted too.
+
+use crate::error::Result;
+use crate::Identity;
+use perfect21_events::catalog::*;
+use perfect21_events::{Event, Metadata, RecordedEvent, Redaction, StreamId};
+
+/// The event with its personal data blanked; `None` if it holds none.
+pub fn redacted(event: &Event) -> Option<Event> {
+    Some(match event {
+        Event::UserRegistered(e) => Event::UserRegistered(UserRegistered {
+            email: String::new(),
+            username: String::new(),
+            first_name: None,
+            last_name: None,
+            phone_number: None,
+            password_hash: String::new(),
+            verification_token_hash: String::new(),
+            ..e.clone()
+        }),
+        Event::UserProfileUpdated(e) => Event::UserProfileUpdated(UserProfileUpdated {
+            user_id: e.user_id,
+            first_name: None,
+            last_name: None,
+            phone_number: None,
+            profile: vec![],
+        }),
+        Event::UserPasswordChanged(e) => {
+            Event::UserPasswordChanged(UserPasswordChanged { password_hash: String::new(), ..e.clone() })
+        }
+        Event::UserMfaEnabled(e) => Event::UserMfaEnabled(UserMfaEnabled {
+            secret_ciphertext: vec![],
+            recovery_code_hashes: vec![],
+            ..e.clone()
+        }),
+        Event::SuspiciousActivity(e) => Event::SuspiciousActivity(SuspiciousActivity { details: vec![], ..e.clone() }),
+        _ => return None,
+    })
+}
+
+fn redacted_metadata(m: &Metadata) -> Metadata {
+    Metadata { client_ip: None, user_agent: None, ..m.clone() }
+}
+
+impl Identity {
+    /// Rewrites the personal data out of the streams of a deleted user (its own,
+    /// its reservations', its sessions'); returns how many events changed.
+    pub(crate) async fn erase_personal_data(&self, streams: &[StreamId]) -> Result<usize> {
+        let mut changed = 0;
+        for s in streams {
+            changed += self.redact_stream(s).await?;
+        }
+        Ok(changed)
+    }
+
+    async fn redact_stream(&self, s: &StreamId) -> Result<usize> {
+        let mut redactions = Vec::new();
+        let mut from = 0;
+        loop {
+            let page: Vec<RecordedEvent> = self.store.read_stream(s, from, 1000).await?;
+            let Some(last) = page.last() else { break };
+            from = last.stream_version + 1;
+            for recorded in &page {
+                let metadata = redacted_metadata(&recorded.metadata);
+                let payload = match redacted(&recorded.decode()?) {
+                    Some(event) => event.encode_payload()?,
+                    None if metadata == recorded.metadata => continue,
+                    None => recorded.payload.clone(),
+                };
+                redactions.push(Redaction { position: recorded.position, payload, metadata });
+            }
+        }
+        if redactions.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.store.redact(s, redactions).await?)
+    }
+}
