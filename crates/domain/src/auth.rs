@@ -3,11 +3,10 @@
 
 use crate::error::{DomainError, Result};
 use crate::secrets::{constant_time_eq, random_token, token_hash};
-use crate::state::{ReservationState, SessionState, UserState};
+use crate::state::{SessionState, UserState};
 use crate::{now, stream, Identity, RequestContext};
 use perfect21_events::catalog::*;
 use perfect21_events::{Event, ExpectedVersion};
-use perfect21_projections::users::{normalize_email, normalize_username};
 use uuid::Uuid;
 
 /// Attempts of a command that lost a race on its stream before giving up.
@@ -51,14 +50,10 @@ impl Identity {
     /// Finds the user an email or username belongs to, from the reservation streams
     /// (authoritative and never behind, unlike a read model).
     async fn owner_of(&self, identifier: &str) -> Result<Option<Uuid>> {
-        let (kind, value) = if identifier.contains('@') {
-            ("email", normalize_email(identifier))
-        } else {
-            ("username", normalize_username(identifier))
-        };
-        let s = stream(kind, &token_hash(&value)[..40])?;
-        let state: ReservationState = self.load(&s).await?;
-        Ok(state.owner.map(|(o, _)| o))
+        if Uuid::parse_str(identifier).is_ok() {
+            return Ok(None); // log in by email or username only
+        }
+        crate::audit::resolve_user(self.store.as_ref(), identifier).await
     }
 
     /// Logs in. Unknown users, wrong passwords and locked accounts all cost one

@@ -11,6 +11,7 @@
 //! refresh  -> session.refreshed | session.revoked + security.refresh_token_reuse_detected
 //! ```
 
+pub mod audit;
 mod auth;
 mod authz;
 pub mod context;
@@ -118,20 +119,7 @@ impl Identity {
 
     /// Folds a whole stream into its state.
     async fn load<S: StreamState>(&self, stream: &StreamId) -> Result<S> {
-        let mut state = S::default();
-        let mut from = 0;
-        loop {
-            let page = self.store.read_stream(stream, from, 1000).await?;
-            let Some(last) = page.last() else { break };
-            from = last.stream_version + 1;
-            for recorded in &page {
-                state.apply(recorded, &recorded.decode()?);
-            }
-            if page.len() < 1000 {
-                break;
-            }
-        }
-        Ok(state)
+        audit::load(self.store.as_ref(), stream).await
     }
 
     /// Appends `events` as `ctx`; a lost race becomes [`DomainError::Conflict`].

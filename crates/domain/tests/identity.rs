@@ -370,3 +370,35 @@ async fn password_change_needs_the_current_password_and_ends_sessions() {
     assert!(w.id.login(&c, login("pw_user", "correct horse battery")).await.is_err());
     w.id.login(&c, login("pw_user", "new password 1")).await.unwrap();
 }
+
+#[tokio::test]
+async fn audit_trail_lists_a_users_security_history_with_who_when_and_where() {
+    let w = world().await;
+    let c = ctx("192.0.2.7");
+    let reg = w.id.register(&c, registration("audit@example.com", "audited")).await.unwrap();
+    let _ = w.id.login(&c, login("audited", "wrong password")).await;
+    let grant = w.id.login(&c, login("audited", "correct horse battery")).await.unwrap();
+    let admin = RequestContext { client_ip: Some("10.9.9.9".into()), ..RequestContext::service("admin-cli") };
+    w.id.create_role(&admin, RoleSpec { role_id: "auditor".into(), ..Default::default() }).await.unwrap();
+    w.id.assign_role(&admin, reg.user_id, "auditor", None).await.unwrap();
+    w.id.revoke_session(&admin, grant.session_id, "admin").await.unwrap();
+    // Someone else's events stay out of it.
+    w.id.register(&c, registration("other@example.com", "other")).await.unwrap();
+
+    let trail = w.id.audit("AUDIT@example.com", &audit::AuditFilter::default()).await.unwrap();
+    let types: Vec<_> = trail.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        ["user.registered", "user.login_failed", "user.login_succeeded", "permission.role_assigned", "session.revoked"]
+    );
+    let assigned = &trail[3];
+    assert_eq!(assigned.actor.as_deref(), Some("service:admin-cli"));
+    assert_eq!(assigned.client_ip.as_deref(), Some("10.9.9.9"));
+    assert!(trail.windows(2).all(|p| p[0].position < p[1].position));
+
+    let logins = audit::AuditFilter { types: vec!["user.login".into()], ..Default::default() };
+    assert_eq!(w.id.audit("audited", &logins).await.unwrap().len(), 2);
+    let later = audit::AuditFilter { since: Some(trail[3].recorded_at), ..Default::default() };
+    assert_eq!(w.id.audit(&reg.user_id.to_string(), &later).await.unwrap().len(), 2);
+    assert!(matches!(w.id.audit("nobody@example.com", &Default::default()).await, Err(DomainError::NotFound { .. })));
+}

@@ -70,7 +70,8 @@ fn perm(i: u8) -> PermissionSpec {
 
 async fn run(cmds: Vec<Cmd>) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let store = perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("e.db").display())).await.unwrap();
+    let store =
+        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("e.db").display())).await.unwrap();
     let live = LiveModels::start(store.clone());
     let config = IdentityConfig { password_cost: PasswordCost::TEST, lockout_threshold: 3, ..Default::default() };
     let id = Identity::new(store.clone(), live, SecretBox::random(), config).unwrap();
@@ -87,8 +88,12 @@ async fn run(cmds: Vec<Cmd>) -> (String, String) {
                     ..Default::default()
                 };
                 if let Ok(r) = id.register(&ctx, reg).await {
-                    users[i as usize] =
-                        Known { user: Some(r.user_id), token: Some(r.verification_token), password: "password-0".into(), ..Default::default() };
+                    users[i as usize] = Known {
+                        user: Some(r.user_id),
+                        token: Some(r.verification_token),
+                        password: "password-0".into(),
+                        ..Default::default()
+                    };
                 }
             }
             Cmd::Verify(i) => {
@@ -123,7 +128,12 @@ async fn run(cmds: Vec<Cmd>) -> (String, String) {
                 }
             }
             Cmd::CreateRole(r) => {
-                let spec = RoleSpec { role_id: format!("role{r}"), display_name: "R".into(), description: String::new(), priority: r as i32 };
+                let spec = RoleSpec {
+                    role_id: format!("role{r}"),
+                    display_name: "R".into(),
+                    description: String::new(),
+                    priority: r as i32,
+                };
                 let _ = id.create_role(&ctx, spec).await;
             }
             Cmd::GrantToRole(r, p) => {
@@ -146,7 +156,8 @@ async fn run(cmds: Vec<Cmd>) -> (String, String) {
             }
             Cmd::SetStatus(i, s) => {
                 if let Some(u) = users[i as usize].user {
-                    let status = [UserStatus::Active, UserStatus::Active, UserStatus::Locked, UserStatus::Suspended][s as usize];
+                    let status =
+                        [UserStatus::Active, UserStatus::Active, UserStatus::Locked, UserStatus::Suspended][s as usize];
                     let _ = id.set_status(&ctx, u, status, "prop").await;
                 }
             }

@@ -1,5 +1,6 @@
 //! `perfect21`: the command-line entry point.
 
+mod audit_cmd;
 mod bench;
 mod config;
 mod events_cmd;
@@ -32,6 +33,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A user's security history.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
+    },
     /// Measure against a baseline run in the same process (DESIGN §9).
     Bench(bench::BenchArgs),
     /// Appends single events forever, printing each acknowledged position (crash tests).
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Events { command } => events_cmd::run(command).await,
             Command::Replay { store, json } => replay::run(store, json).await,
+            Command::Audit { command } => audit_cmd::run(command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,
         }

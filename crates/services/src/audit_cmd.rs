@@ -1,0 +1,93 @@
+//! `perfect21 audit user <id|email|username>`: a user's security history.
+
+use crate::config::StoreArgs;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use perfect21_domain::audit::{audit_trail, resolve_user, AuditFilter};
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Logins, failures, lockouts, password/MFA changes, role changes, revocations: who, when, from where.
+    User {
+        /// User id, email address or username.
+        user: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z) or this long ago (e.g. 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events whose type starts with this (repeatable), e.g. `security.` or `user.login`.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Only the newest N events.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 =
+        n.parse().with_context(|| format!("--since '{s}': expected RFC 3339 or a duration like 30m, 24h, 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--since '{s}': unit must be s, m, h or d"),
+    };
+    Ok(Utc::now() - chrono::Duration::seconds(secs))
+}
+
+pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::User { user, store, since, types, limit, json } = command;
+    let filter = AuditFilter { since: since.as_deref().map(parse_since).transpose()?, types, limit };
+    let store = store.open().await?;
+    let user_id =
+        resolve_user(store.as_ref(), &user).await?.with_context(|| format!("no user is registered as '{user}'"))?;
+    let trail = audit_trail(store.as_ref(), user_id, &filter).await?;
+    if json {
+        for e in &trail {
+            let line = serde_json::json!({
+                "position": e.position,
+                "recorded_at": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "event_type": e.event_type,
+                "actor": e.actor,
+                "client_ip": e.client_ip,
+                "user_agent": e.user_agent,
+                "correlation_id": e.correlation_id,
+                "payload": e.event.payload_json(),
+            });
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    println!("security history of user {user_id} ({} events)", trail.len());
+    println!("{:<24} {:<38} {:<26} {:<16} details", "when (UTC)", "event", "actor", "from");
+    for e in &trail {
+        println!(
+            "{:<24} {:<38} {:<26} {:<16} {}",
+            e.recorded_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            e.event_type,
+            e.actor.as_deref().unwrap_or("-"),
+            e.client_ip.as_deref().unwrap_or("-"),
+            details(&e.event),
+        );
+    }
+    Ok(())
+}
+
+/// The few fields of an event worth a column, without hashes or secrets.
+fn details(event: &perfect21_events::Event) -> String {
+    let mut v = event.payload_json();
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|k, _| !k.contains("hash") && !k.contains("secret") && k != "user_id" && k != "recommended_actions");
+    }
+    v.to_string()
+}
