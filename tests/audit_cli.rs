@@ -69,4 +69,24 @@ async fn audit_and_replay_read_what_the_commands_wrote() {
     assert_eq!(replay["digest"], live_digest);
     assert_eq!(replay["position"], head);
     assert_eq!(replay["users"], 1);
+
+    // Snapshots: none yet, then one written by replay, then verified after more events.
+    let data_dir = dir.path().to_str().unwrap();
+    let out = perfect21(&["replay", "--store", &url, "--data-dir", data_dir, "--verify"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().contains("no usable snapshot"));
+    let out = perfect21(&["replay", "--store", &url, "--data-dir", data_dir, "--write-snapshot"]);
+    assert!(out.status.success());
+    assert!(dir.path().join("snapshots/read-models.snap").exists());
+    id.login(
+        &ctx,
+        LoginRequest { identifier: "cli_user".into(), password: "a long password".into(), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let out = perfect21(&["replay", "--store", &url, "--data-dir", data_dir, "--verify", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], true, "{v}");
+    assert!(v["verify_detail"].as_str().unwrap().contains("catch-up of 2 events"), "{v}");
 }

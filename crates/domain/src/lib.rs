@@ -28,7 +28,7 @@ pub use auth::{LoginGrant, LoginRequest};
 pub use authz::RoleSpec;
 pub use context::RequestContext;
 pub use error::{DomainError, Result};
-pub use live::LiveModels;
+pub use live::{LiveModels, SnapshotPolicy};
 pub use mfa::MfaEnrollment;
 pub use users::{ProfileUpdate, Registered, Registration};
 

@@ -4,6 +4,7 @@
 use crate::error::{DomainError, Result};
 use perfect21_events::{subscribe_all, EventStore};
 use perfect21_projections::ReadModels;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -12,32 +13,111 @@ use tokio::task::JoinHandle;
 /// Events folded under one write lock at most, so readers are never held off long.
 const MAX_FOLD_BATCH: usize = 1000;
 
+/// Where and how often the live models save snapshots.
+#[derive(Debug, Clone)]
+pub struct SnapshotPolicy {
+    pub path: PathBuf,
+    /// Save after this many new events.
+    pub every_events: u64,
+}
+
 /// The read models of this process, following the log.
 pub struct LiveModels {
     models: RwLock<ReadModels>,
     checkpoint: watch::Sender<u64>,
+    /// Id of the event at the checkpoint (a snapshot's anchor).
+    anchor: Mutex<Option<uuid::Uuid>>,
     last_error: Mutex<Option<String>>,
     follower: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Loads the snapshot at `path` if it belongs to this log; `None` (and a log line saying why) otherwise.
+pub async fn load_snapshot(store: &dyn EventStore, path: &Path) -> Option<(ReadModels, Option<uuid::Uuid>)> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read snapshot; replaying");
+            return None;
+        }
+    };
+    let (models, anchor) = match ReadModels::from_snapshot(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "discarding snapshot; replaying");
+            return None;
+        }
+    };
+    let checkpoint = models.checkpoint();
+    if checkpoint > 0 {
+        let at = store.read_all(checkpoint, 1).await.ok()?.into_iter().next();
+        if at.as_ref().map(|e| (e.position, e.event_id)) != Some((checkpoint, anchor?)) {
+            tracing::warn!(path = %path.display(), checkpoint, "snapshot does not match this log; replaying");
+            return None;
+        }
+    }
+    Some((models, anchor))
 }
 
 impl LiveModels {
     /// Starts following `store` from its first event.
     pub fn start(store: Arc<dyn EventStore>) -> Arc<Self> {
-        Self::start_from(store, ReadModels::default())
+        Self::start_from(store, ReadModels::default(), None, None)
     }
 
-    /// Starts from already-built models (a snapshot) and follows from their checkpoint.
-    pub fn start_from(store: Arc<dyn EventStore>, models: ReadModels) -> Arc<Self> {
+    /// Start-up: the snapshot of `policy` if it fits this log (else nothing), then
+    /// catch-up and follow, saving snapshots as the policy says.
+    pub async fn open(store: Arc<dyn EventStore>, policy: Option<SnapshotPolicy>) -> Arc<Self> {
+        let loaded = match &policy {
+            Some(p) => load_snapshot(store.as_ref(), &p.path).await,
+            None => None,
+        };
+        let (models, anchor) = loaded.unwrap_or_default();
+        Self::start_from(store, models, anchor, policy)
+    }
+
+    /// Starts from already-built models and follows from their checkpoint.
+    pub fn start_from(
+        store: Arc<dyn EventStore>,
+        models: ReadModels,
+        anchor: Option<uuid::Uuid>,
+        policy: Option<SnapshotPolicy>,
+    ) -> Arc<Self> {
         let (checkpoint, _) = watch::channel(models.checkpoint());
         let live = Arc::new(LiveModels {
             models: RwLock::new(models),
             checkpoint,
+            anchor: Mutex::new(anchor),
             last_error: Mutex::new(None),
             follower: Mutex::new(None),
         });
-        let task = tokio::spawn(follow(Arc::downgrade(&live), store));
+        let task = tokio::spawn(follow(Arc::downgrade(&live), store, policy));
         *live.follower.lock().expect("follower lock") = Some(task);
         live
+    }
+
+    /// Writes a snapshot of the models as they are now (atomically: temp file, fsync, rename).
+    pub async fn save_snapshot(&self, path: &Path) -> std::io::Result<u64> {
+        let (bytes, checkpoint) = {
+            let models = self.models.read().expect("read models lock");
+            let anchor = *self.anchor.lock().expect("anchor lock");
+            (models.to_snapshot(anchor), models.checkpoint())
+        };
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(checkpoint)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Position of the last event folded.
@@ -96,11 +176,12 @@ impl Drop for LiveModels {
     }
 }
 
-async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>) {
+async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>, policy: Option<SnapshotPolicy>) {
     let from = match live.upgrade() {
         Some(l) => l.checkpoint() + 1,
         None => return,
     };
+    let mut saved_at = from - 1;
     let mut sub = subscribe_all(store, from);
     loop {
         let first = match sub.next().await {
@@ -131,8 +212,16 @@ async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>) {
                     return;
                 }
             }
+            // Under the write lock, so a snapshot never pairs these models with another anchor.
+            *live.anchor.lock().expect("anchor lock") = batch.last().map(|e| e.event_id);
             models.checkpoint()
         };
         live.checkpoint.send_replace(checkpoint);
+        if let Some(p) = policy.as_ref().filter(|p| checkpoint - saved_at >= p.every_events) {
+            match live.save_snapshot(&p.path).await {
+                Ok(at) => saved_at = at,
+                Err(e) => tracing::warn!(path = %p.path.display(), error = %e, "cannot save snapshot"),
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 pub const LOGIN_HISTORY_LEN: usize = 20;
 
 /// One login attempt.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoginRecord {
     pub position: u64,
     /// Microseconds since the Unix epoch.
@@ -22,7 +22,7 @@ pub struct LoginRecord {
 }
 
 /// The audit read model: positions of each user's security events, and recent logins.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Audit {
     positions: HashMap<Uuid, Vec<u64>>,
     logins: HashMap<Uuid, VecDeque<LoginRecord>>,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
 
 /// A role and its permissions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RoleView {
     pub id: String,
     pub name: String,
@@ -27,7 +27,7 @@ pub struct Decision {
 }
 
 /// The roles & permissions read model.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Authz {
     roles: BTreeMap<String, RoleView>,
     user_roles: HashMap<Uuid, BTreeSet<String>>,

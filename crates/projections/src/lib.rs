@@ -10,6 +10,7 @@ pub mod audit;
 pub mod authz;
 mod digest;
 pub mod sessions;
+pub mod snapshot;
 pub mod users;
 
 use perfect21_events::{CodecError, Event, RecordedEvent};
@@ -30,7 +31,7 @@ pub enum ProjectionError {
 }
 
 /// All read models, at one checkpoint.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReadModels {
     pub users: users::Users,
     pub authz: authz::Authz,

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
 
 /// One login session.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SessionView {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -29,7 +29,7 @@ impl SessionView {
 }
 
 /// What a refresh token hash refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RefreshTokenState {
     /// The session's current refresh token.
     Current(Uuid),
@@ -38,7 +38,7 @@ pub enum RefreshTokenState {
 }
 
 /// The sessions & tokens read model.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Sessions {
     by_id: HashMap<Uuid, SessionView>,
     by_user: HashMap<Uuid, BTreeSet<Uuid>>,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 /// A user as the services answer it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserView {
     pub id: Uuid,
     pub email: String,
@@ -38,7 +38,7 @@ pub fn normalize_username(username: &str) -> String {
 }
 
 /// The users read model.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Users {
     by_id: HashMap<Uuid, UserView>,
     by_email: HashMap<String, Uuid>,

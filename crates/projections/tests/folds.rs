@@ -260,3 +260,36 @@ fn unknown_types_are_skipped_and_damaged_payloads_refused() {
     assert_eq!(m.skipped_unknown(), 1);
     assert!(matches!(m.apply(&events[1]), Err(ProjectionError::Undecodable { position: 2, .. })));
 }
+
+#[test]
+fn snapshots_round_trip_and_refuse_other_formats() {
+    use perfect21_projections::snapshot::SnapshotError;
+    let u = Uuid::from_u128(1);
+    let events = record(vec![
+        registered(u, "snap@x.io", "snap"),
+        RoleCreated {
+            role_id: "r".into(),
+            name: "r".into(),
+            display_name: "R".into(),
+            description: String::new(),
+            priority: 1,
+        }
+        .into(),
+        RoleAssigned { user_id: u, role_id: "r".into(), expires_at: None }.into(),
+        UserLoginFailed { user_id: u, reason: "bad_password".into(), failure_count: 1, risk_score: 0.5 }.into(),
+    ]);
+    let m = fold(&events);
+    let anchor = Some(events.last().unwrap().event_id);
+    let bytes = m.to_snapshot(anchor);
+    let (restored, got_anchor) = ReadModels::from_snapshot(&bytes).unwrap();
+    assert_eq!(got_anchor, anchor);
+    assert_eq!(restored.digest(), m.digest());
+    assert_eq!(restored.checkpoint(), 4);
+    assert_eq!(restored.users.by_email("snap@x.io").unwrap().id, u);
+
+    let mut other = bytes.clone();
+    other[8] = 99;
+    assert!(matches!(ReadModels::from_snapshot(&other), Err(SnapshotError::OtherFormat { found: 99 })));
+    assert!(matches!(ReadModels::from_snapshot(b"garbage"), Err(SnapshotError::NotASnapshot)));
+    assert!(matches!(ReadModels::from_snapshot(&bytes[..bytes.len() / 2]), Err(SnapshotError::Decode(_))));
+}

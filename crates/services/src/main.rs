@@ -26,13 +26,7 @@ enum Command {
         command: events_cmd::EventsCommand,
     },
     /// Rebuild every read model from the start of the log and print a digest of the state.
-    Replay {
-        #[command(flatten)]
-        store: StoreArgs,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Replay(replay::ReplayArgs),
     /// A user's security history.
     Audit {
         #[command(subcommand)]
@@ -67,7 +61,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Events { command } => events_cmd::run(command).await,
-            Command::Replay { store, json } => replay::run(store, json).await,
+            Command::Replay(args) => replay::run(args).await,
             Command::Audit { command } => audit_cmd::run(command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,

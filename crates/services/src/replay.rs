@@ -3,8 +3,10 @@
 use crate::config::StoreArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use perfect21_domain::live::load_snapshot;
 use perfect21_events::EventStore;
 use perfect21_projections::ReadModels;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,12 +23,23 @@ pub struct Replayed {
 /// Folds the whole log into fresh read models. Reading runs ahead of folding
 /// (a few pages in flight), so I/O and decoding overlap.
 pub async fn rebuild(store: Arc<dyn EventStore>, progress: &ProgressBar) -> anyhow::Result<Replayed> {
+    fold_into(store, ReadModels::default(), u64::MAX, progress).await
+}
+
+/// Folds the events after `models`' checkpoint, up to position `upto`, into `models`.
+pub async fn fold_into(
+    store: Arc<dyn EventStore>,
+    mut models: ReadModels,
+    upto: u64,
+    progress: &ProgressBar,
+) -> anyhow::Result<Replayed> {
     let start = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let mut from = models.checkpoint() + 1;
     let reader = tokio::spawn(async move {
-        let mut from = 1;
-        loop {
-            let page = store.read_all(from, PAGE).await?;
+        while from <= upto {
+            let want = usize::try_from(upto - from + 1).unwrap_or(PAGE).min(PAGE);
+            let page = store.read_all(from, want).await?;
             let Some(last) = page.last() else {
                 return Ok::<_, anyhow::Error>(());
             };
@@ -35,8 +48,8 @@ pub async fn rebuild(store: Arc<dyn EventStore>, progress: &ProgressBar) -> anyh
                 return Ok(());
             }
         }
+        Ok(())
     });
-    let mut models = ReadModels::default();
     let mut events = 0u64;
     while let Some(page) = rx.recv().await {
         for e in &page {
@@ -49,8 +62,30 @@ pub async fn rebuild(store: Arc<dyn EventStore>, progress: &ProgressBar) -> anyh
     Ok(Replayed { models, events, seconds: start.elapsed().as_secs_f64() })
 }
 
-pub async fn run(store: StoreArgs, json: bool) -> anyhow::Result<()> {
-    let store = store.open().await?;
+/// Options of `perfect21 replay`.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Also start from the snapshot (as a serving process would) plus catch-up, and check
+    /// that it gives the same digest as the full replay; exits 1 if not.
+    #[arg(long)]
+    pub verify: bool,
+    /// Save the rebuilt read models as the snapshot, so that the next start-up is fast.
+    #[arg(long)]
+    pub write_snapshot: bool,
+    /// Snapshot file. Default: `<data-dir>/snapshots/read-models.snap`.
+    #[arg(long)]
+    pub snapshot: Option<std::path::PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let snapshot = args.snapshot.clone().unwrap_or_else(|| args.store.data_dir.join("snapshots/read-models.snap"));
+    let json = args.json;
+    let store = args.store.open().await?;
     let head = store.head_position().await?;
     let progress = ProgressBar::with_draw_target(Some(head), ProgressDrawTarget::stderr());
     progress.set_style(
@@ -58,9 +93,14 @@ pub async fn run(store: StoreArgs, json: bool) -> anyhow::Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let r = rebuild(store, &progress).await?;
+    let r = fold_into(store.clone(), ReadModels::default(), head, &progress).await?;
     progress.finish_and_clear();
     let digest = r.models.digest();
+    let verified = if args.verify { Some(verify(store.clone(), &snapshot, head, &digest).await?) } else { None };
+    if args.write_snapshot {
+        let anchor = store.read_all(head, 1).await?.first().map(|e| e.event_id);
+        write_snapshot(&snapshot, &r.models.to_snapshot(anchor))?;
+    }
     if json {
         println!(
             "{}",
@@ -71,6 +111,8 @@ pub async fn run(store: StoreArgs, json: bool) -> anyhow::Result<()> {
                 "skipped_unknown": r.models.skipped_unknown(),
                 "seconds": r.seconds,
                 "digest": digest,
+                "verified": verified.as_ref().map(|v| v.is_ok()),
+                "verify_detail": verified.as_ref().map(|v| match v { Ok(s) | Err(s) => s.clone() }),
             })
         );
     } else {
@@ -80,6 +122,53 @@ pub async fn run(store: StoreArgs, json: bool) -> anyhow::Result<()> {
             println!("skipped  {} events of types this build does not know", r.models.skipped_unknown());
         }
         println!("digest   {digest}");
+        match &verified {
+            Some(Ok(detail)) => println!("verify   ok: {detail}"),
+            Some(Err(detail)) => println!("verify   MISMATCH: {detail}"),
+            None => {}
+        }
+        if args.write_snapshot {
+            println!("snapshot {}", snapshot.display());
+        }
     }
+    if matches!(verified, Some(Err(_))) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Snapshot + catch-up, compared with the full replay's digest at the same head.
+async fn verify(
+    store: Arc<dyn EventStore>,
+    path: &Path,
+    head: u64,
+    digest: &str,
+) -> anyhow::Result<Result<String, String>> {
+    let Some((models, _)) = load_snapshot(store.as_ref(), path).await else {
+        return Ok(Err(format!(
+            "no usable snapshot at {} to verify against (write one with --write-snapshot)",
+            path.display()
+        )));
+    };
+    let at = models.checkpoint();
+    let caught_up = fold_into(store, models, head, &ProgressBar::hidden()).await?;
+    let other = caught_up.models.digest();
+    Ok(if other == digest {
+        Ok(format!("snapshot at position {at} + catch-up of {} events gives the same digest", caught_up.events))
+    } else {
+        Err(format!("snapshot at position {at} + catch-up gives {other}"))
+    })
+}
+
+fn write_snapshot(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }
