@@ -5,7 +5,6 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,19 +21,68 @@ impl PasswordCost {
     pub const TEST: PasswordCost = PasswordCost { memory_kib: 64, iterations: 1, parallelism: 1 };
 }
 
-/// Hashes and verifies passwords; at most `workers` at a time, each on a blocking thread.
+/// Hashes and verifies passwords on `workers` dedicated threads, never on the
+/// async workers. Each thread keeps its argon2 memory (19 MiB with OWASP
+/// parameters) between jobs instead of asking the allocator (and the kernel,
+/// page by page) for it every time.
 #[derive(Clone)]
 pub struct Passwords {
-    argon: Argon2<'static>,
-    permits: Arc<Semaphore>,
+    jobs: tokio::sync::mpsc::Sender<Job>,
     /// A hash of a random password: verified against when the user is unknown, so that
     /// an unknown user costs the same time as a known one.
     dummy: Arc<str>,
 }
 
+type Reply<T> = tokio::sync::oneshot::Sender<std::result::Result<T, String>>;
+
+enum Job {
+    Hash(String, Reply<String>),
+    Verify(String, String, Reply<bool>),
+}
+
 /// Shortest and longest accepted passwords, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 256;
+
+/// One worker: its argon2 instance and the memory it reuses.
+struct Worker {
+    argon: Argon2<'static>,
+    blocks: Vec<argon2::Block>,
+}
+
+impl Worker {
+    fn hash(&mut self, password: &str) -> std::result::Result<String, String> {
+        let salt = SaltString::generate(&mut OsRng);
+        self.argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    }
+
+    fn verify(&mut self, password: &str, phc: &str) -> std::result::Result<bool, String> {
+        let parsed = PasswordHash::new(phc).map_err(|e| format!("stored hash: {e}"))?;
+        if parsed.algorithm != argon2::ARGON2ID_IDENT {
+            // Not ours to speed up; the crate's own path handles it.
+            return Ok(self.argon.verify_password(password.as_bytes(), &parsed).is_ok());
+        }
+        let params = Params::try_from(&parsed).map_err(|e| format!("stored hash parameters: {e}"))?;
+        let expected = parsed.hash.ok_or("stored hash has no output")?;
+        let mut salt = [0u8; 64];
+        let salt = parsed.salt.ok_or("stored hash has no salt")?.decode_b64(&mut salt).map_err(|e| e.to_string())?;
+        let version = parsed.version.map(Version::try_from).transpose().map_err(|e| e.to_string())?;
+        let argon = Argon2::new(Algorithm::Argon2id, version.unwrap_or(Version::V0x13), params.clone());
+        if self.blocks.len() < params.block_count() {
+            self.blocks.resize(params.block_count(), argon2::Block::default());
+        }
+        let mut out = vec![0u8; expected.len()];
+        argon
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                salt,
+                &mut out,
+                &mut self.blocks[..params.block_count()],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(crate::secrets::constant_time_eq_bytes(expected.as_bytes(), &out))
+    }
+}
 
 impl Passwords {
     pub fn new(cost: PasswordCost, workers: usize) -> Result<Self> {
@@ -46,7 +94,29 @@ impl Passwords {
             .hash_password(crate::secrets::random_token().as_bytes(), &salt)
             .map_err(|e| DomainError::Internal(e.to_string()))?
             .to_string();
-        Ok(Passwords { argon, permits: Arc::new(Semaphore::new(workers.max(1))), dummy: dummy.into() })
+        // A short queue: callers wait (asynchronously) rather than pile up work.
+        let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(workers.max(1) * 4);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            let mut worker = Worker { argon: argon.clone(), blocks: Vec::new() };
+            std::thread::Builder::new()
+                .name(format!("perfect21-argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(mut rx) => rx.blocking_recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Some(Job::Hash(password, reply)) => drop(reply.send(worker.hash(&password))),
+                        Some(Job::Verify(password, phc, reply)) => drop(reply.send(worker.verify(&password, &phc))),
+                        // Every Passwords handle is gone.
+                        None => return,
+                    }
+                })
+                .map_err(|e| DomainError::Internal(format!("cannot start password worker: {e}")))?;
+        }
+        Ok(Passwords { jobs, dummy: dummy.into() })
     }
 
     /// Checks length rules; the error names them.
@@ -63,12 +133,7 @@ impl Passwords {
 
     /// The argon2id PHC string of `password`.
     pub async fn hash(&self, password: String) -> Result<String> {
-        let argon = self.argon.clone();
-        self.blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
-        })
-        .await
+        self.run(|reply| Job::Hash(password, reply)).await
     }
 
     /// Whether `password` matches `phc`; with `None` it checks against a dummy hash
@@ -76,24 +141,17 @@ impl Passwords {
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool> {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.to_string());
-        let argon = self.argon.clone();
-        let ok = self
-            .blocking(move || {
-                let parsed = PasswordHash::new(&phc).map_err(|e| e.to_string())?;
-                Ok(argon.verify_password(password.as_bytes(), &parsed).is_ok())
-            })
-            .await?;
+        let ok = self.run(|reply| Job::Verify(password, phc, reply)).await?;
         Ok(ok && known)
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
-    ) -> Result<T> {
-        let _permit = self.permits.acquire().await.map_err(|e| DomainError::Internal(e.to_string()))?;
-        tokio::task::spawn_blocking(f)
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // A short, bounded queue: callers wait for room without blocking an async worker.
+        self.jobs.send(job(reply)).await.map_err(|_| DomainError::Internal("password workers stopped".into()))?;
+        answer
             .await
-            .map_err(|e| DomainError::Internal(e.to_string()))?
+            .map_err(|_| DomainError::Internal("password worker stopped".into()))?
             .map_err(DomainError::Internal)
     }
 }

@@ -3,6 +3,7 @@
 //! that higher is better (DESIGN §9).
 
 mod append;
+mod login;
 mod replay;
 
 use crate::config::StoreArgs;
@@ -39,6 +40,8 @@ pub enum Scenario {
     AppendBatch,
     /// PostgreSQL store, 100-event appends vs raw batched INSERT through sqlx.
     AppendPostgres,
+    /// Full logins (argon2id on the blocking pool, events, session) vs raw argon2id verifications.
+    Login,
     /// Rebuild all read models from a log of `--events` events vs a raw scan of the same log.
     Replay,
     /// Resident bytes per user in the read models (users = `--events` / 10) vs the 1 KiB budget.
@@ -75,6 +78,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::AppendConcurrent => append::concurrent(&args, &scratch, duration).await?,
         Scenario::AppendBatch => append::batch(&scratch, duration).await?,
         Scenario::AppendPostgres => append::postgres(&args.postgres, duration).await?,
+        Scenario::Login => login::login(&scratch, duration).await?,
         Scenario::Replay => replay::replay(&scratch, args.events).await?,
         Scenario::Memory => replay::memory(args.events / 10).await?,
     };
