@@ -32,6 +32,8 @@ pub struct UserState {
     pub roles: BTreeSet<String>,
     pub grants: BTreeSet<String>,
     pub logins: u64,
+    /// Every session the user logged in with (for erasure).
+    pub sessions: Vec<Uuid>,
 }
 
 fn remember(list: &mut Vec<String>, value: Option<&String>) {
@@ -82,7 +84,8 @@ impl UserState {
                 self.recovery_codes.clear();
             }
             Event::UserRecoveryCodeUsed(e) => self.recovery_codes.retain(|c| c != &e.code_hash),
-            Event::UserLoginSucceeded(_) => {
+            Event::UserLoginSucceeded(e) => {
+                self.sessions.push(e.session_id);
                 self.failures.clear();
                 self.logins += 1;
                 remember(&mut self.known_ips, recorded.metadata.client_ip.as_ref());

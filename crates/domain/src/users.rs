@@ -270,15 +270,12 @@ impl Identity {
         self.release(ctx, &reservation_stream("username", &normalize_username(&state.username))?, "username", user_id)
             .await?;
         let revoked = self.revoke_all_sessions(ctx, user_id, "user_deleted", Some(r.position)).await?;
-        let sessions: Vec<Uuid> = self
-            .read(Some(revoked.max(r.position)), |m| m.sessions.of_user(user_id).iter().map(|s| s.id).collect())
-            .await?;
         let mut streams = vec![
             stream("user", user_id)?,
             reservation_stream("email", &normalize_email(&state.email))?,
             reservation_stream("username", &normalize_username(&state.username))?,
         ];
-        for session in sessions {
+        for session in &state.sessions {
             streams.push(stream("session", session)?);
         }
         self.erase_personal_data(&streams).await?;

@@ -1,8 +1,11 @@
 //! A per-user index of security-relevant events, and the login history.
 
 use crate::digest::{sorted, Digest};
+use crate::intern;
 use perfect21_events::{Event, RecordedEvent};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Logins remembered per user in the login history.
@@ -15,17 +18,69 @@ pub struct LoginRecord {
     /// Microseconds since the Unix epoch.
     pub at: i64,
     pub success: bool,
-    pub client_ip: Option<String>,
-    pub user_agent: Option<String>,
+    /// The client address, when the request carried a parseable one.
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<Arc<str>>,
     pub risk_score: f32,
-    pub failure_reason: Option<String>,
+    pub failure_reason: Option<Arc<str>>,
+}
+
+/// Log positions, ascending, stored as varint deltas (a few bytes each).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct PositionList {
+    bytes: Vec<u8>,
+    last: u64,
+}
+
+impl PositionList {
+    fn push(&mut self, position: u64) {
+        let mut delta = position - self.last;
+        self.last = position;
+        loop {
+            let byte = (delta & 0x7f) as u8;
+            delta >>= 7;
+            if delta == 0 {
+                self.bytes.push(byte);
+                return;
+            }
+            self.bytes.push(byte | 0x80);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut bytes = self.bytes.iter();
+        let mut at = 0u64;
+        std::iter::from_fn(move || {
+            let (mut delta, mut shift) = (0u64, 0);
+            loop {
+                let b = *bytes.next()?;
+                delta |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    at += delta;
+                    return Some(at);
+                }
+            }
+        })
+    }
+}
+
+/// What the audit model keeps of one user.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct UserAudit {
+    positions: PositionList,
+    /// Newest last; at most [`LOGIN_HISTORY_LEN`], allocated exactly.
+    logins: Vec<LoginRecord>,
 }
 
 /// The audit read model: positions of each user's security events, and recent logins.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Audit {
-    positions: HashMap<Uuid, Vec<u64>>,
-    logins: HashMap<Uuid, VecDeque<LoginRecord>>,
+    /// Boxed, so that a hash table's spare slots cost a pointer each.
+    users: HashMap<Uuid, Box<UserAudit>>,
+    /// User agents and failure reasons repeat: one copy each.
+    #[serde(skip)]
+    interned: HashSet<Arc<str>>,
 }
 
 /// The user a security-relevant event is about, if the event is security-relevant.
@@ -58,61 +113,58 @@ pub fn audited_user(event: &Event) -> Option<Uuid> {
 
 impl Audit {
     /// Log positions of the user's security events, oldest first.
-    pub fn positions(&self, user: Uuid) -> &[u64] {
-        self.positions.get(&user).map(Vec::as_slice).unwrap_or(&[])
+    pub fn positions(&self, user: Uuid) -> Vec<u64> {
+        self.users.get(&user).map(|a| a.positions.iter().collect()).unwrap_or_default()
     }
 
     /// The user's most recent logins, newest last.
     pub fn logins(&self, user: Uuid) -> impl Iterator<Item = &LoginRecord> {
-        self.logins.get(&user).into_iter().flatten()
+        self.users.get(&user).into_iter().flat_map(|a| a.logins.iter())
     }
 
     pub(crate) fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
         let Some(user) = audited_user(event) else {
             return;
         };
-        self.positions.entry(user).or_default().push(recorded.position);
-        if let Event::UserDeleted(_) = event {
-            // Where a deleted user logged in from is personal data: forget it (the log forgets it too).
-            for login in self.logins.get_mut(&user).into_iter().flatten() {
-                login.client_ip = None;
-                login.user_agent = None;
+        let audit = self.users.entry(user).or_default();
+        audit.positions.push(recorded.position);
+        let (success, risk_score, failure_reason) = match event {
+            Event::UserLoginSucceeded(e) => (true, e.risk_score, None),
+            Event::UserLoginFailed(e) => (false, e.risk_score, Some(intern(&mut self.interned, &e.reason))),
+            Event::UserDeleted(_) => {
+                // Where a deleted user logged in from is personal data: forget it (the log forgets it too).
+                for login in &mut audit.logins {
+                    login.client_ip = None;
+                    login.user_agent = None;
+                }
+                return;
             }
-        }
-        let login = match event {
-            Event::UserLoginSucceeded(e) => Some((true, e.risk_score, None)),
-            Event::UserLoginFailed(e) => Some((false, e.risk_score, Some(e.reason.clone()))),
-            _ => None,
+            _ => return,
         };
-        if let Some((success, risk_score, failure_reason)) = login {
-            let history = self.logins.entry(user).or_default();
-            if history.len() == LOGIN_HISTORY_LEN {
-                history.pop_front();
-            }
-            history.push_back(LoginRecord {
-                position: recorded.position,
-                at: recorded.recorded_at.timestamp_micros(),
-                success,
-                client_ip: recorded.metadata.client_ip.clone(),
-                user_agent: recorded.metadata.user_agent.clone(),
-                risk_score,
-                failure_reason,
-            });
+        if audit.logins.len() == LOGIN_HISTORY_LEN {
+            audit.logins.remove(0);
         }
+        audit.logins.reserve_exact(1);
+        audit.logins.push(LoginRecord {
+            position: recorded.position,
+            at: recorded.recorded_at.timestamp_micros(),
+            success,
+            client_ip: recorded.metadata.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            user_agent: recorded.metadata.user_agent.as_deref().map(|ua| intern(&mut self.interned, ua)),
+            risk_score,
+            failure_reason,
+        });
     }
 
     pub(crate) fn digest(&self, d: &mut Digest) {
-        for (user, positions) in sorted(self.positions.iter()) {
+        for (user, audit) in sorted(self.users.iter()) {
             d.bytes(user.as_bytes());
-            positions.iter().for_each(|p| d.u64(*p));
-        }
-        for (user, logins) in sorted(self.logins.iter()) {
-            d.bytes(user.as_bytes());
-            for l in logins {
+            audit.positions.iter().for_each(|p| d.u64(p));
+            for l in &audit.logins {
                 d.u64(l.position);
                 d.i64(l.at);
                 d.u64(l.success as u64);
-                d.opt_str(l.client_ip.as_deref());
+                d.opt_str(l.client_ip.map(|ip| ip.to_string()).as_deref());
                 d.opt_str(l.user_agent.as_deref());
                 d.u64(l.risk_score.to_bits() as u64);
                 d.opt_str(l.failure_reason.as_deref());

@@ -1,9 +1,11 @@
 //! Roles, permissions and who holds them; permission checks.
 
 use crate::digest::{sorted, Digest};
+use crate::intern;
 use perfect21_events::catalog::{PermissionSpec, UserStatus};
 use perfect21_events::Event;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// A role and its permissions.
@@ -30,8 +32,13 @@ pub struct Decision {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Authz {
     roles: BTreeMap<String, RoleView>,
-    user_roles: HashMap<Uuid, BTreeSet<String>>,
-    direct: HashMap<Uuid, BTreeMap<String, PermissionSpec>>,
+    /// Role ids of each user, sorted (a user has few: a small vector beats a tree).
+    user_roles: HashMap<Uuid, Vec<Arc<str>>>,
+    /// Direct grants of each user, sorted by permission id.
+    direct: HashMap<Uuid, Vec<PermissionSpec>>,
+    /// One copy of each role id, shared by every user holding the role.
+    #[serde(skip)]
+    interned: HashSet<Arc<str>>,
 }
 
 fn field_matches(granted: &str, wanted: &str) -> bool {
@@ -57,7 +64,7 @@ impl Authz {
     /// The user's roles, highest priority first.
     pub fn user_roles(&self, user: Uuid) -> Vec<&RoleView> {
         let mut roles: Vec<_> =
-            self.user_roles.get(&user).into_iter().flatten().filter_map(|id| self.roles.get(id)).collect();
+            self.user_roles.get(&user).into_iter().flatten().filter_map(|id| self.roles.get(&**id)).collect();
         roles.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         roles
     }
@@ -70,7 +77,7 @@ impl Authz {
                 out.push((format!("role:{}:{}", role.id, p.id), p));
             }
         }
-        for p in self.direct.get(&user).into_iter().flat_map(|m| m.values()) {
+        for p in self.direct.get(&user).into_iter().flatten() {
             out.push((format!("direct:{}", p.id), p));
         }
         out
@@ -124,7 +131,7 @@ impl Authz {
             Event::RoleDeleted(e) => {
                 self.roles.remove(&e.role_id);
                 for roles in self.user_roles.values_mut() {
-                    roles.remove(&e.role_id);
+                    roles.retain(|r| **r != *e.role_id);
                 }
             }
             Event::RolePermissionGranted(e) => {
@@ -138,19 +145,26 @@ impl Authz {
                 }
             }
             Event::RoleAssigned(e) => {
-                self.user_roles.entry(e.user_id).or_default().insert(e.role_id.clone());
+                let roles = self.user_roles.entry(e.user_id).or_default();
+                if let Err(at) = roles.binary_search_by(|r| (**r).cmp(e.role_id.as_str())) {
+                    roles.insert(at, intern(&mut self.interned, &e.role_id));
+                }
             }
             Event::RoleRevoked(e) => {
                 if let Some(roles) = self.user_roles.get_mut(&e.user_id) {
-                    roles.remove(&e.role_id);
+                    roles.retain(|r| **r != *e.role_id);
                 }
             }
             Event::PermissionGranted(e) => {
-                self.direct.entry(e.user_id).or_default().insert(e.permission.id.clone(), e.permission.clone());
+                let grants = self.direct.entry(e.user_id).or_default();
+                match grants.binary_search_by(|p| p.id.cmp(&e.permission.id)) {
+                    Ok(at) => grants[at] = e.permission.clone(),
+                    Err(at) => grants.insert(at, e.permission.clone()),
+                }
             }
             Event::PermissionRevoked(e) => {
                 if let Some(grants) = self.direct.get_mut(&e.user_id) {
-                    grants.remove(&e.permission_id);
+                    grants.retain(|p| p.id != e.permission_id);
                 }
             }
             Event::UserDeleted(e) => {
@@ -180,7 +194,7 @@ impl Authz {
         }
         for (user, grants) in sorted(self.direct.iter()) {
             d.bytes(user.as_bytes());
-            grants.values().for_each(|p| perm(d, p));
+            grants.iter().for_each(|p| perm(d, p));
         }
     }
 }

@@ -15,6 +15,16 @@ pub mod users;
 
 use perfect21_events::{CodecError, Event, RecordedEvent};
 
+/// One shared copy of a string that many entries repeat (role ids, user agents).
+fn intern(pool: &mut std::collections::HashSet<std::sync::Arc<str>>, s: &str) -> std::sync::Arc<str> {
+    if let Some(shared) = pool.get(s) {
+        return shared.clone();
+    }
+    let shared: std::sync::Arc<str> = s.into();
+    pool.insert(shared.clone());
+    shared
+}
+
 /// Errors of folding the log.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {

@@ -1,115 +1,113 @@
-//! Sessions, refresh-token rotation state and revoked access tokens.
+//! Active sessions and revoked access tokens.
+//!
+//! Only what validation and session listing need is kept: a session leaves the
+//! model when it ends (an access token of an unknown session is not valid), and
+//! a revoked token id is forgotten once the token would have expired anyway.
+//! Refresh-token rotation is decided from the session's own stream, not from here.
 
 use crate::digest::{sorted, Digest};
 use perfect21_events::Event;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use uuid::Uuid;
 
-/// One login session.
+/// Revoked token ids are pruned of expired entries every this many revocations.
+const PRUNE_EVERY: u64 = 4096;
+
+/// One active login session.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SessionView {
     pub id: Uuid,
     pub user_id: Uuid,
-    /// Hash of the refresh token that is valid now.
-    pub refresh_token_hash: String,
-    pub access_jti: String,
-    /// Unix seconds.
+    /// Unix seconds; the refresh token's expiry.
     pub expires_at: i64,
     /// Microseconds since the Unix epoch.
     pub started_at: i64,
-    pub device_id: Option<String>,
-    /// Why it ended, if it did (`revoked:<reason>` or `expired`).
-    pub ended: Option<String>,
+    /// Microseconds since the Unix epoch of the last refresh (or the start).
+    pub refreshed_at: i64,
+    pub device_id: Option<Box<str>>,
 }
 
 impl SessionView {
     pub fn is_active(&self, now_unix: i64) -> bool {
-        self.ended.is_none() && self.expires_at > now_unix
+        self.expires_at > now_unix
     }
-}
-
-/// What a refresh token hash refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum RefreshTokenState {
-    /// The session's current refresh token.
-    Current(Uuid),
-    /// Rotated away: presenting it again is reuse.
-    Rotated(Uuid),
 }
 
 /// The sessions & tokens read model.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Sessions {
     by_id: HashMap<Uuid, SessionView>,
-    by_user: HashMap<Uuid, BTreeSet<Uuid>>,
-    tokens: HashMap<String, RefreshTokenState>,
+    by_user: HashMap<Uuid, Vec<Uuid>>,
     /// Revoked access-token ids, with the token's expiry (Unix seconds).
     revoked_jtis: HashMap<String, i64>,
+    revocations: u64,
 }
 
 impl Sessions {
+    /// A session that has not ended.
     pub fn get(&self, id: Uuid) -> Option<&SessionView> {
         self.by_id.get(&id)
     }
 
-    /// The user's sessions, oldest first.
+    /// The user's sessions that have not ended, oldest first.
     pub fn of_user(&self, user: Uuid) -> Vec<&SessionView> {
         let mut v: Vec<_> = self.by_user.get(&user).into_iter().flatten().filter_map(|id| self.by_id.get(id)).collect();
         v.sort_by_key(|s| (s.started_at, s.id));
         v
     }
 
-    pub fn refresh_token(&self, hash: &str) -> Option<RefreshTokenState> {
-        self.tokens.get(hash).copied()
+    /// Whether an access token is revoked: by its id, or because its session ended (or is unknown).
+    pub fn is_revoked(&self, jti: &str, session: Uuid) -> bool {
+        self.revoked_jtis.contains_key(jti) || !self.by_id.contains_key(&session)
     }
 
-    /// Whether an access token was revoked: by its jti, or because its session ended.
-    pub fn is_revoked(&self, jti: &str, session: Option<Uuid>) -> bool {
-        self.revoked_jtis.contains_key(jti)
-            || session.and_then(|s| self.by_id.get(&s)).is_some_and(|s| s.ended.is_some())
+    pub fn active_count(&self) -> usize {
+        self.by_id.len()
     }
 
     pub(crate) fn apply(&mut self, event: &Event, at: i64) {
         match event {
             Event::SessionStarted(e) => {
-                self.tokens.insert(e.refresh_token_hash.clone(), RefreshTokenState::Current(e.session_id));
-                self.by_user.entry(e.user_id).or_default().insert(e.session_id);
+                self.by_user.entry(e.user_id).or_default().push(e.session_id);
                 self.by_id.insert(
                     e.session_id,
                     SessionView {
                         id: e.session_id,
                         user_id: e.user_id,
-                        refresh_token_hash: e.refresh_token_hash.clone(),
-                        access_jti: e.access_jti.clone(),
                         expires_at: e.expires_at,
                         started_at: at,
-                        device_id: e.device_id.clone(),
-                        ended: None,
+                        refreshed_at: at,
+                        device_id: e.device_id.as_deref().map(Into::into),
                     },
                 );
             }
             Event::SessionRefreshed(e) => {
                 if let Some(s) = self.by_id.get_mut(&e.session_id) {
-                    self.tokens.insert(e.previous_token_hash.clone(), RefreshTokenState::Rotated(e.session_id));
-                    self.tokens.insert(e.refresh_token_hash.clone(), RefreshTokenState::Current(e.session_id));
-                    s.refresh_token_hash = e.refresh_token_hash.clone();
-                    s.access_jti = e.access_jti.clone();
                     s.expires_at = e.expires_at;
+                    s.refreshed_at = at;
                 }
             }
-            Event::SessionRevoked(e) => self.end(e.session_id, format!("revoked:{}", e.reason)),
-            Event::SessionExpired(e) => self.end(e.session_id, "expired".into()),
+            Event::SessionRevoked(e) => self.end(e.user_id, e.session_id),
+            Event::SessionExpired(e) => self.end(e.user_id, e.session_id),
             Event::SessionTokenRevoked(e) => {
                 self.revoked_jtis.insert(e.jti.clone(), e.expires_at);
+                self.revocations += 1;
+                if self.revocations % PRUNE_EVERY == 0 {
+                    // Event time, not wall-clock time: replay prunes exactly as live did.
+                    let now = at / 1_000_000;
+                    self.revoked_jtis.retain(|_, expires_at| *expires_at > now);
+                }
             }
             _ => {}
         }
     }
 
-    fn end(&mut self, session: Uuid, why: String) {
-        if let Some(s) = self.by_id.get_mut(&session) {
-            if s.ended.is_none() {
-                s.ended = Some(why);
+    fn end(&mut self, user: Uuid, session: Uuid) {
+        self.by_id.remove(&session);
+        if let Some(list) = self.by_user.get_mut(&user) {
+            list.retain(|s| *s != session);
+            if list.is_empty() {
+                self.by_user.remove(&user);
             }
         }
     }
@@ -118,25 +116,19 @@ impl Sessions {
         for (id, s) in sorted(self.by_id.iter()) {
             d.bytes(id.as_bytes());
             d.bytes(s.user_id.as_bytes());
-            d.str(&s.refresh_token_hash);
-            d.str(&s.access_jti);
             d.i64(s.expires_at);
             d.i64(s.started_at);
+            d.i64(s.refreshed_at);
             d.opt_str(s.device_id.as_deref());
-            d.opt_str(s.ended.as_deref());
         }
-        for (hash, state) in sorted(self.tokens.iter()) {
-            d.str(hash);
-            let (kind, id) = match state {
-                RefreshTokenState::Current(id) => (0, id),
-                RefreshTokenState::Rotated(id) => (1, id),
-            };
-            d.u64(kind);
-            d.bytes(id.as_bytes());
+        for (user, sessions) in sorted(self.by_user.iter()) {
+            d.bytes(user.as_bytes());
+            sessions.iter().for_each(|s| d.bytes(s.as_bytes()));
         }
         for (jti, exp) in sorted(self.revoked_jtis.iter()) {
             d.str(jti);
             d.i64(*exp);
         }
+        d.u64(self.revocations);
     }
 }

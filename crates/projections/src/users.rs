@@ -3,6 +3,7 @@
 use crate::digest::{sorted, Digest};
 use perfect21_events::catalog::UserStatus;
 use perfect21_events::Event;
+use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
@@ -10,17 +11,15 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserView {
     pub id: Uuid,
-    pub email: String,
-    pub username: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub phone_number: Option<String>,
-    pub locale: String,
+    pub email: Box<str>,
+    pub username: Box<str>,
+    pub first_name: Option<Box<str>>,
+    pub last_name: Option<Box<str>>,
+    pub phone_number: Option<Box<str>>,
+    pub locale: std::sync::Arc<str>,
     pub status: UserStatus,
     pub email_verified: bool,
     pub mfa_enabled: bool,
-    /// argon2id PHC string of the current password (empty once deleted).
-    pub password_hash: String,
     /// Microseconds since the Unix epoch.
     pub created_at: i64,
     pub last_login_at: Option<i64>,
@@ -37,25 +36,42 @@ pub fn normalize_username(username: &str) -> String {
     username.trim().to_lowercase()
 }
 
+/// The index key of a normalized email or username: 64 bits of its SHA-256.
+/// Eight bytes instead of a copy of the string; a lookup checks the user it finds,
+/// and nobody can aim a collision at a given user (that takes a 2^64 preimage search).
+fn key(normalized: &str) -> u64 {
+    let digest = Sha256::digest(normalized.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
 /// The users read model.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Users {
-    by_id: HashMap<Uuid, UserView>,
-    by_email: HashMap<String, Uuid>,
-    by_username: HashMap<String, Uuid>,
+    /// Boxed: a hash table keeps spare slots (up to half of them empty), and an
+    /// empty slot should cost a pointer, not a whole view.
+    by_id: HashMap<Uuid, Box<UserView>>,
+    /// Locales repeat: one copy each.
+    #[serde(skip)]
+    locales: std::collections::HashSet<std::sync::Arc<str>>,
+    by_email: HashMap<u64, Uuid>,
+    by_username: HashMap<u64, Uuid>,
 }
 
 impl Users {
     pub fn get(&self, id: Uuid) -> Option<&UserView> {
-        self.by_id.get(&id)
+        self.by_id.get(&id).map(|u| &**u)
     }
 
     pub fn by_email(&self, email: &str) -> Option<&UserView> {
-        self.by_email.get(&normalize_email(email)).and_then(|id| self.by_id.get(id))
+        let email = normalize_email(email);
+        let user = self.by_email.get(&key(&email)).and_then(|id| self.get(*id))?;
+        (normalize_email(&user.email) == email).then_some(user)
     }
 
     pub fn by_username(&self, username: &str) -> Option<&UserView> {
-        self.by_username.get(&normalize_username(username)).and_then(|id| self.by_id.get(id))
+        let username = normalize_username(username);
+        let user = self.by_username.get(&key(&username)).and_then(|id| self.get(*id))?;
+        (normalize_username(&user.username) == username).then_some(user)
     }
 
     pub fn len(&self) -> usize {
@@ -69,42 +85,42 @@ impl Users {
     pub(crate) fn apply(&mut self, event: &Event, at: i64) {
         match event {
             Event::UserRegistered(e) => {
-                self.by_email.insert(normalize_email(&e.email), e.user_id);
-                self.by_username.insert(normalize_username(&e.username), e.user_id);
+                // The first owner keeps an index entry; uniqueness itself is enforced by reservations.
+                self.by_email.entry(key(&normalize_email(&e.email))).or_insert(e.user_id);
+                self.by_username.entry(key(&normalize_username(&e.username))).or_insert(e.user_id);
+                let locale = crate::intern(&mut self.locales, &e.locale);
                 self.by_id.insert(
                     e.user_id,
-                    UserView {
+                    Box::new(UserView {
                         id: e.user_id,
-                        email: e.email.clone(),
-                        username: e.username.clone(),
-                        first_name: e.first_name.clone(),
-                        last_name: e.last_name.clone(),
-                        phone_number: e.phone_number.clone(),
-                        locale: e.locale.clone(),
+                        email: e.email.as_str().into(),
+                        username: e.username.as_str().into(),
+                        first_name: e.first_name.as_deref().map(Into::into),
+                        last_name: e.last_name.as_deref().map(Into::into),
+                        phone_number: e.phone_number.as_deref().map(Into::into),
+                        locale,
                         status: UserStatus::PendingVerification,
                         email_verified: false,
                         mfa_enabled: false,
-                        password_hash: e.password_hash.clone(),
                         created_at: at,
                         last_login_at: None,
                         profile: BTreeMap::new(),
-                    },
+                    }),
                 );
             }
             Event::UserEmailVerified(e) => self.update(e.user_id, |u| u.email_verified = true),
             Event::UserProfileUpdated(e) => self.update(e.user_id, |u| {
                 if let Some(v) = &e.first_name {
-                    u.first_name = Some(v.clone());
+                    u.first_name = Some(v.as_str().into());
                 }
                 if let Some(v) = &e.last_name {
-                    u.last_name = Some(v.clone());
+                    u.last_name = Some(v.as_str().into());
                 }
                 if let Some(v) = &e.phone_number {
-                    u.phone_number = Some(v.clone());
+                    u.phone_number = Some(v.as_str().into());
                 }
                 u.profile.extend(e.profile.iter().cloned());
             }),
-            Event::UserPasswordChanged(e) => self.update(e.user_id, |u| u.password_hash = e.password_hash.clone()),
             Event::UserStatusChanged(e) => self.update(e.user_id, |u| u.status = e.to),
             Event::UserMfaEnabled(e) => self.update(e.user_id, |u| u.mfa_enabled = true),
             Event::UserMfaDisabled(e) => self.update(e.user_id, |u| u.mfa_enabled = false),
@@ -118,20 +134,25 @@ impl Users {
             Event::UserDeleted(e) => {
                 // Personal data leaves the read model; the id stays, so the account reads as deleted.
                 if let Some(u) = self.by_id.get_mut(&e.user_id) {
-                    self.by_email.remove(&normalize_email(&u.email));
-                    self.by_username.remove(&normalize_username(&u.username));
-                    *u = UserView {
+                    for (index, k) in [
+                        (&mut self.by_email, key(&normalize_email(&u.email))),
+                        (&mut self.by_username, key(&normalize_username(&u.username))),
+                    ] {
+                        if index.get(&k) == Some(&e.user_id) {
+                            index.remove(&k);
+                        }
+                    }
+                    **u = UserView {
                         id: u.id,
-                        email: String::new(),
-                        username: String::new(),
+                        email: "".into(),
+                        username: "".into(),
                         first_name: None,
                         last_name: None,
                         phone_number: None,
-                        locale: String::new(),
+                        locale: "".into(),
                         status: UserStatus::Deleted,
                         email_verified: false,
                         mfa_enabled: false,
-                        password_hash: String::new(),
                         created_at: u.created_at,
                         last_login_at: u.last_login_at,
                         profile: BTreeMap::new(),
@@ -160,7 +181,6 @@ impl Users {
             d.str(&u.locale);
             d.u64(u.status as u64);
             d.u64(u.email_verified as u64 | (u.mfa_enabled as u64) << 1);
-            d.str(&u.password_hash);
             d.i64(u.created_at);
             d.i64(u.last_login_at.unwrap_or(-1));
             for (k, v) in &u.profile {
@@ -168,12 +188,12 @@ impl Users {
                 d.str(v);
             }
         }
-        for (email, id) in sorted(self.by_email.iter()) {
-            d.str(email);
+        for (k, id) in sorted(self.by_email.iter()) {
+            d.u64(*k);
             d.bytes(id.as_bytes());
         }
-        for (name, id) in sorted(self.by_username.iter()) {
-            d.str(name);
+        for (k, id) in sorted(self.by_username.iter()) {
+            d.u64(*k);
             d.bytes(id.as_bytes());
         }
     }

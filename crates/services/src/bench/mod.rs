@@ -23,9 +23,12 @@ pub struct BenchArgs {
     /// Seconds to run each side (ours, then the baseline).
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
-    /// Events in the scratch log of `replay`; users folded by `memory` are a tenth of it.
+    /// Events in the scratch log of `replay`.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Users folded into the read models by `memory` (ten events each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub users: u64,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -44,7 +47,7 @@ pub enum Scenario {
     Login,
     /// Rebuild all read models from a log of `--events` events vs a raw scan of the same log.
     Replay,
-    /// Resident bytes per user in the read models (users = `--events` / 10) vs the 1 KiB budget.
+    /// Resident bytes per user in the read models (`--users` of them) vs the 1 KiB budget.
     Memory,
 }
 
@@ -80,7 +83,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::AppendPostgres => append::postgres(&args.postgres, duration).await?,
         Scenario::Login => login::login(&scratch, duration).await?,
         Scenario::Replay => replay::replay(&scratch, args.events).await?,
-        Scenario::Memory => replay::memory(args.events / 10).await?,
+        Scenario::Memory => replay::memory(args.users).await?,
     };
     print(&rows, args.json);
     Ok(())
