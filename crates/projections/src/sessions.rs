@@ -92,7 +92,7 @@ impl Sessions {
             Event::SessionTokenRevoked(e) => {
                 self.revoked_jtis.insert(e.jti.clone(), e.expires_at);
                 self.revocations += 1;
-                if self.revocations % PRUNE_EVERY == 0 {
+                if self.revocations.is_multiple_of(PRUNE_EVERY) {
                     // Event time, not wall-clock time: replay prunes exactly as live did.
                     let now = at / 1_000_000;
                     self.revoked_jtis.retain(|_, expires_at| *expires_at > now);
