@@ -29,10 +29,12 @@ pub fn constant_time_eq_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Seals and opens small secrets with a server key (ChaCha20-Poly1305, random nonce).
+/// The server's secret: seals and opens small secrets (ChaCha20-Poly1305, random
+/// nonce) and derives tokens that need not be stored (HMAC-SHA256).
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
+    mac_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -43,7 +45,29 @@ impl std::fmt::Debug for SecretBox {
 
 impl SecretBox {
     pub fn new(key: [u8; 32]) -> Self {
-        SecretBox { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) }
+        // A separate key for MACs, so that no key serves two algorithms.
+        let mac_key: [u8; 32] = Sha256::new().chain_update(b"perfect21 mac key").chain_update(key).finalize().into();
+        SecretBox { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), mac_key }
+    }
+
+    /// A token derived from `parts` under `purpose`: anyone holding the server key
+    /// (e.g. the notification service writing the welcome email) can derive it
+    /// again, so it never needs to be stored or logged.
+    pub fn derive(&self, purpose: &str, parts: &[&[u8]]) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.mac_key).expect("any key length");
+        mac.update(purpose.as_bytes());
+        for part in parts {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// The email verification token of a registration (see [`SecretBox::derive`]).
+    pub fn verification_token(&self, user_id: uuid::Uuid, expires_at: i64) -> String {
+        let mac = self.derive("email-verification", &[user_id.as_bytes(), &expires_at.to_le_bytes()]);
+        format!("{}.{mac}", user_id.simple())
     }
 
     /// A box with a random key (tests, ephemeral runs).

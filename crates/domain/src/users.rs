@@ -2,7 +2,7 @@
 //! profile, password, status, delete.
 
 use crate::error::{DomainError, Result};
-use crate::secrets::{constant_time_eq, random_token, token_hash};
+use crate::secrets::{constant_time_eq, token_hash};
 use crate::state::{ReservationState, UserState};
 use crate::{now, stream, Identity, RequestContext};
 use perfect21_events::catalog::*;
@@ -109,7 +109,8 @@ impl Identity {
             self.release(ctx, &email_stream, "email", user_id).await?;
             return Err(e);
         }
-        let verification_token = format!("{}.{}", user_id.simple(), random_token());
+        let verification_expires_at = now() + self.config.verification_ttl.as_secs() as i64;
+        let verification_token = self.secrets.verification_token(user_id, verification_expires_at);
         let event = Event::UserRegistered(UserRegistered {
             user_id,
             email: r.email.trim().to_string(),
@@ -120,7 +121,7 @@ impl Identity {
             locale: r.locale.unwrap_or_else(|| "en".into()),
             password_hash,
             verification_token_hash: token_hash(&verification_token),
-            verification_expires_at: now() + self.config.verification_ttl.as_secs() as i64,
+            verification_expires_at,
         });
         let appended = self.append(ctx, &stream("user", user_id)?, ExpectedVersion::NoStream, &[event]).await?;
         Ok(Registered { user_id, verification_token, position: appended.position })

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 struct World {
     id: Identity,
+    secrets: SecretBox,
     _dir: tempfile::TempDir,
 }
 
@@ -19,8 +20,9 @@ async fn world_with(config: IdentityConfig) -> World {
     let store =
         perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
     let live = LiveModels::start(store.clone());
-    let id = Identity::new(store, live, SecretBox::random(), config).unwrap();
-    World { id, _dir: dir }
+    let secrets = SecretBox::random();
+    let id = Identity::new(store, live, secrets.clone(), config).unwrap();
+    World { id, secrets, _dir: dir }
 }
 
 fn test_config() -> IdentityConfig {
@@ -107,6 +109,16 @@ async fn register_verify_login_refresh_and_reuse_detection() {
     // The other session is untouched.
     w.id.refresh(&c, &by_name.refresh_token).await.unwrap();
 
+    // The verification token is not stored anywhere; whoever holds the server key re-derives it from the event.
+    let registered = events.iter().find_map(|(_, e, _)| match e {
+        Event::UserRegistered(r) => Some(r.clone()),
+        _ => None,
+    });
+    let registered = registered.unwrap();
+    assert_eq!(
+        w.secrets.verification_token(registered.user_id, registered.verification_expires_at),
+        reg.verification_token
+    );
     // Passwords only as argon2id PHC strings; secrets never in the log in clear.
     assert!(events
         .iter()
