@@ -30,6 +30,9 @@ pub enum DomainError {
     /// The user is not in a state that allows this (locked, suspended, deleted).
     #[error("user {user} is {status}")]
     UserInactive { user: Uuid, status: &'static str },
+    /// The caller lacks the permission an operation requires.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Someone else changed the stream; the command was retried and still conflicted.
     #[error("concurrent modification of {stream}; retry")]
     Conflict { stream: String },

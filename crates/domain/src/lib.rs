@@ -87,6 +87,8 @@ pub struct Identity {
     passwords: Passwords,
     secrets: SecretBox,
     config: Arc<IdentityConfig>,
+    /// The highest position this process has written: reads after a local write wait for it.
+    last_write: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Identity {
@@ -98,7 +100,7 @@ impl Identity {
         config: IdentityConfig,
     ) -> Result<Self> {
         let passwords = Passwords::new(config.password_cost, config.password_workers)?;
-        Ok(Identity { store, live, passwords, secrets, config: Arc::new(config) })
+        Ok(Identity { store, live, passwords, secrets, config: Arc::new(config), last_write: Default::default() })
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -132,10 +134,22 @@ impl Identity {
     ) -> Result<AppendResult> {
         let metadata = ctx.metadata();
         let data = events.iter().map(|e| EventData::new(e, metadata.clone())).collect::<Result<Vec<_>, _>>()?;
-        self.store.append(stream, expected, data).await.map_err(|e| match e {
+        let appended = self.store.append(stream, expected, data).await.map_err(|e| match e {
             StoreError::WrongExpectedVersion { stream, .. } => DomainError::Conflict { stream },
             other => other.into(),
-        })
+        })?;
+        self.last_write.fetch_max(appended.position, std::sync::atomic::Ordering::Relaxed);
+        Ok(appended)
+    }
+
+    /// The highest log position this process has written. A read that must see every
+    /// write made through this process (e.g. a revocation) waits for it.
+    pub fn last_write(&self) -> u64 {
+        self.last_write.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
     }
 
     /// Waits (bounded) until the read models have reached `min_position`, then reads them.

@@ -282,4 +282,46 @@ impl Identity {
         self.erase_personal_data(&streams).await?;
         Ok(revoked.max(r.position))
     }
+
+    /// Records a login that happened elsewhere (single sign-on, another system) in the user's history.
+    pub async fn record_login(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        success: bool,
+        failure_reason: &str,
+    ) -> Result<u64> {
+        let state = self.existing_user(user_id).await?;
+        let event = if success {
+            Event::UserLoginSucceeded(UserLoginSucceeded {
+                user_id,
+                session_id: Uuid::nil(),
+                mfa_used: false,
+                risk_score: 0.0,
+                device_id: None,
+            })
+        } else {
+            let reason = if failure_reason.is_empty() { "external" } else { failure_reason };
+            Event::UserLoginFailed(UserLoginFailed {
+                user_id,
+                reason: reason.chars().take(100).collect(),
+                failure_count: state.failures.len() as u32 + 1,
+                risk_score: 0.0,
+            })
+        };
+        Ok(self
+            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &[event])
+            .await?
+            .position)
+    }
+
+    /// Checks a user's password without logging in (no session, no login event).
+    pub async fn verify_password(&self, user_id: Uuid, password: &str) -> Result<bool> {
+        let phc = match self.existing_user(user_id).await {
+            Ok(state) => Some(state.password_hash),
+            Err(DomainError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        self.passwords.verify(password.to_string(), phc).await
+    }
 }

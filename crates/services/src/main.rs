@@ -1,10 +1,12 @@
 //! `perfect21`: the command-line entry point.
 
+mod admin_cmd;
 mod audit_cmd;
 mod bench;
 mod config;
 mod events_cmd;
 mod replay;
+mod server;
 
 use clap::{Parser, Subcommand};
 use config::StoreArgs;
@@ -20,6 +22,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the identity services: gRPC, REST and WebSocket over one event log.
+    Serve(server::ServeArgs),
+    /// Operator actions (first administrator, key rotation).
+    Admin {
+        #[command(subcommand)]
+        command: admin_cmd::AdminCommand,
+    },
     /// Inspect the event log.
     Events {
         #[command(subcommand)]
@@ -60,6 +69,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Serve(args) => server::run(args).await,
+            Command::Admin { command } => admin_cmd::run(command).await,
             Command::Events { command } => events_cmd::run(command).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Audit { command } => audit_cmd::run(command).await,

@@ -1,0 +1,178 @@
+//! WebSocket push: one subscription to the log fans each user's events out to
+//! that user's open connections.
+
+use super::rest::{bearer, Problem, RestState};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use perfect21_events::{subscribe_all, Event, EventStore};
+use perfect21_projections::audit::audited_user;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// Heartbeat interval (a ping; clients answer with a pong).
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Messages queued per connection; a client that falls this far behind is disconnected.
+const QUEUE: usize = 256;
+/// Close code for a connection whose token or session was revoked.
+pub const CLOSE_REVOKED: u16 = 4001;
+/// Close code for a connection whose token expired.
+pub const CLOSE_EXPIRED: u16 = 4002;
+
+/// One event for one user.
+pub struct Push {
+    pub json: String,
+    pub event: Event,
+}
+
+type Connections = HashMap<Uuid, Vec<(u64, mpsc::Sender<Arc<Push>>)>>;
+
+/// Open connections by user.
+#[derive(Default)]
+pub struct Hub {
+    connections: Mutex<Connections>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// Starts following the log from its current head.
+    pub async fn start(store: Arc<dyn EventStore>) -> anyhow::Result<Arc<Hub>> {
+        let hub = Arc::new(Hub::default());
+        let head = store.head_position().await?;
+        let pump = hub.clone();
+        tokio::spawn(async move {
+            let mut sub = subscribe_all(store, head + 1);
+            loop {
+                match sub.next().await {
+                    Ok(recorded) => {
+                        let Ok(event) = recorded.decode() else { continue };
+                        let Some(user) = audited_user(&event) else { continue };
+                        let json = serde_json::json!({
+                            "type": "event",
+                            "event_type": recorded.event_type,
+                            "position": recorded.position,
+                            "recorded_at": recorded.recorded_at,
+                            "payload": event.payload_json(),
+                        })
+                        .to_string();
+                        pump.deliver(user, Arc::new(Push { json, event }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "websocket hub cannot follow the log; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    fn deliver(&self, user: Uuid, push: Arc<Push>) {
+        let mut conns = self.connections.lock().expect("hub lock");
+        if let Some(list) = conns.get_mut(&user) {
+            // A full queue means a stuck client: drop it rather than stall everyone.
+            list.retain(|(_, tx)| tx.try_send(push.clone()).is_ok());
+            if list.is_empty() {
+                conns.remove(&user);
+            }
+        }
+    }
+
+    fn register(&self, user: Uuid) -> (u64, mpsc::Receiver<Arc<Push>>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.connections.lock().expect("hub lock").entry(user).or_default().push((id, tx));
+        (id, rx)
+    }
+
+    fn unregister(&self, user: Uuid, id: u64) {
+        let mut conns = self.connections.lock().expect("hub lock");
+        if let Some(list) = conns.get_mut(&user) {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                conns.remove(&user);
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    access_token: Option<String>,
+}
+
+/// `GET /api/v1/ws`: authenticated with `Authorization: Bearer` or `?access_token=`.
+pub async fn websocket(
+    State(s): State<RestState>,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(token) = bearer(&headers).map(String::from).or(q.access_token) else {
+        return Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "an access token is required")
+            .into_response();
+    };
+    let check = s.app.validate(&token, None).await;
+    let (Some(claims), true) = (check.claims, check.valid) else {
+        return Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", check.error.unwrap_or_default())
+            .into_response();
+    };
+    let (Some(user), Some(session)) = (claims.user_id(), claims.session_id()) else {
+        return Problem::bad_request("token names no user or session").into_response();
+    };
+    let hub = s.hub.clone();
+    ws.on_upgrade(move |socket| connection(socket, hub, user, session, claims.jti, claims.exp))
+}
+
+/// Whether `event` ends the connection of (`user`, `session`, `jti`).
+fn ends(event: &Event, session: Uuid, jti: &str) -> Option<(u16, &'static str)> {
+    match event {
+        Event::SessionRevoked(e) if e.session_id == session => Some((CLOSE_REVOKED, "session revoked")),
+        Event::SessionTokenRevoked(e) if e.jti == jti => Some((CLOSE_REVOKED, "token revoked")),
+        Event::UserDeleted(_) => Some((CLOSE_REVOKED, "user deleted")),
+        Event::AccountLocked(_) => Some((CLOSE_REVOKED, "account locked")),
+        _ => None,
+    }
+}
+
+async fn connection(mut socket: WebSocket, hub: Arc<Hub>, user: Uuid, session: Uuid, jti: String, exp: i64) {
+    let (id, mut rx) = hub.register(user);
+    let hello = serde_json::json!({"type": "hello", "user_id": user, "session_id": session}).to_string();
+    let mut open = socket.send(Message::Text(hello.into())).await.is_ok();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    let expires_in = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
+    let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
+    tokio::pin!(expiry);
+    while open {
+        tokio::select! {
+            push = rx.recv() => {
+                let Some(push) = push else { break };
+                if socket.send(Message::Text(push.json.clone().into())).await.is_err() {
+                    break;
+                }
+                if let Some((code, reason)) = ends(&push.event, session, &jti) {
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+            }
+            _ = heartbeat.tick() => open = socket.send(Message::Ping(Vec::new().into())).await.is_ok(),
+            _ = &mut expiry => {
+                let frame = CloseFrame { code: CLOSE_EXPIRED, reason: "token expired".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                break;
+            }
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    hub.unregister(user, id);
+}

@@ -1,0 +1,162 @@
+//! `perfect21 serve`: gRPC, REST and WebSocket in one process, over one log.
+
+pub mod app;
+pub mod grpc;
+pub mod hub;
+pub mod rest;
+pub mod tokens;
+
+use crate::config::StoreArgs;
+use anyhow::Context;
+use app::App;
+use perfect21_domain::password::PasswordCost;
+use perfect21_domain::secrets::SecretBox;
+use perfect21_domain::{Identity, IdentityConfig, LiveModels, SnapshotPolicy};
+use perfect21_proto::{auth, permission, user};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Largest gRPC message, either way (the seed's 4 MB).
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// Options of `perfect21 serve` (flags, or the environment variables named).
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// gRPC listen address.
+    #[arg(long, env = "PERFECT21_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP (REST, WebSocket, JWKS) listen address.
+    #[arg(long, env = "PERFECT21_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Directory of the signing keys and the server secret. Default: `<data-dir>/keys`.
+    #[arg(long, env = "PERFECT21_KEYS_DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// Save a read-model snapshot after this many events.
+    #[arg(long, env = "PERFECT21_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Local development: answer registrations with the email verification token.
+    #[arg(long, env = "PERFECT21_DEV")]
+    pub dev: bool,
+    /// Cheap password hashing, for tests only. Never in production.
+    #[arg(long, hide = true)]
+    pub insecure_fast_passwords: bool,
+}
+
+impl ServeArgs {
+    pub fn keys_dir(&self) -> PathBuf {
+        self.keys_dir.clone().unwrap_or_else(|| self.store.data_dir.join("keys"))
+    }
+}
+
+/// Everything `serve` and the admin commands need: the log, live read models, the commands, the keys.
+pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
+    let store = args.store.open().await?;
+    let policy = SnapshotPolicy {
+        path: args.store.data_dir.join("snapshots/read-models.snap"),
+        every_events: args.snapshot_every.max(1),
+    };
+    let live = LiveModels::open(store.clone(), Some(policy)).await;
+    let keys_dir = args.keys_dir();
+    let secret = tokens::load_or_create_secret(&keys_dir)?;
+    let keys = Arc::new(tokens::KeySet::load_or_create(&keys_dir)?);
+    let mut config = IdentityConfig::default();
+    if args.insecure_fast_passwords {
+        config.password_cost = PasswordCost::TEST;
+    }
+    let identity = Identity::new(store, live, SecretBox::new(secret), config)?;
+    Ok(App { identity, keys, dev_mode: args.dev })
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let app = open_app(&args).await?;
+    let hub = hub::Hub::start(app.identity.store().clone()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let grpc_listener =
+        TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
+    let http_listener =
+        TcpListener::bind(args.http_addr).await.with_context(|| format!("binding HTTP to {}", args.http_addr))?;
+    println!("perfect21 gRPC listening on {}", grpc_listener.local_addr()?);
+    println!("perfect21 HTTP listening on {}", http_listener.local_addr()?);
+
+    let grpc = tokio::spawn(serve_grpc(app.clone(), grpc_listener, stop_rx.clone()));
+    let router = rest::router(rest::RestState { app: app.clone(), hub });
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    shutdown_signal().await;
+    eprintln!("perfect21: shutting down, draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        let _ = grpc.await;
+        let _ = http.await;
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("perfect21: requests still running after 30 s; stopping anyway");
+    }
+    let snapshot = args.store.data_dir.join("snapshots/read-models.snap");
+    if let Err(e) = app.identity.live().save_snapshot(&snapshot).await {
+        eprintln!("perfect21: could not save the read-model snapshot: {e}");
+    }
+    Ok(())
+}
+
+async fn serve_grpc(app: App, listener: TcpListener, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<auth::auth_service_server::AuthServiceServer<grpc::AuthService>>().await;
+    health.set_serving::<user::user_service_server::UserServiceServer<grpc::UserService>>().await;
+    health
+        .set_serving::<permission::permission_service_server::PermissionServiceServer<grpc::PermissionService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(perfect21_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            auth::auth_service_server::AuthServiceServer::new(grpc::AuthService(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            user::user_service_server::UserServiceServer::new(grpc::UserService(app.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            permission::permission_service_server::PermissionServiceServer::new(grpc::PermissionService(app))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,541 @@
+//! The REST front end (axum) under `/api/v1`, errors as `application/problem+json`.
+
+use super::app::App;
+use super::grpc::{permission_message, user_message};
+use super::hub::Hub;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use perfect21_domain::audit::AuditFilter;
+use perfect21_domain::{DomainError, LoginRequest, Registration, RequestContext, RoleSpec};
+use perfect21_events::catalog::PermissionSpec;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Largest accepted request body.
+const BODY_LIMIT: usize = 64 * 1024;
+/// Longest a request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct RestState {
+    pub app: App,
+    pub hub: Arc<Hub>,
+}
+
+/// An RFC 9457 problem.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub title: &'static str,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem { status, title, detail: detail.into() }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid request", detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("https://perfect21.dev/problems/{}", self.title.replace(' ', "-")),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+    }
+}
+
+/// DomainError → HTTP problem, in one place.
+impl From<DomainError> for Problem {
+    fn from(e: DomainError) -> Self {
+        let detail = e.to_string();
+        let (status, title) = match e {
+            DomainError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid argument"),
+            DomainError::InvalidCredentials | DomainError::InvalidToken { .. } => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            }
+            DomainError::MfaRequired => (StatusCode::UNAUTHORIZED, "mfa required"),
+            DomainError::AlreadyRegistered { .. } => (StatusCode::CONFLICT, "already registered"),
+            DomainError::NotFound { .. } => (StatusCode::NOT_FOUND, "not found"),
+            DomainError::FailedPrecondition(_) | DomainError::UserInactive { .. } => {
+                (StatusCode::CONFLICT, "failed precondition")
+            }
+            DomainError::Conflict { .. } => (StatusCode::CONFLICT, "concurrent modification"),
+            DomainError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission denied"),
+            DomainError::ConsistencyTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "consistency timeout"),
+            DomainError::Store(perfect21_events::StoreError::Unavailable { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+            }
+            DomainError::Store(_) | DomainError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        };
+        Problem::new(status, title, detail)
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, Problem>;
+
+/// The JSON body, with a problem (not a plain-text 422) when it does not parse.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Problem;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(Problem::new(e.status(), "invalid body", e.body_text())),
+        }
+    }
+}
+
+/// Who is calling and from where.
+pub struct Caller(pub RequestContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        Ok(Caller(RequestContext {
+            actor: None,
+            client_ip: header("x-forwarded-for")
+                .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
+                .or(peer),
+            user_agent: header("user-agent"),
+            correlation_id: header("x-correlation-id")
+                .and_then(|s| Uuid::parse_str(&s).ok())
+                .or_else(|| Some(Uuid::now_v7())),
+            source_service: Some("rest".into()),
+            traceparent: header("traceparent"),
+        }))
+    }
+}
+
+/// A request with a valid bearer access token.
+pub struct Authenticated {
+    pub user: Uuid,
+    pub session: Uuid,
+    pub jti: String,
+    pub exp: i64,
+    pub ctx: RequestContext,
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
+impl FromRequestParts<RestState> for Authenticated {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, Problem> {
+        let Caller(ctx) = Caller::from_request_parts(parts, state).await.unwrap_or_else(|e| match e {});
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authorization: Bearer <access token> is required",
+            )
+        })?;
+        let check = state.app.validate(token, None).await;
+        let claims = match (check.valid, check.claims) {
+            (true, Some(c)) => c,
+            _ => {
+                return Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", check.error.unwrap_or_default()))
+            }
+        };
+        let user = claims.user_id().ok_or_else(|| Problem::bad_request("token subject is not a user id"))?;
+        let session = claims.session_id().ok_or_else(|| Problem::bad_request("token session is not a session id"))?;
+        Ok(Authenticated { user, session, jti: claims.jti, exp: claims.exp, ctx: ctx.as_user(user) })
+    }
+}
+
+impl Authenticated {
+    async fn require(&self, app: &App, resource: &str, action: &str) -> Result<(), Problem> {
+        let d = app.identity.check_permission(self.user, resource, action, "*", None).await?;
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(Problem::new(StatusCode::FORBIDDEN, "permission denied", format!("{resource}:{action}:* is required")))
+        }
+    }
+}
+
+fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    match headers.get("x-consistency-token") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Problem::bad_request("x-consistency-token must be a log position (an integer)")),
+    }
+}
+
+pub fn router(state: RestState) -> Router {
+    let api = Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/verify-email", post(verify_email))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/auth/validate", post(validate))
+        .route("/auth/revoke", post(revoke_token))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}", delete(revoke_session))
+        .route("/users/me", get(me))
+        .route("/users/{id}", get(get_user))
+        .route("/permissions/users/{id}", get(user_permissions))
+        .route("/permissions/check", post(check_permission))
+        .route("/roles", post(create_role))
+        .route("/roles/{id}/permissions", post(grant_to_role))
+        .route("/users/{id}/roles", post(assign_role))
+        .route("/users/{id}/roles/{role}", delete(revoke_role))
+        .route("/audit/users/{id}", get(audit))
+        .route("/ws", get(super::hub::websocket));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    email: String,
+    username: String,
+    password: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    phone_number: Option<String>,
+    locale: Option<String>,
+}
+
+async fn register(
+    State(s): State<RestState>,
+    Caller(ctx): Caller,
+    Body(b): Body<RegisterBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let r = Registration {
+        email: b.email,
+        username: b.username,
+        password: b.password,
+        first_name: b.first_name,
+        last_name: b.last_name,
+        phone_number: b.phone_number,
+        locale: b.locale,
+    };
+    let reg = s.app.identity.register(&ctx, r).await?;
+    let mut body = json!({"user_id": reg.user_id, "consistency_token": reg.position});
+    if s.app.dev_mode {
+        body["verification_token"] = json!(reg.verification_token);
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: String,
+}
+
+async fn verify_email(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<TokenBody>) -> ApiResult {
+    let position = s.app.identity.verify_email(&ctx, &b.token).await?;
+    Ok(Json(json!({"verified": true, "consistency_token": position})))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    /// Email address or username.
+    identifier: String,
+    password: String,
+    mfa_code: Option<String>,
+    device_id: Option<String>,
+}
+
+fn grant_json(app: &App, grant: &perfect21_domain::LoginGrant) -> ApiResult {
+    let access_token = app
+        .access_token(grant)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()))?;
+    Ok(Json(json!({
+        "user_id": grant.user_id,
+        "session_id": grant.session_id,
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_at": grant.access_expires_at,
+        "refresh_token": grant.refresh_token,
+        "refresh_expires_at": grant.refresh_expires_at,
+        "risk_score": grant.risk_score,
+        "consistency_token": grant.position,
+    })))
+}
+
+async fn login(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<LoginBody>) -> ApiResult {
+    let req =
+        LoginRequest { identifier: b.identifier, password: b.password, mfa_code: b.mfa_code, device_id: b.device_id };
+    let grant = s.app.identity.login(&ctx, req).await?;
+    grant_json(&s.app, &grant)
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<RefreshBody>) -> ApiResult {
+    let grant = s.app.identity.refresh(&ctx, &b.refresh_token).await?;
+    grant_json(&s.app, &grant)
+}
+
+async fn logout(State(s): State<RestState>, a: Authenticated) -> ApiResult {
+    let position = s.app.identity.logout(&a.ctx, a.session).await?;
+    Ok(Json(json!({"logged_out": true, "consistency_token": position})))
+}
+
+async fn validate(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<TokenBody>) -> ApiResult {
+    let c = s.app.validate(&b.token, ctx.client_ip.as_deref()).await;
+    Ok(Json(json!({
+        "valid": c.valid,
+        "user_id": c.user_id,
+        "permissions": c.permissions,
+        "expires_at": c.expires_at,
+        "error_message": c.error.unwrap_or_default(),
+        "warnings": c.warnings,
+    })))
+}
+
+async fn revoke_token(State(s): State<RestState>, a: Authenticated) -> ApiResult {
+    let position = s.app.identity.revoke_token(&a.ctx, a.session, &a.jti, a.exp).await?;
+    Ok(Json(json!({"revoked": true, "consistency_token": position})))
+}
+
+async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: HeaderMap) -> ApiResult {
+    let sessions = s
+        .app
+        .identity
+        .read(consistency(&headers)?, |m| {
+            m.sessions
+                .of_user(a.user)
+                .into_iter()
+                .map(|v| {
+                    json!({
+                        "session_id": v.id,
+                        "started_at": v.started_at / 1_000_000,
+                        "refreshed_at": v.refreshed_at / 1_000_000,
+                        "expires_at": v.expires_at,
+                        "device_id": v.device_id,
+                        "current": v.id == a.session,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+async fn revoke_session(State(s): State<RestState>, a: Authenticated, Path(id): Path<Uuid>) -> ApiResult {
+    let owner = s.app.identity.read(None, |m| m.sessions.get(id).map(|v| v.user_id)).await?;
+    if owner != Some(a.user) {
+        a.require(&s.app, "perfect21.sessions", "revoke").await?;
+    }
+    let position = s.app.identity.revoke_session(&a.ctx, id, "revoked").await?;
+    Ok(Json(json!({"revoked": true, "consistency_token": position})))
+}
+
+async fn me(State(s): State<RestState>, a: Authenticated, headers: HeaderMap) -> ApiResult {
+    user_json(&s, a.user, consistency(&headers)?).await
+}
+
+async fn get_user(State(s): State<RestState>, a: Authenticated, Path(id): Path<Uuid>, headers: HeaderMap) -> ApiResult {
+    if id != a.user {
+        a.require(&s.app, "perfect21.users", "read").await?;
+    }
+    user_json(&s, id, consistency(&headers)?).await
+}
+
+async fn user_json(s: &RestState, id: Uuid, min: Option<u64>) -> ApiResult {
+    let user = s.app.identity.read(min, |m| m.users.get(id).map(|u| user_message(u, &[]))).await?;
+    let u = user.ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "not found", format!("user {id} not found")))?;
+    Ok(Json(json!({
+        "id": u.id, "email": u.email, "username": u.username, "first_name": u.first_name,
+        "last_name": u.last_name, "phone_number": u.phone_number,
+        "status": perfect21_proto::user::UserStatus::try_from(u.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
+        "is_active": u.is_active, "is_verified": u.is_verified, "mfa_enabled": u.mfa_enabled,
+        "created_at": u.created_at, "last_login_at": u.last_login_at, "profile": u.profile,
+    })))
+}
+
+async fn user_permissions(
+    State(s): State<RestState>,
+    a: Authenticated,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> ApiResult {
+    if id != a.user {
+        a.require(&s.app, "perfect21.permissions", "read").await?;
+    }
+    let (permissions, roles) = s
+        .app
+        .identity
+        .read(consistency(&headers)?, |m| {
+            let perms: Vec<Value> = m
+                .authz
+                .effective_permissions(id)
+                .into_iter()
+                .map(|(source, p)| {
+                    let p = permission_message(p);
+                    json!({"id": p.id, "resource": p.resource, "action": p.action, "scope": p.scope, "source": source})
+                })
+                .collect();
+            let roles: Vec<Value> =
+                m.authz.user_roles(id).iter().map(|r| json!({"id": r.id, "priority": r.priority})).collect();
+            (perms, roles)
+        })
+        .await?;
+    Ok(Json(json!({"user_id": id, "permissions": permissions, "roles": roles})))
+}
+
+#[derive(Deserialize)]
+struct CheckBody {
+    user_id: Uuid,
+    resource: String,
+    action: String,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+async fn check_permission(State(s): State<RestState>, headers: HeaderMap, Body(b): Body<CheckBody>) -> ApiResult {
+    let scope = b.scope.unwrap_or_else(|| "*".into());
+    let d = s.app.identity.check_permission(b.user_id, &b.resource, &b.action, &scope, consistency(&headers)?).await?;
+    Ok(Json(json!({"allowed": d.allowed, "reason": d.reason, "applied_policies": d.applied_policies})))
+}
+
+#[derive(Deserialize)]
+struct RoleBody {
+    role_id: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    priority: i32,
+}
+
+async fn create_role(
+    State(s): State<RestState>,
+    a: Authenticated,
+    Body(b): Body<RoleBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    a.require(&s.app, "perfect21.roles", "create").await?;
+    let spec =
+        RoleSpec { role_id: b.role_id, display_name: b.display_name, description: b.description, priority: b.priority };
+    let position = s.app.identity.create_role(&a.ctx, spec).await?;
+    Ok((StatusCode::CREATED, Json(json!({"created": true, "consistency_token": position}))))
+}
+
+#[derive(Deserialize)]
+struct PermissionBody {
+    id: String,
+    resource: String,
+    action: String,
+    scope: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn grant_to_role(
+    State(s): State<RestState>,
+    a: Authenticated,
+    Path(role): Path<String>,
+    Body(b): Body<PermissionBody>,
+) -> ApiResult {
+    a.require(&s.app, "perfect21.roles", "update").await?;
+    let p = PermissionSpec {
+        id: b.id,
+        resource: b.resource,
+        action: b.action,
+        scope: b.scope,
+        name: b.name,
+        description: b.description,
+    };
+    let position = s.app.identity.grant_permission_to_role(&a.ctx, &role, p).await?;
+    Ok(Json(json!({"granted": true, "consistency_token": position})))
+}
+
+#[derive(Deserialize)]
+struct AssignBody {
+    role_id: String,
+    expires_at: Option<i64>,
+}
+
+async fn assign_role(
+    State(s): State<RestState>,
+    a: Authenticated,
+    Path(user): Path<Uuid>,
+    Body(b): Body<AssignBody>,
+) -> ApiResult {
+    a.require(&s.app, "perfect21.roles", "assign").await?;
+    let position = s.app.identity.assign_role(&a.ctx, user, &b.role_id, b.expires_at).await?;
+    Ok(Json(json!({"assigned": true, "consistency_token": position})))
+}
+
+async fn revoke_role(
+    State(s): State<RestState>,
+    a: Authenticated,
+    Path((user, role)): Path<(Uuid, String)>,
+) -> ApiResult {
+    a.require(&s.app, "perfect21.roles", "assign").await?;
+    let position = s.app.identity.revoke_role(&a.ctx, user, &role).await?;
+    Ok(Json(json!({"revoked": true, "consistency_token": position})))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(s): State<RestState>,
+    a: Authenticated,
+    Path(id): Path<String>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult {
+    a.require(&s.app, "perfect21.audit", "read").await?;
+    let filter = AuditFilter { since: q.since, types: q.event_type.into_iter().collect(), limit: q.limit.unwrap_or(0) };
+    let trail = s.app.identity.audit(&id, &filter).await?;
+    let entries: Vec<Value> = trail
+        .iter()
+        .map(|e| {
+            json!({
+                "position": e.position, "recorded_at": e.recorded_at, "event_type": e.event_type,
+                "actor": e.actor, "client_ip": e.client_ip, "user_agent": e.user_agent,
+                "correlation_id": e.correlation_id, "payload": e.event.payload_json(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "events": entries })))
+}
+
+async fn jwks(State(s): State<RestState>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(s.app.keys.jwks()))
+}

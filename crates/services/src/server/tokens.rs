@@ -1,0 +1,197 @@
+//! Access tokens: EdDSA (Ed25519) JWTs with a key id, a key set that rotates
+//! without invalidating live tokens, and its JWKS.
+//!
+//! Keys live in `<data-dir>/keys/jwt-<unix seconds>-<kid>.p8` (PKCS#8). The newest
+//! signs; every key in the directory verifies, so a rotation (a new file) keeps
+//! tokens signed by the older key valid until they expire. Replicas share the
+//! directory (or a mounted secret) to share keys.
+
+use anyhow::Context;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::SigningKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use uuid::Uuid;
+
+pub const ISSUER: &str = "perfect21";
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Session id.
+    pub sid: String,
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    /// Role ids at issue time (current roles and permissions come from the read models).
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl Claims {
+    pub fn user_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.sub).ok()
+    }
+
+    pub fn session_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.sid).ok()
+    }
+}
+
+struct Key {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// base64url public key (JWK `x`).
+    x: String,
+}
+
+/// Signing and verifying keys.
+pub struct KeySet {
+    /// Newest last; the last one signs.
+    keys: Vec<Key>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("token was signed by an unknown key '{0}'")]
+    UnknownKey(String),
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+}
+
+fn kid_of(public: &[u8]) -> String {
+    Sha256::digest(public)[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl KeySet {
+    /// Loads every key in `dir`, creating one if there is none.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating key directory {}", dir.display()))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("jwt-") && n.ends_with(".p8"))
+            })
+            .collect();
+        if files.is_empty() {
+            files.push(Self::rotate(dir)?);
+        }
+        files.sort();
+        let keys = files
+            .iter()
+            .map(|p| {
+                let der = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                let signing = SigningKey::from_pkcs8_der(&der).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                Ok(Self::key(&signing))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(KeySet { keys })
+    }
+
+    /// Writes a new signing key into `dir`; returns its path. Older keys keep verifying.
+    pub fn rotate(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
+        let kid = kid_of(signing.verifying_key().as_bytes());
+        let path = dir.join(format!("jwt-{:012}-{kid}.p8", chrono::Utc::now().timestamp()));
+        write_private(&path, der.as_bytes())?;
+        Ok(path)
+    }
+
+    fn key(signing: &SigningKey) -> Key {
+        let public = signing.verifying_key().to_bytes();
+        let x = URL_SAFE_NO_PAD.encode(public);
+        let der = signing.to_pkcs8_der().expect("ed25519 key encodes");
+        Key {
+            kid: kid_of(&public),
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            decoding: DecodingKey::from_ed_components(&x).expect("valid public key"),
+            x,
+        }
+    }
+
+    /// Signs `claims` with the newest key.
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        let key = self.keys.last().expect("at least one key");
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+    }
+
+    /// Verifies signature, issuer and (unless `allow_expired`) expiry.
+    pub fn verify(&self, token: &str, allow_expired: bool) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Malformed(format!("algorithm {:?}, expected EdDSA", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| TokenError::Malformed("no key id (kid)".into()))?;
+        let key = self.keys.iter().find(|k| k.kid == kid).ok_or(TokenError::UnknownKey(kid))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.leeway = 0;
+        validation.validate_exp = !allow_expired;
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map(|d| d.claims).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Malformed(e.to_string()),
+            }
+        })
+    }
+
+    /// The public keys as a JSON Web Key Set.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = self
+            .keys
+            .iter()
+            .rev()
+            .map(|k| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": k.x, "kid": k.kid, "alg": "EdDSA", "use": "sig"}))
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+/// Writes a secret file readable by its owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The server's 32-byte secret (seals TOTP secrets, derives verification tokens):
+/// `<keys>/secret.key`, created on first start. Every replica needs the same one.
+pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = dir.join("secret.key");
+    if !path.exists() {
+        std::fs::create_dir_all(dir)?;
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        write_private(&path, &key)?;
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))
+}

@@ -1,0 +1,263 @@
+//! The whole server over loopback, with a real gRPC client and real HTTP and
+//! WebSocket clients: register → verify → login → validate → check permission →
+//! assign role → check again (with the consistency token) → revoke → validate
+//! fails → the WebSocket got the revocation and was closed.
+
+use futures::StreamExt;
+use perfect21_proto::{auth, permission};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tonic::metadata::MetadataValue;
+
+struct Server {
+    child: Child,
+    grpc: String,
+    http: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn perfect21() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_perfect21"))
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let out = perfect21()
+        .args(["admin", "bootstrap", "--data-dir", &data, "--insecure-fast-passwords"])
+        .args(["--email", "root@example.com", "--username", "root", "--password", "root password 1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bootstrap: {}", String::from_utf8_lossy(&out.stderr));
+    let mut child = perfect21()
+        .args(["serve", "--data-dir", &data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--dev", "--insecure-fast-passwords"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = |prefix: &str| {
+        let line = lines.next().expect("server printed its addresses").unwrap();
+        line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line}")).to_string()
+    };
+    let grpc = format!("http://{}", addr("perfect21 gRPC listening on "));
+    let http = format!("http://{}", addr("perfect21 HTTP listening on "));
+    Server { child, grpc, http, _dir: dir }
+}
+
+async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = http.post(url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_login_validate_check_assign_revoke_and_websocket() {
+    let server = start();
+    let http = reqwest::Client::new();
+    let api = format!("{}/api/v1", server.http);
+
+    // Register and verify over REST.
+    let (status, reg) = post(
+        &http,
+        format!("{api}/auth/register"),
+        None,
+        json!({"email": "ada@example.com", "username": "ada", "password": "analytical engine"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{reg}");
+    let user_id = reg["user_id"].as_str().unwrap().to_string();
+    let (status, body) =
+        post(&http, format!("{api}/auth/verify-email"), None, json!({"token": reg["verification_token"]})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Log in over gRPC.
+    let mut auth = auth::auth_service_client::AuthServiceClient::connect(server.grpc.clone()).await.unwrap();
+    let login = auth
+        .validate_credentials(auth::ValidateCredentialsRequest {
+            identifier: "ada@example.com".into(),
+            password: "analytical engine".into(),
+            client_ip: "192.0.2.1".into(),
+            user_agent: "e2e".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(login.valid, "{}", login.error_message);
+    let token = login.access_token.clone();
+    let v = auth
+        .validate_token(auth::ValidateTokenRequest { token: token.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.valid, "{}", v.error_message);
+    assert_eq!(v.user_id, user_id);
+
+    // Not yet allowed.
+    let mut perms =
+        permission::permission_service_client::PermissionServiceClient::connect(server.grpc.clone()).await.unwrap();
+    let check = |p: Option<u64>| {
+        let mut req = tonic::Request::new(permission::CheckPermissionRequest {
+            user_id: user_id.clone(),
+            resource: "docs".into(),
+            action: "read".into(),
+            scope: "team".into(),
+            ..Default::default()
+        });
+        if let Some(p) = p {
+            req.metadata_mut().insert("x-consistency-token", MetadataValue::try_from(p.to_string()).unwrap());
+        }
+        req
+    };
+    let denied = perms.check_permission(check(None)).await.unwrap().into_inner();
+    assert!(!denied.allowed);
+
+    // The administrator grants a role over REST; the answer carries a consistency token.
+    let (status, admin) =
+        post(&http, format!("{api}/auth/login"), None, json!({"identifier": "root", "password": "root password 1"}))
+            .await;
+    assert_eq!(status, 200, "{admin}");
+    let admin_token = admin["access_token"].as_str().unwrap();
+    let (status, body) = post(&http, format!("{api}/roles"), Some(&token), json!({"role_id": "reader"})).await;
+    assert_eq!(status, 403, "a plain user may not create roles: {body}");
+    let (status, _) =
+        post(&http, format!("{api}/roles"), Some(admin_token), json!({"role_id": "reader", "priority": 10})).await;
+    assert_eq!(status, 201);
+    let (status, _) = post(
+        &http,
+        format!("{api}/roles/reader/permissions"),
+        Some(admin_token),
+        json!({"id": "docs.read", "resource": "docs", "action": "read", "scope": "*"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, assigned) =
+        post(&http, format!("{api}/users/{user_id}/roles"), Some(admin_token), json!({"role_id": "reader"})).await;
+    assert_eq!(status, 200, "{assigned}");
+    let position = assigned["consistency_token"].as_u64().unwrap();
+    let allowed = perms.check_permission(check(Some(position))).await.unwrap().into_inner();
+    assert!(allowed.allowed, "{}", allowed.reason);
+    assert_eq!(allowed.applied_policies, vec!["role:reader:docs.read"]);
+
+    // A WebSocket of the user, then the token is revoked.
+    let ws_url = format!("{}/api/v1/ws?access_token={token}", server.http.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let hello = ws.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("\"hello\""));
+    let revoked =
+        auth.revoke_token(auth::RevokeTokenRequest { token: token.clone(), reason: "test".into() }).await.unwrap();
+    assert!(revoked.get_ref().revoked);
+    let v = auth
+        .validate_token(auth::ValidateTokenRequest { token: token.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.valid);
+    assert_eq!(v.error_message, "token has been revoked");
+
+    let mut saw_event = false;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(msg) = ws.next().await {
+            match msg.unwrap() {
+                tokio_tungstenite::tungstenite::Message::Text(t) if t.contains("session.token_revoked") => {
+                    saw_event = true
+                }
+                tokio_tungstenite::tungstenite::Message::Close(Some(frame)) => return Some(u16::from(frame.code)),
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .expect("the WebSocket got the revocation in time");
+    assert!(saw_event, "the revocation event was pushed");
+    assert_eq!(closed, Some(4001));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_typed_health_and_jwks_answer_and_sigterm_drains() {
+    let mut server = start();
+    let http = reqwest::Client::new();
+    let api = format!("{}/api/v1", server.http);
+
+    let res = http
+        .post(format!("{api}/auth/register"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let (status, p) =
+        post(&http, format!("{api}/auth/register"), None, json!({"email": "x", "username": "ab", "password": "short"}))
+            .await;
+    assert_eq!(status, 400);
+    assert!(p["detail"].as_str().unwrap().contains("email"), "{p}");
+    let (status, p) =
+        post(&http, format!("{api}/auth/login"), None, json!({"identifier": "nobody", "password": "whatever1"})).await;
+    assert_eq!((status, p["detail"].as_str().unwrap()), (401, "invalid credentials"));
+    let res = http.get(format!("{api}/no/such/thing")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let res = http.get(format!("{api}/users/me")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let big = "x".repeat(100 * 1024);
+    let res =
+        http.post(format!("{api}/auth/login")).json(&json!({"identifier": big, "password": "p"})).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 413, "bodies are limited");
+
+    let jwks: Value =
+        http.get(format!("{}/.well-known/jwks.json", server.http)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+
+    // gRPC: typed statuses, health per service.
+    let mut users =
+        perfect21_proto::user::user_service_client::UserServiceClient::connect(server.grpc.clone()).await.unwrap();
+    let err = users
+        .get_user(perfect21_proto::user::GetUserRequest {
+            identifier: Some(perfect21_proto::user::get_user_request::Identifier::UserId("not-a-uuid".into())),
+            fields: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("user_id must be a UUID"));
+    let err = users
+        .update_user_status(perfect21_proto::user::UpdateUserStatusRequest {
+            user_id: uuid::Uuid::nil().to_string(),
+            status: 3,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "admin RPCs need a token");
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in
+        ["perfect21.auth.AuthService", "perfect21.user.UserService", "perfect21.permission.PermissionService"]
+    {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap();
+        assert_eq!(r.get_ref().status, 1, "{service} is SERVING");
+    }
+
+    // SIGTERM: a graceful exit.
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
