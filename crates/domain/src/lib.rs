@@ -89,6 +89,8 @@ pub struct Identity {
     config: Arc<IdentityConfig>,
     /// The highest position this process has written: reads after a local write wait for it.
     last_write: Arc<std::sync::atomic::AtomicU64>,
+    /// The highest position of a write that takes access away (revocation, lock, deletion…).
+    last_revocation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Identity {
@@ -100,7 +102,15 @@ impl Identity {
         config: IdentityConfig,
     ) -> Result<Self> {
         let passwords = Passwords::new(config.password_cost, config.password_workers)?;
-        Ok(Identity { store, live, passwords, secrets, config: Arc::new(config), last_write: Default::default() })
+        Ok(Identity {
+            store,
+            live,
+            passwords,
+            secrets,
+            config: Arc::new(config),
+            last_write: Default::default(),
+            last_revocation: Default::default(),
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -139,7 +149,17 @@ impl Identity {
             other => other.into(),
         })?;
         self.last_write.fetch_max(appended.position, std::sync::atomic::Ordering::Relaxed);
+        if events.iter().any(takes_access_away) {
+            self.last_revocation.fetch_max(appended.position, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(appended)
+    }
+
+    /// The highest log position of a write through this process that took access away
+    /// (a revocation, lock, suspension, deletion). Token validation waits for it, so a
+    /// revocation is visible at once, without waiting for unrelated writes.
+    pub fn last_revocation(&self) -> u64 {
+        self.last_revocation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The highest log position this process has written. A read that must see every
@@ -160,6 +180,23 @@ impl Identity {
     ) -> Result<T> {
         self.live.read_at(min_position, self.config.consistency_timeout, f).await
     }
+}
+
+/// Events after which some access token may no longer be valid.
+fn takes_access_away(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::SessionRevoked(_)
+            | Event::SessionExpired(_)
+            | Event::SessionTokenRevoked(_)
+            | Event::UserStatusChanged(_)
+            | Event::AccountLocked(_)
+            | Event::UserDeleted(_)
+            | Event::RoleRevoked(_)
+            | Event::PermissionRevoked(_)
+            | Event::RolePermissionRevoked(_)
+            | Event::RoleDeleted(_)
+    )
 }
 
 fn now() -> i64 {

@@ -84,6 +84,17 @@ impl Worker {
     }
 }
 
+/// Runs this thread at a low CPU priority (nice 10): argon2id is meant to be slow, and a
+/// login flood must not take the CPU from token validation and permission checks.
+/// When nothing else wants the CPU, the workers still get all of it.
+fn lower_priority() {
+    // SAFETY: setpriority on the calling thread's id has no memory effects; failure only leaves the priority as is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 impl Passwords {
     pub fn new(cost: PasswordCost, workers: usize) -> Result<Self> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
@@ -102,16 +113,19 @@ impl Passwords {
             let mut worker = Worker { argon: argon.clone(), blocks: Vec::new() };
             std::thread::Builder::new()
                 .name(format!("perfect21-argon2-{i}"))
-                .spawn(move || loop {
-                    let job = match rx.lock() {
-                        Ok(mut rx) => rx.blocking_recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Some(Job::Hash(password, reply)) => drop(reply.send(worker.hash(&password))),
-                        Some(Job::Verify(password, phc, reply)) => drop(reply.send(worker.verify(&password, &phc))),
-                        // Every Passwords handle is gone.
-                        None => return,
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(mut rx) => rx.blocking_recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Some(Job::Hash(password, reply)) => drop(reply.send(worker.hash(&password))),
+                            Some(Job::Verify(password, phc, reply)) => drop(reply.send(worker.verify(&password, &phc))),
+                            // Every Passwords handle is gone.
+                            None => return,
+                        }
                     }
                 })
                 .map_err(|e| DomainError::Internal(format!("cannot start password worker: {e}")))?;

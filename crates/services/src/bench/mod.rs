@@ -3,6 +3,7 @@
 //! that higher is better (DESIGN §9).
 
 mod append;
+mod grpc;
 mod login;
 mod replay;
 
@@ -43,6 +44,12 @@ pub enum Scenario {
     AppendBatch,
     /// PostgreSQL store, 100-event appends vs raw batched INSERT through sqlx.
     AppendPostgres,
+    /// gRPC ValidateToken vs an empty RPC (health Check) on the same server, with p50/p99.
+    GrpcValidate,
+    /// gRPC CheckPermission vs an empty RPC (health Check) on the same server, with p50/p99.
+    GrpcCheck,
+    /// ValidateToken p99 during a login flood vs idle (ratio = idle / flood).
+    LoginFlood,
     /// Full logins (argon2id on the blocking pool, events, session) vs raw argon2id verifications.
     Login,
     /// Rebuild all read models from a log of `--events` events vs a raw scan of the same log.
@@ -81,6 +88,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::AppendConcurrent => append::concurrent(&args, &scratch, duration).await?,
         Scenario::AppendBatch => append::batch(&scratch, duration).await?,
         Scenario::AppendPostgres => append::postgres(&args.postgres, duration).await?,
+        Scenario::GrpcValidate => grpc::validate(&scratch, duration).await?,
+        Scenario::GrpcCheck => grpc::check(&scratch, duration).await?,
+        Scenario::LoginFlood => grpc::login_flood(&scratch, duration).await?,
         Scenario::Login => login::login(&scratch, duration).await?,
         Scenario::Replay => replay::replay(&scratch, args.events).await?,
         Scenario::Memory => replay::memory(args.users).await?,

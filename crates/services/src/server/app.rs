@@ -20,6 +20,32 @@ pub struct App {
     pub keys: Arc<KeySet>,
     /// Return the email verification token in the registration answer (local development and tests only).
     pub dev_mode: bool,
+    /// Tokens whose signature was already checked (revocation and status are checked on every call).
+    pub verified: Arc<VerifiedTokens>,
+}
+
+/// A bounded cache of signature-checked tokens: an Ed25519 verification costs far
+/// more than the rest of a validation, and services validate the same token often.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    map: std::sync::Mutex<std::collections::HashMap<Arc<str>, Claims>>,
+}
+
+/// Entries kept at most; the cache starts over when full.
+const VERIFIED_CAPACITY: usize = 100_000;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str) -> Option<Claims> {
+        self.map.lock().expect("token cache").get(token).cloned()
+    }
+
+    fn put(&self, token: &str, claims: &Claims) {
+        let mut map = self.map.lock().expect("token cache");
+        if map.len() >= VERIFIED_CAPACITY {
+            map.clear();
+        }
+        map.insert(token.into(), claims.clone());
+    }
 }
 
 /// The outcome of validating an access token.
@@ -60,17 +86,26 @@ impl App {
     /// Signature, expiry, revocation (including this process's latest revocations)
     /// and the user's status; with warnings a caller may act on.
     pub async fn validate(&self, token: &str, client_ip: Option<&str>) -> TokenCheck {
-        let claims = match self.keys.verify(token, false) {
-            Ok(c) => c,
-            Err(TokenError::Expired) => return TokenCheck::invalid("token has expired"),
-            Err(e) => return TokenCheck::invalid(e.to_string()),
+        let claims = match self.verified.get(token) {
+            Some(c) => c,
+            None => match self.keys.verify(token, false) {
+                Ok(c) => {
+                    self.verified.put(token, &c);
+                    c
+                }
+                Err(TokenError::Expired) => return TokenCheck::invalid("token has expired"),
+                Err(e) => return TokenCheck::invalid(e.to_string()),
+            },
         };
+        if claims.exp <= chrono::Utc::now().timestamp() {
+            return TokenCheck::invalid("token has expired");
+        }
         let (Some(user_id), Some(session_id)) = (claims.user_id(), claims.session_id()) else {
             return TokenCheck::invalid("token names no valid user or session");
         };
         // A revocation made through this process must be visible at once.
         let live = self.identity.live();
-        if live.wait_for(self.identity.last_write(), OWN_WRITE_WAIT).await.is_err() {
+        if live.wait_for(self.identity.last_revocation(), OWN_WRITE_WAIT).await.is_err() {
             return TokenCheck::invalid("read models are behind; try again");
         }
         let now = chrono::Utc::now().timestamp();

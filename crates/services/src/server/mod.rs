@@ -70,7 +70,7 @@ pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
         config.password_cost = PasswordCost::TEST;
     }
     let identity = Identity::new(store, live, SecretBox::new(secret), config)?;
-    Ok(App { identity, keys, dev_mode: args.dev })
+    Ok(App { identity, keys, dev_mode: args.dev, verified: Default::default() })
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -114,7 +114,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_grpc(app: App, listener: TcpListener, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve_grpc(app: App, listener: TcpListener, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<auth::auth_service_server::AuthServiceServer<grpc::AuthService>>().await;
     health.set_serving::<user::user_service_server::UserServiceServer<grpc::UserService>>().await;
