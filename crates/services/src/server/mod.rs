@@ -3,6 +3,7 @@
 pub mod app;
 pub mod grpc;
 pub mod hub;
+pub mod openapi;
 pub mod rest;
 pub mod tokens;
 

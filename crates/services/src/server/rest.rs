@@ -194,6 +194,9 @@ pub fn router(state: RestState) -> Router {
         .route("/auth/logout", post(logout))
         .route("/auth/validate", post(validate))
         .route("/auth/revoke", post(revoke_token))
+        .route("/auth/mfa/enroll", post(mfa_enroll))
+        .route("/auth/mfa/confirm", post(mfa_confirm))
+        .route("/auth/mfa/disable", post(mfa_disable))
         .route("/sessions", get(list_sessions))
         .route("/sessions/{id}", delete(revoke_session))
         .route("/users/me", get(me))
@@ -205,7 +208,8 @@ pub fn router(state: RestState) -> Router {
         .route("/users/{id}/roles", post(assign_role))
         .route("/users/{id}/roles/{role}", delete(revoke_role))
         .route("/audit/users/{id}", get(audit))
-        .route("/ws", get(super::hub::websocket));
+        .route("/ws", get(super::hub::websocket))
+        .route("/openapi.json", get(|| async { Json(super::openapi::document()) }));
     Router::new()
         .nest("/api/v1", api)
         .route("/.well-known/jwks.json", get(jwks))
@@ -322,6 +326,32 @@ async fn validate(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body
 async fn revoke_token(State(s): State<RestState>, a: Authenticated) -> ApiResult {
     let position = s.app.identity.revoke_token(&a.ctx, a.session, &a.jti, a.exp).await?;
     Ok(Json(json!({"revoked": true, "consistency_token": position})))
+}
+
+async fn mfa_enroll(State(s): State<RestState>, a: Authenticated) -> ApiResult {
+    let e = s.app.identity.begin_mfa(a.user).await?;
+    Ok(Json(json!({"secret": e.secret, "otpauth_url": e.otpauth_url, "enrollment_token": e.enrollment_token})))
+}
+
+#[derive(Deserialize)]
+struct MfaConfirmBody {
+    enrollment_token: String,
+    code: String,
+}
+
+async fn mfa_confirm(State(s): State<RestState>, a: Authenticated, Body(b): Body<MfaConfirmBody>) -> ApiResult {
+    let (codes, position) = s.app.identity.confirm_mfa(&a.ctx, a.user, &b.enrollment_token, &b.code).await?;
+    Ok(Json(json!({"mfa_enabled": true, "recovery_codes": codes, "consistency_token": position})))
+}
+
+#[derive(Deserialize)]
+struct PasswordBody {
+    password: String,
+}
+
+async fn mfa_disable(State(s): State<RestState>, a: Authenticated, Body(b): Body<PasswordBody>) -> ApiResult {
+    let position = s.app.identity.disable_mfa(&a.ctx, a.user, &b.password).await?;
+    Ok(Json(json!({"mfa_enabled": false, "consistency_token": position})))
 }
 
 async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: HeaderMap) -> ApiResult {
