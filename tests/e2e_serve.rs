@@ -30,6 +30,10 @@ fn perfect21() -> Command {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
     let out = perfect21()
@@ -41,6 +45,7 @@ fn start() -> Server {
     let mut child = perfect21()
         .args(["serve", "--data-dir", &data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--dev", "--insecure-fast-passwords"])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -268,7 +273,8 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
     let http = reqwest::Client::new();
     let api = format!("{}/api/v1", server.http);
     let (_, admin) =
-        post(&http, format!("{api}/auth/login"), None, json!({"identifier": "root", "password": "root password 1"})).await;
+        post(&http, format!("{api}/auth/login"), None, json!({"identifier": "root", "password": "root password 1"}))
+            .await;
     let admin_token = admin["access_token"].as_str().unwrap().to_string();
 
     let doc: Value = http.get(format!("{api}/openapi.json")).send().await.unwrap().json().await.unwrap();
@@ -277,7 +283,11 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
     assert!(paths.len() >= 20);
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let url = format!("{}{}", server.http, path.replace("{id}", &uuid::Uuid::nil().to_string()).replace("{role}", "x"));
+            let url = format!(
+                "{}{}",
+                server.http,
+                path.replace("{id}", &uuid::Uuid::nil().to_string()).replace("{role}", "x")
+            );
             let req = match method.as_str() {
                 "get" => http.get(&url),
                 "post" => http.post(&url).json(&json!({})),
@@ -288,7 +298,10 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
             let status = res.status().as_u16();
             let body = res.text().await.unwrap_or_default();
             assert_ne!(status, 405, "{method} {path} is documented but not routed");
-            assert!(!(status == 404 && body.contains("no such endpoint")), "{method} {path} is documented but not routed");
+            assert!(
+                !(status == 404 && body.contains("no such endpoint")),
+                "{method} {path} is documented but not routed"
+            );
         }
     }
 
@@ -323,4 +336,34 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
     with_code["mfa_code"] = json!(confirmed["recovery_codes"][0]);
     let (status, body) = post(&http, format!("{api}/auth/login"), None, with_code).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_runs_one_service() {
+    let server = start_with(&["--only", "permission"]);
+    let http = reqwest::Client::new();
+    let api = format!("{}/api/v1", server.http);
+    let res = http
+        .post(format!("{api}/auth/login"))
+        .json(&json!({"identifier": "root", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404, "auth routes are not served by the permission service");
+    let (status, body) = post(
+        &http,
+        format!("{api}/permissions/check"),
+        None,
+        json!({"user_id": uuid::Uuid::nil(), "resource": "docs", "action": "read"}),
+    )
+    .await;
+    assert_eq!((status, body["allowed"].as_bool()), (200, Some(false)));
+    let mut auth = auth::auth_service_client::AuthServiceClient::connect(server.grpc.clone()).await.unwrap();
+    let err = auth.validate_token(auth::ValidateTokenRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    let mut perms =
+        permission::permission_service_client::PermissionServiceClient::connect(server.grpc.clone()).await.unwrap();
+    let roles =
+        perms.get_user_roles(permission::GetUserRolesRequest { user_id: uuid::Uuid::nil().to_string() }).await.unwrap();
+    assert!(roles.get_ref().roles.is_empty());
 }

@@ -66,7 +66,7 @@ async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(crate::server::serve_grpc(app, listener, stop_rx));
+    tokio::spawn(crate::server::serve_grpc(app, listener, stop_rx, None));
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         channels.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);

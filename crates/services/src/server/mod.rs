@@ -32,9 +32,13 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "PERFECT21_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
-    /// HTTP (REST, WebSocket, JWKS) listen address.
-    #[arg(long, env = "PERFECT21_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    pub http_addr: SocketAddr,
+    /// HTTP (REST, WebSocket, JWKS) listen address. Default: 0.0.0.0:8080, or the
+    /// seed's port of the service named by --only (auth 8080, user 8081, permission 8082, session 8083).
+    #[arg(long, env = "PERFECT21_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Run one service only (its gRPC service and REST routes).
+    #[arg(long, env = "PERFECT21_ONLY")]
+    pub only: Option<Service>,
     /// Directory of the signing keys and the server secret. Default: `<data-dir>/keys`.
     #[arg(long, env = "PERFECT21_KEYS_DIR")]
     pub keys_dir: Option<PathBuf>,
@@ -49,7 +53,37 @@ pub struct ServeArgs {
     pub insecure_fast_passwords: bool,
 }
 
+/// One of the seed's services.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Auth,
+    User,
+    Permission,
+    Session,
+}
+
+impl Service {
+    /// The seed's HTTP port of this service.
+    pub fn port(self) -> u16 {
+        match self {
+            Service::Auth => 8080,
+            Service::User => 8081,
+            Service::Permission => 8082,
+            Service::Session => 8083,
+        }
+    }
+}
+
+/// Whether `service` runs, given `--only`.
+pub fn runs(only: Option<Service>, service: Service) -> bool {
+    only.is_none_or(|o| o == service)
+}
+
 impl ServeArgs {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.only.map_or(8080, Service::port))))
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.keys_dir.clone().unwrap_or_else(|| self.store.data_dir.join("keys"))
     }
@@ -81,13 +115,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let grpc_listener =
         TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
-    let http_listener =
-        TcpListener::bind(args.http_addr).await.with_context(|| format!("binding HTTP to {}", args.http_addr))?;
+    let http_addr = args.http_addr();
+    let http_listener = TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP to {http_addr}"))?;
     println!("perfect21 gRPC listening on {}", grpc_listener.local_addr()?);
     println!("perfect21 HTTP listening on {}", http_listener.local_addr()?);
 
-    let grpc = tokio::spawn(serve_grpc(app.clone(), grpc_listener, stop_rx.clone()));
-    let router = rest::router(rest::RestState { app: app.clone(), hub });
+    let grpc = tokio::spawn(serve_grpc(app.clone(), grpc_listener, stop_rx.clone(), args.only));
+    let router = rest::router(rest::RestState { app: app.clone(), hub }, args.only);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -115,13 +149,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn serve_grpc(app: App, listener: TcpListener, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve_grpc(
+    app: App,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    only: Option<Service>,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<auth::auth_service_server::AuthServiceServer<grpc::AuthService>>().await;
-    health.set_serving::<user::user_service_server::UserServiceServer<grpc::UserService>>().await;
-    health
-        .set_serving::<permission::permission_service_server::PermissionServiceServer<grpc::PermissionService>>()
-        .await;
+    if runs(only, Service::Auth) {
+        health.set_serving::<auth::auth_service_server::AuthServiceServer<grpc::AuthService>>().await;
+    }
+    if runs(only, Service::User) {
+        health.set_serving::<user::user_service_server::UserServiceServer<grpc::UserService>>().await;
+    }
+    if runs(only, Service::Permission) {
+        health
+            .set_serving::<permission::permission_service_server::PermissionServiceServer<grpc::PermissionService>>()
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(perfect21_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -131,21 +176,21 @@ pub async fn serve_grpc(app: App, listener: TcpListener, mut stop: watch::Receiv
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_optional_service(runs(only, Service::Auth).then(|| {
             auth::auth_service_server::AuthServiceServer::new(grpc::AuthService(app.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+                .max_encoding_message_size(MAX_MESSAGE)
+        }))
+        .add_optional_service(runs(only, Service::User).then(|| {
             user::user_service_server::UserServiceServer::new(grpc::UserService(app.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            permission::permission_service_server::PermissionServiceServer::new(grpc::PermissionService(app))
+                .max_encoding_message_size(MAX_MESSAGE)
+        }))
+        .add_optional_service(runs(only, Service::Permission).then(|| {
+            permission::permission_service_server::PermissionServiceServer::new(grpc::PermissionService(app.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
+                .max_encoding_message_size(MAX_MESSAGE)
+        }))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })

@@ -3,6 +3,7 @@
 use super::app::App;
 use super::grpc::{permission_message, user_message};
 use super::hub::Hub;
+use super::{runs, Service};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -185,36 +186,46 @@ fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     }
 }
 
-pub fn router(state: RestState) -> Router {
-    let api = Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/verify-email", post(verify_email))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
-        .route("/auth/validate", post(validate))
-        .route("/auth/revoke", post(revoke_token))
-        .route("/auth/mfa/enroll", post(mfa_enroll))
-        .route("/auth/mfa/confirm", post(mfa_confirm))
-        .route("/auth/mfa/disable", post(mfa_disable))
-        .route("/sessions", get(list_sessions))
-        .route("/sessions/{id}", delete(revoke_session))
-        .route("/users/me", get(me))
-        .route("/users/{id}", get(get_user))
-        .route("/permissions/users/{id}", get(user_permissions))
-        .route("/permissions/check", post(check_permission))
-        .route("/roles", post(create_role))
-        .route("/roles/{id}/permissions", post(grant_to_role))
-        .route("/users/{id}/roles", post(assign_role))
-        .route("/users/{id}/roles/{role}", delete(revoke_role))
-        .route("/audit/users/{id}", get(audit))
-        .route("/ws", get(super::hub::websocket))
-        .route("/openapi.json", get(|| async { Json(super::openapi::document()) }));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/healthz", get(|| async { "ok" }))
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
+/// The REST routes; with `only`, just that service's.
+pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
+    let mut api = Router::new().route("/openapi.json", get(|| async { Json(super::openapi::document()) }));
+    if runs(only, Service::Auth) {
+        api = api
+            .route("/auth/register", post(register))
+            .route("/auth/verify-email", post(verify_email))
+            .route("/auth/login", post(login))
+            .route("/auth/logout", post(logout))
+            .route("/auth/validate", post(validate))
+            .route("/auth/revoke", post(revoke_token))
+            .route("/auth/mfa/enroll", post(mfa_enroll))
+            .route("/auth/mfa/confirm", post(mfa_confirm))
+            .route("/auth/mfa/disable", post(mfa_disable));
+    }
+    if runs(only, Service::Session) {
+        api = api
+            .route("/auth/refresh", post(refresh))
+            .route("/sessions", get(list_sessions))
+            .route("/sessions/{id}", delete(revoke_session))
+            .route("/ws", get(super::hub::websocket));
+    }
+    if runs(only, Service::User) {
+        api =
+            api.route("/users/me", get(me)).route("/users/{id}", get(get_user)).route("/audit/users/{id}", get(audit));
+    }
+    if runs(only, Service::Permission) {
+        api = api
+            .route("/permissions/users/{id}", get(user_permissions))
+            .route("/permissions/check", post(check_permission))
+            .route("/roles", post(create_role))
+            .route("/roles/{id}/permissions", post(grant_to_role))
+            .route("/users/{id}/roles", post(assign_role))
+            .route("/users/{id}/roles/{role}", delete(revoke_role));
+    }
+    let mut root = Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" }));
+    if runs(only, Service::Auth) {
+        root = root.route("/.well-known/jwks.json", get(jwks));
+    }
+    root.fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .with_state(state)
