@@ -109,3 +109,34 @@ fn bad_store_url_is_a_clear_error() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("expected sqlite://<file> or postgres://"), "{err}");
 }
+
+#[tokio::test]
+async fn a_config_file_sets_defaults_that_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    seeded(&db).await;
+    let config = dir.path().join("perfect21.toml");
+    std::fs::write(&config, format!("store = \"sqlite://{}\"\nsnapshot_every = 5\n", db.display())).unwrap();
+    let out = perfect21(&["events", "stats", "--json", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["events"], 4);
+    // A flag wins over the file.
+    let empty = dir.path().join("other.db");
+    let out = perfect21(&[
+        "events",
+        "stats",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        &format!("sqlite://{}", empty.display()),
+    ]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["events"], 0);
+    // Mistakes are named.
+    std::fs::write(&config, "stroe = \"x\"\n").unwrap();
+    let out = perfect21(&["events", "stats", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("unknown setting 'stroe'"));
+}

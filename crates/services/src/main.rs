@@ -16,6 +16,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "perfect21", version, about = "perfect21 — an event-sourced identity backend")]
 struct Cli {
+    /// TOML config file (settings: data_dir, store, grpc_addr, http_addr, keys_dir, snapshot_every, dev, only).
+    /// Flags win over environment variables, which win over the file.
+    #[arg(long, env = "PERFECT21_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +63,11 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    let args: Vec<String> = std::env::args().collect();
+    if let Err(e) = config::apply_config_file(&args) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
