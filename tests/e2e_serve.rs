@@ -367,3 +367,126 @@ async fn only_runs_one_service() {
         perms.get_user_roles(permission::GetUserRolesRequest { user_id: uuid::Uuid::nil().to_string() }).await.unwrap();
     assert!(roles.get_ref().roles.is_empty());
 }
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_admin_and_event_stream_over_grpc() {
+    use perfect21_proto::{account, admin, events};
+    let server = start();
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut accounts = account::account_service_client::AccountServiceClient::new(ch.clone());
+    let mut admins = admin::admin_service_client::AdminServiceClient::new(ch.clone());
+    let mut auth = auth::auth_service_client::AuthServiceClient::new(ch.clone());
+    let mut stream = events::event_service_client::EventServiceClient::new(ch.clone());
+
+    let reg = accounts
+        .register(account::RegisterRequest {
+            email: "grace@example.com".into(),
+            username: "grace".into(),
+            password: "compiler pioneer".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    accounts.verify_email(account::VerifyEmailRequest { token: reg.verification_token }).await.unwrap();
+    let login = |who: &str, password: &str| auth::ValidateCredentialsRequest {
+        identifier: who.into(),
+        password: password.into(),
+        ..Default::default()
+    };
+    let grace = auth.validate_credentials(login("grace", "compiler pioneer")).await.unwrap().into_inner();
+    let root = auth.validate_credentials(login("root", "root password 1")).await.unwrap().into_inner();
+    assert!(grace.valid && root.valid);
+
+    // Admin RPCs: refused without the permission, done with it.
+    let role = admin::RoleRequest { role_id: "auditor".into(), priority: 5, ..Default::default() };
+    let err = admins.create_role(bearer(role.clone(), &grace.access_token)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    admins.create_role(bearer(role, &root.access_token)).await.unwrap();
+    let assign = admin::AssignRoleRequest { user_id: grace.user_id.clone(), role_id: "auditor".into(), expires_at: 0 };
+    let assigned = admins.assign_role(bearer(assign, &root.access_token)).await.unwrap();
+    assert!(assigned.metadata().get("x-consistency-token").is_some());
+    let trail = admins
+        .get_audit_trail(bearer(
+            admin::AuditTrailRequest { user: "grace@example.com".into(), ..Default::default() },
+            &root.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let types: Vec<_> = trail.entries.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "user.registered",
+            "user.email_verified",
+            "user.status_changed",
+            "user.login_succeeded",
+            "permission.role_assigned"
+        ]
+    );
+    assert!(trail.entries[4].actor.starts_with("user:"));
+
+    // Sessions of one's own.
+    let sessions = accounts
+        .list_sessions(bearer(account::ListSessionsRequest {}, &grace.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sessions.sessions.len(), 1);
+    assert!(sessions.sessions[0].current);
+
+    // The event stream: catch-up from 1, in order, filtered by type.
+    let err = stream.subscribe(bearer(events::SubscribeRequest::default(), &grace.access_token)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let mut sub = stream
+        .subscribe(bearer(
+            events::SubscribeRequest { from_position: 1, type_prefixes: vec!["permission.".into()] },
+            &root.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = sub.message().await.unwrap().unwrap();
+    assert_eq!(first.event_type, "permission.role_assigned");
+    assert!(first.payload_json.contains("admin"), "the bootstrap's assignment comes first: {}", first.payload_json);
+    let second = sub.message().await.unwrap().unwrap();
+    assert!(second.payload_json.contains("auditor") && second.position > first.position);
+
+    // Everything of grace ends at once.
+    accounts
+        .revoke_all_sessions(bearer(account::RevokeAllSessionsRequest::default(), &grace.access_token))
+        .await
+        .unwrap();
+    let v = auth
+        .validate_token(auth::ValidateTokenRequest { token: grace.access_token.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(!v.get_ref().valid);
+
+    // Reflection lists the services.
+    let mut reflection = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let listed = format!("{:?}", answer.message_response);
+    for service in [
+        "perfect21.auth.AuthService",
+        "perfect21.user.UserService",
+        "perfect21.permission.PermissionService",
+        "perfect21.admin.AdminService",
+    ] {
+        assert!(listed.contains(service), "{service} not in {listed}");
+    }
+}

@@ -6,7 +6,14 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["perfect21/auth.proto", "perfect21/user.proto", "perfect21/permission.proto"];
+    let files = [
+        "perfect21/auth.proto",
+        "perfect21/user.proto",
+        "perfect21/permission.proto",
+        "perfect21/account.proto",
+        "perfect21/admin.proto",
+        "perfect21/events.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -149,12 +149,11 @@ impl App {
         })
     }
 
-    /// Whether the token's user holds a permission (for admin operations).
-    pub async fn authorize(&self, check: &TokenCheck, resource: &str, action: &str) -> Result<Uuid, DomainError> {
-        let user = check.user_id.ok_or(DomainError::InvalidToken { what: "access token" })?;
+    /// Refuses unless `user` holds `resource:action:*` (admin operations).
+    pub async fn require(&self, user: Uuid, resource: &str, action: &str) -> Result<(), DomainError> {
         let decision = self.identity.check_permission(user, resource, action, "*", None).await?;
         if decision.allowed {
-            Ok(user)
+            Ok(())
         } else {
             Err(DomainError::PermissionDenied(format!("{resource}:{action}:* is required ({})", decision.reason)))
         }

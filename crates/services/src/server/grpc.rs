@@ -43,7 +43,7 @@ fn min_position<T>(req: &Request<T>) -> Result<Option<u64>, Status> {
     }
 }
 
-fn with_position<T>(body: T, position: u64) -> Response<T> {
+pub fn with_position<T>(body: T, position: u64) -> Response<T> {
     let mut r = Response::new(body);
     if let Ok(v) = position.to_string().parse() {
         r.metadata_mut().insert(CONSISTENCY_HEADER, v);
@@ -51,11 +51,11 @@ fn with_position<T>(body: T, position: u64) -> Response<T> {
     r
 }
 
-fn uuid(field: &'static str, s: &str) -> Result<Uuid, Status> {
+pub fn uuid(field: &'static str, s: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(s).map_err(|_| Status::invalid_argument(format!("{field} must be a UUID, got '{s}'")))
 }
 
-fn context<T>(req: &Request<T>, client_ip: &str, user_agent: &str) -> RequestContext {
+pub fn context<T>(req: &Request<T>, client_ip: &str, user_agent: &str) -> RequestContext {
     let header = |name: &str| req.metadata().get(name).and_then(|v| v.to_str().ok()).map(String::from);
     RequestContext {
         actor: None,
@@ -71,8 +71,11 @@ fn context<T>(req: &Request<T>, client_ip: &str, user_agent: &str) -> RequestCon
     }
 }
 
-/// The caller's bearer token, checked, for RPCs that change state on someone's behalf.
-async fn caller<T>(app: &App, req: &Request<T>, resource: &str, action: &str) -> Result<RequestContext, Status> {
+/// The caller's bearer token, validated: its claims and a request context acting as its user.
+pub async fn authenticated<T>(
+    app: &App,
+    req: &Request<T>,
+) -> Result<(super::tokens::Claims, Uuid, RequestContext), Status> {
     let token = req
         .metadata()
         .get("authorization")
@@ -80,11 +83,17 @@ async fn caller<T>(app: &App, req: &Request<T>, resource: &str, action: &str) ->
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("this RPC needs 'authorization: Bearer <access token>'"))?;
     let check = app.validate(token, None).await;
-    if !check.valid {
-        return Err(Status::unauthenticated(check.error.unwrap_or_default()));
+    match (check.valid, check.claims, check.user_id) {
+        (true, Some(claims), Some(user)) => Ok((claims, user, context(req, "", "").as_user(user))),
+        _ => Err(Status::unauthenticated(check.error.unwrap_or_default())),
     }
-    let user = app.authorize(&check, resource, action).await.map_err(status)?;
-    Ok(context(req, "", "").as_user(user))
+}
+
+/// The caller's bearer token, checked for a permission, for RPCs that change state on someone's behalf.
+pub async fn caller<T>(app: &App, req: &Request<T>, resource: &str, action: &str) -> Result<RequestContext, Status> {
+    let (_, user, ctx) = authenticated(app, req).await?;
+    app.require(user, resource, action).await.map_err(status)?;
+    Ok(ctx)
 }
 
 fn token_response(c: TokenCheck) -> auth::ValidateTokenResponse {

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod grpc;
+pub mod grpc_admin;
 pub mod hub;
 pub mod openapi;
 pub mod rest;
@@ -176,6 +177,19 @@ pub async fn serve_grpc(
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_optional_service(runs(only, Service::Auth).then(|| {
+            perfect21_proto::account::account_service_server::AccountServiceServer::new(grpc_admin::AccountService(
+                app.clone(),
+            ))
+        }))
+        .add_optional_service(runs(only, Service::Permission).then(|| {
+            perfect21_proto::admin::admin_service_server::AdminServiceServer::new(grpc_admin::AdminService(app.clone()))
+        }))
+        .add_optional_service(only.is_none().then(|| {
+            perfect21_proto::events::event_service_server::EventServiceServer::new(grpc_admin::EventService(
+                app.clone(),
+            ))
+        }))
         .add_optional_service(runs(only, Service::Auth).then(|| {
             auth::auth_service_server::AuthServiceServer::new(grpc::AuthService(app.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)

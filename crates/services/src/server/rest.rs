@@ -165,12 +165,7 @@ impl FromRequestParts<RestState> for Authenticated {
 
 impl Authenticated {
     async fn require(&self, app: &App, resource: &str, action: &str) -> Result<(), Problem> {
-        let d = app.identity.check_permission(self.user, resource, action, "*", None).await?;
-        if d.allowed {
-            Ok(())
-        } else {
-            Err(Problem::new(StatusCode::FORBIDDEN, "permission denied", format!("{resource}:{action}:* is required")))
-        }
+        Ok(app.require(self.user, resource, action).await?)
     }
 }
 

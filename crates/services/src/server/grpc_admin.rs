@@ -1,0 +1,312 @@
+//! The gRPC services beyond the seed: perfect21.account, perfect21.admin, perfect21.events.
+
+use super::app::App;
+use super::grpc::{authenticated, caller, context, status, uuid, with_position};
+use perfect21_domain::audit::AuditFilter;
+use perfect21_domain::{Registration, RoleSpec};
+use perfect21_events::catalog::PermissionSpec;
+use perfect21_events::subscribe_all;
+use perfect21_proto::{account, admin, events, permission};
+use std::pin::Pin;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+fn opt(s: &str) -> Option<String> {
+    Some(s.to_string()).filter(|s| !s.is_empty())
+}
+
+pub struct AccountService(pub App);
+
+#[tonic::async_trait]
+impl account::account_service_server::AccountService for AccountService {
+    async fn register(
+        &self,
+        req: Request<account::RegisterRequest>,
+    ) -> Result<Response<account::RegisterResponse>, Status> {
+        let ctx = context(&req, "", "");
+        let r = req.into_inner();
+        let registration = Registration {
+            email: r.email,
+            username: r.username,
+            password: r.password,
+            first_name: opt(&r.first_name),
+            last_name: opt(&r.last_name),
+            phone_number: opt(&r.phone_number),
+            locale: opt(&r.locale),
+        };
+        let reg = self.0.identity.register(&ctx, registration).await.map_err(status)?;
+        let body = account::RegisterResponse {
+            user_id: reg.user_id.to_string(),
+            consistency_token: reg.position,
+            verification_token: if self.0.dev_mode { reg.verification_token } else { String::new() },
+        };
+        Ok(with_position(body, reg.position))
+    }
+
+    async fn verify_email(
+        &self,
+        req: Request<account::VerifyEmailRequest>,
+    ) -> Result<Response<account::VerifyEmailResponse>, Status> {
+        let ctx = context(&req, "", "");
+        let position = self.0.identity.verify_email(&ctx, &req.get_ref().token).await.map_err(status)?;
+        Ok(with_position(account::VerifyEmailResponse { consistency_token: position }, position))
+    }
+
+    async fn logout(&self, req: Request<account::LogoutRequest>) -> Result<Response<account::LogoutResponse>, Status> {
+        let (claims, _, ctx) = authenticated(&self.0, &req).await?;
+        let session = uuid("token sid", &claims.sid)?;
+        let position = self.0.identity.logout(&ctx, session).await.map_err(status)?;
+        Ok(with_position(account::LogoutResponse { consistency_token: position }, position))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<account::ListSessionsRequest>,
+    ) -> Result<Response<account::ListSessionsResponse>, Status> {
+        let (claims, user, _) = authenticated(&self.0, &req).await?;
+        let sessions = self.0.identity.live().read(|m| {
+            m.sessions
+                .of_user(user)
+                .into_iter()
+                .map(|s| account::Session {
+                    session_id: s.id.to_string(),
+                    started_at: s.started_at / 1_000_000,
+                    refreshed_at: s.refreshed_at / 1_000_000,
+                    expires_at: s.expires_at,
+                    device_id: s.device_id.as_deref().unwrap_or_default().to_string(),
+                    current: s.id.to_string() == claims.sid,
+                })
+                .collect()
+        });
+        Ok(Response::new(account::ListSessionsResponse { sessions }))
+    }
+
+    async fn revoke_session(
+        &self,
+        req: Request<account::RevokeSessionRequest>,
+    ) -> Result<Response<account::RevokeSessionResponse>, Status> {
+        let (_, user, mut ctx) = authenticated(&self.0, &req).await?;
+        let session = uuid("session_id", &req.get_ref().session_id)?;
+        let owner = self.0.identity.live().read(|m| m.sessions.get(session).map(|s| s.user_id));
+        if owner != Some(user) {
+            ctx = caller(&self.0, &req, "perfect21.sessions", "revoke").await?;
+        }
+        let reason = opt(&req.get_ref().reason).unwrap_or_else(|| "revoked".into());
+        let position = self.0.identity.revoke_session(&ctx, session, &reason).await.map_err(status)?;
+        Ok(with_position(account::RevokeSessionResponse { consistency_token: position }, position))
+    }
+
+    async fn revoke_all_sessions(
+        &self,
+        req: Request<account::RevokeAllSessionsRequest>,
+    ) -> Result<Response<account::RevokeAllSessionsResponse>, Status> {
+        let (_, caller_id, mut ctx) = authenticated(&self.0, &req).await?;
+        let target = match opt(&req.get_ref().user_id) {
+            Some(id) => uuid("user_id", &id)?,
+            None => caller_id,
+        };
+        if target != caller_id {
+            ctx = caller(&self.0, &req, "perfect21.sessions", "revoke").await?;
+        }
+        let reason = opt(&req.get_ref().reason).unwrap_or_else(|| "revoke_all".into());
+        let position = self.0.identity.revoke_all_sessions(&ctx, target, &reason, None).await.map_err(status)?;
+        Ok(with_position(account::RevokeAllSessionsResponse { consistency_token: position }, position))
+    }
+}
+
+fn spec(p: Option<permission::Permission>) -> Result<PermissionSpec, Status> {
+    let p = p.ok_or_else(|| Status::invalid_argument("permission is required"))?;
+    Ok(PermissionSpec {
+        id: p.id,
+        resource: p.resource,
+        action: p.action,
+        scope: p.scope,
+        name: p.name,
+        description: p.description,
+    })
+}
+
+fn done(position: u64) -> Response<admin::AdminResponse> {
+    with_position(admin::AdminResponse { consistency_token: position }, position)
+}
+
+pub struct AdminService(pub App);
+
+#[tonic::async_trait]
+impl admin::admin_service_server::AdminService for AdminService {
+    async fn create_role(&self, req: Request<admin::RoleRequest>) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.roles", "create").await?;
+        let r = req.into_inner();
+        let spec = RoleSpec {
+            role_id: r.role_id,
+            display_name: r.display_name,
+            description: r.description,
+            priority: r.priority,
+        };
+        Ok(done(self.0.identity.create_role(&ctx, spec).await.map_err(status)?))
+    }
+
+    async fn update_role(&self, req: Request<admin::RoleRequest>) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.roles", "update").await?;
+        let r = req.into_inner();
+        let spec = RoleSpec {
+            role_id: r.role_id,
+            display_name: r.display_name,
+            description: r.description,
+            priority: r.priority,
+        };
+        Ok(done(self.0.identity.update_role(&ctx, spec).await.map_err(status)?))
+    }
+
+    async fn delete_role(
+        &self,
+        req: Request<admin::DeleteRoleRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.roles", "delete").await?;
+        Ok(done(self.0.identity.delete_role(&ctx, &req.get_ref().role_id).await.map_err(status)?))
+    }
+
+    async fn grant_role_permission(
+        &self,
+        req: Request<admin::RolePermissionRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.roles", "update").await?;
+        let r = req.into_inner();
+        Ok(done(self.0.identity.grant_permission_to_role(&ctx, &r.role_id, spec(r.permission)?).await.map_err(status)?))
+    }
+
+    async fn revoke_role_permission(
+        &self,
+        req: Request<admin::RevokeRolePermissionRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.roles", "update").await?;
+        let r = req.get_ref();
+        Ok(done(self.0.identity.revoke_permission_from_role(&ctx, &r.role_id, &r.permission_id).await.map_err(status)?))
+    }
+
+    async fn assign_role(
+        &self,
+        req: Request<admin::AssignRoleRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.roles", "assign").await?;
+        let r = req.get_ref();
+        let expires = (r.expires_at > 0).then_some(r.expires_at);
+        Ok(done(
+            self.0
+                .identity
+                .assign_role(&ctx, uuid("user_id", &r.user_id)?, &r.role_id, expires)
+                .await
+                .map_err(status)?,
+        ))
+    }
+
+    async fn revoke_role(
+        &self,
+        req: Request<admin::RevokeRoleRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.roles", "assign").await?;
+        let r = req.get_ref();
+        Ok(done(self.0.identity.revoke_role(&ctx, uuid("user_id", &r.user_id)?, &r.role_id).await.map_err(status)?))
+    }
+
+    async fn grant_permission(
+        &self,
+        req: Request<admin::UserPermissionRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.permissions", "grant").await?;
+        let r = req.into_inner();
+        let user = uuid("user_id", &r.user_id)?;
+        Ok(done(self.0.identity.grant_permission(&ctx, user, spec(r.permission)?).await.map_err(status)?))
+    }
+
+    async fn revoke_permission(
+        &self,
+        req: Request<admin::RevokeUserPermissionRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let ctx = caller(&self.0, &req, "perfect21.permissions", "grant").await?;
+        let r = req.get_ref();
+        Ok(done(
+            self.0
+                .identity
+                .revoke_permission(&ctx, uuid("user_id", &r.user_id)?, &r.permission_id)
+                .await
+                .map_err(status)?,
+        ))
+    }
+
+    async fn get_audit_trail(
+        &self,
+        req: Request<admin::AuditTrailRequest>,
+    ) -> Result<Response<admin::AuditTrailResponse>, Status> {
+        caller(&self.0, &req, "perfect21.audit", "read").await?;
+        let r = req.get_ref();
+        let since = (r.since > 0).then(|| chrono::DateTime::from_timestamp(r.since, 0)).flatten();
+        let filter = AuditFilter { since, types: r.types.clone(), limit: r.limit as usize };
+        let trail = self.0.identity.audit(&r.user, &filter).await.map_err(status)?;
+        let entries = trail
+            .into_iter()
+            .map(|e| admin::AuditEntry {
+                position: e.position,
+                recorded_at: e.recorded_at.timestamp_micros(),
+                event_type: e.event_type,
+                actor: e.actor.unwrap_or_default(),
+                client_ip: e.client_ip.unwrap_or_default(),
+                user_agent: e.user_agent.unwrap_or_default(),
+                correlation_id: e.correlation_id.map(|c| c.to_string()).unwrap_or_default(),
+                payload_json: e.event.payload_json().to_string(),
+            })
+            .collect();
+        Ok(Response::new(admin::AuditTrailResponse { entries }))
+    }
+}
+
+pub struct EventService(pub App);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<events::EventMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl events::event_service_server::EventService for EventService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, req: Request<events::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        caller(&self.0, &req, "perfect21.events", "subscribe").await?;
+        let r = req.into_inner();
+        let mut sub = subscribe_all(self.0.identity.store().clone(), r.from_position.max(1));
+        let prefixes = r.type_prefixes;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let item = match sub.next().await {
+                    Ok(e) if !prefixes.is_empty() && !prefixes.iter().any(|p| e.event_type.starts_with(p.as_str())) => {
+                        continue
+                    }
+                    Ok(e) => {
+                        let (payload_json, decode_error) = match e.decode() {
+                            Ok(ev) => (ev.payload_json().to_string(), String::new()),
+                            Err(err) => (String::new(), err.to_string()),
+                        };
+                        Ok(events::EventMessage {
+                            position: e.position,
+                            event_id: e.event_id.to_string(),
+                            stream_id: e.stream_id,
+                            stream_version: e.stream_version,
+                            event_type: e.event_type,
+                            schema_version: e.schema_version.into(),
+                            recorded_at: e.recorded_at.timestamp_micros(),
+                            payload_json,
+                            metadata_json: serde_json::to_string(&e.metadata).unwrap_or_default(),
+                            decode_error,
+                        })
+                    }
+                    Err(e) => Err(Status::unavailable(e.to_string())),
+                };
+                let failed = item.is_err();
+                // The client went away: stop following.
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
