@@ -47,6 +47,9 @@ enum Command {
     },
     /// Measure against a baseline run in the same process (DESIGN §9).
     Bench(bench::BenchArgs),
+    /// The client side of `bench websocket` (a process of its own).
+    #[command(hide = true)]
+    BenchWsClients(bench::websocket::ClientArgs),
     /// Appends single events forever, printing each acknowledged position (crash tests).
     #[command(hide = true)]
     AppendForever {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => replay::run(args).await,
             Command::Audit { command } => audit_cmd::run(command).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchWsClients(args) => bench::websocket::clients(args).await,
             Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,
         }
     });

@@ -6,6 +6,7 @@ mod append;
 mod grpc;
 mod login;
 mod replay;
+pub mod websocket;
 
 use crate::config::StoreArgs;
 use serde::Serialize;
@@ -50,6 +51,8 @@ pub enum Scenario {
     GrpcCheck,
     /// ValidateToken p99 during a login flood vs idle (ratio = idle / flood).
     LoginFlood,
+    /// 10k WebSocket connections: push latency from commit vs ping→pong on the same connections.
+    Websocket,
     /// Full logins (argon2id on the blocking pool, events, session) vs raw argon2id verifications.
     Login,
     /// Rebuild all read models from a log of `--events` events vs a raw scan of the same log.
@@ -91,6 +94,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::GrpcValidate => grpc::validate(&scratch, duration).await?,
         Scenario::GrpcCheck => grpc::check(&scratch, duration).await?,
         Scenario::LoginFlood => grpc::login_flood(&scratch, duration).await?,
+        Scenario::Websocket => websocket::websocket(&scratch, duration).await?,
         Scenario::Login => login::login(&scratch, duration).await?,
         Scenario::Replay => replay::replay(&scratch, args.events).await?,
         Scenario::Memory => replay::memory(args.users).await?,
