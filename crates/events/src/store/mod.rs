@@ -7,6 +7,7 @@
 //! - an append that fails wrote nothing.
 
 mod postgres;
+mod queue;
 mod sqlite;
 mod subscription;
 

@@ -13,7 +13,8 @@
 //! append waiting and runs them in one transaction (one lock, one fsync).
 //! Readers learn of new commits through `LISTEN/NOTIFY`, with polling as a fallback.
 
-use super::{classify_existing, validate_append, validate_redactions, EventStore, Existing, Redaction, StoreStats};
+use super::queue::{gather, submit, AppendRequest};
+use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -23,13 +24,11 @@ use sqlx::{Connection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 const BACKEND: &str = "postgres";
-/// Most events one group commit gathers.
-const MAX_BATCH_EVENTS: usize = 20_000;
 
 /// How to connect a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -51,14 +50,6 @@ impl PostgresConfig {
         self.schema = Some(schema.into());
         self
     }
-}
-
-struct AppendRequest {
-    stream: StreamId,
-    expected: ExpectedVersion,
-    events: Vec<EventData>,
-    metadata: Vec<Vec<u8>>,
-    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
 /// The PostgreSQL event store. Many instances (in many processes) may share one log.
@@ -171,17 +162,7 @@ async fn run_writer(
     group: bool,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut events = first.events.len();
-        let mut batch = vec![first];
-        while group && events < MAX_BATCH_EVENTS {
-            match rx.try_recv() {
-                Ok(request) => {
-                    events += request.events.len();
-                    batch.push(request);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = gather(first, group, || rx.try_recv().ok());
         match commit_batch(&pool, &batch, &channel).await {
             Ok((results, head)) => {
                 advance(&head_tx, head);
@@ -372,11 +353,7 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
-        let metadata = validate_append(&events)?;
-        let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
-        self.writer.send(request).await.map_err(|_| db_err("the writer task has stopped"))?;
-        answer.await.map_err(|_| db_err("the writer task stopped before answering"))?
+        submit(&self.writer, BACKEND, stream, expected, events).await
     }
 
     async fn read_stream(

@@ -7,7 +7,8 @@
 //! fsync'd) and only then answers each caller: group commit. Readers use their
 //! own connections on the blocking pool.
 
-use super::{classify_existing, validate_append, validate_redactions, EventStore, Existing, Redaction, StoreStats};
+use super::queue::{gather, submit, AppendRequest};
+use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -16,14 +17,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 const BACKEND: &str = "sqlite";
 const SCHEMA: &str = include_str!("../../../../migrations/sqlite/0001_events.sql");
 const SCHEMA_VERSION: i64 = 1;
-/// Most events one group commit gathers.
-const MAX_BATCH_EVENTS: usize = 20_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to open a [`SqliteStore`].
@@ -38,14 +37,6 @@ impl SqliteConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteConfig { path: path.into(), group_commit: true }
     }
-}
-
-struct AppendRequest {
-    stream: StreamId,
-    expected: ExpectedVersion,
-    events: Vec<EventData>,
-    metadata: Vec<Vec<u8>>,
-    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
 /// The SQLite event store. Cheap to share behind an `Arc`.
@@ -155,17 +146,7 @@ fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: 
     let known_head = *head_tx.borrow();
     let mut writer = Writer { conn, versions: HashMap::new(), known_head };
     while let Some(first) = rx.blocking_recv() {
-        let mut events = first.events.len();
-        let mut batch = vec![first];
-        while group && events < MAX_BATCH_EVENTS {
-            match rx.try_recv() {
-                Ok(request) => {
-                    events += request.events.len();
-                    batch.push(request);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = gather(first, group, || rx.try_recv().ok());
         match writer.commit_batch(&batch) {
             Ok((results, head)) => {
                 head_tx.send_if_modified(|h| {
@@ -353,11 +334,7 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
-        let metadata = validate_append(&events)?;
-        let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
-        self.writer.send(request).await.map_err(|_| db_err("the writer thread has stopped"))?;
-        answer.await.map_err(|_| db_err("the writer thread stopped before answering"))?
+        submit(&self.writer, BACKEND, stream, expected, events).await
     }
 
     async fn read_stream(
