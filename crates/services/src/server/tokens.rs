@@ -1,7 +1,7 @@
 //! Access tokens: EdDSA (Ed25519) JWTs with a key id, a key set that rotates
 //! without invalidating live tokens, and its JWKS.
 //!
-//! Keys live in `<data-dir>/keys/jwt-<unix seconds>-<kid>.p8` (PKCS#8). The newest
+//! Keys live in `<data-dir>/keys/jwt-<unix microseconds>-<kid>.p8` (PKCS#8). The newest
 //! signs; every key in the directory verifies, so a rotation (a new file) keeps
 //! tokens signed by the older key valid until they expire. Replicas share the
 //! directory (or a mounted secret) to share keys.
@@ -107,7 +107,7 @@ impl KeySet {
         let signing = SigningKey::generate(&mut rand::rngs::OsRng);
         let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
         let kid = kid_of(signing.verifying_key().as_bytes());
-        let path = dir.join(format!("jwt-{:012}-{kid}.p8", chrono::Utc::now().timestamp()));
+        let path = dir.join(format!("jwt-{:017}-{kid}.p8", chrono::Utc::now().timestamp_micros()));
         write_private(&path, der.as_bytes())?;
         Ok(path)
     }
@@ -194,4 +194,55 @@ pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<[u8; 32]> {
     }
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp_in: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            sub: Uuid::now_v7().to_string(),
+            sid: Uuid::now_v7().to_string(),
+            jti: "j".into(),
+            iat: now,
+            exp: now + exp_in,
+            iss: ISSUER.into(),
+            roles: vec![],
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_live_tokens_valid_and_jwks_lists_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = KeySet::load_or_create(dir.path()).unwrap();
+        let old = before.sign(&claims(600)).unwrap();
+        KeySet::rotate(dir.path()).unwrap();
+        let after = KeySet::load_or_create(dir.path()).unwrap();
+        assert_eq!(after.verify(&old, false).unwrap().jti, "j", "a token of the old key stays valid");
+        let new = after.sign(&claims(600)).unwrap();
+        let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+        assert_ne!(kid(&old), kid(&new), "the newest key signs");
+        assert!(matches!(before.verify(&new, false), Err(TokenError::UnknownKey(_))));
+        let jwks = after.jwks();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(jwks["keys"][0]["kid"], kid(&new));
+    }
+
+    #[test]
+    fn expired_forged_and_foreign_tokens_are_refused() {
+        let keys = KeySet::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let expired = keys.sign(&claims(-10)).unwrap();
+        assert!(matches!(keys.verify(&expired, false), Err(TokenError::Expired)));
+        assert!(keys.verify(&expired, true).is_ok(), "revocation accepts expired tokens");
+        let good = keys.sign(&claims(600)).unwrap();
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let other = keys.sign(&Claims { sub: Uuid::nil().to_string(), ..claims(600) }).unwrap();
+        parts[1] = other.split('.').nth(1).unwrap();
+        assert!(matches!(keys.verify(&parts.join("."), false), Err(TokenError::BadSignature)));
+        assert!(matches!(keys.verify("not a token", false), Err(TokenError::Malformed(_))));
+        let foreign = KeySet::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(matches!(foreign.verify(&good, false), Err(TokenError::UnknownKey(_))));
+    }
 }
