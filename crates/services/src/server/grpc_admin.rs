@@ -64,7 +64,8 @@ impl account::account_service_server::AccountService for AccountService {
         req: Request<account::ListSessionsRequest>,
     ) -> Result<Response<account::ListSessionsResponse>, Status> {
         let (claims, user, _) = authenticated(&self.0, &req).await?;
-        let sessions = self.0.identity.live().read(|m| {
+        let min = Some(self.0.identity.last_write());
+        let sessions = self.0.identity.read(min, |m| {
             m.sessions
                 .of_user(user)
                 .into_iter()
@@ -78,6 +79,7 @@ impl account::account_service_server::AccountService for AccountService {
                 })
                 .collect()
         });
+        let sessions = sessions.await.map_err(status)?;
         Ok(Response::new(account::ListSessionsResponse { sessions }))
     }
 
@@ -87,7 +89,13 @@ impl account::account_service_server::AccountService for AccountService {
     ) -> Result<Response<account::RevokeSessionResponse>, Status> {
         let (_, user, mut ctx) = authenticated(&self.0, &req).await?;
         let session = uuid("session_id", &req.get_ref().session_id)?;
-        let owner = self.0.identity.live().read(|m| m.sessions.get(session).map(|s| s.user_id));
+        // A session this process just started must count as the caller's own.
+        let owner = self
+            .0
+            .identity
+            .read(Some(self.0.identity.last_write()), |m| m.sessions.get(session).map(|s| s.user_id))
+            .await
+            .map_err(status)?;
         if owner != Some(user) {
             ctx = caller(&self.0, &req, "perfect21.sessions", "revoke").await?;
         }

@@ -385,7 +385,9 @@ async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: He
 }
 
 async fn revoke_session(State(s): State<RestState>, a: Authenticated, Path(id): Path<Uuid>) -> ApiResult {
-    let owner = s.app.identity.read(None, |m| m.sessions.get(id).map(|v| v.user_id)).await?;
+    // A session this process just started must count as the caller's own.
+    let owner =
+        s.app.identity.read(Some(s.app.identity.last_write()), |m| m.sessions.get(id).map(|v| v.user_id)).await?;
     if owner != Some(a.user) {
         a.require(&s.app, "perfect21.sessions", "revoke").await?;
     }
