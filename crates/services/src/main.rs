@@ -5,6 +5,7 @@ mod audit_cmd;
 mod bench;
 mod config;
 mod events_cmd;
+mod relay;
 mod replay;
 mod server;
 
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the identity services: gRPC, REST and WebSocket over one event log.
     Serve(server::ServeArgs),
+    /// Relay the log to RabbitMQ alone (`serve --amqp-url` runs it too).
+    Relay(server::ServeArgs),
     /// Operator actions (first administrator, key rotation).
     Admin {
         #[command(subcommand)]
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => server::run(args).await,
+            Command::Relay(args) => relay::run_alone(args).await,
             Command::Admin { command } => admin_cmd::run(command).await,
             Command::Events { command } => events_cmd::run(command).await,
             Command::Replay(args) => replay::run(args).await,

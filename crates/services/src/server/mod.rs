@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Local development: answer registrations with the email verification token.
     #[arg(long, env = "PERFECT21_DEV")]
     pub dev: bool,
+    /// RabbitMQ URL; when set, the relay publishes the log to the `perfect21.events` exchange.
+    #[arg(long, env = "PERFECT21_AMQP_URL")]
+    pub amqp_url: Option<String>,
     /// Cheap password hashing, for tests only. Never in production.
     #[arg(long, hide = true)]
     pub insecure_fast_passwords: bool,
@@ -85,6 +88,14 @@ impl ServeArgs {
         self.http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.only.map_or(8080, Service::port))))
     }
 
+    /// The relay's configuration, if a broker is configured.
+    pub fn relay(&self) -> Option<crate::relay::RelayConfig> {
+        self.amqp_url.clone().map(|amqp_url| crate::relay::RelayConfig {
+            amqp_url,
+            checkpoint: self.store.data_dir.join("relay.checkpoint"),
+        })
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.keys_dir.clone().unwrap_or_else(|| self.store.data_dir.join("keys"))
     }
@@ -112,6 +123,16 @@ pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let app = open_app(&args).await?;
     let hub = hub::Hub::start(app.identity.store().clone()).await?;
+    if let Some(relay) = args.relay() {
+        let (store, live, secrets) =
+            (app.identity.store().clone(), app.identity.live().clone(), app.identity.secrets().clone());
+        let status = Arc::new(crate::relay::RelayStatus::default());
+        tokio::spawn(async move {
+            if let Err(e) = crate::relay::run(relay, store, live, secrets, status).await {
+                tracing::error!(error = %format!("{e:#}"), "relay stopped");
+            }
+        });
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let grpc_listener =

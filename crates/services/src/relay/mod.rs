@@ -1,0 +1,215 @@
+//! The relay: log → RabbitMQ topic exchange `perfect21.events`, at least once.
+//!
+//! It follows the log from its checkpoint, publishes each event with publisher
+//! confirms and a bounded window of unconfirmed messages, and moves its
+//! checkpoint only past events the broker confirmed. Everything goes out on one
+//! channel in log order, so no consumer sees a user's events reordered. On any
+//! broker error it reconnects and resumes from the checkpoint: messages
+//! published but not confirmed go out again (consumers dedupe on message_id).
+
+pub mod message;
+
+use anyhow::Context;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use message::{outgoing, Contact, Outgoing, EXCHANGE};
+use perfect21_domain::secrets::SecretBox;
+use perfect21_domain::LiveModels;
+use perfect21_events::{subscribe_all, EventStore};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Unconfirmed messages in flight at most.
+pub const WINDOW: usize = 1000;
+/// The checkpoint file is rewritten at most this often.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// Where the relay publishes and keeps its place.
+#[derive(Clone)]
+pub struct RelayConfig {
+    pub amqp_url: String,
+    pub checkpoint: PathBuf,
+}
+
+/// A running relay's progress.
+#[derive(Default)]
+pub struct RelayStatus {
+    /// Last position the broker confirmed (and everything before it).
+    pub confirmed: AtomicU64,
+    pub published: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+fn read_checkpoint(path: &std::path::Path) -> anyhow::Result<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().with_context(|| format!("relay checkpoint {} is not a position", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading relay checkpoint {}", path.display())),
+    }
+}
+
+fn write_checkpoint(path: &std::path::Path, position: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{position}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Relays for ever, reconnecting after broker failures.
+pub async fn run(
+    config: RelayConfig,
+    store: Arc<dyn EventStore>,
+    live: Arc<LiveModels>,
+    secrets: SecretBox,
+    status: Arc<RelayStatus>,
+) -> anyhow::Result<()> {
+    let start = read_checkpoint(&config.checkpoint)?;
+    status.confirmed.store(start, Ordering::Relaxed);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = relay_once(&config, store.clone(), &live, &secrets, &status).await;
+        let e = match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        status.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %format!("{e:#}"), "relay lost the broker; resuming from its checkpoint");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn properties(m: &Outgoing) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut put = |k: &str, v: Option<&str>| {
+        headers.insert(k.into(), v.map_or(AMQPValue::Void, |v| AMQPValue::LongString(v.into())));
+    };
+    put("message_type", Some(&m.message_type));
+    put("source_service", Some(&m.source_service));
+    put("user_id", m.user_id.as_deref());
+    put("correlation_id", m.correlation_id.as_deref());
+    let mut p = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+        .with_priority(m.priority)
+        .with_message_id(ShortString::from(m.message_id.as_str()))
+        .with_timestamp(m.timestamp)
+        .with_type(ShortString::from(m.message_type.as_str()))
+        .with_headers(headers);
+    if let Some(c) = &m.correlation_id {
+        p = p.with_correlation_id(ShortString::from(c.as_str()));
+    }
+    p
+}
+
+async fn relay_once(
+    config: &RelayConfig,
+    store: Arc<dyn EventStore>,
+    live: &LiveModels,
+    secrets: &SecretBox,
+    status: &RelayStatus,
+) -> anyhow::Result<()> {
+    let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connecting to {}", redact(&config.amqp_url)))?;
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+
+    let mut confirmed = status.confirmed.load(Ordering::Relaxed);
+    let mut saved = confirmed;
+    let mut saved_at = Instant::now();
+    let mut sub = subscribe_all(store, confirmed + 1);
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some((position, confirm)) = in_flight.next(), if !in_flight.is_empty() => {
+                let confirm: lapin::Result<lapin::Confirmation> = confirm;
+                match confirm? {
+                    lapin::Confirmation::Nack(_) => anyhow::bail!("the broker refused (nack) position {position}"),
+                    _ => {
+                        confirmed = position;
+                        status.confirmed.store(position, Ordering::Relaxed);
+                    }
+                }
+                if confirmed > saved && (saved_at.elapsed() >= CHECKPOINT_EVERY || in_flight.is_empty()) {
+                    let path = config.checkpoint.clone();
+                    tokio::task::spawn_blocking(move || write_checkpoint(&path, confirmed)).await??;
+                    saved = confirmed;
+                    saved_at = Instant::now();
+                }
+            }
+            recorded = sub.next(), if in_flight.len() < WINDOW => {
+                let recorded = recorded?;
+                let event = recorded.decode().ok();
+                let user = event.as_ref().and_then(message::user_of);
+                let contact = match user {
+                    Some(u) => live.read(|m| m.users.get(u).map(|v| Contact {
+                        email: Some(v.email.to_string()).filter(|e| !e.is_empty()),
+                        phone_number: v.phone_number.as_deref().map(String::from),
+                    })).unwrap_or_default(),
+                    None => Contact::default(),
+                };
+                let m = outgoing(&recorded, event.as_ref(), &contact, secrets);
+                let confirm = channel
+                    .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, properties(&m))
+                    .await?;
+                status.published.fetch_add(1, Ordering::Relaxed);
+                let position = recorded.position;
+                in_flight.push_back(async move { (position, confirm.await) });
+            }
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// `perfect21 relay`: only the relay, reporting its lag every ten seconds.
+pub async fn run_alone(args: crate::server::ServeArgs) -> anyhow::Result<()> {
+    let config = args.relay().context("the relay needs --amqp-url or PERFECT21_AMQP_URL")?;
+    let app = crate::server::open_app(&args).await?;
+    let store = app.identity.store().clone();
+    let status = Arc::new(RelayStatus::default());
+    let reporter = {
+        let (store, status) = (store.clone(), status.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let head = store.head_position().await.unwrap_or(0);
+                let confirmed = status.confirmed.load(Ordering::Relaxed);
+                eprintln!(
+                    "relay: confirmed through {confirmed}, head {head}, lag {} events, {} reconnects",
+                    head.saturating_sub(confirmed),
+                    status.reconnects.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    let relay = run(config, store, app.identity.live().clone(), app.identity.secrets().clone(), status);
+    tokio::select! {
+        r = relay => r,
+        _ = tokio::signal::ctrl_c() => {
+            reporter.abort();
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The relay against the machine's real RabbitMQ: the seed's envelope and
+//! properties, log order, and nothing lost across a relay `kill -9` and a
+//! broker dropping every connection.
+
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use perfect21_domain::password::PasswordCost;
+use perfect21_domain::secrets::SecretBox;
+use perfect21_domain::{Identity, IdentityConfig, LiveModels, LoginRequest, Registration, RequestContext};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+fn amqp_url() -> String {
+    std::env::var("PERFECT21_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+struct Received {
+    routing_key: String,
+    priority: Option<u8>,
+    delivery_mode: Option<u8>,
+    message_id: String,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+/// A queue bound to every routing key, that outlives our connection.
+struct Tap {
+    queue: String,
+}
+
+impl Tap {
+    async fn declare() -> Tap {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("RabbitMQ reachable");
+        let ch = conn.create_channel().await.unwrap();
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare("perfect21.events".into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .unwrap();
+        let queue = format!("relay-test-{}", uuid::Uuid::new_v4().simple());
+        // No x-max-priority: a priority queue would deliver a failed login (priority 5) before
+        // earlier events on purpose. The seed's queues are plain, so they keep log order.
+        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_bind(
+            queue.as_str().into(),
+            "perfect21.events".into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        conn.close(200, "bound".into()).await.unwrap();
+        Tap { queue }
+    }
+
+    /// Reads until `want(received)` is true (reconnecting if the broker drops us).
+    async fn read_until(&self, seen: &mut Vec<Received>, want: impl Fn(&[Received]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !want(seen) {
+            assert!(tokio::time::Instant::now() < deadline, "messages did not arrive ({} so far)", seen.len());
+            let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let ch = conn.create_channel().await.unwrap();
+            let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+            let mut consumer =
+                ch.basic_consume(self.queue.as_str().into(), "tap".into(), opts, FieldTable::default()).await.unwrap();
+            while !want(seen) {
+                match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+                    Ok(Some(Ok(d))) => {
+                        let p = &d.properties;
+                        let headers = p
+                            .headers()
+                            .as_ref()
+                            .map(|h| {
+                                h.inner()
+                                    .iter()
+                                    .filter_map(|(k, v)| match v {
+                                        AMQPValue::LongString(s) => Some((k.to_string(), s.to_string())),
+                                        _ => None,
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        seen.push(Received {
+                            routing_key: d.routing_key.to_string(),
+                            priority: *p.priority(),
+                            delivery_mode: *p.delivery_mode(),
+                            message_id: p.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                            headers,
+                            body: serde_json::from_slice(&d.data).unwrap(),
+                        });
+                    }
+                    _ => break, // dropped or idle: reconnect and look again
+                }
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }
+    }
+
+    async fn delete(self) {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let _ = ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+}
+
+/// A relay process, killed (SIGKILL) when dropped.
+struct Relay(Child);
+
+impl Relay {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_relay(data: &str) -> Relay {
+    Relay(
+        Command::new(env!("CARGO_BIN_EXE_perfect21"))
+            .args(["relay", "--data-dir", data, "--amqp-url", &amqp_url(), "--insecure-fast-passwords"])
+            .spawn()
+            .expect("start the relay"),
+    )
+}
+
+/// Distinct positions received, in first-arrival order.
+fn positions(seen: &[Received]) -> Vec<u64> {
+    let mut ids = std::collections::HashSet::new();
+    seen.iter()
+        .filter(|r| ids.insert(r.message_id.clone()))
+        .map(|r| r.body["metadata"]["position"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_the_seed_envelope_in_order_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    // The server secret, shared with the relay (it derives verification tokens).
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
+    let store =
+        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
+    let live = LiveModels::start(store.clone());
+    let config = IdentityConfig { password_cost: PasswordCost::TEST, ..Default::default() };
+    let id = Identity::new(store.clone(), live, SecretBox::new(key), config).unwrap();
+    let ctx = RequestContext {
+        client_ip: Some("198.51.100.7".into()),
+        user_agent: Some("relay-test".into()),
+        ..RequestContext::service("auth")
+    };
+
+    let tap = Tap::declare().await;
+    let mut relay = start_relay(&data);
+    let reg = id
+        .register(
+            &ctx,
+            Registration {
+                email: "relay@example.com".into(),
+                username: "relayed".into(),
+                password: "password-123".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let login =
+        |password: &str| LoginRequest { identifier: "relayed".into(), password: password.into(), ..Default::default() };
+    let _ = id.login(&ctx, login("wrong-password")).await;
+    id.login(&ctx, login("password-123")).await.unwrap();
+    let head = store.head_position().await.unwrap();
+    let mut seen = Vec::new();
+    tap.read_until(&mut seen, |s| positions(s).len() as u64 >= head).await;
+
+    let registered = seen.iter().find(|r| r.routing_key == "user.events.registered").expect("registration relayed");
+    let b = &registered.body;
+    assert_eq!(b["message_type"], "user.registered");
+    assert_eq!(b["user_id"], reg.user_id.to_string());
+    assert_eq!(b["data"]["email"], "relay@example.com");
+    assert_eq!(b["data"]["verification_token"], reg.verification_token, "derived again by the relay");
+    assert_eq!(b["data"]["registration_ip"], "198.51.100.7");
+    assert_eq!(registered.message_id, b["message_id"].as_str().unwrap());
+    assert_eq!(registered.delivery_mode, Some(2), "persistent");
+    assert_eq!(registered.headers["message_type"], "user.registered");
+    assert_eq!(registered.headers["source_service"], "auth");
+    assert_eq!(registered.headers["user_id"], reg.user_id.to_string());
+    let failed = seen
+        .iter()
+        .find(|r| r.routing_key == "user.events.login" && r.body["data"]["login_successful"] == false)
+        .unwrap();
+    assert_eq!(failed.priority, Some(5));
+    assert_eq!(failed.body["data"]["email"], "relay@example.com");
+    let events = store.read_all(1, 1000).await.unwrap();
+    for r in &seen {
+        let p = r.body["metadata"]["position"].as_u64().unwrap() as usize;
+        assert_eq!(r.message_id, events[p - 1].event_id.to_string(), "message_id is the event id");
+    }
+    assert_eq!(positions(&seen), (1..=head).collect::<Vec<_>>(), "log order");
+
+    // kill -9 the relay while events keep coming; a new one resumes from the checkpoint.
+    relay.kill();
+    for _ in 0..3 {
+        id.login(&ctx, login("password-123")).await.unwrap();
+    }
+    let mut relay = start_relay(&data);
+    let head = store.head_position().await.unwrap();
+    tap.read_until(&mut seen, |s| positions(s).len() as u64 >= head).await;
+    assert_eq!(positions(&seen), (1..=head).collect::<Vec<_>>(), "nothing lost, nothing reordered");
+
+    // The broker drops every connection: the relay reconnects and goes on.
+    let closed = Command::new("rabbitmqctl").args(["close_all_connections", "relay test"]).output().unwrap();
+    assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+    for _ in 0..3 {
+        id.login(&ctx, login("password-123")).await.unwrap();
+    }
+    let head = store.head_position().await.unwrap();
+    tap.read_until(&mut seen, |s| positions(s).len() as u64 >= head).await;
+    assert_eq!(positions(&seen), (1..=head).collect::<Vec<_>>());
+    let checkpoint: u64 = std::fs::read_to_string(dir.path().join("relay.checkpoint")).unwrap().trim().parse().unwrap();
+    assert!(checkpoint <= head);
+
+    relay.kill();
+    tap.delete().await;
+}
