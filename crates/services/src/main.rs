@@ -5,6 +5,7 @@ mod audit_cmd;
 mod bench;
 mod config;
 mod events_cmd;
+mod notify;
 mod relay;
 mod replay;
 mod server;
@@ -31,6 +32,8 @@ enum Command {
     Serve(server::ServeArgs),
     /// Relay the log to RabbitMQ alone (`serve --amqp-url` runs it too).
     Relay(server::ServeArgs),
+    /// The notification service: email, SMS and push from the AMQP stream.
+    Notify(notify::NotifyArgs),
     /// Operator actions (first administrator, key rotation).
     Admin {
         #[command(subcommand)]
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => server::run(args).await,
+            Command::Notify(args) => notify::run(args).await,
             Command::Relay(args) => relay::run_alone(args).await,
             Command::Admin { command } => admin_cmd::run(command).await,
             Command::Events { command } => events_cmd::run(command).await,

@@ -1,0 +1,363 @@
+//! `perfect21 notify`: the notification service (seed section 3.4).
+//!
+//! It consumes `notification.user_events` (`user.events.*`),
+//! `notification.security_events` (`security.events.*`) and
+//! `notification.notification_requests` (`notification.*.*`): durable, 24 h TTL,
+//! at most 10 000 messages, prefetch 10. A message that keeps failing after
+//! bounded retries goes to `notification.dead_letter` (as do messages the broker
+//! drops for TTL or length, through the `notification.dlx` exchange). Every step of a
+//! message (email, SMS, push) is remembered by message id, so a redelivery never
+//! sends twice; `send_at` is honoured by keeping the message until then.
+
+mod store;
+mod templates;
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lettre::message::header::ContentType;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::NotifyStore;
+use templates::Templates;
+
+/// Attempts of one message before it goes to the dead-letter queue.
+const ATTEMPTS: u32 = 3;
+
+/// Options of `perfect21 notify`.
+#[derive(clap::Args, Clone)]
+pub struct NotifyArgs {
+    #[arg(long, env = "PERFECT21_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// SMTP server, `smtp://host:port` (no TLS: a relay on the same network).
+    #[arg(long, env = "PERFECT21_SMTP_URL", default_value = "smtp://127.0.0.1:25")]
+    pub smtp_url: String,
+    /// Sender address of emails.
+    #[arg(long, env = "PERFECT21_MAIL_FROM", default_value = "perfect21 <no-reply@perfect21.local>")]
+    pub mail_from: String,
+    /// HTTP endpoint that sends SMS: receives POST {"to", "message", "message_id"}.
+    #[arg(long, env = "PERFECT21_SMS_WEBHOOK")]
+    pub sms_webhook: Option<String>,
+    /// HTTP endpoint that sends push notifications: receives POST {"user_id", "title", "body", "data", "message_id"}.
+    #[arg(long, env = "PERFECT21_PUSH_WEBHOOK")]
+    pub push_webhook: Option<String>,
+    /// Directory of the message templates (`<name>.txt`).
+    #[arg(long, env = "PERFECT21_TEMPLATES", default_value = "templates/notification")]
+    pub templates: PathBuf,
+    /// Public base URL of the REST API, for links in emails.
+    #[arg(long, env = "PERFECT21_PUBLIC_URL", default_value = "http://localhost:8080")]
+    pub public_url: String,
+    /// Data directory (the service's own SQLite file: handled ids, scheduled messages).
+    #[arg(long, env = "PERFECT21_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Service name: queues are `<name>.user_events`, `<name>.security_events`,
+    /// `<name>.notification_requests` and `<name>.dead_letter`.
+    #[arg(long, env = "PERFECT21_NOTIFY_SERVICE", default_value = "notification")]
+    pub service_name: String,
+    /// HTTP port for health checks.
+    #[arg(long, env = "PERFECT21_NOTIFY_ADDR", default_value = "0.0.0.0:8084")]
+    pub http_addr: std::net::SocketAddr,
+}
+
+struct Notifier {
+    args: NotifyArgs,
+    templates: Templates,
+    store: NotifyStore,
+    mailer: AsyncSmtpTransport<Tokio1Executor>,
+    http: reqwest::Client,
+}
+
+fn smtp(url: &str) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let rest =
+        url.strip_prefix("smtp://").with_context(|| format!("SMTP URL '{url}' must look like smtp://host:port"))?;
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "25"));
+    let port: u16 = port.trim_end_matches('/').parse().with_context(|| format!("SMTP port in '{url}'"))?;
+    Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .timeout(Some(Duration::from_secs(10)))
+        .build())
+}
+
+pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
+    let notifier = Arc::new(Notifier {
+        templates: Templates::load(&args.templates)?,
+        store: NotifyStore::open(&args.data_dir.join("notify.db"))?,
+        mailer: smtp(&args.smtp_url)?,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        args,
+    });
+    let listener = tokio::net::TcpListener::bind(notifier.args.http_addr).await?;
+    println!("perfect21 notify listening on {}", listener.local_addr()?);
+    let health = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, health).await });
+    tokio::spawn(schedule_loop(notifier.clone()));
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if let Err(e) = consume(notifier.clone()).await {
+            tracing::warn!(error = %format!("{e:#}"), "notification consumer lost the broker; reconnecting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn dead_letter_exchange(service: &str) -> String {
+    format!("{service}.dlx")
+}
+
+fn queue_args(service: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongUInt(86_400_000));
+    args.insert("x-max-length".into(), AMQPValue::LongUInt(10_000));
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dead_letter_exchange(service).into()));
+    args
+}
+
+fn dead_letter_queue(service: &str) -> String {
+    format!("{service}.dead_letter")
+}
+
+/// Declares the exchanges, the three queues with their bindings, and the dead-letter queue.
+async fn declare(ch: &Channel, service: &str) -> anyhow::Result<Vec<String>> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(crate::relay::message::EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .await?;
+    let dlx = dead_letter_exchange(service);
+    ch.exchange_declare(dlx.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    let dlq = dead_letter_queue(service);
+    ch.queue_declare(dlq.as_str().into(), durable_queue, FieldTable::default()).await?;
+    ch.queue_bind(
+        dlq.as_str().into(),
+        dlx.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut queues = Vec::new();
+    for (suffix, key) in [
+        ("user_events", "user.events.*"),
+        ("security_events", "security.events.*"),
+        ("notification_requests", "notification.*.*"),
+    ] {
+        let name = format!("{service}.{suffix}");
+        ch.queue_declare(name.as_str().into(), durable_queue, queue_args(service)).await?;
+        ch.queue_bind(
+            name.as_str().into(),
+            crate::relay::message::EXCHANGE.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        queues.push(name);
+    }
+    Ok(queues)
+}
+
+async fn consume(notifier: Arc<Notifier>) -> anyhow::Result<()> {
+    let conn = Connection::connect(&notifier.args.amqp_url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(10, BasicQosOptions::default()).await?;
+    let service = notifier.args.service_name.clone();
+    let queues = declare(&ch, &service).await?;
+    let mut consumers = Vec::new();
+    for q in &queues {
+        consumers.push(
+            ch.basic_consume(
+                q.as_str().into(),
+                format!("{service}-{q}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?,
+        );
+    }
+    let mut deliveries = futures::stream::select_all(consumers);
+    while let Some(delivery) = deliveries.next().await {
+        let delivery = delivery?;
+        let routing_key = delivery.routing_key.to_string();
+        if let Err(e) = notifier.receive(&routing_key, &delivery.data).await {
+            // Keeps failing: park it with the reason, so nothing is lost silently.
+            let mut headers = FieldTable::default();
+            headers.insert("x-error".into(), AMQPValue::LongString(format!("{e:#}").into()));
+            headers.insert("x-original-routing-key".into(), AMQPValue::LongString(routing_key.clone().into()));
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers)
+                .with_content_type(ShortString::from("application/json"));
+            let dlq = dead_letter_queue(&service);
+            ch.basic_publish("".into(), dlq.as_str().into(), BasicPublishOptions::default(), &delivery.data, props)
+                .await?
+                .await?;
+            tracing::warn!(error = %format!("{e:#}"), routing_key, "message dead-lettered");
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
+
+async fn schedule_loop(notifier: Arc<Notifier>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let due = match notifier.store.due(chrono::Utc::now().timestamp_millis()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read scheduled messages");
+                continue;
+            }
+        };
+        for (id, _routing_key, body) in due {
+            let result = match serde_json::from_slice::<Value>(&body) {
+                Ok(msg) => notifier.handle_with_retries(&id, &msg).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %format!("{e:#}"), message_id = id, "scheduled message failed; dropped");
+            }
+            let _ = notifier.store.unschedule(&id);
+        }
+    }
+}
+
+impl Notifier {
+    /// One delivery from the broker: deduplicated, scheduled if `send_at` is ahead, else handled.
+    async fn receive(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
+        let msg: Value = serde_json::from_slice(body).context("the message is not JSON")?;
+        let id = msg["message_id"].as_str().context("the message has no message_id")?.to_string();
+        if self.store.was_handled(&id)? {
+            return Ok(());
+        }
+        if let Some(at) = msg["data"]["send_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+            if at.timestamp_millis() > chrono::Utc::now().timestamp_millis() {
+                return self.store.schedule(&id, at.timestamp_millis(), routing_key, body);
+            }
+        }
+        self.handle_with_retries(&id, &msg).await
+    }
+
+    async fn handle_with_retries(&self, id: &str, msg: &Value) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.handle(id, msg).await {
+                Ok(()) => return self.store.mark_handled(id),
+                Err(e) if attempt >= ATTEMPTS => return Err(e.context(format!("after {ATTEMPTS} attempts"))),
+                Err(e) => {
+                    tracing::info!(error = %format!("{e:#}"), attempt, message_id = id, "notification failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * 3u64.pow(attempt - 1))).await;
+                }
+            }
+        }
+    }
+
+    /// Runs `step` unless it already succeeded for this message (so a retry or
+    /// redelivery never repeats an email that went out).
+    async fn once<F: std::future::Future<Output = anyhow::Result<()>>>(
+        &self,
+        id: &str,
+        step: &str,
+        f: F,
+    ) -> anyhow::Result<()> {
+        let key = format!("{id}:{step}");
+        if self.store.was_handled(&key)? {
+            return Ok(());
+        }
+        f.await?;
+        self.store.mark_handled(&key)
+    }
+
+    async fn handle(&self, id: &str, msg: &Value) -> anyhow::Result<()> {
+        let data = &msg["data"];
+        let mut ctx = data.clone();
+        if let Some(m) = ctx.as_object_mut() {
+            m.insert("timestamp".into(), msg["timestamp"].clone());
+        }
+        match msg["message_type"].as_str().unwrap_or_default() {
+            "user.registered" => {
+                let email = data["email"].as_str().context("user.registered without email")?;
+                let token =
+                    data["verification_token"].as_str().context("user.registered without verification_token")?;
+                ctx["verification_link"] =
+                    json!(format!("{}/verify-email?token={token}", self.args.public_url.trim_end_matches('/')));
+                self.once(id, "email", self.email(email, "welcome", &ctx, None)).await
+            }
+            "user.login" => {
+                let risky = data["risk_score"].as_f64().unwrap_or(0.0) > 0.7;
+                match data["email"].as_str() {
+                    Some(email) if data["login_successful"] == false || risky => {
+                        self.once(id, "email", self.email(email, "login_notice", &ctx, None)).await
+                    }
+                    _ => Ok(()),
+                }
+            }
+            "security.alert" => {
+                if let Some(email) = data["email"].as_str() {
+                    self.once(id, "email", self.email(email, "security_alert", &ctx, None)).await?;
+                }
+                let severe = matches!(data["severity"].as_str(), Some("high" | "critical"));
+                if let (true, Some(phone)) = (severe, data["phone_number"].as_str()) {
+                    let text = self.templates.render("security_alert_sms", &ctx)?.body;
+                    self.once(id, "sms", self.sms(id, phone, text.trim())).await?;
+                }
+                Ok(())
+            }
+            "notification.email.send" => {
+                let to = data["recipient"].as_str().context("notification.email.send without recipient")?;
+                let template =
+                    data["template_name"].as_str().context("notification.email.send without template_name")?;
+                self.once(id, "email", self.email(to, template, &data["template_data"], data["subject"].as_str())).await
+            }
+            "notification.sms.send" => {
+                let to = data["phone_number"].as_str().context("notification.sms.send without phone_number")?;
+                let text = match (data["message"].as_str(), data["template_name"].as_str()) {
+                    (Some(m), _) => m.to_string(),
+                    (None, Some(t)) => self.templates.render(t, &data["template_data"])?.body,
+                    _ => anyhow::bail!("notification.sms.send needs message or template_name"),
+                };
+                self.once(id, "sms", self.sms(id, to, text.trim())).await
+            }
+            "notification.push.send" => self.once(id, "push", self.push(id, data)).await,
+            // Other events are not this service's business.
+            _ => Ok(()),
+        }
+    }
+
+    async fn email(&self, to: &str, template: &str, ctx: &Value, subject: Option<&str>) -> anyhow::Result<()> {
+        let rendered = self.templates.render(template, ctx)?;
+        let subject = subject.map(String::from).or(rendered.subject).unwrap_or_else(|| "perfect21".into());
+        let message = lettre::Message::builder()
+            .from(self.args.mail_from.parse().context("mail sender address")?)
+            .to(to.parse().with_context(|| format!("recipient address '{to}'"))?)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(rendered.body)?;
+        self.mailer.send(message).await.context("sending the email over SMTP")?;
+        Ok(())
+    }
+
+    async fn sms(&self, id: &str, to: &str, text: &str) -> anyhow::Result<()> {
+        let Some(url) = &self.args.sms_webhook else {
+            tracing::warn!(message_id = id, "no SMS webhook configured; SMS not sent");
+            return Ok(());
+        };
+        let res = self.http.post(url).json(&json!({"to": to, "message": text, "message_id": id})).send().await?;
+        anyhow::ensure!(res.status().is_success(), "SMS webhook answered {}", res.status());
+        Ok(())
+    }
+
+    async fn push(&self, id: &str, data: &Value) -> anyhow::Result<()> {
+        let url = self.args.push_webhook.as_ref().context("no push webhook configured (--push-webhook)")?;
+        let body = json!({"user_id": data["user_id"], "title": data["title"], "body": data["body"], "data": data["data"], "message_id": id});
+        let res = self.http.post(url).json(&body).send().await?;
+        anyhow::ensure!(res.status().is_success(), "push webhook answered {}", res.status());
+        Ok(())
+    }
+}

@@ -1,0 +1,286 @@
+//! The notification service end to end: identity commands → log → relay →
+//! RabbitMQ → `perfect21 notify` → a real SMTP server process (aiosmtpd) and an
+//! HTTP SMS webhook, all over loopback. Also: delayed delivery, no double
+//! sends on redelivery, and the dead-letter queue.
+
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use perfect21_domain::password::PasswordCost;
+use perfect21_domain::secrets::SecretBox;
+use perfect21_domain::{Identity, IdentityConfig, LiveModels, LoginRequest, Registration, RequestContext};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn amqp_url() -> String {
+    std::env::var("PERFECT21_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Undoes quoted-printable (soft line breaks and =XX escapes).
+fn unquote(text: &str) -> String {
+    let joined = text.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'=', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mails the SMTP sink received, bodies decoded.
+fn mails(maildir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(entries) = std::fs::read_dir(maildir.join(sub)) {
+            for e in entries.flatten() {
+                out.push(unquote(&std::fs::read_to_string(e.path()).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn publish(ch: &lapin::Channel, routing_key: &str, msg: &Value) {
+    ch.basic_publish(
+        "perfect21.events".into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        msg.to_string().as_bytes(),
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let service = format!("notify-test-{}", uuid::Uuid::new_v4().simple());
+
+    // A real SMTP server process.
+    let maildir = dir.path().join("maildir");
+    let smtp_port = free_port();
+    let _smtp = Killed(
+        Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{smtp_port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd (pip install aiosmtpd)"),
+    );
+    // An SMS webhook.
+    let sms: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let received = sms.clone();
+    let app = axum::Router::new().route(
+        "/sms",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let received = received.clone();
+            async move {
+                received.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(hook, app).await });
+
+    // The log, the relay, and the notification service.
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
+    let store =
+        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
+    let config = IdentityConfig { password_cost: PasswordCost::TEST, lockout_threshold: 2, ..Default::default() };
+    let id = Identity::new(store.clone(), LiveModels::start(store.clone()), SecretBox::new(key), config).unwrap();
+    let exe = env!("CARGO_BIN_EXE_perfect21");
+    let _relay = Killed(
+        Command::new(exe)
+            .args(["relay", "--data-dir", &data, "--amqp-url", &amqp_url(), "--insecure-fast-passwords"])
+            .spawn()
+            .unwrap(),
+    );
+    let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/../../templates/notification");
+    let _notify = Killed(
+        Command::new(exe)
+            .args(["notify", "--amqp-url", &amqp_url(), "--service-name", &service, "--templates", templates])
+            .args([
+                "--smtp-url",
+                &format!("smtp://127.0.0.1:{smtp_port}"),
+                "--sms-webhook",
+                &format!("http://{hook_addr}/sms"),
+            ])
+            .args([
+                "--data-dir",
+                &format!("{data}/notify"),
+                "--http-addr",
+                "127.0.0.1:0",
+                "--public-url",
+                "https://id.example.com",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    // Wait for the service's queues (messages published before they exist would go nowhere).
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = conn.create_channel().await.unwrap();
+        let q = format!("{service}.notification_requests");
+        if probe.queue_declare(q.as_str().into(), passive, FieldTable::default()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the notification queues never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Registration → welcome email with the verification link.
+    let ctx = RequestContext { client_ip: Some("203.0.113.1".into()), ..RequestContext::service("auth") };
+    let reg = id
+        .register(
+            &ctx,
+            Registration {
+                email: "ada@example.com".into(),
+                username: "ada".into(),
+                password: "password-123".into(),
+                first_name: Some("Ada".into()),
+                phone_number: Some("+15555550123".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let welcome =
+        wait_for("the welcome email", || mails(&maildir).into_iter().find(|m| m.contains("Welcome to perfect21")))
+            .await;
+    assert!(welcome.contains("To: ada@example.com"));
+    assert!(welcome.contains("Hello Ada"));
+    assert!(welcome.contains(&format!("https://id.example.com/verify-email?token={}", reg.verification_token)));
+
+    // Two failed logins → a login notice each, then a lock with a high alert: email and SMS.
+    for _ in 0..2 {
+        let _ = id
+            .login(
+                &ctx,
+                LoginRequest { identifier: "ada".into(), password: "wrong-password".into(), ..Default::default() },
+            )
+            .await;
+    }
+    wait_for("login notices", || {
+        (mails(&maildir).iter().filter(|m| m.contains("A failed sign-in")).count() == 2).then_some(())
+    })
+    .await;
+    let alert =
+        wait_for("the alert email", || mails(&maildir).into_iter().find(|m| m.contains("Security alert (high)"))).await;
+    assert!(alert.contains("What we recommend"));
+    let text = wait_for("the alert SMS", || sms.lock().unwrap().first().cloned()).await;
+    assert_eq!(text["to"], "+15555550123");
+    assert!(text["message"].as_str().unwrap().contains("account_locked"));
+
+    // A template email, delayed by send_at; sent once although delivered twice.
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let send_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let request = json!({
+        "message_id": message_id, "message_type": "notification.email.send",
+        "timestamp": chrono::Utc::now().to_rfc3339(), "source_service": "test", "data": {
+            "recipient": "grace@example.com", "template_name": "notice", "subject": "Scheduled maintenance",
+            "template_data": {"body": "The service pauses at midnight."}, "send_at": send_at,
+        }
+    });
+    let published = Instant::now();
+    publish(&ch, "notification.email.send", &request).await;
+    publish(&ch, "notification.email.send", &request).await;
+    let mail =
+        wait_for("the scheduled email", || mails(&maildir).into_iter().find(|m| m.contains("Scheduled maintenance")))
+            .await;
+    assert!(published.elapsed() >= Duration::from_millis(1500), "sent before send_at");
+    assert!(mail.contains("The service pauses at midnight."));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(mails(&maildir).iter().filter(|m| m.contains("Scheduled maintenance")).count(), 1, "never sent twice");
+
+    // A push with no push webhook configured keeps failing → the dead-letter queue.
+    let push = json!({
+        "message_id": uuid::Uuid::now_v7().to_string(), "message_type": "notification.push.send",
+        "timestamp": chrono::Utc::now().to_rfc3339(), "source_service": "test",
+        "data": {"user_id": reg.user_id, "title": "Hi", "body": "there"}
+    });
+    publish(&ch, "notification.push.send", &push).await;
+    let dlq = format!("{service}.dead_letter");
+    let mut consumer = ch
+        .basic_consume(
+            dlq.as_str().into(),
+            "dlq-check".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let dead =
+        tokio::time::timeout(Duration::from_secs(30), consumer.next()).await.expect("dead-lettered").unwrap().unwrap();
+    let body: Value = serde_json::from_slice(&dead.data).unwrap();
+    assert_eq!(body["message_id"], push["message_id"]);
+    let error = dead
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-error").cloned())
+        .and_then(|v| match v {
+            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .expect("x-error header");
+    assert!(error.contains("no push webhook configured") && error.contains("after 3 attempts"), "{error}");
+
+    for suffix in ["user_events", "security_events", "notification_requests", "dead_letter"] {
+        let _ = ch.queue_delete(format!("{service}.{suffix}").as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let _ = ch.exchange_delete(format!("{service}.dlx").as_str().into(), ExchangeDeleteOptions::default()).await;
+}
