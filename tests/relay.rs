@@ -1,6 +1,7 @@
 //! The relay against the machine's real RabbitMQ: the seed's envelope and
-//! properties, log order, and nothing lost across a relay `kill -9` and a
-//! broker dropping every connection.
+//! properties, log order, and nothing lost across a relay `kill -9`, a broker
+//! dropping every connection, and a broker restart (`rabbitmqctl stop_app` /
+//! `start_app`; `.config/nextest.toml` runs the RabbitMQ tests one at a time).
 
 use futures::StreamExt;
 use lapin::options::*;
@@ -43,7 +44,9 @@ impl Tap {
         let queue = format!("relay-test-{}", uuid::Uuid::new_v4().simple());
         // No x-max-priority: a priority queue would deliver a failed login (priority 5) before
         // earlier events on purpose. The seed's queues are plain, so they keep log order.
-        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+        // Durable, so that it (and the persistent messages in it) survive the broker restart.
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        ch.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.unwrap();
         ch.queue_bind(
             queue.as_str().into(),
             "perfect21.events".into(),
@@ -230,6 +233,17 @@ async fn relay_publishes_the_seed_envelope_in_order_and_loses_nothing() {
     let head = store.head_position().await.unwrap();
     tap.read_until(&mut seen, |s| positions(s).len() as u64 >= head).await;
     assert_eq!(positions(&seen), (1..=head).collect::<Vec<_>>());
+    // A real broker restart.
+    let stop = Command::new("rabbitmqctl").arg("stop_app").output().unwrap();
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    id.login(&ctx, login("password-123")).await.unwrap();
+    let start = Command::new("rabbitmqctl").arg("start_app").output().unwrap();
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    id.login(&ctx, login("password-123")).await.unwrap();
+    let head = store.head_position().await.unwrap();
+    tap.read_until(&mut seen, |s| positions(s).len() as u64 >= head).await;
+    assert_eq!(positions(&seen), (1..=head).collect::<Vec<_>>(), "nothing lost across a broker restart");
+
     let checkpoint: u64 = std::fs::read_to_string(dir.path().join("relay.checkpoint")).unwrap().trim().parse().unwrap();
     assert!(checkpoint <= head);
 
