@@ -250,3 +250,64 @@ async fn relay_publishes_the_seed_envelope_in_order_and_loses_nothing() {
     relay.kill();
     tap.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_aio_pika_consumer_accepts_the_envelope_as_the_seeds_pydantic_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
+    let store =
+        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
+    let config = IdentityConfig { password_cost: PasswordCost::TEST, lockout_threshold: 2, ..Default::default() };
+    let id = Identity::new(store.clone(), LiveModels::start(store.clone()), SecretBox::new(key), config).unwrap();
+    let ctx = RequestContext {
+        client_ip: Some("198.51.100.8".into()),
+        user_agent: Some("py".into()),
+        ..RequestContext::service("auth")
+    };
+
+    let queue = format!("python-seed-{}", uuid::Uuid::new_v4().simple());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/seed_consumer.py");
+    let mut python = Command::new("python3")
+        .args([script, &amqp_url(), &queue, "7"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with aio-pika and pydantic");
+    let mut out = std::io::BufReader::new(python.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let _relay = start_relay(&data);
+
+    let reg = id
+        .register(
+            &ctx,
+            Registration {
+                email: "py@example.com".into(),
+                username: "pyuser".into(),
+                password: "password-123".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    id.verify_email(&ctx, &reg.verification_token).await.unwrap();
+    for _ in 0..2 {
+        let _ = id
+            .login(
+                &ctx,
+                LoginRequest { identifier: "pyuser".into(), password: "wrong-password".into(), ..Default::default() },
+            )
+            .await;
+    }
+    // 7 messages on the bound keys: registered, email_verified, status_changed, 2 × login, locked, alert.
+    let status = tokio::task::spawn_blocking(move || python.wait()).await.unwrap().unwrap();
+    let mut validated = String::new();
+    std::io::BufRead::read_line(&mut out, &mut validated).unwrap();
+    assert!(status.success(), "the python consumer refused a message");
+    let types: Vec<String> = serde_json::from_str(validated.trim()).unwrap();
+    assert_eq!(types, ["security.account_locked", "security.alert", "user.login", "user.registered"]);
+}

@@ -155,6 +155,8 @@ async fn relay_once(
             recorded = sub.next(), if in_flight.len() < WINDOW => {
                 let recorded = recorded?;
                 let event = recorded.decode().ok();
+                // The contact details come from the read models: let them reach this event first.
+                let _ = live.wait_for(recorded.position, Duration::from_secs(5)).await;
                 let user = event.as_ref().and_then(message::user_of);
                 let contact = match user {
                     Some(u) => live.read(|m| m.users.get(u).map(|v| Contact {
