@@ -284,3 +284,76 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
     }
     let _ = ch.exchange_delete(format!("{service}.dlx").as_str().into(), ExchangeDeleteOptions::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_notifications_reach_the_users_websockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let exe = env!("CARGO_BIN_EXE_perfect21");
+    let mut child = Command::new(exe)
+        .args(["serve", "--data-dir", &data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--dev", "--insecure-fast-passwords", "--amqp-url", &amqp_url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let _serve = Killed(child);
+    let _grpc = lines.next().unwrap().unwrap();
+    let http = lines.next().unwrap().unwrap().replace("perfect21 HTTP listening on ", "");
+    let client = reqwest::Client::new();
+    let api = format!("http://{http}/api/v1");
+    let reg: Value = client
+        .post(format!("{api}/auth/register"))
+        .json(&json!({"email": "push@example.com", "username": "pushed", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let login: Value = client
+        .post(format!("{api}/auth/login"))
+        .json(&json!({"identifier": "pushed", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{http}/api/v1/ws?access_token={token}")).await.unwrap();
+    ws.next().await.unwrap().unwrap(); // hello
+
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        assert!(Instant::now() < deadline, "no push reached the WebSocket");
+        // Until the server's push queue is bound, a push goes nowhere: send again.
+        let push = json!({
+            "message_id": uuid::Uuid::now_v7().to_string(), "message_type": "notification.push.send",
+            "timestamp": chrono::Utc::now().to_rfc3339(), "source_service": "test",
+            "data": {"user_id": reg["user_id"], "title": "Parcel", "body": "Your parcel is on its way"}
+        });
+        publish(&ch, "notification.push.send", &push).await;
+        let next = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(Ok(msg)) = ws.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                    if t.contains("\"notification\"") {
+                        return Some(t.to_string());
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        if let Ok(Some(text)) = next {
+            break text;
+        }
+    };
+    let v: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["title"], "Parcel");
+    assert_eq!(v["body"], "Your parcel is on its way");
+}

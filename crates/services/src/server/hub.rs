@@ -25,10 +25,11 @@ pub const CLOSE_REVOKED: u16 = 4001;
 /// Close code for a connection whose token expired.
 pub const CLOSE_EXPIRED: u16 = 4002;
 
-/// One event for one user.
+/// One message for one user: an event of the log, or a notification.
 pub struct Push {
     pub json: String,
-    pub event: Event,
+    /// The event, if the push is one (it may end the connection).
+    pub event: Option<Event>,
 }
 
 type Connections = HashMap<Uuid, Vec<(u64, mpsc::Sender<Arc<Push>>)>>;
@@ -61,7 +62,7 @@ impl Hub {
                             "payload": event.payload_json(),
                         })
                         .to_string();
-                        pump.deliver(user, Arc::new(Push { json, event }));
+                        pump.deliver(user, Arc::new(Push { json, event: Some(event) }));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "websocket hub cannot follow the log; retrying");
@@ -73,7 +74,8 @@ impl Hub {
         Ok(hub)
     }
 
-    fn deliver(&self, user: Uuid, push: Arc<Push>) {
+    /// Queues `push` on every open connection of `user`.
+    pub fn deliver(&self, user: Uuid, push: Arc<Push>) {
         let mut conns = self.connections.lock().expect("hub lock");
         if let Some(list) = conns.get_mut(&user) {
             // A full queue means a stuck client: drop it rather than stall everyone.
@@ -157,7 +159,7 @@ async fn connection(mut socket: WebSocket, hub: Arc<Hub>, user: Uuid, session: U
                 if socket.send(Message::Text(push.json.clone().into())).await.is_err() {
                     break;
                 }
-                if let Some((code, reason)) = ends(&push.event, session, &jti) {
+                if let Some((code, reason)) = push.event.as_ref().and_then(|e| ends(e, session, &jti)) {
                     let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                     break;
                 }
@@ -175,4 +177,61 @@ async fn connection(mut socket: WebSocket, hub: Arc<Hub>, user: Uuid, session: U
         }
     }
     hub.unregister(user, id);
+}
+
+/// Delivers `notification.push.send` messages to the user's WebSockets on this
+/// replica: each replica has its own queue (server-named, exclusive), so every
+/// replica sees every push and delivers it to the connections it holds.
+pub async fn consume_pushes(amqp_url: String, hub: Arc<Hub>) {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    loop {
+        let run = async {
+            let conn = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default()).await?;
+            let ch = conn.create_channel().await?;
+            let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+            ch.exchange_declare(
+                crate::relay::message::EXCHANGE.into(),
+                lapin::ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+            let own = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+            let queue = ch.queue_declare("".into(), own, FieldTable::default()).await?;
+            let name = queue.name().clone();
+            ch.queue_bind(
+                name.clone(),
+                crate::relay::message::EXCHANGE.into(),
+                "notification.push.send".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+            let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+            let mut deliveries = ch.basic_consume(name, "websocket-push".into(), opts, FieldTable::default()).await?;
+            use futures::StreamExt;
+            while let Some(delivery) = deliveries.next().await {
+                let delivery = delivery?;
+                let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&delivery.data) else { continue };
+                let Some(user) = msg["data"]["user_id"].as_str().and_then(|u| Uuid::parse_str(u).ok()) else {
+                    continue;
+                };
+                let json = serde_json::json!({
+                    "type": "notification",
+                    "message_id": msg["message_id"],
+                    "title": msg["data"]["title"],
+                    "body": msg["data"]["body"],
+                    "data": msg["data"]["data"],
+                })
+                .to_string();
+                hub.deliver(user, Arc::new(Push { json, event: None }));
+            }
+            Ok::<_, lapin::Error>(())
+        };
+        if let Err(e) = run.await {
+            tracing::warn!(error = %e, "websocket push consumer lost the broker; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

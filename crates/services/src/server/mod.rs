@@ -123,6 +123,9 @@ pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let app = open_app(&args).await?;
     let hub = hub::Hub::start(app.identity.store().clone()).await?;
+    if let Some(url) = args.amqp_url.clone() {
+        tokio::spawn(hub::consume_pushes(url, hub.clone()));
+    }
     if let Some(relay) = args.relay() {
         let (store, live, secrets) =
             (app.identity.store().clone(), app.identity.live().clone(), app.identity.secrets().clone());
