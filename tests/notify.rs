@@ -356,4 +356,15 @@ async fn push_notifications_reach_the_users_websockets() {
     let v: Value = serde_json::from_str(&got).unwrap();
     assert_eq!(v["title"], "Parcel");
     assert_eq!(v["body"], "Your parcel is on its way");
+
+    // The relay inside serve reports its progress.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = client.get(format!("http://{http}/status")).send().await.unwrap().json().await.unwrap();
+        if status["relay"]["lag"] == 0 && status["relay"]["confirmed"].as_u64() == status["head_position"].as_u64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay never caught up: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -5,6 +5,7 @@
 mod append;
 mod grpc;
 mod login;
+mod relay;
 mod replay;
 pub mod websocket;
 
@@ -22,6 +23,9 @@ pub struct BenchArgs {
     /// PostgreSQL server for `append-postgres` (a scratch schema is created and dropped).
     #[arg(long, env = "PERFECT21_BENCH_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub postgres: String,
+    /// RabbitMQ for `relay`.
+    #[arg(long, env = "PERFECT21_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp: String,
     /// Seconds to run each side (ours, then the baseline).
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
@@ -51,6 +55,8 @@ pub enum Scenario {
     GrpcCheck,
     /// ValidateToken p99 during a login flood vs idle (ratio = idle / flood).
     LoginFlood,
+    /// Relay throughput vs raw lapin confirmed publish; commit → consumer latency vs publish → consumer.
+    Relay,
     /// 10k WebSocket connections: push latency from commit vs ping→pong on the same connections.
     Websocket,
     /// Full logins (argon2id on the blocking pool, events, session) vs raw argon2id verifications.
@@ -94,6 +100,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::GrpcValidate => grpc::validate(&scratch, duration).await?,
         Scenario::GrpcCheck => grpc::check(&scratch, duration).await?,
         Scenario::LoginFlood => grpc::login_flood(&scratch, duration).await?,
+        Scenario::Relay => relay::relay(&scratch, &args.amqp).await?,
         Scenario::Websocket => websocket::websocket(&scratch, duration).await?,
         Scenario::Login => login::login(&scratch, duration).await?,
         Scenario::Replay => replay::replay(&scratch, args.events).await?,

@@ -22,7 +22,7 @@ use perfect21_events::{subscribe_all, EventStore};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Unconfirmed messages in flight at most.
 pub const WINDOW: usize = 1000;
@@ -76,17 +76,39 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let start = read_checkpoint(&config.checkpoint)?;
     status.confirmed.store(start, Ordering::Relaxed);
+    // The checkpoint is saved off the publishing path: a slow fsync never stalls publishing.
+    let (confirmed_tx, confirmed_rx) = tokio::sync::watch::channel(start);
+    let saver = tokio::spawn(save_checkpoints(config.checkpoint.clone(), confirmed_rx));
     let mut backoff = Duration::from_millis(100);
-    loop {
-        let attempt = relay_once(&config, store.clone(), &live, &secrets, &status).await;
+    let result = loop {
+        let attempt = relay_once(&config, store.clone(), &live, &secrets, &status, &confirmed_tx).await;
         let e = match attempt {
-            Ok(()) => return Ok(()),
+            Ok(()) => break Ok(()),
             Err(e) => e,
         };
         status.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %format!("{e:#}"), "relay lost the broker; resuming from its checkpoint");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    saver.abort();
+    result
+}
+
+/// Writes the latest confirmed position at most every [`CHECKPOINT_EVERY`].
+async fn save_checkpoints(path: PathBuf, mut confirmed: tokio::sync::watch::Receiver<u64>) {
+    let mut saved = *confirmed.borrow();
+    while confirmed.changed().await.is_ok() {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let position = *confirmed.borrow_and_update();
+        if position > saved {
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || write_checkpoint(&p, position)).await {
+                Ok(Ok(())) => saved = position,
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot save the relay checkpoint"),
+                Err(e) => tracing::warn!(error = %e, "cannot save the relay checkpoint"),
+            }
+        }
     }
 }
 
@@ -119,6 +141,7 @@ async fn relay_once(
     live: &LiveModels,
     secrets: &SecretBox,
     status: &RelayStatus,
+    confirmed_tx: &tokio::sync::watch::Sender<u64>,
 ) -> anyhow::Result<()> {
     let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default())
         .await
@@ -128,9 +151,7 @@ async fn relay_once(
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
 
-    let mut confirmed = status.confirmed.load(Ordering::Relaxed);
-    let mut saved = confirmed;
-    let mut saved_at = Instant::now();
+    let confirmed = status.confirmed.load(Ordering::Relaxed);
     let mut sub = subscribe_all(store, confirmed + 1);
     let mut in_flight = FuturesOrdered::new();
     loop {
@@ -141,15 +162,9 @@ async fn relay_once(
                 match confirm? {
                     lapin::Confirmation::Nack(_) => anyhow::bail!("the broker refused (nack) position {position}"),
                     _ => {
-                        confirmed = position;
                         status.confirmed.store(position, Ordering::Relaxed);
+                        confirmed_tx.send_replace(position);
                     }
-                }
-                if confirmed > saved && (saved_at.elapsed() >= CHECKPOINT_EVERY || in_flight.is_empty()) {
-                    let path = config.checkpoint.clone();
-                    tokio::task::spawn_blocking(move || write_checkpoint(&path, confirmed)).await??;
-                    saved = confirmed;
-                    saved_at = Instant::now();
                 }
             }
             recorded = sub.next(), if in_flight.len() < WINDOW => {

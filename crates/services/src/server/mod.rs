@@ -126,10 +126,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.amqp_url.clone() {
         tokio::spawn(hub::consume_pushes(url, hub.clone()));
     }
+    let mut relay_status = None;
     if let Some(relay) = args.relay() {
         let (store, live, secrets) =
             (app.identity.store().clone(), app.identity.live().clone(), app.identity.secrets().clone());
         let status = Arc::new(crate::relay::RelayStatus::default());
+        relay_status = Some(status.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::relay::run(relay, store, live, secrets, status).await {
                 tracing::error!(error = %format!("{e:#}"), "relay stopped");
@@ -146,7 +148,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("perfect21 HTTP listening on {}", http_listener.local_addr()?);
 
     let grpc = tokio::spawn(serve_grpc(app.clone(), grpc_listener, stop_rx.clone(), args.only));
-    let router = rest::router(rest::RestState { app: app.clone(), hub }, args.only);
+    let router = rest::router(rest::RestState { app: app.clone(), hub, relay: relay_status }, args.only);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, router.into_make_service_with_connect_info::<SocketAddr>())

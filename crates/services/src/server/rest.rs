@@ -29,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RestState {
     pub app: App,
     pub hub: Arc<Hub>,
+    /// The relay's progress, when this process runs one.
+    pub relay: Option<Arc<crate::relay::RelayStatus>>,
 }
 
 /// An RFC 9457 problem.
@@ -216,7 +218,8 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
             .route("/users/{id}/roles", post(assign_role))
             .route("/users/{id}/roles/{role}", delete(revoke_role));
     }
-    let mut root = Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" }));
+    let mut root =
+        Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" })).route("/status", get(status));
     if runs(only, Service::Auth) {
         root = root.route("/.well-known/jwks.json", get(jwks));
     }
@@ -572,6 +575,26 @@ async fn audit(
         })
         .collect();
     Ok(Json(json!({ "events": entries })))
+}
+
+/// Positions for operators: the log head, the read models' checkpoint, the relay's confirmed position and lag.
+async fn status(State(s): State<RestState>) -> ApiResult {
+    let head = s.app.identity.store().head_position().await.map_err(DomainError::from)?;
+    let models = s.app.identity.live().checkpoint();
+    let relay = s.relay.as_ref().map(|r| {
+        let confirmed = r.confirmed.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "confirmed": confirmed,
+            "lag": head.saturating_sub(confirmed),
+            "published": r.published.load(std::sync::atomic::Ordering::Relaxed),
+            "reconnects": r.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    });
+    Ok(Json(json!({
+        "head_position": head,
+        "read_models": {"checkpoint": models, "lag": head.saturating_sub(models)},
+        "relay": relay,
+    })))
 }
 
 async fn jwks(State(s): State<RestState>) -> impl IntoResponse {
