@@ -7,17 +7,15 @@ use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use perfect21_domain::password::PasswordCost;
-use perfect21_domain::secrets::SecretBox;
-use perfect21_domain::{Identity, IdentityConfig, LiveModels, LoginRequest, Registration, RequestContext};
+
+use perfect21_domain::{IdentityConfig, LoginRequest, Registration, RequestContext};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn amqp_url() -> String {
-    std::env::var("PERFECT21_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+mod common;
+use common::{amqp_url, DataDir};
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -97,7 +95,6 @@ async fn publish(ch: &lapin::Channel, routing_key: &str, msg: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_string();
     let service = format!("notify-test-{}", uuid::Uuid::new_v4().simple());
 
     // A real SMTP server process.
@@ -129,14 +126,8 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
     tokio::spawn(async move { axum::serve(hook, app).await });
 
     // The log, the relay, and the notification service.
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
-    std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
-    let store =
-        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
-    let config = IdentityConfig { password_cost: PasswordCost::TEST, lockout_threshold: 2, ..Default::default() };
-    let id = Identity::new(store.clone(), LiveModels::start(store.clone()), SecretBox::new(key), config).unwrap();
+    let world = DataDir::new(IdentityConfig { lockout_threshold: 2, ..Default::default() }).await;
+    let (data, id) = (world.path(), &world.id);
     let exe = env!("CARGO_BIN_EXE_perfect21");
     let _relay = Killed(
         Command::new(exe)

@@ -7,17 +7,15 @@ use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use perfect21_domain::password::PasswordCost;
-use perfect21_domain::secrets::SecretBox;
-use perfect21_domain::{Identity, IdentityConfig, LiveModels, LoginRequest, Registration, RequestContext};
+
+use perfect21_domain::{IdentityConfig, LoginRequest, Registration, RequestContext};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-fn amqp_url() -> String {
-    std::env::var("PERFECT21_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+mod common;
+use common::{amqp_url, DataDir};
 
 struct Received {
     routing_key: String,
@@ -149,18 +147,8 @@ fn positions(seen: &[Received]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_the_seed_envelope_in_order_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_string();
-    // The server secret, shared with the relay (it derives verification tokens).
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
-    std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
-    let store =
-        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
-    let live = LiveModels::start(store.clone());
-    let config = IdentityConfig { password_cost: PasswordCost::TEST, ..Default::default() };
-    let id = Identity::new(store.clone(), live, SecretBox::new(key), config).unwrap();
+    let world = DataDir::new(IdentityConfig::default()).await;
+    let (data, store, id, dir) = (world.path(), world.store.clone(), &world.id, &world.dir);
     let ctx = RequestContext {
         client_ip: Some("198.51.100.7".into()),
         user_agent: Some("relay-test".into()),
@@ -253,16 +241,8 @@ async fn relay_publishes_the_seed_envelope_in_order_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_aio_pika_consumer_accepts_the_envelope_as_the_seeds_pydantic_models() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_string();
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
-    std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
-    let store =
-        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
-    let config = IdentityConfig { password_cost: PasswordCost::TEST, lockout_threshold: 2, ..Default::default() };
-    let id = Identity::new(store.clone(), LiveModels::start(store.clone()), SecretBox::new(key), config).unwrap();
+    let world = DataDir::new(IdentityConfig { lockout_threshold: 2, ..Default::default() }).await;
+    let (data, id) = (world.path(), &world.id);
     let ctx = RequestContext {
         client_ip: Some("198.51.100.8".into()),
         user_agent: Some("py".into()),
