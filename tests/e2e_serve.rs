@@ -191,6 +191,39 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
     .expect("the WebSocket got the revocation in time");
     assert!(saw_event, "the revocation event was pushed");
     assert_eq!(closed, Some(4001));
+
+    // The metrics of all that, with the seed's names, parsed by a real Prometheus parser.
+    let text = http.get(format!("{}/metrics", server.http)).send().await.unwrap().text().await.unwrap();
+    let mut parser = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/check_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client");
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = parser.wait_with_output().unwrap();
+    assert!(out.status.success(), "not valid Prometheus text:\n{text}");
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in [
+        "perfect21_requests",
+        "perfect21_request_duration_seconds",
+        "perfect21_active_connections",
+        "perfect21_auth_events",
+        "perfect21_token_operations",
+        "perfect21_permission_checks",
+        "perfect21_session_operations",
+        "perfect21_log_position",
+        "perfect21_projection_lag_events",
+    ] {
+        assert!(families.get(name).is_some(), "{name} missing from /metrics");
+    }
+    let requests = families["perfect21_requests"].as_array().unwrap();
+    let endpoints: Vec<&str> = requests.iter().filter_map(|l| l["endpoint"].as_str()).collect();
+    assert!(endpoints.contains(&"/api/v1/users/{id}/roles"), "route templates, not raw paths: {endpoints:?}");
+    assert!(endpoints.contains(&"/perfect21.auth.AuthService/ValidateToken"));
+    assert!(!endpoints.iter().any(|e| e.contains(&user_id)), "no user ids in labels");
+    let grpc_ok = requests.iter().any(|l| l["service"] == "grpc" && l["status"] == "0");
+    assert!(grpc_ok, "gRPC calls are counted with their grpc-status");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,8 @@ impl Identity {
             return Err(DomainError::InvalidCredentials);
         }
         let Some(user_id) = self.owner_of(&req.identifier).await? else {
+            metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => "unknown_user")
+                .increment(1);
             self.passwords.verify(req.password, None).await?;
             return Err(DomainError::InvalidCredentials);
         };
@@ -102,7 +104,11 @@ impl Identity {
             let recent_failures = state.failures.iter().filter(|t| **t >= window_start).count() as u32;
             let risk = self.risk_score(&state, ctx, recent_failures);
             match verdict {
-                Verdict::NeedMfa => return Err(DomainError::MfaRequired),
+                Verdict::NeedMfa => {
+                    metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => "mfa_required")
+                        .increment(1);
+                    return Err(DomainError::MfaRequired);
+                }
                 Verdict::Failed(reason) => {
                     let failure_count = recent_failures + 1;
                     events.push(Event::UserLoginFailed(UserLoginFailed {
@@ -138,7 +144,14 @@ impl Identity {
                         ));
                     }
                     match self.append(ctx, &user_stream, ExpectedVersion::from_current(state.version), &events).await {
-                        Ok(_) => return Err(DomainError::InvalidCredentials),
+                        Ok(_) => {
+                            metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => reason)
+                                .increment(1);
+                            if events.iter().any(|e| matches!(e, Event::AccountLocked(_))) {
+                                metrics::counter!("perfect21_auth_events_total", "event" => "account_locked", "outcome" => "locked").increment(1);
+                            }
+                            return Err(DomainError::InvalidCredentials);
+                        }
                         Err(DomainError::Conflict { .. }) => continue,
                         Err(e) => return Err(e),
                     }
@@ -169,7 +182,8 @@ impl Identity {
                     }));
                     match self.append(ctx, &user_stream, ExpectedVersion::from_current(state.version), &events).await {
                         Ok(_) => {
-                            return self.start_session(ctx, user_id, session_id, risk, mfa_used, req.device_id).await
+                            metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => "success").increment(1);
+                            return self.start_session(ctx, user_id, session_id, risk, mfa_used, req.device_id).await;
                         }
                         Err(DomainError::Conflict { .. }) => continue,
                         Err(e) => return Err(e),
@@ -236,6 +250,7 @@ impl Identity {
             device_id,
         });
         let r = self.append(ctx, &stream("session", session_id)?, ExpectedVersion::NoStream, &[event]).await?;
+        metrics::counter!("perfect21_session_operations_total", "operation" => "start").increment(1);
         Ok(LoginGrant {
             user_id,
             session_id,
@@ -280,6 +295,7 @@ impl Identity {
                 ),
             ];
             self.append(ctx, &s, expected, &events).await?;
+            metrics::counter!("perfect21_token_operations_total", "operation" => "refresh", "outcome" => "reuse_detected").increment(1);
             return Err(bad());
         }
         if !constant_time_eq(&state.current_hash, &presented) {
@@ -310,6 +326,8 @@ impl Identity {
             DomainError::Conflict { .. } => bad(),
             other => other,
         })?;
+        metrics::counter!("perfect21_token_operations_total", "operation" => "refresh", "outcome" => "rotated")
+            .increment(1);
         Ok(LoginGrant {
             user_id,
             session_id,
@@ -334,7 +352,9 @@ impl Identity {
             return Err(DomainError::FailedPrecondition(format!("session {session_id} has already ended")));
         }
         let event = Event::SessionRevoked(SessionRevoked { session_id, user_id: state.user_id, reason: reason.into() });
-        Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
+        let position = self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position;
+        metrics::counter!("perfect21_session_operations_total", "operation" => "revoke").increment(1);
+        Ok(position)
     }
 
     /// Logs out: ends the session and records `user.logged_out`.
@@ -368,7 +388,10 @@ impl Identity {
             jti: jti.into(),
             expires_at,
         });
-        Ok(self.append(ctx, &s, ExpectedVersion::Any, &[event]).await?.position)
+        let position = self.append(ctx, &s, ExpectedVersion::Any, &[event]).await?.position;
+        metrics::counter!("perfect21_token_operations_total", "operation" => "revoke", "outcome" => "revoked")
+            .increment(1);
+        Ok(position)
     }
 
     /// Ends every active session of a user; returns the last position written (or `after`).

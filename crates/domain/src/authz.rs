@@ -192,10 +192,14 @@ impl Identity {
         scope: &str,
         min_position: Option<u64>,
     ) -> Result<Decision> {
-        self.read(min_position, |m| {
-            let status = m.users.get(user_id).map(|u| u.status);
-            m.authz.check(user_id, status, resource, action, scope)
-        })
-        .await
+        let decision = self
+            .read(min_position, |m| {
+                let status = m.users.get(user_id).map(|u| u.status);
+                m.authz.check(user_id, status, resource, action, scope)
+            })
+            .await?;
+        let result = if decision.allowed { "allowed" } else { "denied" };
+        metrics::counter!("perfect21_permission_checks_total", "result" => result).increment(1);
+        Ok(decision)
     }
 }

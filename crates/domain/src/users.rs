@@ -124,6 +124,7 @@ impl Identity {
             verification_expires_at,
         });
         let appended = self.append(ctx, &stream("user", user_id)?, ExpectedVersion::NoStream, &[event]).await?;
+        metrics::counter!("perfect21_auth_events_total", "event" => "register", "outcome" => "success").increment(1);
         Ok(Registered { user_id, verification_token, position: appended.position })
     }
 

@@ -9,6 +9,7 @@ mod notify;
 mod relay;
 mod replay;
 mod server;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 use config::StoreArgs;

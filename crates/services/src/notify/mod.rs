@@ -93,7 +93,10 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(notifier.args.http_addr).await?;
     println!("perfect21 notify listening on {}", listener.local_addr()?);
-    let health = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let prometheus = crate::telemetry::install();
+    let health = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/metrics", axum::routing::get(move || async move { prometheus.render() }));
     tokio::spawn(async move { axum::serve(listener, health).await });
     tokio::spawn(schedule_loop(notifier.clone()));
     let mut backoff = Duration::from_millis(200);
@@ -197,6 +200,8 @@ async fn consume(notifier: Arc<Notifier>) -> anyhow::Result<()> {
                 .await?
                 .await?;
             tracing::warn!(error = %format!("{e:#}"), routing_key, "message dead-lettered");
+            metrics::counter!("perfect21_notifications_total", "channel" => "any", "outcome" => "dead_lettered")
+                .increment(1);
         }
         delivery.ack(BasicAckOptions::default()).await?;
     }

@@ -80,12 +80,23 @@ impl App {
             iss: ISSUER.into(),
             roles,
         };
-        self.keys.sign(&claims)
+        let token = self.keys.sign(&claims)?;
+        metrics::counter!("perfect21_token_operations_total", "operation" => "issue", "outcome" => "issued")
+            .increment(1);
+        Ok(token)
     }
 
     /// Signature, expiry, revocation (including this process's latest revocations)
     /// and the user's status; with warnings a caller may act on.
     pub async fn validate(&self, token: &str, client_ip: Option<&str>) -> TokenCheck {
+        let check = self.check_token(token, client_ip).await;
+        let outcome = if check.valid { "valid" } else { "invalid" };
+        metrics::counter!("perfect21_token_operations_total", "operation" => "validate", "outcome" => outcome)
+            .increment(1);
+        check
+    }
+
+    async fn check_token(&self, token: &str, client_ip: Option<&str>) -> TokenCheck {
         let claims = match self.verified.get(token) {
             Some(c) => c,
             None => match self.keys.verify(token, false) {

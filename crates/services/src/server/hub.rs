@@ -145,6 +145,7 @@ fn ends(event: &Event, session: Uuid, jti: &str) -> Option<(u16, &'static str)> 
 
 async fn connection(mut socket: WebSocket, hub: Arc<Hub>, user: Uuid, session: Uuid, jti: String, exp: i64) {
     let (id, mut rx) = hub.register(user);
+    let _active = crate::telemetry::Active::start("rest", "websocket");
     let hello = serde_json::json!({"type": "hello", "user_id": user, "session_id": session}).to_string();
     let mut open = socket.send(Message::Text(hello.into())).await.is_ok();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);

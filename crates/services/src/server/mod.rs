@@ -3,6 +3,7 @@
 pub mod app;
 pub mod grpc;
 pub mod grpc_admin;
+mod grpc_metrics;
 pub mod hub;
 pub mod openapi;
 pub mod rest;
@@ -121,6 +122,7 @@ pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::telemetry::install();
     let app = open_app(&args).await?;
     let hub = hub::Hub::start(app.identity.store().clone()).await?;
     if let Some(url) = args.amqp_url.clone() {
@@ -199,6 +201,7 @@ pub async fn serve_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(grpc_metrics::Measured))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(health_service)

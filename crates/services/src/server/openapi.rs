@@ -160,6 +160,7 @@ pub fn operations() -> Vec<Operation> {
         ("get", "/api/v1/openapi.json", "This document", None, false),
         ("get", "/.well-known/jwks.json", "Public keys of access tokens (JWKS)", None, false),
         ("get", "/healthz", "Liveness", None, false),
+        ("get", "/metrics", "Prometheus metrics", None, false),
         ("get", "/status", "Log head, read-model checkpoint and lag, relay confirmed position and lag", None, false),
     ]
 }

@@ -223,7 +223,9 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
     if runs(only, Service::Auth) {
         root = root.route("/.well-known/jwks.json", get(jwks));
     }
-    root.fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
+    root.route("/metrics", get(metrics_text))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
+        .layer(axum::middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .with_state(state)
@@ -577,12 +579,41 @@ async fn audit(
     Ok(Json(json!({ "events": entries })))
 }
 
-/// Positions for operators: the log head, the read models' checkpoint, the relay's confirmed position and lag.
-async fn status(State(s): State<RestState>) -> ApiResult {
+/// Counts and times every request by route template (never the raw path, so label values stay few).
+async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let endpoint = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().to_string();
+    let _active = crate::telemetry::Active::start("rest", "http");
+    let response = next.run(req).await;
+    crate::telemetry::request("rest", &method, &endpoint, response.status().as_str(), started);
+    response
+}
+
+/// The log head, the read models' checkpoint and the relay's confirmed position, for /status and /metrics.
+async fn positions(s: &RestState) -> Result<(u64, u64, Option<u64>), Problem> {
     let head = s.app.identity.store().head_position().await.map_err(DomainError::from)?;
     let models = s.app.identity.live().checkpoint();
-    let relay = s.relay.as_ref().map(|r| {
-        let confirmed = r.confirmed.load(std::sync::atomic::Ordering::Relaxed);
+    let relay = s.relay.as_ref().map(|r| r.confirmed.load(std::sync::atomic::Ordering::Relaxed));
+    Ok((head, models, relay))
+}
+
+/// Prometheus text format.
+async fn metrics_text(State(s): State<RestState>) -> Result<Response, Problem> {
+    let (head, models, relay) = positions(&s).await?;
+    metrics::gauge!("perfect21_log_position").set(head as f64);
+    metrics::gauge!("perfect21_projection_lag_events").set(head.saturating_sub(models) as f64);
+    if let Some(confirmed) = relay {
+        metrics::gauge!("perfect21_relay_lag_events").set(head.saturating_sub(confirmed) as f64);
+    }
+    let text = crate::telemetry::install().render();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// Positions for operators: the log head, the read models' checkpoint, the relay's confirmed position and lag.
+async fn status(State(s): State<RestState>) -> ApiResult {
+    let (head, models, confirmed) = positions(&s).await?;
+    let relay = s.relay.as_ref().zip(confirmed).map(|(r, confirmed)| {
         json!({
             "confirmed": confirmed,
             "lag": head.saturating_sub(confirmed),
