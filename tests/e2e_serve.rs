@@ -258,6 +258,8 @@ async fn errors_are_typed_health_and_jwks_answer_and_sigterm_drains() {
         http.post(format!("{api}/auth/login")).json(&json!({"identifier": big, "password": "p"})).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 413, "bodies are limited");
 
+    let ready = http.get(format!("{}/readyz", server.http)).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
     let jwks: Value =
         http.get(format!("{}/.well-known/jwks.json", server.http)).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["kty"], "OKP");

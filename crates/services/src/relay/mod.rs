@@ -43,6 +43,8 @@ pub struct RelayStatus {
     pub confirmed: AtomicU64,
     pub published: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Whether the relay holds a broker connection now.
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 fn read_checkpoint(path: &std::path::Path) -> anyhow::Result<u64> {
@@ -86,6 +88,7 @@ pub async fn run(
             Ok(()) => break Ok(()),
             Err(e) => e,
         };
+        status.connected.store(false, Ordering::Relaxed);
         status.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %format!("{e:#}"), "relay lost the broker; resuming from its checkpoint");
         tokio::time::sleep(backoff).await;
@@ -148,6 +151,7 @@ async fn relay_once(
         .with_context(|| format!("connecting to {}", redact(&config.amqp_url)))?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    status.connected.store(true, Ordering::Relaxed);
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
 

@@ -161,6 +161,7 @@ pub fn operations() -> Vec<Operation> {
         ("get", "/.well-known/jwks.json", "Public keys of access tokens (JWKS)", None, false),
         ("get", "/healthz", "Liveness", None, false),
         ("get", "/metrics", "Prometheus metrics", None, false),
+        ("get", "/readyz", "Readiness: store reachable, read models caught up, broker connected", None, false),
         ("get", "/status", "Log head, read-model checkpoint and lag, relay confirmed position and lag", None, false),
     ]
 }

@@ -218,8 +218,11 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
             .route("/users/{id}/roles", post(assign_role))
             .route("/users/{id}/roles/{role}", delete(revoke_role));
     }
-    let mut root =
-        Router::new().nest("/api/v1", api).route("/healthz", get(|| async { "ok" })).route("/status", get(status));
+    let mut root = Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status))
+        .route("/readyz", get(readyz));
     if runs(only, Service::Auth) {
         root = root.route("/.well-known/jwks.json", get(jwks));
     }
@@ -581,11 +584,14 @@ async fn audit(
 
 /// Counts and times every request by route template (never the raw path, so label values stay few).
 async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
     let started = std::time::Instant::now();
     let endpoint = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let method = req.method().to_string();
+    let correlation_id = req.headers().get("x-correlation-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let _active = crate::telemetry::Active::start("rest", "http");
-    let response = next.run(req).await;
+    let span = tracing::info_span!("request", %method, %endpoint, %correlation_id);
+    let response = next.run(req).instrument(span).await;
     crate::telemetry::request("rest", &method, &endpoint, response.status().as_str(), started);
     response
 }
@@ -596,6 +602,34 @@ async fn positions(s: &RestState) -> Result<(u64, u64, Option<u64>), Problem> {
     let models = s.app.identity.live().checkpoint();
     let relay = s.relay.as_ref().map(|r| r.confirmed.load(std::sync::atomic::Ordering::Relaxed));
     Ok((head, models, relay))
+}
+
+/// Read models further behind the log than this make the server not ready.
+const READY_MAX_LAG: u64 = 1000;
+
+/// Readiness: the store answers, the read models are caught up, the broker (if any) is connected.
+async fn readyz(State(s): State<RestState>) -> Response {
+    let mut problems = Vec::new();
+    match positions(&s).await {
+        Ok((head, models, _)) if head.saturating_sub(models) > READY_MAX_LAG => {
+            problems.push(format!("read models are {} events behind the log (at most {READY_MAX_LAG})", head - models));
+        }
+        Ok(_) => {}
+        Err(p) => problems.push(format!("event store unreachable: {}", p.detail)),
+    }
+    if let Some(error) = s.app.identity.live().last_error() {
+        problems.push(format!("read models stopped: {error}"));
+    }
+    if let Some(relay) = &s.relay {
+        if !relay.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            problems.push("the relay has no broker connection".into());
+        }
+    }
+    if problems.is_empty() {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not ready", problems.join("; ")).into_response()
+    }
 }
 
 /// Prometheus text format.
