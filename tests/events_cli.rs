@@ -140,3 +140,28 @@ async fn a_config_file_sets_defaults_that_flags_override() {
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("unknown setting 'stroe'"));
 }
+
+#[test]
+fn logs_are_json_lines_and_never_carry_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perfect21"))
+        .args(["relay", "--data-dir", dir.path().to_str().unwrap(), "--insecure-fast-passwords"])
+        .args(["--amqp-url", "amqp://relay-user:s3cret-pass@127.0.0.1:1/%2f"])
+        .env("PERFECT21_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Every line is JSON; the relay complains, without the credentials, that the broker is away.
+    let warning = loop {
+        let line = lines.next().expect("a warning").unwrap();
+        let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(!line.contains("s3cret-pass") && !line.contains("relay-user"), "{line}");
+        if log["level"] == "WARN" {
+            break log;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(warning["target"], "perfect21::relay");
+}

@@ -69,10 +69,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr; PERFECT21_LOG_FORMAT=json makes them one JSON object per line.
+    // Spans of perfect21 also go to OTLP when the OTEL_* variables ask for it.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let tracer = match telemetry::tracer_provider() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: OTLP trace export: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let otel = tracer.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        let ours = tracing_subscriber::filter::Targets::new().with_target("perfect21", tracing::Level::INFO);
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("perfect21")).with_filter(ours)
+    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,perfect21=info".into());
+    let logs = if std::env::var("PERFECT21_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+    };
+    tracing_subscriber::registry().with(otel).with(logs.with_filter(filter)).init();
     let args: Vec<String> = std::env::args().collect();
     if let Err(e) = config::apply_config_file(&args) {
         eprintln!("error: {e:#}");
@@ -100,6 +121,10 @@ fn main() -> ExitCode {
             Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,
         }
     });
+    if let Some(provider) = tracer {
+        // Sends the spans still buffered.
+        let _ = provider.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -51,3 +51,49 @@ impl Drop for Active {
         metrics::gauge!("perfect21_active_connections", "service" => self.0, "kind" => self.1).decrement(1.0);
     }
 }
+
+/// OTLP trace export (HTTP/protobuf), configured by the standard `OTEL_*` variables:
+/// on when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set
+/// (and `OTEL_SDK_DISABLED` is not `true`), off otherwise.
+pub fn tracer_provider() -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    let configured = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    if !configured || std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v == "true") {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(opentelemetry_sdk::Resource::builder().build())
+        .build();
+    Ok(Some(provider))
+}
+
+/// The trace context a W3C `traceparent` (and `tracestate`) carries.
+pub fn extract(traceparent: Option<&str>, tracestate: Option<&str>) -> opentelemetry::Context {
+    let mut carrier = std::collections::HashMap::new();
+    if let Some(tp) = traceparent {
+        carrier.insert("traceparent".to_string(), tp.to_string());
+    }
+    if let Some(ts) = tracestate {
+        carrier.insert("tracestate".to_string(), ts.to_string());
+    }
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
+}
+
+/// The `traceparent` of the current span, when traces are on.
+pub fn current_traceparent() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the trace `traceparent` names (no-op without one).
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if traceparent.is_some() {
+        let _ = span.set_parent(extract(traceparent, tracestate));
+    }
+}

@@ -186,7 +186,14 @@ async fn consume(notifier: Arc<Notifier>) -> anyhow::Result<()> {
     while let Some(delivery) = deliveries.next().await {
         let delivery = delivery?;
         let routing_key = delivery.routing_key.to_string();
-        if let Err(e) = notifier.receive(&routing_key, &delivery.data).await {
+        let traceparent = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get("traceparent") {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        });
+        let span = tracing::info_span!("notification.handle", routing_key = %routing_key);
+        crate::telemetry::set_parent(&span, traceparent.as_deref(), None);
+        let handled = tracing::Instrument::instrument(notifier.receive(&routing_key, &delivery.data), span).await;
+        if let Err(e) = handled {
             // Keeps failing: park it with the reason, so nothing is lost silently.
             let mut headers = FieldTable::default();
             headers.insert("x-error".into(), AMQPValue::LongString(format!("{e:#}").into()));

@@ -115,7 +115,7 @@ async fn save_checkpoints(path: PathBuf, mut confirmed: tokio::sync::watch::Rece
     }
 }
 
-fn properties(m: &Outgoing) -> BasicProperties {
+fn properties(m: &Outgoing, traceparent: Option<&str>) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |k: &str, v: Option<&str>| {
         headers.insert(k.into(), v.map_or(AMQPValue::Void, |v| AMQPValue::LongString(v.into())));
@@ -124,6 +124,9 @@ fn properties(m: &Outgoing) -> BasicProperties {
     put("source_service", Some(&m.source_service));
     put("user_id", m.user_id.as_deref());
     put("correlation_id", m.correlation_id.as_deref());
+    if traceparent.is_some() {
+        put("traceparent", traceparent);
+    }
     let mut p = BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
         .with_delivery_mode(2)
@@ -185,8 +188,13 @@ async fn relay_once(
                     None => Contact::default(),
                 };
                 let m = outgoing(&recorded, event.as_ref(), &contact, secrets);
+                // One span per publish, a child of the request that wrote the event; its context
+                // travels on in the AMQP headers.
+                let span = tracing::info_span!("relay.publish", position = recorded.position, event_type = %recorded.event_type);
+                crate::telemetry::set_parent(&span, recorded.metadata.traceparent.as_deref(), None);
+                let traceparent = span.in_scope(crate::telemetry::current_traceparent);
                 let confirm = channel
-                    .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, properties(&m))
+                    .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, properties(&m, traceparent.as_deref()))
                     .await?;
                 status.published.fetch_add(1, Ordering::Relaxed);
                 let position = recorded.position;
@@ -217,10 +225,12 @@ pub async fn run_alone(args: crate::server::ServeArgs) -> anyhow::Result<()> {
                 tick.tick().await;
                 let head = store.head_position().await.unwrap_or(0);
                 let confirmed = status.confirmed.load(Ordering::Relaxed);
-                eprintln!(
-                    "relay: confirmed through {confirmed}, head {head}, lag {} events, {} reconnects",
-                    head.saturating_sub(confirmed),
-                    status.reconnects.load(Ordering::Relaxed)
+                tracing::info!(
+                    confirmed,
+                    head,
+                    lag = head.saturating_sub(confirmed),
+                    reconnects = status.reconnects.load(Ordering::Relaxed),
+                    "relay progress"
                 );
             }
         })

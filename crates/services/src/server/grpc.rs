@@ -67,7 +67,7 @@ pub fn context<T>(req: &Request<T>, client_ip: &str, user_agent: &str) -> Reques
             .and_then(|s| Uuid::parse_str(&s).ok())
             .or_else(|| Some(Uuid::now_v7())),
         source_service: Some("grpc".into()),
-        traceparent: header("traceparent"),
+        traceparent: crate::telemetry::current_traceparent().or_else(|| header("traceparent")),
     }
 }
 

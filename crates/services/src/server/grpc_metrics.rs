@@ -30,17 +30,26 @@ where
             && path.len() <= 100;
         let endpoint = if known { path.to_string() } else { "unknown".to_string() };
         let active = crate::telemetry::Active::start("grpc", "call");
-        let future = self.0.call(req);
-        Box::pin(async move {
-            let response = future.await;
-            let status = match &response {
-                // A failed call answers trailers-only: grpc-status is in the headers. Otherwise 0 (OK).
-                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
-                Err(_) => "transport_error".to_string(),
-            };
-            crate::telemetry::request("grpc", "POST", &endpoint, &status, started);
-            drop(active);
-            response
-        })
+        let span = tracing::info_span!("rpc", method = %endpoint);
+        let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
+        crate::telemetry::set_parent(&span, header("traceparent"), header("tracestate"));
+        let future = {
+            let _entered = span.enter();
+            self.0.call(req)
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let response = future.await;
+                let status = match &response {
+                    // A failed call answers trailers-only: grpc-status is in the headers. Otherwise 0 (OK).
+                    Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
+                    Err(_) => "transport_error".to_string(),
+                };
+                crate::telemetry::request("grpc", "POST", &endpoint, &status, started);
+                drop(active);
+                response
+            },
+            span,
+        ))
     }
 }

@@ -123,7 +123,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 .and_then(|s| Uuid::parse_str(&s).ok())
                 .or_else(|| Some(Uuid::now_v7())),
             source_service: Some("rest".into()),
-            traceparent: header("traceparent"),
+            // The request's own span, so that events point at it (falls back to the caller's header).
+            traceparent: crate::telemetry::current_traceparent().or_else(|| header("traceparent")),
         }))
     }
 }
@@ -591,6 +592,10 @@ async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> R
     let correlation_id = req.headers().get("x-correlation-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let _active = crate::telemetry::Active::start("rest", "http");
     let span = tracing::info_span!("request", %method, %endpoint, %correlation_id);
+    {
+        let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
+        crate::telemetry::set_parent(&span, header("traceparent"), header("tracestate"));
+    }
     let response = next.run(req).instrument(span).await;
     crate::telemetry::request("rest", &method, &endpoint, response.status().as_str(), started);
     response
