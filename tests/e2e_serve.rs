@@ -204,6 +204,22 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
     let out = parser.wait_with_output().unwrap();
     assert!(out.status.success(), "not valid Prometheus text:\n{text}");
     let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // And Prometheus's own linter.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     for name in [
         "perfect21_requests",
         "perfect21_request_duration_seconds",

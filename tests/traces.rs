@@ -155,6 +155,14 @@ async fn one_trace_spans_rest_the_relay_and_the_notification_service() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(request.service.contains("perfect21-serve"), "{request:?}");
+    let all: Vec<Span> = spans.lock().unwrap().iter().filter(|s| hex(&s.trace_id) == trace_id).cloned().collect();
+    let command = all.iter().find(|s| s.name == "command").expect("a span for the command");
+    assert_eq!(command.parent, request.span_id, "the command runs inside the request");
+    let appends: Vec<_> = all.iter().filter(|s| s.name == "append").collect();
+    assert!(appends.len() >= 3, "reservations and the registration are appended: {appends:?}");
+    assert!(appends.iter().all(|a| a.parent == command.span_id), "appends are children of the command");
+    assert!(spans.lock().unwrap().iter().any(|s| s.name == "projection.update"), "projection updates are traced too");
+    // The event records the request's span, so the relay's publish continues from it.
     assert_eq!(publish.parent, request.span_id, "the relay's publish is a child of the request that wrote the event");
     assert!(handle.service.contains("perfect21-notify"), "{handle:?}");
     assert_eq!(handle.parent, publish.span_id, "the notification is handled as a child of the publish, across AMQP");

@@ -58,6 +58,7 @@ impl Identity {
 
     /// Logs in. Unknown users, wrong passwords and locked accounts all cost one
     /// argon2id verification and all answer [`DomainError::InvalidCredentials`].
+    #[tracing::instrument(name = "command", skip_all, fields(command = "login"))]
     pub async fn login(&self, ctx: &RequestContext, req: LoginRequest) -> Result<LoginGrant> {
         if req.identifier.is_empty() || req.identifier.len() > 254 || req.password.len() > 1024 {
             return Err(DomainError::InvalidCredentials);
@@ -266,6 +267,7 @@ impl Identity {
 
     /// Exchanges a refresh token for a new one (rotation). Presenting a token that
     /// was already rotated away revokes the whole session and records the reuse.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "refresh"))]
     pub async fn refresh(&self, ctx: &RequestContext, refresh_token: &str) -> Result<LoginGrant> {
         let bad = || DomainError::InvalidToken { what: "refresh token" };
         let session_id = refresh_token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()).ok_or_else(bad)?;
@@ -342,6 +344,7 @@ impl Identity {
     }
 
     /// Ends one session.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_session"))]
     pub async fn revoke_session(&self, ctx: &RequestContext, session_id: Uuid, reason: &str) -> Result<u64> {
         let s = stream("session", session_id)?;
         let state: SessionState = self.load(&s).await?;
@@ -358,6 +361,7 @@ impl Identity {
     }
 
     /// Logs out: ends the session and records `user.logged_out`.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "logout"))]
     pub async fn logout(&self, ctx: &RequestContext, session_id: Uuid) -> Result<u64> {
         let state: SessionState = self.load(&stream("session", session_id)?).await?;
         let position = self.revoke_session(ctx, session_id, "logout").await?;
@@ -367,6 +371,7 @@ impl Identity {
     }
 
     /// Revokes one access token by its id, before it expires.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_token"))]
     pub async fn revoke_token(
         &self,
         ctx: &RequestContext,
@@ -395,6 +400,7 @@ impl Identity {
     }
 
     /// Ends every active session of a user; returns the last position written (or `after`).
+    #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_all_sessions"))]
     pub async fn revoke_all_sessions(
         &self,
         ctx: &RequestContext,

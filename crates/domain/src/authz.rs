@@ -59,6 +59,7 @@ impl Identity {
         Ok((state, s))
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "create_role"))]
     pub async fn create_role(&self, ctx: &RequestContext, spec: RoleSpec) -> Result<u64> {
         validate_name("role_id", &spec.role_id, false)?;
         if spec.display_name.len() > 200 || spec.description.len() > 1000 {
@@ -79,6 +80,7 @@ impl Identity {
         Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "update_role"))]
     pub async fn update_role(&self, ctx: &RequestContext, spec: RoleSpec) -> Result<u64> {
         let (state, s) = self.live_role(&spec.role_id).await?;
         let event = Event::RoleUpdated(RoleUpdated {
@@ -90,12 +92,14 @@ impl Identity {
         Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "delete_role"))]
     pub async fn delete_role(&self, ctx: &RequestContext, role_id: &str) -> Result<u64> {
         let (state, s) = self.live_role(role_id).await?;
         let event = Event::RoleDeleted(RoleDeleted { role_id: role_id.into() });
         Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "grant_permission_to_role"))]
     pub async fn grant_permission_to_role(
         &self,
         ctx: &RequestContext,
@@ -108,6 +112,7 @@ impl Identity {
         Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_permission_from_role"))]
     pub async fn revoke_permission_from_role(
         &self,
         ctx: &RequestContext,
@@ -125,6 +130,7 @@ impl Identity {
         Ok(self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?.position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "assign_role"))]
     pub async fn assign_role(
         &self,
         ctx: &RequestContext,
@@ -144,6 +150,7 @@ impl Identity {
             .position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_role"))]
     pub async fn revoke_role(&self, ctx: &RequestContext, user_id: Uuid, role_id: &str) -> Result<u64> {
         let user = self.existing_user(user_id).await?;
         if !user.roles.contains(role_id) {
@@ -156,6 +163,7 @@ impl Identity {
             .position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "grant_permission"))]
     pub async fn grant_permission(
         &self,
         ctx: &RequestContext,
@@ -171,6 +179,7 @@ impl Identity {
             .position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_permission"))]
     pub async fn revoke_permission(&self, ctx: &RequestContext, user_id: Uuid, permission_id: &str) -> Result<u64> {
         let user = self.existing_user(user_id).await?;
         if !user.grants.contains(permission_id) {

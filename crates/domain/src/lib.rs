@@ -144,10 +144,13 @@ impl Identity {
     ) -> Result<AppendResult> {
         let metadata = ctx.metadata();
         let data = events.iter().map(|e| EventData::new(e, metadata.clone())).collect::<Result<Vec<_>, _>>()?;
-        let appended = self.store.append(stream, expected, data).await.map_err(|e| match e {
-            StoreError::WrongExpectedVersion { stream, .. } => DomainError::Conflict { stream },
-            other => other.into(),
-        })?;
+        let span = tracing::info_span!("append", stream = %stream, events = events.len());
+        let appended = tracing::Instrument::instrument(self.store.append(stream, expected, data), span).await.map_err(
+            |e| match e {
+                StoreError::WrongExpectedVersion { stream, .. } => DomainError::Conflict { stream },
+                other => other.into(),
+            },
+        )?;
         self.last_write.fetch_max(appended.position, std::sync::atomic::Ordering::Relaxed);
         if events.iter().any(takes_access_away) {
             self.last_revocation.fetch_max(appended.position, std::sync::atomic::Ordering::Relaxed);

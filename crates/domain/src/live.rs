@@ -203,6 +203,7 @@ async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>, p
         }
         let Some(live) = live.upgrade() else { return };
         let checkpoint = {
+            let _span = tracing::info_span!("projection.update", events = batch.len()).entered();
             let mut models = live.models.write().expect("read models lock");
             for e in &batch {
                 if let Err(err) = models.apply(e) {

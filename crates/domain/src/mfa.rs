@@ -52,6 +52,7 @@ fn percent_encode(s: &str) -> String {
 
 impl Identity {
     /// Starts MFA enrollment: a fresh secret, not yet active.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "begin_mfa"))]
     pub async fn begin_mfa(&self, user_id: Uuid) -> Result<MfaEnrollment> {
         let state = self.existing_user(user_id).await?;
         if state.mfa_secret.is_some() {
@@ -73,6 +74,7 @@ impl Identity {
     }
 
     /// Confirms enrollment with a first code; returns the recovery codes (shown once) and the position.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "confirm_mfa"))]
     pub async fn confirm_mfa(
         &self,
         ctx: &RequestContext,
@@ -109,6 +111,7 @@ impl Identity {
     }
 
     /// Turns MFA off; needs the password.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "disable_mfa"))]
     pub async fn disable_mfa(&self, ctx: &RequestContext, user_id: Uuid, password: &str) -> Result<u64> {
         let state = self.existing_user(user_id).await?;
         if state.mfa_secret.is_none() {

@@ -90,6 +90,7 @@ impl Identity {
     /// Registers a user. Email and username are unique across all users even under
     /// concurrent registrations: each is claimed by appending to its own
     /// reservation stream with the version the claimer saw, so only one claim wins.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "register"))]
     pub async fn register(&self, ctx: &RequestContext, r: Registration) -> Result<Registered> {
         validate_email(&r.email)?;
         validate_username(&r.username)?;
@@ -175,6 +176,7 @@ impl Identity {
     }
 
     /// Verifies the email address with the single-use token from the welcome email.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "verify_email"))]
     pub async fn verify_email(&self, ctx: &RequestContext, token: &str) -> Result<u64> {
         let bad = DomainError::InvalidToken { what: "verification token" };
         let user_id = token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()).ok_or(bad)?;
@@ -201,6 +203,7 @@ impl Identity {
         Ok(r.position)
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = "update_profile"))]
     pub async fn update_profile(&self, ctx: &RequestContext, user_id: Uuid, u: ProfileUpdate) -> Result<u64> {
         optional_text("first_name", &u.first_name, 100)?;
         optional_text("last_name", &u.last_name, 100)?;
@@ -222,6 +225,7 @@ impl Identity {
     }
 
     /// Changes the password after checking the current one; ends every session of the user.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "change_password"))]
     pub async fn change_password(&self, ctx: &RequestContext, user_id: Uuid, current: &str, new: &str) -> Result<u64> {
         crate::password::Passwords::validate(new)?;
         let state = self.existing_user(user_id).await?;
@@ -237,6 +241,7 @@ impl Identity {
     }
 
     /// Sets a user's status (an administrator's action). Deleting goes through [`Identity::delete_user`].
+    #[tracing::instrument(name = "command", skip_all, fields(command = "set_status"))]
     pub async fn set_status(&self, ctx: &RequestContext, user_id: Uuid, to: UserStatus, reason: &str) -> Result<u64> {
         if to == UserStatus::Deleted {
             return self.delete_user(ctx, user_id, reason).await;
@@ -263,6 +268,7 @@ impl Identity {
 
     /// Deletes a user: records `user.deleted`, frees its email and username, ends its
     /// sessions, and erases its personal data from the log (see [`crate::erase`]).
+    #[tracing::instrument(name = "command", skip_all, fields(command = "delete_user"))]
     pub async fn delete_user(&self, ctx: &RequestContext, user_id: Uuid, reason: &str) -> Result<u64> {
         let state = self.existing_user(user_id).await?;
         let event = Event::UserDeleted(UserDeleted { user_id, reason: reason.into() });
@@ -285,6 +291,7 @@ impl Identity {
     }
 
     /// Records a login that happened elsewhere (single sign-on, another system) in the user's history.
+    #[tracing::instrument(name = "command", skip_all, fields(command = "record_login"))]
     pub async fn record_login(
         &self,
         ctx: &RequestContext,

@@ -15,13 +15,34 @@ const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full("perfect21_request_duration_seconds".into()), BUCKETS)
                 .expect("valid buckets")
                 .install_recorder()
-                .expect("one metrics recorder per process")
+                .expect("one metrics recorder per process");
+            describe();
+            handle
         })
         .clone()
+}
+
+/// HELP texts (and units) of every metric.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "perfect21_requests_total",
+        "Requests answered, by service, method, endpoint (route template or RPC) and status"
+    );
+    describe_histogram!("perfect21_request_duration_seconds", Unit::Seconds, "Time to answer a request");
+    describe_gauge!("perfect21_active_connections", "Requests in flight and open WebSockets");
+    describe_counter!("perfect21_auth_events_total", "Logins (by outcome), registrations and lockouts");
+    describe_counter!("perfect21_token_operations_total", "Access and refresh token operations, by outcome");
+    describe_counter!("perfect21_permission_checks_total", "Permission checks, allowed or denied");
+    describe_counter!("perfect21_session_operations_total", "Sessions started and revoked");
+    describe_gauge!("perfect21_log_position", "Position of the last event in the log");
+    describe_gauge!("perfect21_projection_lag_events", "Events the read models are behind the log");
+    describe_gauge!("perfect21_relay_lag_events", "Events the relay is behind the log");
+    describe_counter!("perfect21_notifications_total", "Notifications by channel and outcome");
 }
 
 /// One finished request, REST or gRPC. `endpoint` is a route template or an RPC name, never a raw path.
