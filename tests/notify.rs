@@ -10,20 +10,12 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use perfect21_domain::{IdentityConfig, LoginRequest, Registration, RequestContext};
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{amqp_url, DataDir};
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{amqp_url, DataDir, Killed};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

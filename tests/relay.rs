@@ -227,6 +227,9 @@ async fn relay_publishes_the_seed_envelope_in_order_and_loses_nothing() {
     id.login(&ctx, login("password-123")).await.unwrap();
     let start = Command::new("rabbitmqctl").arg("start_app").output().unwrap();
     assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    // Fully up (not just accepting connections) before this or the next test goes on.
+    let up = Command::new("rabbitmqctl").args(["await_startup", "--timeout", "60"]).output().unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     id.login(&ctx, login("password-123")).await.unwrap();
     let head = store.head_position().await.unwrap();
     tap.read_until(&mut seen, |s| positions(s).len() as u64 >= head).await;

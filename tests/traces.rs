@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::amqp_url;
+use common::{amqp_url, Killed};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,14 +20,6 @@ struct Span {
     trace_id: Vec<u8>,
     span_id: Vec<u8>,
     parent: Vec<u8>,
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn hex(b: &[u8]) -> String {

@@ -40,3 +40,13 @@ impl DataDir {
         self.dir.path().to_str().unwrap().to_string()
     }
 }
+
+/// A child process, killed (SIGKILL) when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
