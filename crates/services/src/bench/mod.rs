@@ -92,6 +92,8 @@ impl Measurement {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.duration > 0.0 && args.duration <= 3600.0, "--duration must be in (0, 3600] seconds");
     let duration = Duration::from_secs_f64(args.duration);
+    // Measure what production runs: with the metrics recorder in place.
+    crate::telemetry::install();
     let scratch = Scratch::new(&args.store.data_dir)?;
     let rows = match args.scenario {
         Scenario::AppendConcurrent => append::concurrent(&args, &scratch, duration).await?,
