@@ -3,7 +3,6 @@
 //! authoritative and never behind.
 
 use crate::error::{DomainError, Result};
-use crate::secrets::token_hash;
 use crate::state::{ReservationState, StreamState};
 use crate::stream;
 use chrono::{DateTime, Utc};
@@ -48,7 +47,7 @@ pub async fn resolve_user(store: &dyn EventStore, identifier: &str) -> Result<Op
     } else {
         ("username", normalize_username(identifier))
     };
-    let state: ReservationState = load(store, &stream(kind, &token_hash(&value)[..40])?).await?;
+    let state: ReservationState = load(store, &crate::users::reservation_stream(kind, &value)?).await?;
     Ok(state.owner.map(|(o, _)| o))
 }
 

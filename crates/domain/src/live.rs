@@ -31,6 +31,20 @@ pub struct LiveModels {
     follower: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old or the
+/// new content, never a mix: a temporary file, fsync'd, then renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Loads the snapshot at `path` if it belongs to this log; `None` (and a log line saying why) otherwise.
 pub async fn load_snapshot(store: &dyn EventStore, path: &Path) -> Option<(ReadModels, Option<uuid::Uuid>)> {
     let bytes = match tokio::fs::read(path).await {
@@ -104,20 +118,9 @@ impl LiveModels {
             (models.to_snapshot(anchor), models.checkpoint())
         };
         let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(checkpoint)
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes).map(|()| checkpoint))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Position of the last event folded.
@@ -195,10 +198,11 @@ async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>, p
             }
         };
         let mut batch = vec![first];
+        // What the same read brought along; no further query just to find nothing new.
         while batch.len() < MAX_FOLD_BATCH {
-            match sub.try_next().await {
-                Ok(Some(e)) => batch.push(e),
-                _ => break,
+            match sub.next_buffered() {
+                Some(e) => batch.push(e),
+                None => break,
             }
         }
         let Some(live) = live.upgrade() else { return };

@@ -82,7 +82,7 @@ fn optional_text(field: &'static str, value: &Option<String>, max: usize) -> Res
 
 /// The reservation stream of a unique value; the value itself is hashed, so no
 /// personal data appears in stream ids.
-fn reservation_stream(kind: &str, normalized: &str) -> Result<perfect21_events::StreamId> {
+pub(crate) fn reservation_stream(kind: &str, normalized: &str) -> Result<perfect21_events::StreamId> {
     stream(kind, &token_hash(normalized)[..40])
 }
 

@@ -99,7 +99,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let verified = if args.verify { Some(verify(store.clone(), &snapshot, head, &digest).await?) } else { None };
     if args.write_snapshot {
         let anchor = store.read_all(head, 1).await?.first().map(|e| e.event_id);
-        write_snapshot(&snapshot, &r.models.to_snapshot(anchor))?;
+        perfect21_domain::live::write_atomically(&snapshot, &r.models.to_snapshot(anchor))
+            .with_context(|| format!("writing {}", snapshot.display()))?;
     }
     if json {
         println!(
@@ -158,17 +159,4 @@ async fn verify(
     } else {
         Err(format!("snapshot at position {at} + catch-up gives {other}"))
     })
-}
-
-fn write_snapshot(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }

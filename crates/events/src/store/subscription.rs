@@ -50,6 +50,11 @@ impl Subscription {
         }
     }
 
+    /// The next event already read from the store, without any I/O (to drain a page).
+    pub fn next_buffered(&mut self) -> Option<RecordedEvent> {
+        self.buffer.pop_front().inspect(|e| self.next = e.position + 1)
+    }
+
     /// The next event if one is committed already, without waiting for new ones.
     pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
         if self.buffer.is_empty() {

@@ -56,16 +56,8 @@ fn read_checkpoint(path: &std::path::Path) -> anyhow::Result<u64> {
 }
 
 fn write_checkpoint(path: &std::path::Path, position: u64) -> anyhow::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{position}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    perfect21_domain::live::write_atomically(path, format!("{position}\n").as_bytes())
+        .with_context(|| format!("writing relay checkpoint {}", path.display()))
 }
 
 /// Relays for ever, reconnecting after broker failures.

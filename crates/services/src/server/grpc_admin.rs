@@ -134,6 +134,10 @@ fn spec(p: Option<permission::Permission>) -> Result<PermissionSpec, Status> {
     })
 }
 
+fn role_spec(r: admin::RoleRequest) -> RoleSpec {
+    RoleSpec { role_id: r.role_id, display_name: r.display_name, description: r.description, priority: r.priority }
+}
+
 fn done(position: u64) -> Response<admin::AdminResponse> {
     with_position(admin::AdminResponse { consistency_token: position }, position)
 }
@@ -144,25 +148,13 @@ pub struct AdminService(pub App);
 impl admin::admin_service_server::AdminService for AdminService {
     async fn create_role(&self, req: Request<admin::RoleRequest>) -> Result<Response<admin::AdminResponse>, Status> {
         let ctx = caller(&self.0, &req, "perfect21.roles", "create").await?;
-        let r = req.into_inner();
-        let spec = RoleSpec {
-            role_id: r.role_id,
-            display_name: r.display_name,
-            description: r.description,
-            priority: r.priority,
-        };
+        let spec = role_spec(req.into_inner());
         Ok(done(self.0.identity.create_role(&ctx, spec).await.map_err(status)?))
     }
 
     async fn update_role(&self, req: Request<admin::RoleRequest>) -> Result<Response<admin::AdminResponse>, Status> {
         let ctx = caller(&self.0, &req, "perfect21.roles", "update").await?;
-        let r = req.into_inner();
-        let spec = RoleSpec {
-            role_id: r.role_id,
-            display_name: r.display_name,
-            description: r.description,
-            priority: r.priority,
-        };
+        let spec = role_spec(req.into_inner());
         Ok(done(self.0.identity.update_role(&ctx, spec).await.map_err(status)?))
     }
 
