@@ -6,68 +6,13 @@
 use futures::StreamExt;
 use perfect21_proto::{auth, permission};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
 
-struct Server {
-    child: Child,
-    grpc: String,
-    http: String,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn perfect21() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_perfect21"))
-}
-
-fn start() -> Server {
-    start_with(&[])
-}
-
-fn start_with(extra: &[&str]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_string();
-    let out = perfect21()
-        .args(["admin", "bootstrap", "--data-dir", &data, "--insecure-fast-passwords"])
-        .args(["--email", "root@example.com", "--username", "root", "--password", "root password 1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bootstrap: {}", String::from_utf8_lossy(&out.stderr));
-    let mut child = perfect21()
-        .args(["serve", "--data-dir", &data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(["--dev", "--insecure-fast-passwords"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = |prefix: &str| {
-        let line = lines.next().expect("server printed its addresses").unwrap();
-        line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line}")).to_string()
-    };
-    let grpc = format!("http://{}", addr("perfect21 gRPC listening on "));
-    let http = format!("http://{}", addr("perfect21 HTTP listening on "));
-    Server { child, grpc, http, _dir: dir }
-}
-
-async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = http.post(url).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
+use common::serve::{bearer, gateway_token, post, serve_on, start, Server, ROOT_PASSWORD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_validate_check_assign_revoke_and_websocket() {
@@ -89,23 +34,24 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
         post(&http, format!("{api}/auth/verify-email"), None, json!({"token": reg["verification_token"]})).await;
     assert_eq!(status, 200, "{body}");
 
-    // Log in over gRPC.
+    // Log in over gRPC, through a service account (a gateway reporting the user's address).
+    let sa = gateway_token(&http, &server).await;
     let mut auth = auth::auth_service_client::AuthServiceClient::connect(server.grpc.clone()).await.unwrap();
-    let login = auth
-        .validate_credentials(auth::ValidateCredentialsRequest {
-            identifier: "ada@example.com".into(),
-            password: "analytical engine".into(),
-            client_ip: "192.0.2.1".into(),
-            user_agent: "e2e".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let creds = auth::ValidateCredentialsRequest {
+        identifier: "ada@example.com".into(),
+        password: "analytical engine".into(),
+        client_ip: "192.0.2.1".into(),
+        user_agent: "e2e".into(),
+        ..Default::default()
+    };
+    let err = auth.validate_credentials(creds.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "anonymous callers get nothing");
+    let login = auth.validate_credentials(bearer(creds, &sa)).await.unwrap().into_inner();
     assert!(login.valid, "{}", login.error_message);
     let token = login.access_token.clone();
+    // A user validates their own token.
     let v = auth
-        .validate_token(auth::ValidateTokenRequest { token: token.clone(), ..Default::default() })
+        .validate_token(bearer(auth::ValidateTokenRequest { token: token.clone(), ..Default::default() }, &token))
         .await
         .unwrap()
         .into_inner();
@@ -126,6 +72,8 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
         if let Some(p) = p {
             req.metadata_mut().insert("x-consistency-token", MetadataValue::try_from(p.to_string()).unwrap());
         }
+        // A user may check their own permissions.
+        req.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
         req
     };
     let denied = perms.check_permission(check(None)).await.unwrap().into_inner();
@@ -163,11 +111,13 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     let hello = ws.next().await.unwrap().unwrap();
     assert!(hello.to_text().unwrap().contains("\"hello\""));
-    let revoked =
-        auth.revoke_token(auth::RevokeTokenRequest { token: token.clone(), reason: "test".into() }).await.unwrap();
+    let revoked = auth
+        .revoke_token(bearer(auth::RevokeTokenRequest { token: token.clone(), reason: "test".into() }, &token))
+        .await
+        .unwrap();
     assert!(revoked.get_ref().revoked);
     let v = auth
-        .validate_token(auth::ValidateTokenRequest { token: token.clone(), ..Default::default() })
+        .validate_token(bearer(auth::ValidateTokenRequest { token: token.clone(), ..Default::default() }, &sa))
         .await
         .unwrap()
         .into_inner();
@@ -193,7 +143,10 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
     assert_eq!(closed, Some(4001));
 
     // The metrics of all that, with the seed's names, parsed by a real Prometheus parser.
-    let text = http.get(format!("{}/metrics", server.http)).send().await.unwrap().text().await.unwrap();
+    let anonymous = http.get(format!("{}/metrics", server.http)).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401, "metrics need perfect21.metrics:read (or --public-metrics)");
+    let text =
+        http.get(format!("{}/metrics", server.http)).bearer_auth(&sa).send().await.unwrap().text().await.unwrap();
     let mut parser = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/check_metrics.py"))
         .stdin(Stdio::piped())
@@ -284,11 +237,15 @@ async fn errors_are_typed_health_and_jwks_answer_and_sigterm_drains() {
     // gRPC: typed statuses, health per service.
     let mut users =
         perfect21_proto::user::user_service_client::UserServiceClient::connect(server.grpc.clone()).await.unwrap();
+    let sa = gateway_token(&http, &server).await;
     let err = users
-        .get_user(perfect21_proto::user::GetUserRequest {
-            identifier: Some(perfect21_proto::user::get_user_request::Identifier::UserId("not-a-uuid".into())),
-            fields: vec![],
-        })
+        .get_user(bearer(
+            perfect21_proto::user::GetUserRequest {
+                identifier: Some(perfect21_proto::user::get_user_request::Identifier::UserId("not-a-uuid".into())),
+                fields: vec![],
+            },
+            &sa,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -391,8 +348,11 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_runs_one_service() {
-    let server = start_with(&["--only", "permission"]);
+    // A token from the full server, then the permission service alone over the same data.
+    let full = start();
     let http = reqwest::Client::new();
+    let sa = gateway_token(&http, &full).await;
+    let server: Server = serve_on(&full.data, &["--only", "permission"]);
     let api = format!("{}/api/v1", server.http);
     let res = http
         .post(format!("{api}/auth/login"))
@@ -401,28 +361,21 @@ async fn only_runs_one_service() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 404, "auth routes are not served by the permission service");
-    let (status, body) = post(
-        &http,
-        format!("{api}/permissions/check"),
-        None,
-        json!({"user_id": uuid::Uuid::nil(), "resource": "docs", "action": "read"}),
-    )
-    .await;
-    assert_eq!((status, body["allowed"].as_bool()), (200, Some(false)));
+    let check = json!({"user_id": uuid::Uuid::nil(), "resource": "docs", "action": "read"});
+    let (status, _) = post(&http, format!("{api}/permissions/check"), None, check.clone()).await;
+    assert_eq!(status, 401, "anonymous callers get nothing");
+    let (status, body) = post(&http, format!("{api}/permissions/check"), Some(&sa), check).await;
+    assert_eq!((status, body["allowed"].as_bool()), (200, Some(false)), "{body}");
     let mut auth = auth::auth_service_client::AuthServiceClient::connect(server.grpc.clone()).await.unwrap();
-    let err = auth.validate_token(auth::ValidateTokenRequest::default()).await.unwrap_err();
+    let err = auth.validate_token(bearer(auth::ValidateTokenRequest::default(), &sa)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     let mut perms =
         permission::permission_service_client::PermissionServiceClient::connect(server.grpc.clone()).await.unwrap();
-    let roles =
-        perms.get_user_roles(permission::GetUserRolesRequest { user_id: uuid::Uuid::nil().to_string() }).await.unwrap();
+    let nil = uuid::Uuid::nil().to_string();
+    let err = perms.get_user_roles(permission::GetUserRolesRequest { user_id: nil.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let roles = perms.get_user_roles(bearer(permission::GetUserRolesRequest { user_id: nil }, &sa)).await.unwrap();
     assert!(roles.get_ref().roles.is_empty());
-}
-
-fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
-    req
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,8 +404,10 @@ async fn account_admin_and_event_stream_over_grpc() {
         password: password.into(),
         ..Default::default()
     };
-    let grace = auth.validate_credentials(login("grace", "compiler pioneer")).await.unwrap().into_inner();
-    let root = auth.validate_credentials(login("root", "root password 1")).await.unwrap().into_inner();
+    let http = reqwest::Client::new();
+    let sa = gateway_token(&http, &server).await;
+    let grace = auth.validate_credentials(bearer(login("grace", "compiler pioneer"), &sa)).await.unwrap().into_inner();
+    let root = auth.validate_credentials(bearer(login("root", ROOT_PASSWORD), &sa)).await.unwrap().into_inner();
     assert!(grace.valid && root.valid);
 
     // Admin RPCs: refused without the permission, done with it.
@@ -507,8 +462,11 @@ async fn account_admin_and_event_stream_over_grpc() {
     let first = sub.message().await.unwrap().unwrap();
     assert_eq!(first.event_type, "permission.role_assigned");
     assert!(first.payload_json.contains("admin"), "the bootstrap's assignment comes first: {}", first.payload_json);
+    // Then the gateway service account's, then grace's.
     let second = sub.message().await.unwrap().unwrap();
-    assert!(second.payload_json.contains("auditor") && second.position > first.position);
+    assert!(second.payload_json.contains(&server.sa_id) && second.position > first.position);
+    let third = sub.message().await.unwrap().unwrap();
+    assert!(third.payload_json.contains("auditor") && third.position > second.position, "{}", third.payload_json);
 
     // Everything of grace ends at once.
     accounts
@@ -516,7 +474,10 @@ async fn account_admin_and_event_stream_over_grpc() {
         .await
         .unwrap();
     let v = auth
-        .validate_token(auth::ValidateTokenRequest { token: grace.access_token.clone(), ..Default::default() })
+        .validate_token(bearer(
+            auth::ValidateTokenRequest { token: grace.access_token.clone(), ..Default::default() },
+            &sa,
+        ))
         .await
         .unwrap();
     assert!(!v.get_ref().valid);

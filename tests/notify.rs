@@ -272,6 +272,21 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
 async fn push_notifications_reach_the_users_websockets() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
+    // An operator's service account, to read /status.
+    common::serve::run(&[
+        "admin",
+        "bootstrap",
+        "--data-dir",
+        &data,
+        "--insecure-fast-passwords",
+        "--email",
+        "root@example.com",
+        "--username",
+        "root",
+        "--password",
+        common::serve::ROOT_PASSWORD,
+    ]);
+    let (ops_id, ops_secret) = common::serve::create_service_account(&data, "ops", &["admin"]);
     let exe = env!("CARGO_BIN_EXE_perfect21");
     let mut child = Command::new(exe)
         .args(["serve", "--data-dir", &data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
@@ -340,10 +355,12 @@ async fn push_notifications_reach_the_users_websockets() {
     assert_eq!(v["title"], "Parcel");
     assert_eq!(v["body"], "Your parcel is on its way");
 
-    // The relay inside serve reports its progress.
+    // The relay inside serve reports its progress (to a caller holding perfect21.status:read).
+    let ops = common::serve::client_token(&client, &format!("http://{http}"), &ops_id, &ops_secret).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status: Value = client.get(format!("http://{http}/status")).send().await.unwrap().json().await.unwrap();
+        let status: Value =
+            client.get(format!("http://{http}/status")).bearer_auth(&ops).send().await.unwrap().json().await.unwrap();
         if status["relay"]["lag"] == 0 && status["relay"]["confirmed"].as_u64() == status["head_position"].as_u64() {
             break;
         }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this
 
+pub mod serve;
+
 use perfect21_domain::password::PasswordCost;
 use perfect21_domain::secrets::SecretBox;
 use perfect21_domain::{Identity, IdentityConfig, LiveModels};

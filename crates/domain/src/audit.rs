@@ -71,9 +71,12 @@ async fn read_stream(store: &dyn EventStore, s: &StreamId) -> Result<Vec<Recorde
     }
 }
 
-/// The security history of `user_id`, oldest first.
+/// The security history of `user_id` (a user or a service account), oldest first.
 pub async fn audit_trail(store: &dyn EventStore, user_id: Uuid, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
-    let own = read_stream(store, &stream("user", user_id)?).await?;
+    let mut own = read_stream(store, &stream("user", user_id)?).await?;
+    if own.is_empty() {
+        own = read_stream(store, &stream(crate::service_accounts::CATEGORY, user_id)?).await?;
+    }
     if own.is_empty() {
         return Err(DomainError::NotFound { what: "user", id: user_id.to_string() });
     }

@@ -49,7 +49,7 @@ pub fn validate_permission(p: &PermissionSpec) -> Result<()> {
 }
 
 impl Identity {
-    async fn live_role(&self, role_id: &str) -> Result<(RoleState, perfect21_events::StreamId)> {
+    pub(crate) async fn live_role(&self, role_id: &str) -> Result<(RoleState, perfect21_events::StreamId)> {
         validate_name("role_id", role_id, false)?;
         let s = stream("role", role_id)?;
         let state: RoleState = self.load(&s).await?;
@@ -139,26 +139,33 @@ impl Identity {
         expires_at: Option<i64>,
     ) -> Result<u64> {
         self.live_role(role_id).await?;
-        let user = self.existing_user(user_id).await?;
-        if user.roles.contains(role_id) {
-            return Err(DomainError::FailedPrecondition(format!("user {user_id} already has role '{role_id}'")));
+        let principal = self.principal(user_id).await?;
+        // An expired assignment may be renewed by assigning the role again.
+        if principal.holds_role(role_id, crate::now()) {
+            return Err(DomainError::FailedPrecondition(format!("{user_id} already has role '{role_id}'")));
+        }
+        if expires_at.is_some_and(|at| at <= crate::now()) {
+            return Err(DomainError::InvalidArgument {
+                field: "expires_at",
+                reason: "must be in the future (Unix seconds)".into(),
+            });
         }
         let event = Event::RoleAssigned(RoleAssigned { user_id, role_id: role_id.into(), expires_at });
         Ok(self
-            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(user.version), &[event])
+            .append(ctx, &principal.stream, ExpectedVersion::from_current(principal.version), &[event])
             .await?
             .position)
     }
 
     #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_role"))]
     pub async fn revoke_role(&self, ctx: &RequestContext, user_id: Uuid, role_id: &str) -> Result<u64> {
-        let user = self.existing_user(user_id).await?;
-        if !user.roles.contains(role_id) {
+        let principal = self.principal(user_id).await?;
+        if !principal.roles.contains_key(role_id) {
             return Err(DomainError::NotFound { what: "role of user", id: format!("{user_id}/{role_id}") });
         }
         let event = Event::RoleRevoked(RoleRevoked { user_id, role_id: role_id.into() });
         Ok(self
-            .append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(user.version), &[event])
+            .append(ctx, &principal.stream, ExpectedVersion::from_current(principal.version), &[event])
             .await?
             .position)
     }
@@ -203,12 +210,43 @@ impl Identity {
     ) -> Result<Decision> {
         let decision = self
             .read(min_position, |m| {
-                let status = m.users.get(user_id).map(|u| u.status);
-                m.authz.check(user_id, status, resource, action, scope)
+                let status = m.principal_status(user_id);
+                m.authz.check(user_id, status, resource, action, scope, crate::now())
             })
             .await?;
         let result = if decision.allowed { "allowed" } else { "denied" };
         metrics::counter!("perfect21_permission_checks_total", "result" => result).increment(1);
         Ok(decision)
+    }
+}
+
+/// A user or service account that roles are assigned to: its stream and roles.
+pub(crate) struct Principal {
+    pub stream: perfect21_events::StreamId,
+    pub version: Option<u64>,
+    pub roles: std::collections::BTreeMap<String, Option<i64>>,
+}
+
+impl Principal {
+    fn holds_role(&self, role: &str, now: i64) -> bool {
+        self.roles.get(role).is_some_and(|expires| expires.is_none_or(|at| now < at))
+    }
+}
+
+impl Identity {
+    /// The user, or else the service account, with this id.
+    pub(crate) async fn principal(&self, id: Uuid) -> Result<Principal> {
+        match self.existing_user(id).await {
+            Ok(user) => Ok(Principal { stream: stream("user", id)?, version: user.version, roles: user.roles }),
+            Err(DomainError::NotFound { .. }) => {
+                let s = stream(crate::service_accounts::CATEGORY, id)?;
+                let account: crate::state::ServiceAccountState = self.load(&s).await?;
+                if !account.is_live() {
+                    return Err(DomainError::NotFound { what: "user or service account", id: id.to_string() });
+                }
+                Ok(Principal { stream: s, version: account.version, roles: account.roles })
+            }
+            Err(e) => Err(e),
+        }
     }
 }

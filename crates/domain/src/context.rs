@@ -1,5 +1,6 @@
 //! Who issues a command and from where; recorded in every event's metadata.
 
+use crate::error::DomainError;
 use perfect21_events::Metadata;
 use uuid::Uuid;
 
@@ -15,7 +16,46 @@ pub struct RequestContext {
     pub traceparent: Option<String>,
 }
 
+/// Longest user agent recorded (bytes).
+pub const MAX_USER_AGENT: usize = 512;
+/// Longest device id (bytes).
+pub const MAX_DEVICE_ID: usize = 128;
+/// Longest free-text reason (bytes).
+pub const MAX_REASON: usize = 1024;
+
+/// Refuses a text longer than `max` bytes or holding control characters.
+pub fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), DomainError> {
+    if value.len() > max {
+        return Err(DomainError::InvalidArgument {
+            field,
+            reason: format!("must be at most {max} bytes, got {}", value.len()),
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(DomainError::InvalidArgument { field, reason: "must not contain control characters".into() });
+    }
+    Ok(())
+}
+
 impl RequestContext {
+    /// Checks what the caller said about itself before any of it reaches the log:
+    /// the client IP must be an IP address, the user agent at most
+    /// [`MAX_USER_AGENT`] bytes.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if let Some(ip) = &self.client_ip {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(DomainError::InvalidArgument {
+                    field: "client_ip",
+                    reason: format!("'{}' is not an IP address", ip.chars().take(64).collect::<String>()),
+                });
+            }
+        }
+        if let Some(ua) = &self.user_agent {
+            bounded("user_agent", ua, MAX_USER_AGENT)?;
+        }
+        Ok(())
+    }
+
     /// A context for an operator or internal job.
     pub fn service(name: &str) -> Self {
         RequestContext {

@@ -21,6 +21,7 @@ pub mod live;
 mod mfa;
 pub mod password;
 pub mod secrets;
+pub mod service_accounts;
 pub mod state;
 mod users;
 
@@ -30,6 +31,7 @@ pub use context::RequestContext;
 pub use error::{DomainError, Result};
 pub use live::{LiveModels, SnapshotPolicy};
 pub use mfa::MfaEnrollment;
+pub use service_accounts::CreatedServiceAccount;
 pub use users::{ProfileUpdate, Registered, Registration};
 
 use password::{PasswordCost, Passwords};
@@ -199,6 +201,8 @@ fn takes_access_away(e: &Event) -> bool {
             | Event::PermissionRevoked(_)
             | Event::RolePermissionRevoked(_)
             | Event::RoleDeleted(_)
+            | Event::ServiceAccountDisabled(_)
+            | Event::ServiceAccountDeleted(_)
     )
 }
 

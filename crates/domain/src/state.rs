@@ -4,7 +4,7 @@
 
 use perfect21_events::catalog::UserStatus;
 use perfect21_events::{Event, RecordedEvent};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 /// How many recent client IPs and user agents a user's risk scoring remembers.
@@ -29,7 +29,8 @@ pub struct UserState {
     pub locked_until: Option<i64>,
     pub known_ips: Vec<String>,
     pub known_agents: Vec<String>,
-    pub roles: BTreeSet<String>,
+    /// Assigned roles and when each assignment stops granting (Unix seconds).
+    pub roles: BTreeMap<String, Option<i64>>,
     pub grants: BTreeSet<String>,
     pub logins: u64,
     /// Every session the user logged in with (for erasure).
@@ -111,7 +112,7 @@ impl UserState {
                 self.grants.clear();
             }
             Event::RoleAssigned(e) => {
-                self.roles.insert(e.role_id.clone());
+                self.roles.insert(e.role_id.clone(), e.expires_at);
             }
             Event::RoleRevoked(e) => {
                 self.roles.remove(&e.role_id);
@@ -218,6 +219,59 @@ impl ReservationState {
     }
 }
 
+/// A service account, as its `service_account-<id>` stream tells.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceAccountState {
+    pub version: Option<u64>,
+    pub exists: bool,
+    pub name: String,
+    pub disabled: bool,
+    pub deleted: bool,
+    /// Assigned roles and when each assignment stops granting (Unix seconds).
+    pub roles: BTreeMap<String, Option<i64>>,
+}
+
+impl ServiceAccountState {
+    /// Created and not deleted.
+    pub fn is_live(&self) -> bool {
+        self.exists && !self.deleted
+    }
+
+    pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+        self.version = Some(recorded.stream_version);
+        match event {
+            Event::ServiceAccountCreated(e) => {
+                self.exists = true;
+                self.name = e.name.clone();
+            }
+            Event::ServiceAccountDisabled(_) => self.disabled = true,
+            Event::ServiceAccountDeleted(_) => {
+                self.deleted = true;
+                self.roles.clear();
+            }
+            Event::RoleAssigned(e) => {
+                self.roles.insert(e.role_id.clone(), e.expires_at);
+            }
+            Event::RoleRevoked(e) => {
+                self.roles.remove(&e.role_id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a stream has any event (the owner of a reservation exists).
+#[derive(Debug, Clone, Default)]
+pub struct Existence {
+    pub exists: bool,
+}
+
+impl Existence {
+    pub fn apply(&mut self, _: &RecordedEvent, _: &Event) {
+        self.exists = true;
+    }
+}
+
 /// Anything foldable from one stream.
 pub trait StreamState: Default {
     fn apply(&mut self, recorded: &RecordedEvent, event: &Event);
@@ -228,4 +282,4 @@ macro_rules! stream_state {
         fn apply(&mut self, recorded: &RecordedEvent, event: &Event) { <$t>::apply(self, recorded, event) }
     })* };
 }
-stream_state!(UserState, SessionState, RoleState, ReservationState);
+stream_state!(UserState, SessionState, RoleState, ReservationState, ServiceAccountState, Existence);

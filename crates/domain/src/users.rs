@@ -105,8 +105,8 @@ impl Identity {
 
         let email_stream = reservation_stream("email", &normalize_email(&r.email))?;
         let username_stream = reservation_stream("username", &normalize_username(&r.username))?;
-        self.claim(ctx, &email_stream, "email", user_id).await?;
-        if let Err(e) = self.claim(ctx, &username_stream, "username", user_id).await {
+        self.claim(ctx, &email_stream, "email", user_id, "user").await?;
+        if let Err(e) = self.claim(ctx, &username_stream, "username", user_id, "user").await {
             self.release(ctx, &email_stream, "email", user_id).await?;
             return Err(e);
         }
@@ -129,17 +129,20 @@ impl Identity {
         Ok(Registered { user_id, verification_token, position: appended.position })
     }
 
-    async fn claim(
+    /// Claims the unique value of reservation stream `s` for `owner`, whose own stream
+    /// is `<owner_category>-<owner>`.
+    pub(crate) async fn claim(
         &self,
         ctx: &RequestContext,
         s: &perfect21_events::StreamId,
         kind: &'static str,
         owner: Uuid,
+        owner_category: &str,
     ) -> Result<()> {
         let state: ReservationState = self.load(s).await?;
         if let Some((holder, since)) = state.owner {
-            // A claim whose user never got registered (a crash between the steps) is abandoned.
-            let holder_state: UserState = self.load(&stream("user", holder)?).await?;
+            // A claim whose owner never got created (a crash between the steps) is abandoned.
+            let holder_state: crate::state::Existence = self.load(&stream(owner_category, holder)?).await?;
             if holder_state.exists || now() - since < ABANDONED_CLAIM_SECS {
                 return Err(DomainError::AlreadyRegistered { kind });
             }
@@ -151,7 +154,7 @@ impl Identity {
         }
     }
 
-    async fn release(
+    pub(crate) async fn release(
         &self,
         ctx: &RequestContext,
         s: &perfect21_events::StreamId,

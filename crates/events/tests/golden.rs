@@ -163,6 +163,20 @@ fn samples() -> Vec<Event> {
         ReservationClaimed { owner: u, kind: "email".into() }.into(),
         ReservationReleased { owner: u, kind: "email".into() }.into(),
         UserRecoveryCodeUsed { user_id: u, code_hash: "c1".into() }.into(),
+        ServiceAccountCreated {
+            service_account_id: uid(5),
+            name: "billing-api".into(),
+            description: "Billing back end".into(),
+            secret_hash: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+        }
+        .into(),
+        ServiceAccountSecretRotated {
+            service_account_id: uid(5),
+            secret_hash: "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9".into(),
+        }
+        .into(),
+        ServiceAccountDisabled { service_account_id: uid(5), reason: "decommissioned".into() }.into(),
+        ServiceAccountDeleted { service_account_id: uid(5) }.into(),
     ]
 }
 

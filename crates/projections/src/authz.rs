@@ -32,13 +32,28 @@ pub struct Decision {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Authz {
     roles: BTreeMap<String, RoleView>,
-    /// Role ids of each user, sorted (a user has few: a small vector beats a tree).
-    user_roles: HashMap<Uuid, Vec<Arc<str>>>,
+    /// Role assignments of each principal, sorted by role id (a principal has few: a
+    /// small vector beats a tree).
+    user_roles: HashMap<Uuid, Vec<Assignment>>,
     /// Direct grants of each user, sorted by permission id.
     direct: HashMap<Uuid, Vec<PermissionSpec>>,
     /// One copy of each role id, shared by every user holding the role.
     #[serde(skip)]
     interned: HashSet<Arc<str>>,
+}
+
+/// One role held by a principal, until `expires_at` (Unix seconds) if set.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Assignment {
+    role: Arc<str>,
+    expires_at: Option<i64>,
+}
+
+impl Assignment {
+    /// Whether the assignment still grants at `now` (Unix seconds): it stops at `expires_at`.
+    fn grants_at(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
 }
 
 fn field_matches(granted: &str, wanted: &str) -> bool {
@@ -61,18 +76,27 @@ impl Authz {
         self.roles.values()
     }
 
-    /// The user's roles, highest priority first.
-    pub fn user_roles(&self, user: Uuid) -> Vec<&RoleView> {
-        let mut roles: Vec<_> =
-            self.user_roles.get(&user).into_iter().flatten().filter_map(|id| self.roles.get(&**id)).collect();
+    /// The roles the user holds at `now` (Unix seconds; an assignment stops granting
+    /// at its `expires_at`), highest priority first. The clock is the caller's, so
+    /// folds stay free of it.
+    pub fn user_roles(&self, user: Uuid, now: i64) -> Vec<&RoleView> {
+        let mut roles: Vec<_> = self
+            .user_roles
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter(|a| a.grants_at(now))
+            .filter_map(|a| self.roles.get(&*a.role))
+            .collect();
         roles.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         roles
     }
 
-    /// Every permission the user holds, with where it comes from, highest role priority first, direct grants last.
-    pub fn effective_permissions(&self, user: Uuid) -> Vec<(String, &PermissionSpec)> {
+    /// Every permission the user holds at `now`, with where it comes from, highest
+    /// role priority first, direct grants last.
+    pub fn effective_permissions(&self, user: Uuid, now: i64) -> Vec<(String, &PermissionSpec)> {
         let mut out = Vec::new();
-        for role in self.user_roles(user) {
+        for role in self.user_roles(user, now) {
             for p in role.permissions.values() {
                 out.push((format!("role:{}:{}", role.id, p.id), p));
             }
@@ -83,8 +107,17 @@ impl Authz {
         out
     }
 
-    /// Checks one permission. `status` is the user's status, `None` for an unknown user.
-    pub fn check(&self, user: Uuid, status: Option<UserStatus>, resource: &str, action: &str, scope: &str) -> Decision {
+    /// Checks one permission at `now` (Unix seconds). `status` is the user's status,
+    /// `None` for an unknown user.
+    pub fn check(
+        &self,
+        user: Uuid,
+        status: Option<UserStatus>,
+        resource: &str,
+        action: &str,
+        scope: &str,
+        now: i64,
+    ) -> Decision {
         let deny = |reason: String| Decision { allowed: false, reason, applied_policies: vec![] };
         match status {
             None => return deny("unknown user".into()),
@@ -94,7 +127,7 @@ impl Authz {
             Some(UserStatus::PendingVerification | UserStatus::Active) => {}
         }
         let applied: Vec<String> = self
-            .effective_permissions(user)
+            .effective_permissions(user, now)
             .into_iter()
             .filter(|(_, p)| covers(p, resource, action, scope))
             .map(|(source, _)| source)
@@ -131,7 +164,7 @@ impl Authz {
             Event::RoleDeleted(e) => {
                 self.roles.remove(&e.role_id);
                 for roles in self.user_roles.values_mut() {
-                    roles.retain(|r| **r != *e.role_id);
+                    roles.retain(|a| *a.role != *e.role_id);
                 }
             }
             Event::RolePermissionGranted(e) => {
@@ -145,14 +178,19 @@ impl Authz {
                 }
             }
             Event::RoleAssigned(e) => {
+                // A new assignment of a held role replaces the old one (and its expiry).
                 let roles = self.user_roles.entry(e.user_id).or_default();
-                if let Err(at) = roles.binary_search_by(|r| (**r).cmp(e.role_id.as_str())) {
-                    roles.insert(at, intern(&mut self.interned, &e.role_id));
+                match roles.binary_search_by(|a| (*a.role).cmp(e.role_id.as_str())) {
+                    Ok(at) => roles[at].expires_at = e.expires_at,
+                    Err(at) => roles.insert(
+                        at,
+                        Assignment { role: intern(&mut self.interned, &e.role_id), expires_at: e.expires_at },
+                    ),
                 }
             }
             Event::RoleRevoked(e) => {
                 if let Some(roles) = self.user_roles.get_mut(&e.user_id) {
-                    roles.retain(|r| **r != *e.role_id);
+                    roles.retain(|a| *a.role != *e.role_id);
                 }
             }
             Event::PermissionGranted(e) => {
@@ -170,6 +208,10 @@ impl Authz {
             Event::UserDeleted(e) => {
                 self.user_roles.remove(&e.user_id);
                 self.direct.remove(&e.user_id);
+            }
+            Event::ServiceAccountDeleted(e) => {
+                self.user_roles.remove(&e.service_account_id);
+                self.direct.remove(&e.service_account_id);
             }
             _ => {}
         }
@@ -190,7 +232,10 @@ impl Authz {
         }
         for (user, roles) in sorted(self.user_roles.iter()) {
             d.bytes(user.as_bytes());
-            roles.iter().for_each(|r| d.str(r));
+            for a in roles {
+                d.str(&a.role);
+                d.i64(a.expires_at.unwrap_or(i64::MIN));
+            }
         }
         for (user, grants) in sorted(self.direct.iter()) {
             d.bytes(user.as_bytes());

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod authz;
 mod digest;
+pub mod service_accounts;
 pub mod sessions;
 pub mod snapshot;
 pub mod users;
@@ -47,6 +48,7 @@ pub struct ReadModels {
     pub authz: authz::Authz,
     pub sessions: sessions::Sessions,
     pub audit: audit::Audit,
+    pub service_accounts: service_accounts::ServiceAccounts,
     checkpoint: u64,
     /// Events of types this build does not know (written by a newer build), skipped.
     skipped_unknown: u64,
@@ -86,6 +88,21 @@ impl ReadModels {
         self.authz.apply(event);
         self.sessions.apply(event, at);
         self.audit.apply(recorded, event);
+        self.service_accounts.apply(event, at);
+    }
+
+    /// The status a permission check should see for a principal: a user's status, an
+    /// enabled service account as active, a disabled one as suspended; `None` when unknown.
+    pub fn principal_status(&self, id: uuid::Uuid) -> Option<perfect21_events::catalog::UserStatus> {
+        use perfect21_events::catalog::UserStatus;
+        match self.users.get(id) {
+            Some(u) => Some(u.status),
+            None => {
+                self.service_accounts
+                    .get(id)
+                    .map(|a| if a.disabled { UserStatus::Suspended } else { UserStatus::Active })
+            }
+        }
     }
 
     /// A digest of the whole state (hex SHA-256): equal digests, equal read models.
@@ -96,6 +113,7 @@ impl ReadModels {
         self.authz.digest(&mut d);
         self.sessions.digest(&mut d);
         self.audit.digest(&mut d);
+        self.service_accounts.digest(&mut d);
         d.finish()
     }
 }

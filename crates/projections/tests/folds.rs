@@ -5,6 +5,9 @@ use perfect21_events::{Event, Metadata, RecordedEvent};
 use perfect21_projections::{ProjectionError, ReadModels};
 use uuid::Uuid;
 
+/// The clock of the permission checks here (Unix seconds).
+const NOW: i64 = 1_800_000_000;
+
 /// Records `events` at positions 1.. as the log would.
 fn record(events: Vec<Event>) -> Vec<RecordedEvent> {
     events
@@ -130,15 +133,15 @@ fn permission_checks_follow_roles_grants_wildcards_and_status() {
     ]);
     let m = fold(&events);
     let status = m.users.get(u).map(|u| u.status);
-    let d = m.authz.check(u, status, "docs", "read", "own");
+    let d = m.authz.check(u, status, "docs", "read", "own", NOW);
     assert!(d.allowed, "{d:?}");
     assert_eq!(d.applied_policies, vec!["role:viewer:docs.read"]);
-    assert!(!m.authz.check(u, status, "docs", "write", "own").allowed);
-    assert!(!m.authz.check(u, status, "docs", "read", "all").allowed);
-    let d = m.authz.check(u, status, "billing.invoices", "read", "team");
+    assert!(!m.authz.check(u, status, "docs", "write", "own", NOW).allowed);
+    assert!(!m.authz.check(u, status, "docs", "read", "all", NOW).allowed);
+    let d = m.authz.check(u, status, "billing.invoices", "read", "team", NOW);
     assert_eq!(d.applied_policies, vec!["direct:billing.any"]);
-    assert!(!m.authz.check(u, status, "billingx", "read", "team").allowed);
-    assert!(!m.authz.check(Uuid::from_u128(99), None, "docs", "read", "own").allowed);
+    assert!(!m.authz.check(u, status, "billingx", "read", "team", NOW).allowed);
+    assert!(!m.authz.check(Uuid::from_u128(99), None, "docs", "read", "own", NOW).allowed);
 
     // Admin outranks viewer; revoking and locking take effect.
     let mut more = events.clone();
@@ -156,11 +159,11 @@ fn permission_checks_follow_roles_grants_wildcards_and_status() {
         m.apply(e).unwrap();
     }
     let status = m.users.get(u).map(|u| u.status);
-    let d = m.authz.check(u, status, "docs", "delete", "any");
+    let d = m.authz.check(u, status, "docs", "delete", "any", NOW);
     assert_eq!(d.applied_policies, vec!["role:admin:all"]);
-    assert_eq!(m.authz.user_roles(u).iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["admin"]);
+    assert_eq!(m.authz.user_roles(u, NOW).iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["admin"]);
     m.apply(more.last().unwrap()).unwrap();
-    let d = m.authz.check(u, m.users.get(u).map(|u| u.status), "docs", "read", "own");
+    let d = m.authz.check(u, m.users.get(u).map(|u| u.status), "docs", "read", "own", NOW);
     assert!(!d.allowed);
     assert_eq!(d.reason, "user is locked");
 }
@@ -291,4 +294,40 @@ fn snapshots_round_trip_and_refuse_other_formats() {
     assert!(matches!(ReadModels::from_snapshot(&other), Err(SnapshotError::OtherFormat { found: 99 })));
     assert!(matches!(ReadModels::from_snapshot(b"garbage"), Err(SnapshotError::NotASnapshot)));
     assert!(matches!(ReadModels::from_snapshot(&bytes[..bytes.len() / 2]), Err(SnapshotError::Decode(_))));
+}
+
+#[test]
+fn a_role_assignment_stops_granting_at_its_expiry() {
+    let u = Uuid::from_u128(1);
+    let events = record(vec![
+        registered(u, "oncall@example.com", "oncall"),
+        RoleCreated {
+            role_id: "oncall".into(),
+            name: "oncall".into(),
+            display_name: String::new(),
+            description: String::new(),
+            priority: 1,
+        }
+        .into(),
+        RolePermissionGranted { role_id: "oncall".into(), permission: perm("pager", "pager", "ack", "*") }.into(),
+        RoleAssigned { user_id: u, role_id: "oncall".into(), expires_at: Some(NOW + 60) }.into(),
+    ]);
+    let m = fold(&events);
+    let status = m.users.get(u).map(|u| u.status);
+    assert!(m.authz.check(u, status, "pager", "ack", "x", NOW + 59).allowed);
+    let d = m.authz.check(u, status, "pager", "ack", "x", NOW + 60);
+    assert!(!d.allowed, "an expired assignment still grants: {d:?}");
+    assert_eq!(m.authz.user_roles(u, NOW + 59).len(), 1);
+    assert!(m.authz.user_roles(u, NOW + 60).is_empty());
+    assert!(m.authz.effective_permissions(u, NOW + 61).is_empty());
+
+    // Assigning again moves the expiry; the digest sees the difference.
+    let mut again = events.clone();
+    let mut e = record(vec![RoleAssigned { user_id: u, role_id: "oncall".into(), expires_at: None }.into()]).remove(0);
+    e.position = events.len() as u64 + 1;
+    e.event_id = Uuid::from_u128(1000);
+    again.push(e);
+    let m2 = fold(&again);
+    assert!(m2.authz.check(u, status, "pager", "ack", "x", NOW + 3600).allowed);
+    assert_ne!(m.digest(), m2.digest());
 }

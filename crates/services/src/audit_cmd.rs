@@ -62,7 +62,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 "client_ip": e.client_ip,
                 "user_agent": e.user_agent,
                 "correlation_id": e.correlation_id,
-                "payload": e.event.payload_json(),
+                "payload": e.event.public_view(),
             });
             println!("{line}");
         }
@@ -83,11 +83,11 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The few fields of an event worth a column, without hashes or secrets.
+/// The few fields of an event's public view worth a column.
 fn details(event: &perfect21_events::Event) -> String {
-    let mut v = event.payload_json();
+    let mut v = event.public_view();
     if let Some(map) = v.as_object_mut() {
-        map.retain(|k, _| !k.contains("hash") && !k.contains("secret") && k != "user_id" && k != "recommended_actions");
+        map.retain(|k, _| k != "user_id" && k != "recommended_actions");
     }
     v.to_string()
 }

@@ -23,6 +23,10 @@ pub enum EventsCommand {
         /// Stop after this many events.
         #[arg(long)]
         limit: Option<u64>,
+        /// Print payloads as recorded, hashes and sealed secrets included (operators only;
+        /// by default payloads are shown in their public view).
+        #[arg(long)]
+        raw: bool,
     },
     /// Counts of the log: head position, events, streams, per event type, size.
     Stats {
@@ -36,15 +40,16 @@ pub enum EventsCommand {
 
 pub async fn run(command: EventsCommand) -> anyhow::Result<()> {
     match command {
-        EventsCommand::Tail { store, from, follow, event_type, limit } => {
-            tail(store, from, follow, event_type, limit).await
+        EventsCommand::Tail { store, from, follow, event_type, limit, raw } => {
+            tail(store, from, follow, event_type, limit, raw).await
         }
         EventsCommand::Stats { store, json } => stats(store, json).await,
     }
 }
 
-/// The JSON form of a recorded event, with the payload decoded (or why it could not be).
-pub fn event_json(e: &RecordedEvent) -> serde_json::Value {
+/// The JSON form of a recorded event, with the payload decoded (or why it could not be):
+/// its public view, or with `raw` every field as recorded.
+pub fn event_json(e: &RecordedEvent, raw: bool) -> serde_json::Value {
     let mut v = json!({
         "position": e.position,
         "event_id": e.event_id,
@@ -56,7 +61,7 @@ pub fn event_json(e: &RecordedEvent) -> serde_json::Value {
         "metadata": e.metadata,
     });
     match e.decode() {
-        Ok(event) => v["payload"] = event.payload_json(),
+        Ok(event) => v["payload"] = if raw { event.payload_json() } else { event.public_view() },
         Err(err) => {
             v["payload"] = serde_json::Value::Null;
             v["payload_error"] = json!(err.to_string());
@@ -71,6 +76,7 @@ async fn tail(
     follow: bool,
     prefix: Option<String>,
     limit: Option<u64>,
+    raw: bool,
 ) -> anyhow::Result<()> {
     let store = store.open().await?;
     let head = store.head_position().await?;
@@ -94,7 +100,7 @@ async fn tail(
         if prefix.as_deref().is_some_and(|p| !event.event_type.starts_with(p)) {
             continue;
         }
-        if writeln!(out, "{}", event_json(&event)).is_err() {
+        if writeln!(out, "{}", event_json(&event, raw)).is_err() {
             break; // the reader went away (e.g. `| head`)
         }
         if follow {

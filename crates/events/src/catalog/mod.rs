@@ -10,12 +10,15 @@ pub mod authz;
 pub mod legacy;
 pub mod reservation;
 pub mod security;
+pub mod service_account;
 pub mod session;
 pub mod user;
+pub mod view;
 
 pub use authz::*;
 pub use reservation::*;
 pub use security::*;
+pub use service_account::*;
 pub use session::*;
 pub use user::*;
 
@@ -125,6 +128,10 @@ catalog! {
     ReservationClaimed = "reservation.claimed" v 1,
     ReservationReleased = "reservation.released" v 1,
     UserRecoveryCodeUsed = "user.recovery_code_used" v 1,
+    ServiceAccountCreated = "service_account.created" v 1,
+    ServiceAccountSecretRotated = "service_account.secret_rotated" v 1,
+    ServiceAccountDisabled = "service_account.disabled" v 1,
+    ServiceAccountDeleted = "service_account.deleted" v 1,
 }
 
 /// Every (event_type, schema_version) this build can read: current and legacy.

@@ -25,6 +25,8 @@ const PASSWORD: &str = "benchmark password 1";
 struct Bench {
     channels: Vec<Channel>,
     token: String,
+    /// A service account's token (the callers of these RPCs are services).
+    service: String,
     user_id: String,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -35,7 +37,7 @@ async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     let config = IdentityConfig { password_cost: PasswordCost::OWASP, ..Default::default() };
     let identity = Identity::new(store, live, SecretBox::random(), config)?;
     let keys = Arc::new(KeySet::load_or_create(&scratch.file("keys"))?);
-    let app = App { identity: identity.clone(), keys, dev_mode: false, verified: Default::default() };
+    let app = App::new(identity.clone(), keys);
     let ctx = RequestContext::service("bench");
     for i in 0..FLOOD_USERS {
         let r = Registration {
@@ -62,6 +64,26 @@ async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     let position = identity.assign_role(&ctx, grant.user_id, "reader", None).await?;
     identity.live().wait_for(position, Duration::from_secs(10)).await?;
     let token = app.access_token(&grant)?;
+    // The caller: a gateway's service account that may validate tokens, check permissions, log users in.
+    identity.create_role(&ctx, RoleSpec { role_id: "gateway".into(), priority: 1, ..Default::default() }).await?;
+    for (id, resource, action) in [
+        ("tokens.validate", "perfect21.tokens", "validate"),
+        ("permissions.read", "perfect21.permissions", "read"),
+        ("auth.validate_credentials", "perfect21.auth", "validate_credentials"),
+    ] {
+        let p = PermissionSpec {
+            id: id.into(),
+            resource: resource.into(),
+            action: action.into(),
+            scope: "*".into(),
+            name: String::new(),
+            description: String::new(),
+        };
+        identity.grant_permission_to_role(&ctx, "gateway", p).await?;
+    }
+    let sa = identity.create_service_account(&ctx, "bench-gateway", "", &["gateway".into()]).await?;
+    identity.live().wait_for(sa.position, Duration::from_secs(10)).await?;
+    let (service, _) = app.service_token(sa.id)?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -71,7 +93,7 @@ async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     for _ in 0..CHANNELS {
         channels.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
     }
-    Ok(Bench { channels, token, user_id: grant.user_id.to_string(), _stop: stop })
+    Ok(Bench { channels, token, service, user_id: grant.user_id.to_string(), _stop: stop })
 }
 
 struct Run {
@@ -123,14 +145,23 @@ async fn empty_rpc(bench: &Bench, duration: Duration) -> anyhow::Result<Run> {
     .await
 }
 
+/// `msg` with `authorization: Bearer <token>`.
+fn authorized<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(req)
+}
+
 fn validate_call(
     token: String,
+    service: String,
 ) -> impl Fn(Channel) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Clone {
     move |ch| {
-        let token = token.clone();
+        let (token, service) = (token.clone(), service.clone());
         Box::pin(async move {
             let mut auth = auth::auth_service_client::AuthServiceClient::new(ch);
-            let r = auth.validate_token(auth::ValidateTokenRequest { token, ..Default::default() }).await?;
+            let req = authorized(auth::ValidateTokenRequest { token, ..Default::default() }, &service)?;
+            let r = auth.validate_token(req).await?;
             anyhow::ensure!(r.get_ref().valid, "token refused: {}", r.get_ref().error_message);
             Ok(())
         })
@@ -147,7 +178,7 @@ fn rows(scenario: &'static str, metric: &'static str, ours: &Run, base: &Run) ->
 
 pub async fn validate(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     let bench = setup(scratch).await?;
-    let ours = drive(&bench, CLIENTS, duration, validate_call(bench.token.clone())).await?;
+    let ours = drive(&bench, CLIENTS, duration, validate_call(bench.token.clone(), bench.service.clone())).await?;
     let base = empty_rpc(&bench, duration).await?;
     Ok(rows("grpc-validate", "validate_token", &ours, &base))
 }
@@ -155,8 +186,9 @@ pub async fn validate(scratch: &Scratch, duration: Duration) -> anyhow::Result<V
 pub async fn check(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     let bench = setup(scratch).await?;
     let user_id = bench.user_id.clone();
+    let service = bench.service.clone();
     let ours = drive(&bench, CLIENTS, duration, move |ch| {
-        let user_id = user_id.clone();
+        let (user_id, service) = (user_id.clone(), service.clone());
         async move {
             let mut perms = permission::permission_service_client::PermissionServiceClient::new(ch);
             let req = permission::CheckPermissionRequest {
@@ -166,6 +198,7 @@ pub async fn check(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<
                 scope: "team".into(),
                 ..Default::default()
             };
+            let req = authorized(req, &service)?;
             anyhow::ensure!(perms.check_permission(req).await?.get_ref().allowed, "check refused");
             Ok(())
         }
@@ -178,12 +211,13 @@ pub async fn check(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<
 pub async fn login_flood(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     const VALIDATORS: usize = 8;
     let bench = setup(scratch).await?;
-    let idle = drive(&bench, VALIDATORS, duration, validate_call(bench.token.clone())).await?;
+    let idle = drive(&bench, VALIDATORS, duration, validate_call(bench.token.clone(), bench.service.clone())).await?;
     // The flood: many clients logging in (argon2id) as fast as the server lets them.
     let flood_until = Instant::now() + duration;
     let flooders: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let ch = bench.channels[i % bench.channels.len()].clone();
+            let service = bench.service.clone();
             tokio::spawn(async move {
                 let mut auth = auth::auth_service_client::AuthServiceClient::new(ch);
                 let mut n = 0u64;
@@ -193,14 +227,17 @@ pub async fn login_flood(scratch: &Scratch, duration: Duration) -> anyhow::Resul
                         password: PASSWORD.into(),
                         ..Default::default()
                     };
-                    let _ = auth.validate_credentials(req).await;
+                    if let Ok(req) = authorized(req, &service) {
+                        let _ = auth.validate_credentials(req).await;
+                    }
                     n += 1;
                 }
                 n
             })
         })
         .collect();
-    let flooded = drive(&bench, VALIDATORS, duration, validate_call(bench.token.clone())).await?;
+    let flooded =
+        drive(&bench, VALIDATORS, duration, validate_call(bench.token.clone(), bench.service.clone())).await?;
     let mut logins = 0;
     for f in flooders {
         logins += f.await?;

@@ -5,6 +5,7 @@
 mod append;
 mod grpc;
 mod login;
+mod oauth;
 mod relay;
 mod replay;
 pub mod websocket;
@@ -65,6 +66,9 @@ pub enum Scenario {
     Replay,
     /// Resident bytes per user in the read models (`--users` of them) vs the 1 KiB budget.
     Memory,
+    /// OAuth 2.0 client-credentials grants over HTTP vs an empty handler on the same server
+    /// (and per core vs Keycloak's sizing figure of 120 grants/s per vCPU).
+    ClientCredentials,
 }
 
 /// One line of the output contract.
@@ -107,6 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Login => login::login(&scratch, duration).await?,
         Scenario::Replay => replay::replay(&scratch, args.events).await?,
         Scenario::Memory => replay::memory(args.users).await?,
+        Scenario::ClientCredentials => oauth::client_credentials(&scratch, duration).await?,
     };
     print(&rows, args.json);
     Ok(())

@@ -34,12 +34,7 @@ pub async fn websocket(scratch: &Scratch, duration: Duration) -> anyhow::Result<
     // Password hashing is not what this measures.
     let config = IdentityConfig { password_cost: PasswordCost::TEST, ..Default::default() };
     let identity = Identity::new(store.clone(), live, SecretBox::random(), config)?;
-    let app = App {
-        identity: identity.clone(),
-        keys: Arc::new(KeySet::load_or_create(&scratch.file("keys"))?),
-        dev_mode: false,
-        verified: Default::default(),
-    };
+    let app = App::new(identity.clone(), Arc::new(KeySet::load_or_create(&scratch.file("keys"))?));
     let ctx = RequestContext::service("bench");
     let mut users = Vec::with_capacity(USERS);
     let mut tokens = String::new();

@@ -79,11 +79,12 @@ fn pairs(details: &[(String, String)]) -> Value {
     Value::Object(details.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
-/// The payload with hashes, secrets and ciphertexts removed (they never leave the log).
+/// The event's public view (hashes and secrets never leave the log).
 fn scrubbed(event: &Event) -> Map<String, Value> {
-    let mut v = event.payload_json();
-    let map = v.as_object_mut().map(std::mem::take).unwrap_or_default();
-    map.into_iter().filter(|(k, _)| !k.contains("hash") && !k.contains("secret") && !k.contains("ciphertext")).collect()
+    match event.public_view() {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
 }
 
 /// The BaseMessage `data` of an event, with the field names of the seed's message classes.

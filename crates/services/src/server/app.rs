@@ -2,7 +2,7 @@
 //! token validation.
 
 use super::tokens::{Claims, KeySet, TokenError, ISSUER};
-use perfect21_domain::{DomainError, Identity, LoginGrant};
+use perfect21_domain::{DomainError, Identity, LoginGrant, RequestContext};
 use perfect21_events::catalog::UserStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,10 @@ pub struct App {
     pub dev_mode: bool,
     /// Tokens whose signature was already checked (revocation and status are checked on every call).
     pub verified: Arc<VerifiedTokens>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed (reverse proxies).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Serve `/metrics` without authentication (for a scraper inside a private network).
+    pub public_metrics: bool,
 }
 
 /// A bounded cache of signature-checked tokens: an Ed25519 verification costs far
@@ -48,11 +52,44 @@ impl VerifiedTokens {
     }
 }
 
+/// Who is calling: a user (with the session of their access token) or a service
+/// account (client-credentials token).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Principal {
+    User { id: Uuid, session: Uuid, jti: String, exp: i64 },
+    Service { id: Uuid, name: String, jti: String, exp: i64 },
+}
+
+impl Principal {
+    /// The user or service account id (what roles are assigned to).
+    pub fn id(&self) -> Uuid {
+        match self {
+            Principal::User { id, .. } | Principal::Service { id, .. } => *id,
+        }
+    }
+
+    pub fn is_service(&self) -> bool {
+        matches!(self, Principal::Service { .. })
+    }
+
+    /// The request context acting as this principal (its `actor` in event metadata).
+    pub fn context(&self, ctx: RequestContext) -> RequestContext {
+        match self {
+            Principal::User { id, .. } => ctx.as_user(*id),
+            Principal::Service { id, .. } => RequestContext { actor: Some(format!("service_account:{id}")), ..ctx },
+        }
+    }
+}
+
+/// Lifetime of a client-credentials access token.
+pub const SERVICE_TOKEN_TTL_SECS: i64 = 300;
+
 /// The outcome of validating an access token.
 #[derive(Debug, Default, Clone)]
 pub struct TokenCheck {
     pub valid: bool,
-    pub claims: Option<Claims>,
+    /// Who the token speaks for, when valid.
+    pub principal: Option<Principal>,
     pub user_id: Option<Uuid>,
     pub permissions: Vec<String>,
     pub expires_at: i64,
@@ -67,10 +104,60 @@ impl TokenCheck {
 }
 
 impl App {
+    /// The front ends' state over `identity` and `keys`, with defaults: no trusted proxies,
+    /// `/metrics` authenticated, not in development mode.
+    pub fn new(identity: Identity, keys: Arc<KeySet>) -> App {
+        App {
+            identity,
+            keys,
+            dev_mode: false,
+            verified: Default::default(),
+            trusted_proxies: Arc::from(Vec::new()),
+            public_metrics: false,
+        }
+    }
+
+    /// The client's address: the peer, or — when the peer is a trusted proxy — the
+    /// nearest address in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself
+    /// a trusted proxy. Headers from any other peer are ignored.
+    pub fn client_ip(&self, peer: Option<std::net::IpAddr>, headers: &http::HeaderMap) -> Option<String> {
+        let peer = peer?;
+        let trusted = |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        if !trusted(&peer) {
+            return Some(peer.to_string());
+        }
+        let mut hops: Vec<std::net::IpAddr> = Vec::new();
+        for v in headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()) {
+            for element in v.split(',') {
+                for pair in element.split(';') {
+                    if let Some((k, val)) = pair.trim().split_once('=') {
+                        if k.trim().eq_ignore_ascii_case("for") {
+                            let val = val.trim().trim_matches('"');
+                            let val = val.strip_prefix('[').and_then(|v| v.split_once(']')).map_or(val, |(a, _)| a);
+                            let val =
+                                if val.matches(':').count() == 1 { val.split(':').next().unwrap_or(val) } else { val };
+                            if let Ok(ip) = val.parse() {
+                                hops.push(ip);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if hops.is_empty() {
+            for v in headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+                hops.extend(v.split(',').filter_map(|s| s.trim().parse::<std::net::IpAddr>().ok()));
+            }
+        }
+        // Right to left: the first hop not added by one of our own proxies is the client.
+        Some(hops.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer).to_string())
+    }
+
     /// Signs the access token of a grant.
     pub fn access_token(&self, grant: &LoginGrant) -> anyhow::Result<String> {
-        let roles =
-            self.identity.live().read(|m| m.authz.user_roles(grant.user_id).iter().map(|r| r.id.clone()).collect());
+        let roles = self.identity.live().read(|m| {
+            m.authz.user_roles(grant.user_id, chrono::Utc::now().timestamp()).iter().map(|r| r.id.clone()).collect()
+        });
         let claims = Claims {
             sub: grant.user_id.to_string(),
             sid: grant.session_id.to_string(),
@@ -79,11 +166,42 @@ impl App {
             exp: grant.access_expires_at,
             iss: ISSUER.into(),
             roles,
+            client_id: None,
         };
         let token = self.keys.sign(&claims)?;
         metrics::counter!("perfect21_token_operations_total", "operation" => "issue", "outcome" => "issued")
             .increment(1);
         Ok(token)
+    }
+
+    /// A short-lived access token for a service account (the client-credentials grant):
+    /// the token and its lifetime in seconds.
+    pub fn service_token(&self, id: Uuid) -> anyhow::Result<(String, i64)> {
+        let now = chrono::Utc::now().timestamp();
+        let roles = self.identity.live().read(|m| m.authz.user_roles(id, now).iter().map(|r| r.id.clone()).collect());
+        let claims = Claims {
+            sub: id.to_string(),
+            sid: String::new(),
+            jti: Uuid::now_v7().simple().to_string(),
+            iat: now,
+            exp: now + SERVICE_TOKEN_TTL_SECS,
+            iss: ISSUER.into(),
+            roles,
+            client_id: Some(id.to_string()),
+        };
+        let token = self.keys.sign(&claims)?;
+        metrics::counter!("perfect21_token_operations_total", "operation" => "issue", "outcome" => "issued")
+            .increment(1);
+        Ok((token, SERVICE_TOKEN_TTL_SECS))
+    }
+
+    /// Who a bearer token speaks for, or why it speaks for no one.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, String> {
+        let check = self.check_token(token, None).await;
+        match check.principal {
+            Some(p) if check.valid => Ok(p),
+            _ => Err(check.error.unwrap_or_else(|| "invalid token".into())),
+        }
     }
 
     /// Signature, expiry, revocation (including this process's latest revocations)
@@ -111,6 +229,9 @@ impl App {
         if claims.exp <= chrono::Utc::now().timestamp() {
             return TokenCheck::invalid("token has expired");
         }
+        if claims.client_id.is_some() {
+            return self.check_service_token(&claims).await;
+        }
         let (Some(user_id), Some(session_id)) = (claims.user_id(), claims.session_id()) else {
             return TokenCheck::invalid("token names no valid user or session");
         };
@@ -118,6 +239,14 @@ impl App {
         let live = self.identity.live();
         if live.wait_for(self.identity.last_revocation(), OWN_WRITE_WAIT).await.is_err() {
             return TokenCheck::invalid("read models are behind; try again");
+        }
+        // A session the read models do not know yet may have started a moment ago (on this
+        // replica or another): catch up with the log before calling the token revoked.
+        if !live.read(|m| m.sessions.get(session_id).is_some()) {
+            let head = self.identity.store().head_position().await.unwrap_or(0);
+            if live.wait_for(head, OWN_WRITE_WAIT).await.is_err() {
+                return TokenCheck::invalid("read models are behind; try again");
+            }
         }
         let now = chrono::Utc::now().timestamp();
         live.read(|m| {
@@ -133,7 +262,7 @@ impl App {
             }
             let permissions = m
                 .authz
-                .effective_permissions(user_id)
+                .effective_permissions(user_id, now)
                 .into_iter()
                 .map(|(_, p)| format!("{}:{}:{}", p.resource, p.action, p.scope))
                 .collect();
@@ -150,24 +279,62 @@ impl App {
             }
             TokenCheck {
                 valid: true,
+                principal: Some(Principal::User {
+                    id: user_id,
+                    session: session_id,
+                    jti: claims.jti.clone(),
+                    exp: claims.exp,
+                }),
                 expires_at: claims.exp,
                 user_id: Some(user_id),
                 permissions,
                 warnings,
-                claims: Some(claims.clone()),
                 error: None,
             }
         })
     }
 
-    /// Refuses unless `user` holds `resource:action:*` (admin operations).
-    pub async fn require(&self, user: Uuid, resource: &str, action: &str) -> Result<(), DomainError> {
-        let decision = self.identity.check_permission(user, resource, action, "*", None).await?;
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(DomainError::PermissionDenied(format!("{resource}:{action}:* is required ({})", decision.reason)))
+    /// A client-credentials token: its service account must exist and be enabled.
+    async fn check_service_token(&self, claims: &Claims) -> TokenCheck {
+        let Some(id) = claims.user_id().filter(|id| claims.client_id.as_deref() == Some(id.to_string().as_str()))
+        else {
+            return TokenCheck::invalid("token names no valid service account");
+        };
+        let live = self.identity.live();
+        if live.wait_for(self.identity.last_revocation(), OWN_WRITE_WAIT).await.is_err() {
+            return TokenCheck::invalid("read models are behind; try again");
         }
+        let now = chrono::Utc::now().timestamp();
+        live.read(|m| match m.service_accounts.get(id) {
+            None => TokenCheck::invalid("service account does not exist"),
+            Some(a) if a.disabled => TokenCheck::invalid("service account is disabled"),
+            Some(a) => TokenCheck {
+                valid: true,
+                principal: Some(Principal::Service {
+                    id,
+                    name: a.name.clone(),
+                    jti: claims.jti.clone(),
+                    exp: claims.exp,
+                }),
+                expires_at: claims.exp,
+                user_id: Some(id),
+                permissions: m
+                    .authz
+                    .effective_permissions(id, now)
+                    .into_iter()
+                    .map(|(_, p)| format!("{}:{}:{}", p.resource, p.action, p.scope))
+                    .collect(),
+                warnings: Vec::new(),
+                error: None,
+            },
+        })
+    }
+
+    /// Whether `principal` holds `resource:action:*`.
+    pub async fn holds(&self, principal: Uuid, resource: &str, action: &str) -> Result<bool, DomainError> {
+        // Wait for this process's own revocations, so a revoked role stops granting at once.
+        let min = Some(self.identity.last_revocation());
+        Ok(self.identity.check_permission(principal, resource, action, "*", min).await?.allowed)
     }
 }
 

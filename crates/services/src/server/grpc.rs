@@ -1,6 +1,8 @@
 //! The gRPC front end: perfect21.auth, perfect21.user, perfect21.permission.
 
+use super::access::Caller;
 use super::app::{App, TokenCheck};
+use super::views;
 use perfect21_domain::{DomainError, LoginRequest, RequestContext};
 use perfect21_events::catalog::UserStatus;
 use perfect21_projections::users::UserView;
@@ -55,45 +57,60 @@ pub fn uuid(field: &'static str, s: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(s).map_err(|_| Status::invalid_argument(format!("{field} must be a UUID, got '{s}'")))
 }
 
-pub fn context<T>(req: &Request<T>, client_ip: &str, user_agent: &str) -> RequestContext {
+/// Where a call comes from: the peer (or the client a trusted proxy names), the
+/// user agent, correlation id and trace; validated before any of it reaches the log.
+pub fn context<T>(app: &App, req: &Request<T>) -> Result<RequestContext, Status> {
     let header = |name: &str| req.metadata().get(name).and_then(|v| v.to_str().ok()).map(String::from);
-    RequestContext {
+    let ctx = RequestContext {
         actor: None,
-        client_ip: Some(client_ip.to_string())
-            .filter(|s| !s.is_empty())
-            .or_else(|| req.remote_addr().map(|a| a.ip().to_string())),
-        user_agent: Some(user_agent.to_string()).filter(|s| !s.is_empty()).or_else(|| header("user-agent")),
+        client_ip: app.client_ip(req.remote_addr().map(|a| a.ip()), req.metadata().as_ref()),
+        user_agent: header("user-agent"),
         correlation_id: header("x-correlation-id")
             .and_then(|s| Uuid::parse_str(&s).ok())
             .or_else(|| Some(Uuid::now_v7())),
         source_service: Some("grpc".into()),
         traceparent: crate::telemetry::current_traceparent().or_else(|| header("traceparent")),
-    }
-}
-
-/// The caller's bearer token, validated: its claims and a request context acting as its user.
-pub async fn authenticated<T>(
-    app: &App,
-    req: &Request<T>,
-) -> Result<(super::tokens::Claims, Uuid, RequestContext), Status> {
-    let token = req
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("this RPC needs 'authorization: Bearer <access token>'"))?;
-    let check = app.validate(token, None).await;
-    match (check.valid, check.claims, check.user_id) {
-        (true, Some(claims), Some(user)) => Ok((claims, user, context(req, "", "").as_user(user))),
-        _ => Err(Status::unauthenticated(check.error.unwrap_or_default())),
-    }
-}
-
-/// The caller's bearer token, checked for a permission, for RPCs that change state on someone's behalf.
-pub async fn caller<T>(app: &App, req: &Request<T>, resource: &str, action: &str) -> Result<RequestContext, Status> {
-    let (_, user, ctx) = authenticated(app, req).await?;
-    app.require(user, resource, action).await.map_err(status)?;
+    };
+    ctx.validate().map_err(status)?;
     Ok(ctx)
+}
+
+/// The context of a service account reporting an end user's call: the `client_ip` and
+/// `user_agent` fields of the request replace the peer's (only service accounts may).
+fn on_behalf_of(
+    caller: &Caller,
+    mut ctx: RequestContext,
+    client_ip: &str,
+    user_agent: &str,
+) -> Result<RequestContext, Status> {
+    if !client_ip.is_empty() || !user_agent.is_empty() {
+        if !caller.principal.is_service() {
+            return Err(Status::permission_denied("client_ip and user_agent may be set by service accounts only"));
+        }
+        if !client_ip.is_empty() {
+            ctx.client_ip = Some(client_ip.to_string());
+        }
+        if !user_agent.is_empty() {
+            ctx.user_agent = Some(user_agent.to_string());
+        }
+        ctx.validate().map_err(status)?;
+    }
+    Ok(ctx)
+}
+
+/// The caller the access layer admitted (every method that is not public has one).
+pub fn admitted<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("this RPC needs 'authorization: Bearer <access token>'"))
+}
+
+/// The admitted caller and a request context acting as it.
+pub fn acting<T>(app: &App, req: &Request<T>) -> Result<(Caller, RequestContext), Status> {
+    let caller = admitted(req)?;
+    let ctx = caller.principal.context(context(app, req)?);
+    Ok((caller, ctx))
 }
 
 fn token_response(c: TokenCheck) -> auth::ValidateTokenResponse {
@@ -115,11 +132,20 @@ impl auth::auth_service_server::AuthService for AuthService {
         &self,
         req: Request<auth::ValidateTokenRequest>,
     ) -> Result<Response<auth::ValidateTokenResponse>, Status> {
+        let caller = admitted(&req)?;
         if let Some(p) = min_position(&req)? {
             self.0.identity.live().wait_for(p, self.0.identity.config().consistency_timeout).await.map_err(status)?;
         }
         let r = req.get_ref();
-        Ok(Response::new(token_response(self.0.validate(&r.token, Some(&r.client_ip)).await)))
+        let check = self.0.validate(&r.token, Some(&r.client_ip)).await;
+        // Without perfect21.tokens:validate a caller may validate its own tokens only.
+        if !caller.privileged && check.user_id != Some(caller.principal.id()) {
+            return Err(Status::permission_denied(format!(
+                "{} is required to validate tokens of others",
+                super::access::TOKENS_VALIDATE
+            )));
+        }
+        Ok(Response::new(token_response(check)))
     }
 
     async fn refresh_token(
@@ -127,7 +153,10 @@ impl auth::auth_service_server::AuthService for AuthService {
         req: Request<auth::RefreshTokenRequest>,
     ) -> Result<Response<auth::RefreshTokenResponse>, Status> {
         let r = req.get_ref();
-        let ctx = context(&req, &r.client_ip, &r.user_agent);
+        let mut ctx = context(&self.0, &req)?;
+        if let Some(caller) = req.extensions().get::<Caller>() {
+            ctx = on_behalf_of(caller, ctx, &r.client_ip, &r.user_agent)?;
+        }
         let grant = self.0.identity.refresh(&ctx, &r.refresh_token).await.map_err(status)?;
         let access_token = self.0.access_token(&grant).map_err(|e| Status::internal(e.to_string()))?;
         let body = auth::RefreshTokenResponse {
@@ -145,12 +174,13 @@ impl auth::auth_service_server::AuthService for AuthService {
         &self,
         req: Request<auth::RevokeTokenRequest>,
     ) -> Result<Response<auth::RevokeTokenResponse>, Status> {
+        let (caller, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
-        // Holding a validly signed token is the authority to revoke it (expired ones too).
-        let claims = self.0.keys.verify(&r.token, true).map_err(|e| Status::unauthenticated(e.to_string()))?;
-        let session = uuid("token sid", &claims.sid)?;
+        // A signed token (expired ones too) of the caller's own, or anyone's with perfect21.tokens:revoke.
+        let claims = self.0.keys.verify(&r.token, true).map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
         let user = uuid("token sub", &claims.sub)?;
-        let ctx = context(&req, "", "").as_user(user);
+        caller.require_self_or_privileged(user).map_err(status)?;
+        let session = uuid("token sid", &claims.sid)?;
         let position = self.0.identity.revoke_token(&ctx, session, &claims.jti, claims.exp).await.map_err(status)?;
         Ok(with_position(auth::RevokeTokenResponse { revoked: true, consistency_token: position }, position))
     }
@@ -159,8 +189,9 @@ impl auth::auth_service_server::AuthService for AuthService {
         &self,
         req: Request<auth::ValidateCredentialsRequest>,
     ) -> Result<Response<auth::ValidateCredentialsResponse>, Status> {
+        let (caller, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
-        let ctx = context(&req, &r.client_ip, &r.user_agent);
+        let ctx = on_behalf_of(&caller, ctx, &r.client_ip, &r.user_agent)?;
         let login = LoginRequest {
             identifier: r.identifier.clone(),
             password: r.password.clone(),
@@ -216,23 +247,25 @@ impl auth::auth_service_server::AuthService for AuthService {
     }
 }
 
+/// The user's public view as a message, with only the `fields` asked for (all when empty).
 pub fn user_message(u: &UserView, fields: &[String]) -> user::User {
+    let u = views::user(u);
     let want = |f: &str| fields.is_empty() || fields.iter().any(|x| x == f);
-    let s = |f: &str, v: &str| if want(f) { v.to_string() } else { String::new() };
+    let s = |f: &str, v: String| if want(f) { v } else { String::new() };
     user::User {
         id: u.id.to_string(),
-        email: s("email", &u.email),
-        username: s("username", &u.username),
-        first_name: s("first_name", u.first_name.as_deref().unwrap_or("")),
-        last_name: s("last_name", u.last_name.as_deref().unwrap_or("")),
-        phone_number: s("phone_number", u.phone_number.as_deref().unwrap_or("")),
+        email: s("email", u.email),
+        username: s("username", u.username),
+        first_name: s("first_name", u.first_name),
+        last_name: s("last_name", u.last_name),
+        phone_number: s("phone_number", u.phone_number),
         status: if want("status") { proto_status(u.status) as i32 } else { 0 },
-        is_active: want("is_active") && u.status == UserStatus::Active,
-        is_verified: want("is_verified") && u.email_verified,
+        is_active: want("is_active") && u.is_active,
+        is_verified: want("is_verified") && u.is_verified,
         mfa_enabled: want("mfa_enabled") && u.mfa_enabled,
-        created_at: if want("created_at") { u.created_at / 1_000_000 } else { 0 },
-        last_login_at: if want("last_login_at") { u.last_login_at.unwrap_or(0) / 1_000_000 } else { 0 },
-        profile: if want("profile") { u.profile.clone().into_iter().collect() } else { HashMap::new() },
+        created_at: if want("created_at") { u.created_at } else { 0 },
+        last_login_at: if want("last_login_at") { u.last_login_at } else { 0 },
+        profile: if want("profile") { u.profile.into_iter().collect() } else { HashMap::new() },
     }
 }
 
@@ -273,6 +306,7 @@ pub struct UserService(pub App);
 #[tonic::async_trait]
 impl user::user_service_server::UserService for UserService {
     async fn get_user(&self, req: Request<user::GetUserRequest>) -> Result<Response<user::GetUserResponse>, Status> {
+        let caller = admitted(&req)?;
         let min = min_position(&req)?;
         let r = req.into_inner();
         check_fields(&r.fields)?;
@@ -292,11 +326,16 @@ impl user::user_service_server::UserService for UserService {
                     Identifier::Email(e) => m.users.by_email(e),
                     Identifier::Username(n) => m.users.by_username(n),
                 };
-                u.map(|u| user_message(u, &r.fields))
+                u.map(|u| (u.id, user_message(u, &r.fields)))
             })
             .await
             .map_err(status)?;
-        match found {
+        // Without perfect21.users:read a caller sees itself only, and learns nothing of
+        // whether another user exists.
+        if !caller.privileged && found.as_ref().map(|(id, _)| *id) != Some(caller.principal.id()) {
+            return Err(status(caller.require_self_or_privileged(Uuid::nil()).unwrap_err()));
+        }
+        match found.map(|(_, u)| u) {
             Some(user) => Ok(Response::new(user::GetUserResponse { user: Some(user), error_message: String::new() })),
             None => Err(Status::not_found("no such user")),
         }
@@ -306,6 +345,7 @@ impl user::user_service_server::UserService for UserService {
         &self,
         req: Request<user::BatchGetUsersRequest>,
     ) -> Result<Response<user::BatchGetUsersResponse>, Status> {
+        let caller = admitted(&req)?;
         let min = min_position(&req)?;
         let r = req.into_inner();
         check_fields(&r.fields)?;
@@ -313,6 +353,9 @@ impl user::user_service_server::UserService for UserService {
             return Err(Status::invalid_argument(format!("at most {MAX_BATCH} ids per call")));
         }
         let ids = r.user_ids.iter().map(|s| uuid("user_ids", s)).collect::<Result<Vec<_>, _>>()?;
+        for id in &ids {
+            caller.require_self_or_privileged(*id).map_err(status)?;
+        }
         let (users, not_found) = self
             .0
             .identity
@@ -336,7 +379,6 @@ impl user::user_service_server::UserService for UserService {
         &self,
         req: Request<user::VerifyPasswordRequest>,
     ) -> Result<Response<user::VerifyPasswordResponse>, Status> {
-        caller(&self.0, &req, "perfect21.users", "verify_password").await?;
         let r = req.get_ref();
         let valid = self.0.identity.verify_password(uuid("user_id", &r.user_id)?, &r.password).await.map_err(status)?;
         Ok(Response::new(user::VerifyPasswordResponse { valid }))
@@ -346,7 +388,7 @@ impl user::user_service_server::UserService for UserService {
         &self,
         req: Request<user::UpdateUserStatusRequest>,
     ) -> Result<Response<user::UpdateUserStatusResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.users", "update_status").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
         let id = uuid("user_id", &r.user_id)?;
         let to = match user::UserStatus::try_from(r.status) {
@@ -358,6 +400,7 @@ impl user::user_service_server::UserService for UserService {
             Err(_) => return Err(Status::invalid_argument(format!("status {} is not a UserStatus", r.status))),
         };
         let reason = if r.reason.is_empty() { "administrator" } else { r.reason.as_str() };
+        perfect21_domain::context::bounded("reason", reason, perfect21_domain::context::MAX_REASON).map_err(status)?;
         let position = self.0.identity.set_status(&ctx, id, to, reason).await.map_err(status)?;
         let user = self
             .0
@@ -372,10 +415,11 @@ impl user::user_service_server::UserService for UserService {
         &self,
         req: Request<user::RecordLoginHistoryRequest>,
     ) -> Result<Response<user::RecordLoginHistoryResponse>, Status> {
-        let mut ctx = caller(&self.0, &req, "perfect21.users", "record_login").await?;
+        let (caller, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
-        ctx.client_ip = Some(r.client_ip.clone()).filter(|s| !s.is_empty());
-        ctx.user_agent = Some(r.user_agent.clone()).filter(|s| !s.is_empty());
+        let ctx = on_behalf_of(&caller, ctx, &r.client_ip, &r.user_agent)?;
+        perfect21_domain::context::bounded("failure_reason", &r.failure_reason, perfect21_domain::context::MAX_REASON)
+            .map_err(status)?;
         let id = uuid("user_id", &r.user_id)?;
         let position = self.0.identity.record_login(&ctx, id, r.success, &r.failure_reason).await.map_err(status)?;
         Ok(with_position(user::RecordLoginHistoryResponse { consistency_token: position }, position))
@@ -397,9 +441,11 @@ impl permission::permission_service_server::PermissionService for PermissionServ
         &self,
         req: Request<permission::CheckPermissionRequest>,
     ) -> Result<Response<permission::CheckPermissionResponse>, Status> {
+        let caller = admitted(&req)?;
         let min = min_position(&req)?;
         let r = req.get_ref();
         let user = check_request(r)?;
+        caller.require_self_or_privileged(user).map_err(status)?;
         let scope = if r.scope.is_empty() { "*" } else { r.scope.as_str() };
         let d = self.0.identity.check_permission(user, &r.resource, &r.action, scope, min).await.map_err(status)?;
         Ok(Response::new(permission::CheckPermissionResponse {
@@ -419,6 +465,11 @@ impl permission::permission_service_server::PermissionService for PermissionServ
             return Err(Status::invalid_argument(format!("at most {MAX_BATCH} checks per call")));
         }
         let parsed = checks.iter().map(check_request).collect::<Result<Vec<_>, _>>()?;
+        let caller = admitted(&req)?;
+        for user in &parsed {
+            caller.require_self_or_privileged(*user).map_err(status)?;
+        }
+        let now = chrono::Utc::now().timestamp();
         let results = self
             .0
             .identity
@@ -428,8 +479,7 @@ impl permission::permission_service_server::PermissionService for PermissionServ
                     .zip(&parsed)
                     .map(|(c, user)| {
                         let scope = if c.scope.is_empty() { "*" } else { c.scope.as_str() };
-                        let d =
-                            m.authz.check(*user, m.users.get(*user).map(|u| u.status), &c.resource, &c.action, scope);
+                        let d = m.authz.check(*user, m.principal_status(*user), &c.resource, &c.action, scope, now);
                         permission::CheckPermissionResponse {
                             allowed: d.allowed,
                             reason: d.reason,
@@ -449,12 +499,14 @@ impl permission::permission_service_server::PermissionService for PermissionServ
     ) -> Result<Response<permission::GetUserPermissionsResponse>, Status> {
         let min = min_position(&req)?;
         let user = uuid("user_id", &req.get_ref().user_id)?;
+        admitted(&req)?.require_self_or_privileged(user).map_err(status)?;
+        let now = chrono::Utc::now().timestamp();
         let (permissions, sources) = self
             .0
             .identity
             .read(min, |m| {
                 m.authz
-                    .effective_permissions(user)
+                    .effective_permissions(user, now)
                     .into_iter()
                     .map(|(source, p)| (permission_message(p), source))
                     .unzip()
@@ -470,12 +522,14 @@ impl permission::permission_service_server::PermissionService for PermissionServ
     ) -> Result<Response<permission::GetUserRolesResponse>, Status> {
         let min = min_position(&req)?;
         let user = uuid("user_id", &req.get_ref().user_id)?;
+        admitted(&req)?.require_self_or_privileged(user).map_err(status)?;
+        let now = chrono::Utc::now().timestamp();
         let roles = self
             .0
             .identity
             .read(min, |m| {
                 m.authz
-                    .user_roles(user)
+                    .user_roles(user, now)
                     .into_iter()
                     .map(|r| permission::Role {
                         id: r.id.clone(),
@@ -494,12 +548,13 @@ impl permission::permission_service_server::PermissionService for PermissionServ
 }
 
 pub fn permission_message(p: &perfect21_events::catalog::PermissionSpec) -> permission::Permission {
+    let p = views::permission(p);
     permission::Permission {
-        id: p.id.clone(),
-        resource: p.resource.clone(),
-        action: p.action.clone(),
-        scope: p.scope.clone(),
-        name: p.name.clone(),
-        description: p.description.clone(),
+        id: p.id,
+        resource: p.resource,
+        action: p.action,
+        scope: p.scope,
+        name: p.name,
+        description: p.description,
     }
 }

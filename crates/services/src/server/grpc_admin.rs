@@ -1,7 +1,7 @@
 //! The gRPC services beyond the seed: perfect21.account, perfect21.admin, perfect21.events.
 
-use super::app::App;
-use super::grpc::{authenticated, caller, context, status, uuid, with_position};
+use super::app::{App, Principal};
+use super::grpc::{acting, context, status, uuid, with_position};
 use perfect21_domain::audit::AuditFilter;
 use perfect21_domain::{Registration, RoleSpec};
 use perfect21_events::catalog::PermissionSpec;
@@ -10,6 +10,7 @@ use perfect21_proto::{account, admin, events, permission};
 use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 fn opt(s: &str) -> Option<String> {
     Some(s.to_string()).filter(|s| !s.is_empty())
@@ -23,7 +24,7 @@ impl account::account_service_server::AccountService for AccountService {
         &self,
         req: Request<account::RegisterRequest>,
     ) -> Result<Response<account::RegisterResponse>, Status> {
-        let ctx = context(&req, "", "");
+        let ctx = context(&self.0, &req)?;
         let r = req.into_inner();
         let registration = Registration {
             email: r.email,
@@ -47,14 +48,16 @@ impl account::account_service_server::AccountService for AccountService {
         &self,
         req: Request<account::VerifyEmailRequest>,
     ) -> Result<Response<account::VerifyEmailResponse>, Status> {
-        let ctx = context(&req, "", "");
+        let ctx = context(&self.0, &req)?;
         let position = self.0.identity.verify_email(&ctx, &req.get_ref().token).await.map_err(status)?;
         Ok(with_position(account::VerifyEmailResponse { consistency_token: position }, position))
     }
 
     async fn logout(&self, req: Request<account::LogoutRequest>) -> Result<Response<account::LogoutResponse>, Status> {
-        let (claims, _, ctx) = authenticated(&self.0, &req).await?;
-        let session = uuid("token sid", &claims.sid)?;
+        let (caller, ctx) = acting(&self.0, &req)?;
+        let Principal::User { session, .. } = caller.principal else {
+            return Err(Status::permission_denied("this RPC is for users"));
+        };
         let position = self.0.identity.logout(&ctx, session).await.map_err(status)?;
         Ok(with_position(account::LogoutResponse { consistency_token: position }, position))
     }
@@ -63,7 +66,12 @@ impl account::account_service_server::AccountService for AccountService {
         &self,
         req: Request<account::ListSessionsRequest>,
     ) -> Result<Response<account::ListSessionsResponse>, Status> {
-        let (claims, user, _) = authenticated(&self.0, &req).await?;
+        let (caller, _) = acting(&self.0, &req)?;
+        let user = caller.user().map_err(status)?;
+        let current = match &caller.principal {
+            Principal::User { session, .. } => *session,
+            Principal::Service { .. } => Uuid::nil(),
+        };
         let min = Some(self.0.identity.last_write());
         let sessions = self.0.identity.read(min, |m| {
             m.sessions
@@ -75,7 +83,7 @@ impl account::account_service_server::AccountService for AccountService {
                     refreshed_at: s.refreshed_at / 1_000_000,
                     expires_at: s.expires_at,
                     device_id: s.device_id.as_deref().unwrap_or_default().to_string(),
-                    current: s.id.to_string() == claims.sid,
+                    current: s.id == current,
                 })
                 .collect()
         });
@@ -87,7 +95,7 @@ impl account::account_service_server::AccountService for AccountService {
         &self,
         req: Request<account::RevokeSessionRequest>,
     ) -> Result<Response<account::RevokeSessionResponse>, Status> {
-        let (_, user, mut ctx) = authenticated(&self.0, &req).await?;
+        let (caller, ctx) = acting(&self.0, &req)?;
         let session = uuid("session_id", &req.get_ref().session_id)?;
         // A session this process just started must count as the caller's own.
         let owner = self
@@ -96,10 +104,11 @@ impl account::account_service_server::AccountService for AccountService {
             .read(Some(self.0.identity.last_write()), |m| m.sessions.get(session).map(|s| s.user_id))
             .await
             .map_err(status)?;
-        if owner != Some(user) {
-            ctx = caller(&self.0, &req, "perfect21.sessions", "revoke").await?;
-        }
+        // Someone else's session (or none) needs perfect21.sessions:revoke; without it, a
+        // session that does not exist answers like someone else's.
+        caller.require_self_or_privileged(owner.unwrap_or_else(Uuid::nil)).map_err(status)?;
         let reason = opt(&req.get_ref().reason).unwrap_or_else(|| "revoked".into());
+        perfect21_domain::context::bounded("reason", &reason, perfect21_domain::context::MAX_REASON).map_err(status)?;
         let position = self.0.identity.revoke_session(&ctx, session, &reason).await.map_err(status)?;
         Ok(with_position(account::RevokeSessionResponse { consistency_token: position }, position))
     }
@@ -108,15 +117,14 @@ impl account::account_service_server::AccountService for AccountService {
         &self,
         req: Request<account::RevokeAllSessionsRequest>,
     ) -> Result<Response<account::RevokeAllSessionsResponse>, Status> {
-        let (_, caller_id, mut ctx) = authenticated(&self.0, &req).await?;
+        let (caller, ctx) = acting(&self.0, &req)?;
         let target = match opt(&req.get_ref().user_id) {
             Some(id) => uuid("user_id", &id)?,
-            None => caller_id,
+            None => caller.principal.id(),
         };
-        if target != caller_id {
-            ctx = caller(&self.0, &req, "perfect21.sessions", "revoke").await?;
-        }
+        caller.require_self_or_privileged(target).map_err(status)?;
         let reason = opt(&req.get_ref().reason).unwrap_or_else(|| "revoke_all".into());
+        perfect21_domain::context::bounded("reason", &reason, perfect21_domain::context::MAX_REASON).map_err(status)?;
         let position = self.0.identity.revoke_all_sessions(&ctx, target, &reason, None).await.map_err(status)?;
         Ok(with_position(account::RevokeAllSessionsResponse { consistency_token: position }, position))
     }
@@ -147,13 +155,13 @@ pub struct AdminService(pub App);
 #[tonic::async_trait]
 impl admin::admin_service_server::AdminService for AdminService {
     async fn create_role(&self, req: Request<admin::RoleRequest>) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.roles", "create").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let spec = role_spec(req.into_inner());
         Ok(done(self.0.identity.create_role(&ctx, spec).await.map_err(status)?))
     }
 
     async fn update_role(&self, req: Request<admin::RoleRequest>) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.roles", "update").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let spec = role_spec(req.into_inner());
         Ok(done(self.0.identity.update_role(&ctx, spec).await.map_err(status)?))
     }
@@ -162,7 +170,7 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::DeleteRoleRequest>,
     ) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.roles", "delete").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         Ok(done(self.0.identity.delete_role(&ctx, &req.get_ref().role_id).await.map_err(status)?))
     }
 
@@ -170,7 +178,7 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::RolePermissionRequest>,
     ) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.roles", "update").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let r = req.into_inner();
         Ok(done(self.0.identity.grant_permission_to_role(&ctx, &r.role_id, spec(r.permission)?).await.map_err(status)?))
     }
@@ -179,7 +187,7 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::RevokeRolePermissionRequest>,
     ) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.roles", "update").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
         Ok(done(self.0.identity.revoke_permission_from_role(&ctx, &r.role_id, &r.permission_id).await.map_err(status)?))
     }
@@ -188,7 +196,7 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::AssignRoleRequest>,
     ) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.roles", "assign").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
         let expires = (r.expires_at > 0).then_some(r.expires_at);
         Ok(done(
@@ -204,7 +212,7 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::RevokeRoleRequest>,
     ) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.roles", "assign").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
         Ok(done(self.0.identity.revoke_role(&ctx, uuid("user_id", &r.user_id)?, &r.role_id).await.map_err(status)?))
     }
@@ -213,7 +221,7 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::UserPermissionRequest>,
     ) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.permissions", "grant").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let r = req.into_inner();
         let user = uuid("user_id", &r.user_id)?;
         Ok(done(self.0.identity.grant_permission(&ctx, user, spec(r.permission)?).await.map_err(status)?))
@@ -223,7 +231,7 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::RevokeUserPermissionRequest>,
     ) -> Result<Response<admin::AdminResponse>, Status> {
-        let ctx = caller(&self.0, &req, "perfect21.permissions", "grant").await?;
+        let (_, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
         Ok(done(
             self.0
@@ -238,7 +246,6 @@ impl admin::admin_service_server::AdminService for AdminService {
         &self,
         req: Request<admin::AuditTrailRequest>,
     ) -> Result<Response<admin::AuditTrailResponse>, Status> {
-        caller(&self.0, &req, "perfect21.audit", "read").await?;
         let r = req.get_ref();
         let since = (r.since > 0).then(|| chrono::DateTime::from_timestamp(r.since, 0)).flatten();
         let filter = AuditFilter { since, types: r.types.clone(), limit: r.limit as usize };
@@ -253,10 +260,97 @@ impl admin::admin_service_server::AdminService for AdminService {
                 client_ip: e.client_ip.unwrap_or_default(),
                 user_agent: e.user_agent.unwrap_or_default(),
                 correlation_id: e.correlation_id.map(|c| c.to_string()).unwrap_or_default(),
-                payload_json: e.event.payload_json().to_string(),
+                payload_json: e.event.public_view().to_string(),
             })
             .collect();
         Ok(Response::new(admin::AuditTrailResponse { entries }))
+    }
+
+    async fn create_service_account(
+        &self,
+        req: Request<admin::CreateServiceAccountRequest>,
+    ) -> Result<Response<admin::ServiceAccountSecret>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let r = req.get_ref();
+        let created =
+            self.0.identity.create_service_account(&ctx, &r.name, &r.description, &r.roles).await.map_err(status)?;
+        let body = admin::ServiceAccountSecret {
+            client_id: created.id.to_string(),
+            name: created.name,
+            client_secret: created.secret,
+            consistency_token: created.position,
+        };
+        Ok(with_position(body, created.position))
+    }
+
+    async fn list_service_accounts(
+        &self,
+        req: Request<admin::ListServiceAccountsRequest>,
+    ) -> Result<Response<admin::ListServiceAccountsResponse>, Status> {
+        let min = Some(self.0.identity.last_write());
+        let now = chrono::Utc::now().timestamp();
+        let service_accounts = self
+            .0
+            .identity
+            .read(min, |m| {
+                super::views::service_accounts(m, now)
+                    .into_iter()
+                    .map(|a| admin::ServiceAccount {
+                        client_id: a.client_id.to_string(),
+                        name: a.name,
+                        description: a.description,
+                        disabled: a.disabled,
+                        created_at: a.created_at,
+                        roles: a.roles,
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(status)?;
+        drop(req);
+        Ok(Response::new(admin::ListServiceAccountsResponse { service_accounts }))
+    }
+
+    async fn rotate_service_account_secret(
+        &self,
+        req: Request<admin::ServiceAccountRef>,
+    ) -> Result<Response<admin::ServiceAccountSecret>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let id = uuid("client_id", &req.get_ref().client_id)?;
+        let (secret, position) = self.0.identity.rotate_service_account_secret(&ctx, id).await.map_err(status)?;
+        let name = self
+            .0
+            .identity
+            .read(Some(position), |m| m.service_accounts.get(id).map(|a| a.name.clone()))
+            .await
+            .map_err(status)?
+            .unwrap_or_default();
+        let body = admin::ServiceAccountSecret {
+            client_id: id.to_string(),
+            name,
+            client_secret: secret,
+            consistency_token: position,
+        };
+        Ok(with_position(body, position))
+    }
+
+    async fn disable_service_account(
+        &self,
+        req: Request<admin::DisableServiceAccountRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let r = req.get_ref();
+        let id = uuid("client_id", &r.client_id)?;
+        Ok(done(self.0.identity.disable_service_account(&ctx, id, &r.reason).await.map_err(status)?))
+    }
+
+    async fn delete_service_account(
+        &self,
+        req: Request<admin::ServiceAccountRef>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let id = uuid("client_id", &req.get_ref().client_id)?;
+        Ok(done(self.0.identity.delete_service_account(&ctx, id).await.map_err(status)?))
     }
 }
 
@@ -269,7 +363,6 @@ impl events::event_service_server::EventService for EventService {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, req: Request<events::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
-        caller(&self.0, &req, "perfect21.events", "subscribe").await?;
         let r = req.into_inner();
         let mut sub = subscribe_all(self.0.identity.store().clone(), r.from_position.max(1));
         let prefixes = r.type_prefixes;
@@ -282,7 +375,7 @@ impl events::event_service_server::EventService for EventService {
                     }
                     Ok(e) => {
                         let (payload_json, decode_error) = match e.decode() {
-                            Ok(ev) => (ev.payload_json().to_string(), String::new()),
+                            Ok(ev) => (ev.public_view().to_string(), String::new()),
                             Err(err) => (String::new(), err.to_string()),
                         };
                         Ok(events::EventMessage {

@@ -1,11 +1,10 @@
 //! WebSocket push: one subscription to the log fans each user's events out to
 //! that user's open connections.
 
-use super::rest::{bearer, Problem, RestState};
+use super::rest::{Authenticated, RestState};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use perfect21_events::{subscribe_all, Event, EventStore};
 use perfect21_projections::audit::audited_user;
 use serde::Deserialize;
@@ -59,7 +58,7 @@ impl Hub {
                             "event_type": recorded.event_type,
                             "position": recorded.position,
                             "recorded_at": recorded.recorded_at,
-                            "payload": event.payload_json(),
+                            "payload": event.public_view(),
                         })
                         .to_string();
                         pump.deliver(user, Arc::new(Push { json, event: Some(event) }));
@@ -104,32 +103,20 @@ impl Hub {
     }
 }
 
-#[derive(Deserialize)]
-pub struct WsQuery {
-    access_token: Option<String>,
+/// The `access_token` of a WebSocket URL's query (browsers cannot set headers on an upgrade).
+pub fn query_token(query: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct WsQuery {
+        access_token: Option<String>,
+    }
+    serde_urlencoded::from_str::<WsQuery>(query).ok().and_then(|q| q.access_token)
 }
 
-/// `GET /api/v1/ws`: authenticated with `Authorization: Bearer` or `?access_token=`.
-pub async fn websocket(
-    State(s): State<RestState>,
-    headers: HeaderMap,
-    Query(q): Query<WsQuery>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let Some(token) = bearer(&headers).map(String::from).or(q.access_token) else {
-        return Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "an access token is required")
-            .into_response();
-    };
-    let check = s.app.validate(&token, None).await;
-    let (Some(claims), true) = (check.claims, check.valid) else {
-        return Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", check.error.unwrap_or_default())
-            .into_response();
-    };
-    let (Some(user), Some(session)) = (claims.user_id(), claims.session_id()) else {
-        return Problem::bad_request("token names no user or session").into_response();
-    };
+/// `GET /api/v1/ws`: a signed-in user (`Authorization: Bearer` or `?access_token=`,
+/// checked by the access middleware) receives their own events.
+pub async fn websocket(State(s): State<RestState>, a: Authenticated, ws: WebSocketUpgrade) -> Response {
     let hub = s.hub.clone();
-    ws.on_upgrade(move |socket| connection(socket, hub, user, session, claims.jti, claims.exp))
+    ws.on_upgrade(move |socket| connection(socket, hub, a.user, a.session, a.jti, a.exp))
 }
 
 /// Whether `event` ends the connection of (`user`, `session`, `jti`).

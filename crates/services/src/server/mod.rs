@@ -1,13 +1,18 @@
 //! `perfect21 serve`: gRPC, REST and WebSocket in one process, over one log.
 
+pub mod access;
 pub mod app;
 pub mod grpc;
 pub mod grpc_admin;
+mod grpc_guard;
 mod grpc_metrics;
 pub mod hub;
+pub mod oauth2;
 pub mod openapi;
 pub mod rest;
+mod rest_admin;
 pub mod tokens;
+pub mod views;
 
 use crate::config::StoreArgs;
 use anyhow::Context;
@@ -53,6 +58,14 @@ pub struct ServeArgs {
     /// RabbitMQ URL; when set, the relay publishes the log to the `perfect21.events` exchange.
     #[arg(long, env = "PERFECT21_AMQP_URL")]
     pub amqp_url: Option<String>,
+    /// Reverse proxies (CIDRs, comma-separated) whose `X-Forwarded-For` / `Forwarded`
+    /// headers name the client; from any other peer those headers are ignored.
+    #[arg(long, env = "PERFECT21_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve `/metrics` without authentication (otherwise it needs perfect21.metrics:read),
+    /// for a Prometheus scraping over a private network.
+    #[arg(long, env = "PERFECT21_PUBLIC_METRICS")]
+    pub public_metrics: bool,
     /// Cheap password hashing, for tests only. Never in production.
     #[arg(long, hide = true)]
     pub insecure_fast_passwords: bool,
@@ -118,7 +131,11 @@ pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
         config.password_cost = PasswordCost::TEST;
     }
     let identity = Identity::new(store, live, SecretBox::new(secret), config)?;
-    Ok(App { identity, keys, dev_mode: args.dev, verified: Default::default() })
+    let mut app = App::new(identity, keys);
+    app.dev_mode = args.dev;
+    app.trusted_proxies = Arc::from(args.trusted_proxies.clone());
+    app.public_metrics = args.public_metrics;
+    Ok(app)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -196,12 +213,14 @@ pub async fn serve_grpc(
             .set_serving::<permission::permission_service_server::PermissionServiceServer<grpc::PermissionService>>()
             .await;
     }
+    let guard_app = app.clone();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(perfect21_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(grpc_metrics::Measured))
+        .layer(tower::layer::layer_fn(move |inner| grpc_guard::Guarded { inner, app: guard_app.clone() }))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(health_service)

@@ -2,10 +2,12 @@
 //! `tests/e2e_serve.rs` calls every operation listed here against a running
 //! server, so a route that disappears from the router fails the build.
 
+use super::access::Rule;
 use serde_json::{json, Value};
 
-/// (method, path, summary, request body schema, needs a bearer token)
-type Operation = (&'static str, &'static str, &'static str, Option<Value>, bool);
+/// (method, path, summary, request body schema). Who may call each is in the
+/// access table ([`super::access::REST`]); the document states it per operation.
+type Operation = (&'static str, &'static str, &'static str, Option<Value>);
 
 fn obj(required: &[&str], props: &[(&str, &str)]) -> Value {
     let properties: serde_json::Map<String, Value> =
@@ -32,14 +34,12 @@ pub fn operations() -> Vec<Operation> {
                     ("locale", "string"),
                 ],
             )),
-            false,
         ),
         (
             "post",
             "/api/v1/auth/verify-email",
             "Verify an email address with the single-use token",
             Some(obj(&["token"], &[("token", "string")])),
-            false,
         ),
         (
             "post",
@@ -49,50 +49,44 @@ pub fn operations() -> Vec<Operation> {
                 &["identifier", "password"],
                 &[("identifier", "string"), ("password", "string"), ("mfa_code", "string"), ("device_id", "string")],
             )),
-            false,
         ),
         (
             "post",
             "/api/v1/auth/refresh",
             "Rotate a refresh token",
             Some(obj(&["refresh_token"], &[("refresh_token", "string")])),
-            false,
         ),
-        ("post", "/api/v1/auth/logout", "End the caller's session", None, true),
+        ("post", "/api/v1/auth/logout", "End the caller's session", None),
         (
             "post",
             "/api/v1/auth/validate",
             "Validate an access token (signature, expiry, revocation, user status)",
             Some(obj(&["token"], &[("token", "string")])),
-            false,
         ),
-        ("post", "/api/v1/auth/revoke", "Revoke the caller's access token", None, true),
-        ("post", "/api/v1/auth/mfa/enroll", "Start TOTP enrollment", None, true),
+        ("post", "/api/v1/auth/revoke", "Revoke the caller's access token", None),
+        ("post", "/api/v1/auth/mfa/enroll", "Start TOTP enrollment", None),
         (
             "post",
             "/api/v1/auth/mfa/confirm",
             "Confirm TOTP enrollment with a first code; returns recovery codes",
             Some(obj(&["enrollment_token", "code"], &[("enrollment_token", "string"), ("code", "string")])),
-            true,
         ),
         (
             "post",
             "/api/v1/auth/mfa/disable",
             "Turn TOTP off (needs the password)",
             Some(obj(&["password"], &[("password", "string")])),
-            true,
         ),
-        ("get", "/api/v1/sessions", "The caller's active sessions", None, true),
+        ("get", "/api/v1/sessions", "The caller's active sessions", None),
         (
             "delete",
             "/api/v1/sessions/{id}",
             "Revoke a session (another user's needs perfect21.sessions:revoke)",
             None,
-            true,
         ),
-        ("get", "/api/v1/users/me", "The caller", None, true),
-        ("get", "/api/v1/users/{id}", "A user (another user's needs perfect21.users:read)", None, true),
-        ("get", "/api/v1/permissions/users/{id}", "A user's effective permissions and roles", None, true),
+        ("get", "/api/v1/users/me", "The caller", None),
+        ("get", "/api/v1/users/{id}", "A user (another user's needs perfect21.users:read)", None),
+        ("get", "/api/v1/permissions/users/{id}", "A user's effective permissions and roles", None),
         (
             "post",
             "/api/v1/permissions/check",
@@ -101,7 +95,6 @@ pub fn operations() -> Vec<Operation> {
                 &["user_id", "resource", "action"],
                 &[("user_id", "string"), ("resource", "string"), ("action", "string"), ("scope", "string")],
             )),
-            false,
         ),
         (
             "post",
@@ -116,7 +109,6 @@ pub fn operations() -> Vec<Operation> {
                     ("priority", "integer"),
                 ],
             )),
-            true,
         ),
         (
             "post",
@@ -133,43 +125,76 @@ pub fn operations() -> Vec<Operation> {
                     ("description", "string"),
                 ],
             )),
-            true,
         ),
         (
             "post",
             "/api/v1/users/{id}/roles",
             "Assign a role to a user (perfect21.roles:assign)",
             Some(obj(&["role_id"], &[("role_id", "string"), ("expires_at", "integer")])),
-            true,
         ),
-        ("delete", "/api/v1/users/{id}/roles/{role}", "Revoke a role from a user (perfect21.roles:assign)", None, true),
+        ("delete", "/api/v1/users/{id}/roles/{role}", "Revoke a role from a user (perfect21.roles:assign)", None),
         (
             "get",
             "/api/v1/audit/users/{id}",
             "A user's security history (perfect21.audit:read); id, email or username",
             None,
-            true,
         ),
         (
             "get",
             "/api/v1/ws",
             "WebSocket: the caller's own events, pushed (Bearer header or access_token query)",
             None,
-            true,
         ),
-        ("get", "/api/v1/openapi.json", "This document", None, false),
-        ("get", "/.well-known/jwks.json", "Public keys of access tokens (JWKS)", None, false),
-        ("get", "/healthz", "Liveness", None, false),
-        ("get", "/metrics", "Prometheus metrics", None, false),
-        ("get", "/readyz", "Readiness: store reachable, read models caught up, broker connected", None, false),
-        ("get", "/status", "Log head, read-model checkpoint and lag, relay confirmed position and lag", None, false),
+        ("get", "/api/v1/openapi.json", "This document", None),
+        ("get", "/.well-known/jwks.json", "Public keys of access tokens (JWKS)", None),
+        ("get", "/healthz", "Liveness", None),
+        ("get", "/metrics", "Prometheus metrics", None),
+        ("get", "/readyz", "Readiness: store reachable, read models caught up, broker connected", None),
+        ("get", "/status", "Log head, read-model checkpoint and lag, relay confirmed position and lag", None),
+        (
+            "post",
+            "/oauth2/token",
+            "OAuth 2.0 token endpoint (RFC 6749): grant_type=client_credentials, client_secret_basic or client_secret_post; form-urlencoded",
+            None,
+        ),
+        ("get", "/api/v1/service-accounts", "List service accounts and their roles", None),
+        (
+            "post",
+            "/api/v1/service-accounts",
+            "Create a service account; the answer holds its client secret, shown once",
+            Some(obj(&["name"], &[("name", "string"), ("description", "string"), ("roles", "array")])),
+        ),
+        (
+            "post",
+            "/api/v1/service-accounts/{id}/secret",
+            "Rotate a service account's secret (the old one stops working)",
+            None,
+        ),
+        (
+            "post",
+            "/api/v1/service-accounts/{id}/disable",
+            "Disable a service account (its tokens stop validating)",
+            Some(obj(&[], &[("reason", "string")])),
+        ),
+        ("delete", "/api/v1/service-accounts/{id}", "Delete a service account", None),
     ]
+}
+
+/// Who may call an operation, in words.
+pub fn describe(rule: Rule) -> String {
+    match rule {
+        Rule::Public => "public".into(),
+        Rule::User => "a signed-in user, about themselves".into(),
+        Rule::SelfOr(p) => format!("a user about themselves, or a caller holding {p}"),
+        Rule::Needs(p) => format!("a caller holding {p}"),
+        Rule::ServiceOnly(p) => format!("a service account holding {p}"),
+    }
 }
 
 /// The document.
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
-    for (method, path, summary, body, auth) in operations() {
+    for (method, path, summary, body) in operations() {
         let params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -186,8 +211,15 @@ pub fn document() -> Value {
         if let Some(schema) = body {
             op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
         }
-        if auth {
-            op["security"] = json!([{"bearer": []}]);
+        match super::access::rest_rule(&method.to_uppercase(), path) {
+            Some(Rule::Public) => op["x-access"] = json!("public"),
+            Some(rule) => {
+                op["security"] = json!([{"bearer": []}]);
+                op["x-access"] = json!(describe(rule));
+                op["responses"]["401"] = json!({"description": "no or an invalid access token", "content": {"application/problem+json": {}}});
+                op["responses"]["403"] = json!({"description": "the caller lacks the permission named", "content": {"application/problem+json": {}}});
+            }
+            None => op["x-access"] = json!("no access rule: refused"),
         }
         paths.entry(path.to_string()).or_insert_with(|| json!({}))[method] = op;
     }

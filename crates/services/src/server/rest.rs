@@ -1,18 +1,18 @@
 //! The REST front end (axum) under `/api/v1`, errors as `application/problem+json`.
 
-use super::app::App;
-use super::grpc::{permission_message, user_message};
+use super::access;
+use super::app::{App, Principal};
 use super::hub::Hub;
+use super::rest_admin;
+use super::views;
 use super::{runs, Service};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use perfect21_domain::audit::AuditFilter;
-use perfect21_domain::{DomainError, LoginRequest, Registration, RequestContext, RoleSpec};
-use perfect21_events::catalog::PermissionSpec;
+use perfect21_domain::{DomainError, LoginRequest, Registration, RequestContext};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -90,7 +90,7 @@ impl From<DomainError> for Problem {
     }
 }
 
-type ApiResult<T = Json<Value>> = Result<T, Problem>;
+pub type ApiResult<T = Json<Value>> = Result<T, Problem>;
 
 /// The JSON body, with a problem (not a plain-text 422) when it does not parse.
 pub struct Body<T>(pub T);
@@ -105,19 +105,18 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
-/// Who is calling and from where.
-pub struct Caller(pub RequestContext);
+/// Where a request comes from: the peer (or the client a trusted proxy names), the
+/// user agent, correlation id and trace; validated before any of it reaches the log.
+pub struct Origin(pub RequestContext);
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+impl FromRequestParts<RestState> for Origin {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, Problem> {
         let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
-        let peer = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-        Ok(Caller(RequestContext {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let ctx = RequestContext {
             actor: None,
-            client_ip: header("x-forwarded-for")
-                .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
-                .or(peer),
+            client_ip: state.app.client_ip(peer, &parts.headers),
             user_agent: header("user-agent"),
             correlation_id: header("x-correlation-id")
                 .and_then(|s| Uuid::parse_str(&s).ok())
@@ -125,11 +124,35 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             source_service: Some("rest".into()),
             // The request's own span, so that events point at it (falls back to the caller's header).
             traceparent: crate::telemetry::current_traceparent().or_else(|| header("traceparent")),
-        }))
+        };
+        ctx.validate()?;
+        Ok(Origin(ctx))
     }
 }
 
-/// A request with a valid bearer access token.
+/// The caller the access middleware admitted, with a context acting as it.
+pub struct Admitted {
+    pub caller: access::Caller,
+    pub ctx: RequestContext,
+}
+
+impl FromRequestParts<RestState> for Admitted {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, Problem> {
+        let caller = parts.extensions.get::<access::Caller>().cloned().ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authorization: Bearer <access token> is required",
+            )
+        })?;
+        let Origin(ctx) = Origin::from_request_parts(parts, state).await?;
+        let ctx = caller.principal.context(ctx);
+        Ok(Admitted { caller, ctx })
+    }
+}
+
+/// A signed-in user (service accounts are refused).
 pub struct Authenticated {
     pub user: Uuid,
     pub session: Uuid,
@@ -139,40 +162,68 @@ pub struct Authenticated {
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    access::bearer_token(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
 }
 
 impl FromRequestParts<RestState> for Authenticated {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, Problem> {
-        let Caller(ctx) = Caller::from_request_parts(parts, state).await.unwrap_or_else(|e| match e {});
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Authorization: Bearer <access token> is required",
-            )
-        })?;
-        let check = state.app.validate(token, None).await;
-        let claims = match (check.valid, check.claims) {
-            (true, Some(c)) => c,
-            _ => {
-                return Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", check.error.unwrap_or_default()))
-            }
-        };
-        let user = claims.user_id().ok_or_else(|| Problem::bad_request("token subject is not a user id"))?;
-        let session = claims.session_id().ok_or_else(|| Problem::bad_request("token session is not a session id"))?;
-        Ok(Authenticated { user, session, jti: claims.jti, exp: claims.exp, ctx: ctx.as_user(user) })
+        let Admitted { caller, ctx } = Admitted::from_request_parts(parts, state).await?;
+        match caller.principal.clone() {
+            Principal::User { id, session, jti, exp } => Ok(Authenticated { user: id, session, jti, exp, ctx }),
+            Principal::Service { .. } => Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "permission denied",
+                "this route is for users, not service accounts",
+            )),
+        }
     }
 }
 
-impl Authenticated {
-    async fn require(&self, app: &App, resource: &str, action: &str) -> Result<(), Problem> {
-        Ok(app.require(self.user, resource, action).await?)
+/// Applies the access table ([`access::REST`]) before any handler: 401 without a valid
+/// token, 403 naming the permission that is missing.
+async fn authorize(
+    State(s): State<RestState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(template) = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string()) else {
+        // No route matched: the fallback answers 404.
+        return next.run(req).await;
+    };
+    let method = if req.method() == axum::http::Method::HEAD { "GET".to_string() } else { req.method().to_string() };
+    let rule = match access::rest_rule(&method, &template) {
+        Some(access::Rule::Needs(p)) if template == "/metrics" && s.app.public_metrics => {
+            let _ = p;
+            access::Rule::Public
+        }
+        Some(rule) => rule,
+        // Another method of a listed route: axum answers 405 without running a handler.
+        None if access::REST.iter().any(|(_, t, _)| *t == template) => return next.run(req).await,
+        None => {
+            return Problem::new(StatusCode::FORBIDDEN, "permission denied", "this route has no access rule")
+                .into_response()
+        }
+    };
+    // Browsers cannot set headers on a WebSocket upgrade: the token may come as ?access_token=.
+    let query_token = (template == "/api/v1/ws").then(|| req.uri().query().and_then(super::hub::query_token)).flatten();
+    let token = bearer(req.headers()).map(String::from).or(query_token);
+    match access::admit(&s.app, rule, token.as_deref()).await {
+        Ok(Some(caller)) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Ok(None) => next.run(req).await,
+        Err(access::Refusal::Unauthenticated(m)) => {
+            let mut r = Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", m).into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            r
+        }
+        Err(access::Refusal::Denied(m)) => Problem::new(StatusCode::FORBIDDEN, "permission denied", m).into_response(),
     }
 }
 
-fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+pub fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     match headers.get("x-consistency-token") {
         None => Ok(None),
         Some(v) => v
@@ -207,17 +258,26 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
             .route("/ws", get(super::hub::websocket));
     }
     if runs(only, Service::User) {
-        api =
-            api.route("/users/me", get(me)).route("/users/{id}", get(get_user)).route("/audit/users/{id}", get(audit));
+        api = api
+            .route("/users/me", get(me))
+            .route("/users/{id}", get(get_user))
+            .route("/audit/users/{id}", get(rest_admin::audit));
     }
     if runs(only, Service::Permission) {
         api = api
             .route("/permissions/users/{id}", get(user_permissions))
             .route("/permissions/check", post(check_permission))
-            .route("/roles", post(create_role))
-            .route("/roles/{id}/permissions", post(grant_to_role))
-            .route("/users/{id}/roles", post(assign_role))
-            .route("/users/{id}/roles/{role}", delete(revoke_role));
+            .route("/roles", post(rest_admin::create_role))
+            .route("/roles/{id}/permissions", post(rest_admin::grant_to_role))
+            .route("/users/{id}/roles", post(rest_admin::assign_role))
+            .route("/users/{id}/roles/{role}", delete(rest_admin::revoke_role));
+    }
+    if runs(only, Service::Auth) {
+        api = api
+            .route("/service-accounts", get(rest_admin::list_service_accounts).post(rest_admin::create_service_account))
+            .route("/service-accounts/{id}/secret", post(rest_admin::rotate_service_account_secret))
+            .route("/service-accounts/{id}/disable", post(rest_admin::disable_service_account))
+            .route("/service-accounts/{id}", delete(rest_admin::delete_service_account));
     }
     let mut root = Router::new()
         .nest("/api/v1", api)
@@ -225,10 +285,11 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
         .route("/status", get(status))
         .route("/readyz", get(readyz));
     if runs(only, Service::Auth) {
-        root = root.route("/.well-known/jwks.json", get(jwks));
+        root = root.route("/.well-known/jwks.json", get(jwks)).route("/oauth2/token", post(super::oauth2::token));
     }
     root.route("/metrics", get(metrics_text))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -248,7 +309,7 @@ struct RegisterBody {
 
 async fn register(
     State(s): State<RestState>,
-    Caller(ctx): Caller,
+    Origin(ctx): Origin,
     Body(b): Body<RegisterBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let r = Registration {
@@ -273,7 +334,7 @@ struct TokenBody {
     token: String,
 }
 
-async fn verify_email(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<TokenBody>) -> ApiResult {
+async fn verify_email(State(s): State<RestState>, Origin(ctx): Origin, Body(b): Body<TokenBody>) -> ApiResult {
     let position = s.app.identity.verify_email(&ctx, &b.token).await?;
     Ok(Json(json!({"verified": true, "consistency_token": position})))
 }
@@ -304,7 +365,7 @@ fn grant_json(app: &App, grant: &perfect21_domain::LoginGrant) -> ApiResult {
     })))
 }
 
-async fn login(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<LoginBody>) -> ApiResult {
+async fn login(State(s): State<RestState>, Origin(ctx): Origin, Body(b): Body<LoginBody>) -> ApiResult {
     let req =
         LoginRequest { identifier: b.identifier, password: b.password, mfa_code: b.mfa_code, device_id: b.device_id };
     let grant = s.app.identity.login(&ctx, req).await?;
@@ -316,7 +377,7 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-async fn refresh(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<RefreshBody>) -> ApiResult {
+async fn refresh(State(s): State<RestState>, Origin(ctx): Origin, Body(b): Body<RefreshBody>) -> ApiResult {
     let grant = s.app.identity.refresh(&ctx, &b.refresh_token).await?;
     grant_json(&s.app, &grant)
 }
@@ -326,8 +387,16 @@ async fn logout(State(s): State<RestState>, a: Authenticated) -> ApiResult {
     Ok(Json(json!({"logged_out": true, "consistency_token": position})))
 }
 
-async fn validate(State(s): State<RestState>, Caller(ctx): Caller, Body(b): Body<TokenBody>) -> ApiResult {
-    let c = s.app.validate(&b.token, ctx.client_ip.as_deref()).await;
+async fn validate(State(s): State<RestState>, a: Admitted, Body(b): Body<TokenBody>) -> ApiResult {
+    let c = s.app.validate(&b.token, a.ctx.client_ip.as_deref()).await;
+    // Without perfect21.tokens:validate a caller may validate its own tokens only.
+    if !a.caller.privileged && c.user_id != Some(a.caller.principal.id()) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "permission denied",
+            format!("{} is required to validate tokens of others", access::TOKENS_VALIDATE),
+        ));
+    }
     Ok(Json(json!({
         "valid": c.valid,
         "user_id": c.user_id,
@@ -393,13 +462,12 @@ async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: He
     Ok(Json(json!({ "sessions": sessions })))
 }
 
-async fn revoke_session(State(s): State<RestState>, a: Authenticated, Path(id): Path<Uuid>) -> ApiResult {
+async fn revoke_session(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>) -> ApiResult {
     // A session this process just started must count as the caller's own.
     let owner =
         s.app.identity.read(Some(s.app.identity.last_write()), |m| m.sessions.get(id).map(|v| v.user_id)).await?;
-    if owner != Some(a.user) {
-        a.require(&s.app, "perfect21.sessions", "revoke").await?;
-    }
+    // Someone else's session (or none) needs perfect21.sessions:revoke.
+    a.caller.require_self_or_privileged(owner.unwrap_or_else(Uuid::nil))?;
     let position = s.app.identity.revoke_session(&a.ctx, id, "revoked").await?;
     Ok(Json(json!({"revoked": true, "consistency_token": position})))
 }
@@ -408,49 +476,40 @@ async fn me(State(s): State<RestState>, a: Authenticated, headers: HeaderMap) ->
     user_json(&s, a.user, consistency(&headers)?).await
 }
 
-async fn get_user(State(s): State<RestState>, a: Authenticated, Path(id): Path<Uuid>, headers: HeaderMap) -> ApiResult {
-    if id != a.user {
-        a.require(&s.app, "perfect21.users", "read").await?;
-    }
+async fn get_user(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>, headers: HeaderMap) -> ApiResult {
+    a.caller.require_self_or_privileged(id)?;
     user_json(&s, id, consistency(&headers)?).await
 }
 
 async fn user_json(s: &RestState, id: Uuid, min: Option<u64>) -> ApiResult {
-    let user = s.app.identity.read(min, |m| m.users.get(id).map(|u| user_message(u, &[]))).await?;
+    let user = s.app.identity.read(min, |m| m.users.get(id).map(views::user)).await?;
     let u = user.ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "not found", format!("user {id} not found")))?;
-    Ok(Json(json!({
-        "id": u.id, "email": u.email, "username": u.username, "first_name": u.first_name,
-        "last_name": u.last_name, "phone_number": u.phone_number,
-        "status": perfect21_proto::user::UserStatus::try_from(u.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
-        "is_active": u.is_active, "is_verified": u.is_verified, "mfa_enabled": u.mfa_enabled,
-        "created_at": u.created_at, "last_login_at": u.last_login_at, "profile": u.profile,
-    })))
+    Ok(Json(serde_json::to_value(u).unwrap_or(Value::Null)))
 }
 
 async fn user_permissions(
     State(s): State<RestState>,
-    a: Authenticated,
+    a: Admitted,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
 ) -> ApiResult {
-    if id != a.user {
-        a.require(&s.app, "perfect21.permissions", "read").await?;
-    }
+    a.caller.require_self_or_privileged(id)?;
+    let now = chrono::Utc::now().timestamp();
     let (permissions, roles) = s
         .app
         .identity
         .read(consistency(&headers)?, |m| {
             let perms: Vec<Value> = m
                 .authz
-                .effective_permissions(id)
+                .effective_permissions(id, now)
                 .into_iter()
                 .map(|(source, p)| {
-                    let p = permission_message(p);
+                    let p = views::permission(p);
                     json!({"id": p.id, "resource": p.resource, "action": p.action, "scope": p.scope, "source": source})
                 })
                 .collect();
             let roles: Vec<Value> =
-                m.authz.user_roles(id).iter().map(|r| json!({"id": r.id, "priority": r.priority})).collect();
+                m.authz.user_roles(id, now).iter().map(|r| json!({"id": r.id, "priority": r.priority})).collect();
             (perms, roles)
         })
         .await?;
@@ -466,121 +525,16 @@ struct CheckBody {
     scope: Option<String>,
 }
 
-async fn check_permission(State(s): State<RestState>, headers: HeaderMap, Body(b): Body<CheckBody>) -> ApiResult {
+async fn check_permission(
+    State(s): State<RestState>,
+    a: Admitted,
+    headers: HeaderMap,
+    Body(b): Body<CheckBody>,
+) -> ApiResult {
+    a.caller.require_self_or_privileged(b.user_id)?;
     let scope = b.scope.unwrap_or_else(|| "*".into());
     let d = s.app.identity.check_permission(b.user_id, &b.resource, &b.action, &scope, consistency(&headers)?).await?;
     Ok(Json(json!({"allowed": d.allowed, "reason": d.reason, "applied_policies": d.applied_policies})))
-}
-
-#[derive(Deserialize)]
-struct RoleBody {
-    role_id: String,
-    #[serde(default)]
-    display_name: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    priority: i32,
-}
-
-async fn create_role(
-    State(s): State<RestState>,
-    a: Authenticated,
-    Body(b): Body<RoleBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    a.require(&s.app, "perfect21.roles", "create").await?;
-    let spec =
-        RoleSpec { role_id: b.role_id, display_name: b.display_name, description: b.description, priority: b.priority };
-    let position = s.app.identity.create_role(&a.ctx, spec).await?;
-    Ok((StatusCode::CREATED, Json(json!({"created": true, "consistency_token": position}))))
-}
-
-#[derive(Deserialize)]
-struct PermissionBody {
-    id: String,
-    resource: String,
-    action: String,
-    scope: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    description: String,
-}
-
-async fn grant_to_role(
-    State(s): State<RestState>,
-    a: Authenticated,
-    Path(role): Path<String>,
-    Body(b): Body<PermissionBody>,
-) -> ApiResult {
-    a.require(&s.app, "perfect21.roles", "update").await?;
-    let p = PermissionSpec {
-        id: b.id,
-        resource: b.resource,
-        action: b.action,
-        scope: b.scope,
-        name: b.name,
-        description: b.description,
-    };
-    let position = s.app.identity.grant_permission_to_role(&a.ctx, &role, p).await?;
-    Ok(Json(json!({"granted": true, "consistency_token": position})))
-}
-
-#[derive(Deserialize)]
-struct AssignBody {
-    role_id: String,
-    expires_at: Option<i64>,
-}
-
-async fn assign_role(
-    State(s): State<RestState>,
-    a: Authenticated,
-    Path(user): Path<Uuid>,
-    Body(b): Body<AssignBody>,
-) -> ApiResult {
-    a.require(&s.app, "perfect21.roles", "assign").await?;
-    let position = s.app.identity.assign_role(&a.ctx, user, &b.role_id, b.expires_at).await?;
-    Ok(Json(json!({"assigned": true, "consistency_token": position})))
-}
-
-async fn revoke_role(
-    State(s): State<RestState>,
-    a: Authenticated,
-    Path((user, role)): Path<(Uuid, String)>,
-) -> ApiResult {
-    a.require(&s.app, "perfect21.roles", "assign").await?;
-    let position = s.app.identity.revoke_role(&a.ctx, user, &role).await?;
-    Ok(Json(json!({"revoked": true, "consistency_token": position})))
-}
-
-#[derive(Deserialize)]
-struct AuditQuery {
-    since: Option<chrono::DateTime<chrono::Utc>>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn audit(
-    State(s): State<RestState>,
-    a: Authenticated,
-    Path(id): Path<String>,
-    Query(q): Query<AuditQuery>,
-) -> ApiResult {
-    a.require(&s.app, "perfect21.audit", "read").await?;
-    let filter = AuditFilter { since: q.since, types: q.event_type.into_iter().collect(), limit: q.limit.unwrap_or(0) };
-    let trail = s.app.identity.audit(&id, &filter).await?;
-    let entries: Vec<Value> = trail
-        .iter()
-        .map(|e| {
-            json!({
-                "position": e.position, "recorded_at": e.recorded_at, "event_type": e.event_type,
-                "actor": e.actor, "client_ip": e.client_ip, "user_agent": e.user_agent,
-                "correlation_id": e.correlation_id, "payload": e.event.payload_json(),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "events": entries })))
 }
 
 /// Counts and times every request by route template (never the raw path, so label values stay few).

@@ -33,6 +33,10 @@ pub struct Claims {
     /// Role ids at issue time (current roles and permissions come from the read models).
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Set on tokens of the client-credentials grant: the service account's client id
+    /// (then `sub` is the service account and `sid` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 impl Claims {
@@ -210,6 +214,7 @@ mod tests {
             exp: now + exp_in,
             iss: ISSUER.into(),
             roles: vec![],
+            client_id: None,
         }
     }
 

@@ -1,0 +1,170 @@
+//! The OAuth 2.0 token endpoint, `POST /oauth2/token` (RFC 6749 §3.2): the
+//! client-credentials grant (§4.4) for service accounts, with client
+//! authentication by `client_secret_basic` or `client_secret_post` (§2.3.1),
+//! answers as §5.1 and errors as §5.2. Each grant type is one arm of
+//! [`token`]; the authorization-code and refresh grants slot in beside it.
+
+use super::rest::RestState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use perfect21_domain::DomainError;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// An RFC 6749 §5.2 error.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+    /// The client tried `client_secret_basic`: a 401 names the scheme.
+    basic: bool,
+}
+
+impl OAuthError {
+    fn new(code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError { status: StatusCode::BAD_REQUEST, code, description: description.into(), basic: false }
+    }
+
+    fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new("invalid_request", description)
+    }
+
+    fn invalid_client(basic: bool) -> Self {
+        OAuthError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client",
+            description: "client authentication failed (unknown client, wrong secret or disabled client)".into(),
+            basic,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.code, "error_description": self.description});
+        let mut r = (self.status, no_store(), axum::Json(body)).into_response();
+        if self.basic && self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"perfect21\""));
+        }
+        r
+    }
+}
+
+/// Token answers must not be cached (RFC 6749 §5.1).
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+/// The client's credentials, from `Authorization: Basic` or the form (never both).
+struct ClientCredentials {
+    id: String,
+    secret: String,
+    basic: bool,
+}
+
+fn form_decode(s: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}")).ok()?.pop().map(|(_, v)| v)
+}
+
+fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<ClientCredentials, OAuthError> {
+    let in_form = form.contains_key("client_id") || form.contains_key("client_secret");
+    match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        Some(value) => {
+            if in_form {
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method: Authorization: Basic or client_id/client_secret in the body",
+                ));
+            }
+            let encoded = value.strip_prefix("Basic ").ok_or_else(|| {
+                OAuthError::invalid_request("Authorization must be 'Basic <base64 client_id:client_secret>'")
+            })?;
+            let decoded = STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| OAuthError::invalid_request("the Basic credentials are not base64 of UTF-8 text"))?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or_else(|| OAuthError::invalid_request("the Basic credentials must be client_id:client_secret"))?;
+            // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+            let id = form_decode(id).ok_or_else(|| OAuthError::invalid_request("client_id is not form-urlencoded"))?;
+            let secret = form_decode(secret)
+                .ok_or_else(|| OAuthError::invalid_request("client_secret is not form-urlencoded"))?;
+            Ok(ClientCredentials { id, secret, basic: true })
+        }
+        None => match (form.get("client_id"), form.get("client_secret")) {
+            (Some(id), Some(secret)) => Ok(ClientCredentials { id: id.clone(), secret: secret.clone(), basic: false }),
+            _ => Err(OAuthError::invalid_client(false)),
+        },
+    }
+}
+
+/// `POST /oauth2/token`.
+pub async fn token(State(s): State<RestState>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthError> {
+    let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
+    if !form_type {
+        return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"));
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| OAuthError::invalid_request(format!("the body is not form-urlencoded: {e}")))?;
+    let mut form = HashMap::new();
+    for (k, v) in pairs {
+        // RFC 6749 §3.2: parameters must not be repeated.
+        if form.insert(k.clone(), v).is_some() {
+            return Err(OAuthError::invalid_request(format!("parameter '{k}' is repeated")));
+        }
+    }
+    match form.get("grant_type").map(String::as_str) {
+        None | Some("") => Err(OAuthError::invalid_request("grant_type is required")),
+        Some("client_credentials") => client_credentials_grant(&s, &headers, &form).await,
+        Some(other) => Err(OAuthError::new(
+            "unsupported_grant_type",
+            format!("grant_type '{other}' is not supported here; supported: client_credentials"),
+        )),
+    }
+}
+
+/// RFC 6749 §4.4: a service account trades its credentials for a short-lived access token.
+async fn client_credentials_grant(
+    s: &RestState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let credentials = client_credentials(headers, form)?;
+    let account = match s.app.identity.authenticate_client(&credentials.id, &credentials.secret).await {
+        Ok(a) => a,
+        Err(DomainError::InvalidCredentials) => {
+            metrics::counter!("perfect21_auth_events_total", "event" => "client_credentials", "outcome" => "failure")
+                .increment(1);
+            return Err(OAuthError::invalid_client(credentials.basic));
+        }
+        Err(e) => {
+            return Err(OAuthError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "temporarily_unavailable",
+                description: e.to_string(),
+                basic: false,
+            })
+        }
+    };
+    let (access_token, expires_in) = s.app.service_token(account.id).map_err(|e| OAuthError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "server_error",
+        description: e.to_string(),
+        basic: false,
+    })?;
+    metrics::counter!("perfect21_auth_events_total", "event" => "client_credentials", "outcome" => "success")
+        .increment(1);
+    let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in});
+    Ok((StatusCode::OK, no_store(), axum::Json(body)).into_response())
+}

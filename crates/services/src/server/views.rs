@@ -1,0 +1,132 @@
+//! The outward views of domain state and events: the one place that decides what
+//! a caller of the REST or gRPC front end sees. Both front ends build their
+//! answers from these (gRPC converts them to its messages, REST serialises them),
+//! and events leave only in [`perfect21_events::Event::public_view`].
+
+use perfect21_domain::audit::AuditEntry;
+use perfect21_events::catalog::{PermissionSpec, UserStatus};
+use perfect21_projections::users::UserView;
+use perfect21_projections::ReadModels;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A user as callers see it (no hashes, no secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicUser {
+    pub id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub phone_number: String,
+    #[serde(skip)]
+    pub status: UserStatus,
+    /// `PENDING_VERIFICATION`, `ACTIVE`, `LOCKED`, `SUSPENDED`, `DELETED`.
+    #[serde(rename = "status")]
+    pub status_name: &'static str,
+    pub is_active: bool,
+    pub is_verified: bool,
+    pub mfa_enabled: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, 0: never.
+    pub last_login_at: i64,
+    pub profile: BTreeMap<String, String>,
+}
+
+/// The wire name of a user status.
+pub fn status_name(s: UserStatus) -> &'static str {
+    match s {
+        UserStatus::PendingVerification => "PENDING_VERIFICATION",
+        UserStatus::Active => "ACTIVE",
+        UserStatus::Locked => "LOCKED",
+        UserStatus::Suspended => "SUSPENDED",
+        UserStatus::Deleted => "DELETED",
+    }
+}
+
+pub fn user(u: &UserView) -> PublicUser {
+    PublicUser {
+        id: u.id,
+        email: u.email.to_string(),
+        username: u.username.to_string(),
+        first_name: u.first_name.as_deref().unwrap_or_default().to_string(),
+        last_name: u.last_name.as_deref().unwrap_or_default().to_string(),
+        phone_number: u.phone_number.as_deref().unwrap_or_default().to_string(),
+        status: u.status,
+        status_name: status_name(u.status),
+        is_active: u.status == UserStatus::Active,
+        is_verified: u.email_verified,
+        mfa_enabled: u.mfa_enabled,
+        created_at: u.created_at / 1_000_000,
+        last_login_at: u.last_login_at.unwrap_or(0) / 1_000_000,
+        profile: u.profile.clone(),
+    }
+}
+
+/// A permission as callers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicPermission {
+    pub id: String,
+    pub resource: String,
+    pub action: String,
+    pub scope: String,
+    pub name: String,
+    pub description: String,
+}
+
+pub fn permission(p: &PermissionSpec) -> PublicPermission {
+    PublicPermission {
+        id: p.id.clone(),
+        resource: p.resource.clone(),
+        action: p.action.clone(),
+        scope: p.scope.clone(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+    }
+}
+
+/// A service account as administrators see it (never its secret or the secret's hash).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicServiceAccount {
+    pub client_id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub disabled: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Roles held now.
+    pub roles: Vec<String>,
+}
+
+/// Every service account, by name, with the roles it holds at `now`.
+pub fn service_accounts(m: &ReadModels, now: i64) -> Vec<PublicServiceAccount> {
+    m.service_accounts
+        .all()
+        .into_iter()
+        .map(|a| PublicServiceAccount {
+            client_id: a.id,
+            name: a.name.clone(),
+            description: a.description.clone(),
+            disabled: a.disabled,
+            created_at: a.created_at / 1_000_000,
+            roles: m.authz.user_roles(a.id, now).iter().map(|r| r.id.clone()).collect(),
+        })
+        .collect()
+}
+
+/// One entry of a security history, as JSON (the event in its public view).
+pub fn audit_entry(e: &AuditEntry) -> Value {
+    json!({
+        "position": e.position,
+        "recorded_at": e.recorded_at,
+        "event_type": e.event_type,
+        "actor": e.actor,
+        "client_ip": e.client_ip,
+        "user_agent": e.user_agent,
+        "correlation_id": e.correlation_id,
+        "payload": e.event.public_view(),
+    })
+}
