@@ -641,3 +641,201 @@ async fn service_accounts_get_tokens_by_client_credentials_and_lose_them() {
     );
     assert!(!trail.to_string().contains("secret_hash"), "{trail}");
 }
+
+/// The client IP the audit trail recorded for the latest login of `user`.
+async fn last_login_ip(http: &reqwest::Client, server: &Server, root: &str, user: &str) -> String {
+    let (status, trail) =
+        common::serve::get(http, format!("{}/audit/users/{user}?type=user.login_succeeded", server.api()), Some(root))
+            .await;
+    assert_eq!(status, 200, "{trail}");
+    trail["events"].as_array().unwrap().last().unwrap()["client_ip"].as_str().unwrap_or_default().to_string()
+}
+
+async fn login_with(http: &reqwest::Client, server: &Server, user: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = http
+        .post(format!("{}/auth/login", server.api()))
+        .json(&json!({"identifier": user, "password": "matrix password"}));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let http = reqwest::Client::new();
+    // No trusted proxies: a forged X-Forwarded-For changes nothing.
+    let server = start();
+    register(&http, &server, "fwd", "matrix password").await;
+    let root = login_root(&http, &server).await;
+    let (status, _) = login_with(&http, &server, "fwd", &[("x-forwarded-for", "203.0.113.9")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(last_login_ip(&http, &server, &root, "fwd").await, "127.0.0.1");
+
+    // Loopback is a trusted proxy: the nearest untrusted hop is the client.
+    let server = common::serve::start_with(&["--trusted-proxies", "127.0.0.1/32,10.0.0.0/8"]);
+    register(&http, &server, "fwd", "matrix password").await;
+    let root = login_root(&http, &server).await;
+    login_with(&http, &server, "fwd", &[("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.1.2.3")]).await;
+    assert_eq!(last_login_ip(&http, &server, &root, "fwd").await, "203.0.113.9");
+    login_with(&http, &server, "fwd", &[("forwarded", "for=\"[2001:db8::7]:4711\";proto=https")]).await;
+    assert_eq!(last_login_ip(&http, &server, &root, "fwd").await, "2001:db8::7");
+    login_with(&http, &server, "fwd", &[("x-forwarded-for", "not-an-address")]).await;
+    assert_eq!(last_login_ip(&http, &server, &root, "fwd").await, "127.0.0.1", "unparsable hops are ignored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metadata_is_validated_before_it_reaches_the_log() {
+    let server = start();
+    let http = reqwest::Client::new();
+    let user_id = register(&http, &server, "meta", "matrix password").await;
+    let gateway = gateway_token(&http, &server).await;
+
+    // REST: an oversized user agent or device id is a 400 naming the field and the limit.
+    let (status, p) = login_with(&http, &server, "meta", &[("user-agent", &"a".repeat(600))]).await;
+    assert_eq!(status, 400, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("user_agent") && p["detail"].as_str().unwrap().contains("512"));
+    let res = http
+        .post(format!("{}/auth/login", server.api()))
+        .json(&json!({"identifier": "meta", "password": "matrix password", "device_id": "d".repeat(200)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert!(res.text().await.unwrap().contains("device_id"));
+
+    // gRPC: a client IP that is not an address, a long reason.
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut auth = auth::auth_service_client::AuthServiceClient::new(channel.clone());
+    let creds = auth::ValidateCredentialsRequest {
+        identifier: "meta".into(),
+        password: "matrix password".into(),
+        client_ip: "not-an-ip".into(),
+        ..Default::default()
+    };
+    let err = auth.validate_credentials(common::serve::bearer(creds, &gateway)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("client_ip"), "{err:?}");
+    let mut users = user::user_service_client::UserServiceClient::new(channel.clone());
+    let status = user::UpdateUserStatusRequest { user_id: user_id.clone(), status: 3, reason: "r".repeat(2000) };
+    let err = users.update_user_status(common::serve::bearer(status, &gateway)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("reason") && err.message().contains("1024"), "{err:?}");
+
+    // Nothing of it reached the log.
+    let root = login_root(&http, &server).await;
+    let (_, trail) = common::serve::get(&http, format!("{}/audit/users/{user_id}", server.api()), Some(&root)).await;
+    let text = trail.to_string();
+    assert!(!text.contains("aaaaaaaaaa") && !text.contains("not-an-ip") && !text.contains("rrrrrrrrrr"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_assignment_stops_granting_when_it_expires() {
+    let server = start();
+    let http = reqwest::Client::new();
+    let api = server.api();
+    let user_id = register(&http, &server, "temp", "matrix password").await;
+    let root = login_root(&http, &server).await;
+    let (status, _) =
+        common::serve::post(&http, format!("{api}/roles"), Some(&root), json!({"role_id": "oncall"})).await;
+    assert_eq!(status, 201);
+    let perm = json!({"id": "pager.ack", "resource": "pager", "action": "ack", "scope": "*"});
+    common::serve::post(&http, format!("{api}/roles/oncall/permissions"), Some(&root), perm).await;
+    let expires_at = chrono::Utc::now().timestamp() + 3;
+    let (status, body) = common::serve::post(
+        &http,
+        format!("{api}/users/{user_id}/roles"),
+        Some(&root),
+        json!({"role_id": "oncall", "expires_at": expires_at}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let gateway = gateway_token(&http, &server).await;
+    let check = json!({"user_id": user_id, "resource": "pager", "action": "ack"});
+    let token = login(&http, &server, "temp", "matrix password").await["access_token"].as_str().unwrap().to_string();
+    let claims = |t: &str| -> Value {
+        let payload = t.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims(&token)["roles"], json!(["oncall"]));
+    let (_, d) = common::serve::post(&http, format!("{api}/permissions/check"), Some(&gateway), check.clone()).await;
+    assert_eq!(d["allowed"], true, "{d}");
+    // Once the clock passes expires_at, nothing grants it any more.
+    while chrono::Utc::now().timestamp() < expires_at {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, d) = common::serve::post(&http, format!("{api}/permissions/check"), Some(&gateway), check).await;
+    assert_eq!(d["allowed"], false, "an expired assignment still grants: {d}");
+    let (_, perms) = common::serve::get(&http, format!("{api}/permissions/users/{user_id}"), Some(&gateway)).await;
+    assert_eq!(perms["roles"], json!([]), "{perms}");
+    let token = login(&http, &server, "temp", "matrix password").await["access_token"].as_str().unwrap().to_string();
+    assert_eq!(claims(&token)["roles"], json!([]), "new tokens do not carry the expired role");
+    // It may be assigned again.
+    let (status, body) =
+        common::serve::post(&http, format!("{api}/users/{user_id}/roles"), Some(&root), json!({"role_id": "oncall"}))
+            .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_email_registers_like_a_new_one_and_no_view_carries_a_secret() {
+    let server = start();
+    let http = reqwest::Client::new();
+    let api = server.api();
+    let owner = register(&http, &server, "owner", "matrix password").await;
+    let body = json!({"email": "OWNER@example.com", "username": "someone_else", "password": "another password"});
+    let (status, again) = common::serve::post(&http, format!("{api}/auth/register"), None, body).await;
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["user_id"].as_str().unwrap(), owner);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let (_, fresh) = common::serve::post(
+        &http,
+        format!("{api}/auth/register"),
+        None,
+        json!({"email": "fresh@example.com", "username": "fresh", "password": "another password"}),
+    )
+    .await;
+    assert_eq!(keys(&again), keys(&fresh), "the same shape");
+    // A taken username is public by nature: it says so.
+    let (status, _) = common::serve::post(
+        &http,
+        format!("{api}/auth/register"),
+        None,
+        json!({"email": "third@example.com", "username": "owner", "password": "another password"}),
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    // The owner's trail shows the attempt; no view of any event carries a hash or secret.
+    let root = login_root(&http, &server).await;
+    let (_, trail) = common::serve::get(&http, format!("{api}/audit/users/{owner}"), Some(&root)).await;
+    let types: Vec<&str> =
+        trail["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"user.registration_attempted"), "{types:?}");
+    let text = trail.to_string();
+    for secret in ["password_hash", "verification_token_hash", "$argon2", "refresh_token_hash"] {
+        assert!(!text.contains(secret), "{secret} in the audit view: {text}");
+    }
+    // The gRPC event stream too.
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut stream = events::event_service_client::EventServiceClient::new(channel);
+    let mut sub = stream
+        .subscribe(common::serve::bearer(events::SubscribeRequest { from_position: 1, type_prefixes: vec![] }, &root))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = 0;
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(std::time::Duration::from_secs(2), sub.message()).await {
+        assert!(!e.payload_json.contains("hash") && !e.payload_json.contains("$argon2"), "{}", e.payload_json);
+        seen += 1;
+        if e.event_type == "user.registration_attempted" {
+            break;
+        }
+    }
+    assert!(seen > 5);
+}

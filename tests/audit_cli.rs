@@ -15,7 +15,8 @@ async fn audit_and_replay_read_what_the_commands_wrote() {
     let url = format!("sqlite://{}", dir.path().join("events.db").display());
     let store = perfect21_events::store::open(&url).await.unwrap();
     let live = LiveModels::start(store.clone());
-    let config = IdentityConfig { password_cost: PasswordCost::TEST, ..Default::default() };
+    let config =
+        IdentityConfig { password_cost: PasswordCost::TEST, allow_unverified_login: true, ..Default::default() };
     let id = Identity::new(store.clone(), live, SecretBox::random(), config).unwrap();
     let ctx = RequestContext { client_ip: Some("203.0.113.5".into()), ..Default::default() };
     let reg = id

@@ -325,7 +325,11 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
     let creds = json!({"identifier": "mfa_user", "password": "second factor"});
     let (_, login) = post(&http, format!("{api}/auth/login"), None, creds.clone()).await;
     let token = login["access_token"].as_str().unwrap();
-    let (status, enrollment) = post(&http, format!("{api}/auth/mfa/enroll"), Some(token), json!({})).await;
+    let (status, refused) =
+        post(&http, format!("{api}/auth/mfa/enroll"), Some(token), json!({"password": "not it"})).await;
+    assert_eq!(status, 401, "enrolling needs the current password: {refused}");
+    let (status, enrollment) =
+        post(&http, format!("{api}/auth/mfa/enroll"), Some(token), json!({"password": "second factor"})).await;
     assert_eq!(status, 200, "{enrollment}");
     let secret = totp_rs::Secret::Encoded(enrollment["secret"].as_str().unwrap().into()).to_bytes().unwrap();
     let code = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap().generate_current().unwrap();
@@ -333,7 +337,7 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
         &http,
         format!("{api}/auth/mfa/confirm"),
         Some(token),
-        json!({"enrollment_token": enrollment["enrollment_token"], "code": code}),
+        json!({"enrollment_token": enrollment["enrollment_token"], "code": code, "password": "second factor"}),
     )
     .await;
     assert_eq!(status, 200, "{confirmed}");
@@ -344,6 +348,16 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
     with_code["mfa_code"] = json!(confirmed["recovery_codes"][0]);
     let (status, body) = post(&http, format!("{api}/auth/login"), None, with_code).await;
     assert_eq!(status, 200, "{body}");
+    // A TOTP code of the next step (within the accepted skew) logs in once, never twice.
+    let secret = totp_rs::Secret::Encoded(enrollment["secret"].as_str().unwrap().into()).to_bytes().unwrap();
+    let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap();
+    let next = (chrono::Utc::now().timestamp() as u64 / 30 + 1) * 30;
+    let mut with_totp = creds.clone();
+    with_totp["mfa_code"] = json!(totp.generate(next));
+    let (status, body) = post(&http, format!("{api}/auth/login"), None, with_totp.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&http, format!("{api}/auth/login"), None, with_totp).await;
+    assert_eq!(status, 401, "a replayed TOTP code is refused: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,6 +188,28 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
     assert!(welcome.contains("Hello Ada"));
     assert!(welcome.contains(&format!("https://id.example.com/verify-email?token={}", reg.verification_token)));
 
+    // Registering with the same address answers like a registration, and tells the owner.
+    let stranger = RequestContext { client_ip: Some("198.51.100.66".into()), ..RequestContext::service("auth") };
+    let again = id
+        .register(
+            &stranger,
+            Registration {
+                email: "ADA@example.com".into(),
+                username: "not_ada".into(),
+                password: "password-456".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(again.user_id, reg.user_id);
+    let attempt = wait_for("the registration-attempt email", || {
+        mails(&maildir).into_iter().find(|m| m.contains("Someone tried to create an account"))
+    })
+    .await;
+    assert!(attempt.contains("To: ada@example.com"));
+    assert!(attempt.contains("198.51.100.66"), "{attempt}");
+
     // Two failed logins → a login notice each, then a lock with a high alert: email and SMS.
     for _ in 0..2 {
         let _ = id
@@ -309,6 +331,13 @@ async fn push_notifications_reach_the_users_websockets() {
         .json()
         .await
         .unwrap();
+    let verified = client
+        .post(format!("{api}/auth/verify-email"))
+        .json(&json!({"token": reg["verification_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(verified.status().is_success());
     let login: Value = client
         .post(format!("{api}/auth/login"))
         .json(&json!({"identifier": "pushed", "password": "password-123"}))

@@ -33,7 +33,8 @@ impl DataDir {
         std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
         let url = format!("sqlite://{}", dir.path().join("events.db").display());
         let store = perfect21_events::store::open(&url).await.unwrap();
-        let config = IdentityConfig { password_cost: PasswordCost::TEST, ..config };
+        // The broker tests log users in straight after registering them.
+        let config = IdentityConfig { password_cost: PasswordCost::TEST, allow_unverified_login: true, ..config };
         let id = Identity::new(store.clone(), LiveModels::start(store.clone()), SecretBox::new(key), config).unwrap();
         DataDir { dir, store, id }
     }

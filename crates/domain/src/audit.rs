@@ -81,13 +81,30 @@ pub async fn audit_trail(store: &dyn EventStore, user_id: Uuid, filter: &AuditFi
         return Err(DomainError::NotFound { what: "user", id: user_id.to_string() });
     }
     let mut sessions = BTreeSet::new();
+    let mut emails = BTreeSet::new();
     let mut decoded = Vec::with_capacity(own.len());
     for recorded in own {
         let event = recorded.decode()?;
-        if let Event::UserLoginSucceeded(e) = &event {
-            sessions.insert(e.session_id);
+        match &event {
+            Event::UserLoginSucceeded(e) => {
+                sessions.insert(e.session_id);
+            }
+            Event::UserRegistered(e) => {
+                emails.insert(e.email.clone());
+            }
+            _ => {}
         }
         decoded.push((recorded, event));
+    }
+    // Attempts to register with the user's address are on its reservation stream.
+    for email in emails.iter().filter(|e| !e.is_empty()) {
+        let s = crate::users::reservation_stream("email", &normalize_email(email))?;
+        for recorded in read_stream(store, &s).await? {
+            let event = recorded.decode()?;
+            if matches!(event, Event::UserRegistrationAttempted(_)) {
+                decoded.push((recorded, event));
+            }
+        }
     }
     for session in sessions {
         for recorded in read_stream(store, &stream("session", session)?).await? {

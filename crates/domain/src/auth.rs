@@ -41,7 +41,7 @@ pub struct LoginGrant {
 
 /// The outcome of checking a password (and second factor) against a user's state.
 enum Verdict {
-    Ok { mfa_used: bool, recovery_code: Option<String> },
+    Ok { mfa_used: bool, recovery_code: Option<String>, totp_step: Option<u64> },
     Failed(&'static str),
     NeedMfa,
 }
@@ -60,6 +60,9 @@ impl Identity {
     /// argon2id verification and all answer [`DomainError::InvalidCredentials`].
     #[tracing::instrument(name = "command", skip_all, fields(command = "login"))]
     pub async fn login(&self, ctx: &RequestContext, req: LoginRequest) -> Result<LoginGrant> {
+        if let Some(device) = &req.device_id {
+            crate::context::bounded("device_id", device, crate::context::MAX_DEVICE_ID)?;
+        }
         if req.identifier.is_empty() || req.identifier.len() > 254 || req.password.len() > 1024 {
             return Err(DomainError::InvalidCredentials);
         }
@@ -111,39 +114,9 @@ impl Identity {
                     return Err(DomainError::MfaRequired);
                 }
                 Verdict::Failed(reason) => {
-                    let failure_count = recent_failures + 1;
-                    events.push(Event::UserLoginFailed(UserLoginFailed {
-                        user_id,
-                        reason: reason.into(),
-                        failure_count,
-                        risk_score: risk,
-                    }));
-                    let already_locked = status == UserStatus::Locked;
-                    if !already_locked
-                        && reason != "account_suspended"
-                        && failure_count >= self.config.lockout_threshold
-                    {
-                        let locked_until = now + self.config.lockout_duration.as_secs() as i64;
-                        events.push(Event::AccountLocked(AccountLocked {
-                            user_id,
-                            reason: format!(
-                                "{failure_count} failed logins within {} s",
-                                self.config.lockout_window.as_secs()
-                            ),
-                            failed_attempts: failure_count,
-                            locked_until: Some(locked_until),
-                        }));
-                        events.push(alert(
-                            user_id,
-                            "account_locked",
-                            Severity::High,
-                            format!("Account locked after {failure_count} failed logins"),
-                            vec![
-                                ("failed_attempts".into(), failure_count.to_string()),
-                                ("locked_until".into(), locked_until.to_string()),
-                            ],
-                        ));
-                    }
+                    let mut unlocked = state.clone();
+                    unlocked.status = Some(status);
+                    events.extend(self.failure_events(&unlocked, reason, risk));
                     match self.append(ctx, &user_stream, ExpectedVersion::from_current(state.version), &events).await {
                         Ok(_) => {
                             metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => reason)
@@ -157,7 +130,12 @@ impl Identity {
                         Err(e) => return Err(e),
                     }
                 }
-                Verdict::Ok { mfa_used, recovery_code } => {
+                Verdict::Ok { .. } if !state.email_verified && !self.config.allow_unverified_login => {
+                    metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => "email_not_verified")
+                        .increment(1);
+                    return Err(DomainError::EmailNotVerified);
+                }
+                Verdict::Ok { mfa_used, recovery_code, totp_step } => {
                     let session_id = Uuid::now_v7();
                     if let Some(code_hash) = recovery_code {
                         events.push(Event::UserRecoveryCodeUsed(UserRecoveryCodeUsed { user_id, code_hash }));
@@ -180,6 +158,7 @@ impl Identity {
                         mfa_used,
                         risk_score: risk,
                         device_id: req.device_id.clone(),
+                        totp_step,
                     }));
                     match self.append(ctx, &user_stream, ExpectedVersion::from_current(state.version), &events).await {
                         Ok(_) => {
@@ -195,21 +174,65 @@ impl Identity {
         Err(DomainError::Conflict { stream: user_stream.to_string() })
     }
 
+    /// A failed login (or step-up) of `state`'s user, and the lock and alert it
+    /// triggers when it reaches the threshold within the window.
+    pub(crate) fn failure_events(&self, state: &UserState, reason: &str, risk: f32) -> Vec<Event> {
+        let user_id = state.user_id;
+        let now = now();
+        let window_start = now - self.config.lockout_window.as_secs() as i64;
+        let failure_count = state.failures.iter().filter(|t| **t >= window_start).count() as u32 + 1;
+        let mut events = vec![Event::UserLoginFailed(UserLoginFailed {
+            user_id,
+            reason: reason.into(),
+            failure_count,
+            risk_score: risk,
+        })];
+        let status = state.status.unwrap_or(UserStatus::PendingVerification);
+        if status != UserStatus::Locked
+            && status != UserStatus::Suspended
+            && reason != "account_suspended"
+            && failure_count >= self.config.lockout_threshold
+        {
+            let locked_until = now + self.config.lockout_duration.as_secs() as i64;
+            events.push(Event::AccountLocked(AccountLocked {
+                user_id,
+                reason: format!("{failure_count} failed logins within {} s", self.config.lockout_window.as_secs()),
+                failed_attempts: failure_count,
+                locked_until: Some(locked_until),
+            }));
+            events.push(alert(
+                user_id,
+                "account_locked",
+                Severity::High,
+                format!("Account locked after {failure_count} failed logins"),
+                vec![
+                    ("failed_attempts".into(), failure_count.to_string()),
+                    ("locked_until".into(), locked_until.to_string()),
+                ],
+            ));
+        }
+        events
+    }
+
     fn second_factor(&self, state: &UserState, code: Option<&str>) -> Verdict {
         let Some(sealed) = &state.mfa_secret else {
-            return Verdict::Ok { mfa_used: false, recovery_code: None };
+            return Verdict::Ok { mfa_used: false, recovery_code: None, totp_step: None };
         };
         let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
             return Verdict::NeedMfa;
         };
         if let Some(secret) = self.secrets.open(sealed) {
-            if crate::mfa::check_totp(&secret, code, &self.config.totp_issuer) {
-                return Verdict::Ok { mfa_used: true, recovery_code: None };
+            if let Some(step) = crate::mfa::totp_step(&secret, code, now()) {
+                // Each time step is accepted once: a code seen on the wire cannot be replayed.
+                if state.last_totp_step.is_some_and(|last| step <= last) {
+                    return Verdict::Failed("totp_code_replayed");
+                }
+                return Verdict::Ok { mfa_used: true, recovery_code: None, totp_step: Some(step) };
             }
         }
         let hash = token_hash(&crate::mfa::normalize_recovery_code(code));
         if state.recovery_codes.iter().any(|h| constant_time_eq(h, &hash)) {
-            return Verdict::Ok { mfa_used: true, recovery_code: Some(hash) };
+            return Verdict::Ok { mfa_used: true, recovery_code: Some(hash), totp_step: None };
         }
         Verdict::Failed("bad_mfa_code")
     }
@@ -346,6 +369,7 @@ impl Identity {
     /// Ends one session.
     #[tracing::instrument(name = "command", skip_all, fields(command = "revoke_session"))]
     pub async fn revoke_session(&self, ctx: &RequestContext, session_id: Uuid, reason: &str) -> Result<u64> {
+        crate::context::bounded("reason", reason, crate::context::MAX_REASON)?;
         let s = stream("session", session_id)?;
         let state: SessionState = self.load(&s).await?;
         if !state.exists() {
@@ -408,6 +432,7 @@ impl Identity {
         reason: &str,
         after: Option<u64>,
     ) -> Result<u64> {
+        crate::context::bounded("reason", reason, crate::context::MAX_REASON)?;
         let now = now();
         let sessions: Vec<Uuid> = self
             .read(after, |m| {

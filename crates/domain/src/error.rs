@@ -27,6 +27,10 @@ pub enum DomainError {
     /// The command does not apply to the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The password was right, but the email address is not verified yet (and the
+    /// server does not allow unverified logins).
+    #[error("the email address of this account is not verified: follow the link in the welcome email")]
+    EmailNotVerified,
     /// The user is not in a state that allows this (locked, suspended, deleted).
     #[error("user {user} is {status}")]
     UserInactive { user: Uuid, status: &'static str },

@@ -61,6 +61,11 @@ pub struct IdentityConfig {
     pub password_workers: usize,
     /// Issuer shown in authenticator apps.
     pub totp_issuer: String,
+    /// Let users whose email address is not verified log in (off by default: they are
+    /// refused after the password check with [`DomainError::EmailNotVerified`]).
+    pub allow_unverified_login: bool,
+    /// How long an MFA enrollment may wait for its confirming code.
+    pub mfa_enrollment_ttl: Duration,
 }
 
 impl Default for IdentityConfig {
@@ -77,6 +82,8 @@ impl Default for IdentityConfig {
             password_cost: PasswordCost::OWASP,
             password_workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             totp_issuer: "perfect21".into(),
+            allow_unverified_login: false,
+            mfa_enrollment_ttl: Duration::from_secs(10 * 60),
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct UserState {
     pub email_verified: bool,
     pub verification: Option<(String, i64)>,
     pub mfa_secret: Option<Vec<u8>>,
+    /// The last TOTP time step accepted (or the step MFA was enabled in): codes of it
+    /// and earlier steps are refused.
+    pub last_totp_step: Option<u64>,
     pub recovery_codes: Vec<String>,
     /// Unix seconds of failed logins since the last success.
     pub failures: Vec<i64>,
@@ -79,6 +82,9 @@ impl UserState {
             Event::UserMfaEnabled(e) => {
                 self.mfa_secret = Some(e.secret_ciphertext.clone());
                 self.recovery_codes = e.recovery_code_hashes.clone();
+                // The confirming code was of (about) this step: it cannot log in afterwards.
+                let enabled_step = u64::try_from(at).unwrap_or(0) / 30;
+                self.last_totp_step = Some(self.last_totp_step.unwrap_or(0).max(enabled_step));
             }
             Event::UserMfaDisabled(_) => {
                 self.mfa_secret = None;
@@ -86,6 +92,9 @@ impl UserState {
             }
             Event::UserRecoveryCodeUsed(e) => self.recovery_codes.retain(|c| c != &e.code_hash),
             Event::UserLoginSucceeded(e) => {
+                if let Some(step) = e.totp_step {
+                    self.last_totp_step = Some(self.last_totp_step.unwrap_or(0).max(step));
+                }
                 self.sessions.push(e.session_id);
                 self.failures.clear();
                 self.logins += 1;

@@ -100,17 +100,26 @@ impl Identity {
         optional_text("phone_number", &r.phone_number, 32)?;
         optional_text("locale", &r.locale, 35)?;
         let user_id = Uuid::now_v7();
+        let attempt_ctx = ctx;
         let ctx = &ctx.clone().as_user(user_id);
         let password_hash = self.passwords.hash(r.password.clone()).await?;
+        let verification_expires_at = now() + self.config.verification_ttl.as_secs() as i64;
 
         let email_stream = reservation_stream("email", &normalize_email(&r.email))?;
         let username_stream = reservation_stream("username", &normalize_username(&r.username))?;
-        self.claim(ctx, &email_stream, "email", user_id, "user").await?;
+        match self.claim(ctx, &email_stream, "email", user_id, "user").await {
+            Ok(()) => {}
+            // A taken email answers like a new registration (no enumeration of addresses);
+            // its owner is told through the notification path.
+            Err(DomainError::AlreadyRegistered { kind: "email" }) => {
+                return self.registration_attempted(attempt_ctx, &email_stream, user_id, verification_expires_at).await;
+            }
+            Err(e) => return Err(e),
+        }
         if let Err(e) = self.claim(ctx, &username_stream, "username", user_id, "user").await {
             self.release(ctx, &email_stream, "email", user_id).await?;
             return Err(e);
         }
-        let verification_expires_at = now() + self.config.verification_ttl.as_secs() as i64;
         let verification_token = self.secrets.verification_token(user_id, verification_expires_at);
         let event = Event::UserRegistered(UserRegistered {
             user_id,
@@ -127,6 +136,35 @@ impl Identity {
         let appended = self.append(ctx, &stream("user", user_id)?, ExpectedVersion::NoStream, &[event]).await?;
         metrics::counter!("perfect21_auth_events_total", "event" => "register", "outcome" => "success").increment(1);
         Ok(Registered { user_id, verification_token, position: appended.position })
+    }
+
+    /// Someone registered with an email address that is taken: record it for the
+    /// address's owner (on the reservation stream, which the owner's stream need not
+    /// wait for) and answer as a registration would, with an id and a verification
+    /// token that belong to no one.
+    async fn registration_attempted(
+        &self,
+        ctx: &RequestContext,
+        email_stream: &perfect21_events::StreamId,
+        unused_id: Uuid,
+        expires_at: i64,
+    ) -> Result<Registered> {
+        let state: ReservationState = self.load(email_stream).await?;
+        let position = match state.owner {
+            Some((owner, _)) => {
+                let event = Event::UserRegistrationAttempted(UserRegistrationAttempted { user_id: owner });
+                self.append(ctx, email_stream, ExpectedVersion::Any, &[event]).await?.position
+            }
+            // Released meanwhile: nothing to tell anyone.
+            None => self.last_write(),
+        };
+        metrics::counter!("perfect21_auth_events_total", "event" => "register", "outcome" => "email_taken")
+            .increment(1);
+        Ok(Registered {
+            user_id: unused_id,
+            verification_token: self.secrets.verification_token(unused_id, expires_at),
+            position,
+        })
     }
 
     /// Claims the unique value of reservation stream `s` for `owner`, whose own stream
@@ -246,6 +284,7 @@ impl Identity {
     /// Sets a user's status (an administrator's action). Deleting goes through [`Identity::delete_user`].
     #[tracing::instrument(name = "command", skip_all, fields(command = "set_status"))]
     pub async fn set_status(&self, ctx: &RequestContext, user_id: Uuid, to: UserStatus, reason: &str) -> Result<u64> {
+        crate::context::bounded("reason", reason, crate::context::MAX_REASON)?;
         if to == UserStatus::Deleted {
             return self.delete_user(ctx, user_id, reason).await;
         }
@@ -273,6 +312,7 @@ impl Identity {
     /// sessions, and erases its personal data from the log (see [`crate::erase`]).
     #[tracing::instrument(name = "command", skip_all, fields(command = "delete_user"))]
     pub async fn delete_user(&self, ctx: &RequestContext, user_id: Uuid, reason: &str) -> Result<u64> {
+        crate::context::bounded("reason", reason, crate::context::MAX_REASON)?;
         let state = self.existing_user(user_id).await?;
         let event = Event::UserDeleted(UserDeleted { user_id, reason: reason.into() });
         let r =
@@ -302,6 +342,7 @@ impl Identity {
         success: bool,
         failure_reason: &str,
     ) -> Result<u64> {
+        crate::context::bounded("failure_reason", failure_reason, crate::context::MAX_REASON)?;
         let state = self.existing_user(user_id).await?;
         let event = if success {
             Event::UserLoginSucceeded(UserLoginSucceeded {
@@ -310,6 +351,7 @@ impl Identity {
                 mfa_used: false,
                 risk_score: 0.0,
                 device_id: None,
+                totp_step: None,
             })
         } else {
             let reason = if failure_reason.is_empty() { "external" } else { failure_reason };

@@ -25,8 +25,10 @@ async fn world_with(config: IdentityConfig) -> World {
     World { id, secrets, _dir: dir }
 }
 
+/// Most tests here log users in right after registering; the refusal of unverified
+/// logins (the default) has a test of its own.
 fn test_config() -> IdentityConfig {
-    IdentityConfig { password_cost: PasswordCost::TEST, ..IdentityConfig::default() }
+    IdentityConfig { password_cost: PasswordCost::TEST, allow_unverified_login: true, ..IdentityConfig::default() }
 }
 
 async fn world() -> World {
@@ -146,15 +148,25 @@ async fn concurrent_registrations_of_one_email_let_exactly_one_win() {
             })
         })
         .collect();
-    let mut wins = 0;
+    // Every caller gets a registration's answer (a taken email is not revealed)…
     for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => wins += 1,
-            Err(DomainError::AlreadyRegistered { kind: "email" }) => {}
-            Err(e) => panic!("{e}"),
-        }
+        t.await.unwrap().unwrap();
     }
-    assert_eq!(wins, 1);
+    // …but exactly one user exists, and the owner is told of each other attempt.
+    let events = events_of(w.id.store()).await;
+    let registered: Vec<Uuid> = events
+        .iter()
+        .filter_map(|(_, e, _)| match e {
+            Event::UserRegistered(r) if r.email.eq_ignore_ascii_case("race@example.com") => Some(r.user_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(registered.len(), 1);
+    let attempts = events
+        .iter()
+        .filter(|(_, e, _)| matches!(e, Event::UserRegistrationAttempted(a) if a.user_id == registered[0]))
+        .count();
+    assert_eq!(attempts, 11);
     // Usernames too, and a losing registration frees the email it claimed.
     w.id.register(&ctx("10.0.0.1"), registration("other@example.com", "solo")).await.unwrap();
     let err = w.id.register(&ctx("10.0.0.1"), registration("third@example.com", "SOLO")).await.unwrap_err();
@@ -223,35 +235,62 @@ fn current_code(base32: &str) -> String {
     totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap().generate_current().unwrap()
 }
 
+/// The code of `secret` for the time step after the current one (within the accepted skew).
+fn next_code(secret: &str) -> (String, u64) {
+    let secret = totp_rs::Secret::Encoded(secret.into()).to_bytes().unwrap();
+    let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap();
+    let next = (chrono::Utc::now().timestamp() as u64 / 30 + 1) * 30;
+    (totp.generate(next), next / 30)
+}
+
+const PASSWORD: &str = "correct horse battery";
+
 #[tokio::test]
-async fn totp_mfa_with_single_use_recovery_codes() {
+async fn totp_mfa_with_single_use_codes_step_up_and_recovery_codes() {
     let w = world().await;
     let c = ctx("10.0.0.1");
     let reg = w.id.register(&c, registration("mfa@example.com", "mfa_user")).await.unwrap();
-    let enrollment = w.id.begin_mfa(reg.user_id).await.unwrap();
+    // Step-up: enrolling needs the current password.
+    assert!(matches!(w.id.begin_mfa(&c, reg.user_id, "not my password").await, Err(DomainError::InvalidCredentials)));
+    let enrollment = w.id.begin_mfa(&c, reg.user_id, PASSWORD).await.unwrap();
     assert!(enrollment.otpauth_url.starts_with("otpauth://totp/perfect21:mfa%40example.com?secret="));
-    let bad = w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, "000000").await;
+    let bad = w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, "000000", PASSWORD).await;
     assert!(
         matches!(bad, Err(DomainError::InvalidArgument { field: "code", .. }))
             || current_code(&enrollment.secret) == "000000"
     );
     let other_user = Uuid::now_v7();
     assert!(matches!(
-        w.id.confirm_mfa(&c, other_user, &enrollment.enrollment_token, &current_code(&enrollment.secret)).await,
+        w.id.confirm_mfa(&c, other_user, &enrollment.enrollment_token, &current_code(&enrollment.secret), PASSWORD)
+            .await,
         Err(DomainError::InvalidToken { .. })
     ));
+    let confirm_code = current_code(&enrollment.secret);
+    assert!(matches!(
+        w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, &confirm_code, "wrong").await,
+        Err(DomainError::InvalidCredentials)
+    ));
     let (codes, _) =
-        w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, &current_code(&enrollment.secret))
-            .await
-            .unwrap();
+        w.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, &confirm_code, PASSWORD).await.unwrap();
     assert_eq!(codes.len(), 10);
     let log = format!("{:?}", events_of(w.id.store()).await);
     assert!(!log.contains(&codes[0]), "recovery codes are stored hashed");
 
-    assert!(matches!(w.id.login(&c, login("mfa_user", "correct horse battery")).await, Err(DomainError::MfaRequired)));
-    let with_code =
-        LoginRequest { mfa_code: Some(current_code(&enrollment.secret)), ..login("mfa_user", "correct horse battery") };
-    assert!(w.id.login(&c, with_code).await.unwrap().mfa_used);
+    assert!(matches!(w.id.login(&c, login("mfa_user", PASSWORD)).await, Err(DomainError::MfaRequired)));
+    // The code that confirmed enrollment cannot log in: its step is spent.
+    let replayed_confirm = LoginRequest { mfa_code: Some(confirm_code.clone()), ..login("mfa_user", PASSWORD) };
+    assert!(matches!(w.id.login(&c, replayed_confirm).await, Err(DomainError::InvalidCredentials)));
+    // A fresh code logs in once; the same code again is refused.
+    let (code, step) = next_code(&enrollment.secret);
+    let with_code = LoginRequest { mfa_code: Some(code), ..login("mfa_user", PASSWORD) };
+    assert!(w.id.login(&c, with_code.clone()).await.unwrap().mfa_used);
+    assert!(
+        matches!(w.id.login(&c, with_code).await, Err(DomainError::InvalidCredentials)),
+        "a TOTP code is accepted once"
+    );
+    let events = events_of(w.id.store()).await;
+    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::UserLoginSucceeded(l) if l.totp_step == Some(step))));
+    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::UserLoginFailed(f) if f.reason == "totp_code_replayed")));
     let with_recovery =
         LoginRequest { mfa_code: Some(codes[3].to_uppercase()), ..login("mfa_user", "correct horse battery") };
     w.id.login(&c, with_recovery.clone()).await.unwrap();
@@ -263,8 +302,37 @@ async fn totp_mfa_with_single_use_recovery_codes() {
     if current_code(&enrollment.secret) != "123456" {
         assert!(matches!(w.id.login(&c, wrong).await, Err(DomainError::InvalidCredentials)));
     }
-    w.id.disable_mfa(&c, reg.user_id, "correct horse battery").await.unwrap();
-    w.id.login(&c, login("mfa_user", "correct horse battery")).await.unwrap();
+    // Disabling needs the password too.
+    assert!(matches!(w.id.disable_mfa(&c, reg.user_id, "wrong").await, Err(DomainError::InvalidCredentials)));
+    w.id.disable_mfa(&c, reg.user_id, PASSWORD).await.unwrap();
+    w.id.login(&c, login("mfa_user", PASSWORD)).await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_step_up_passwords_count_toward_lockout_and_enrollments_expire() {
+    let w = world_with(IdentityConfig { lockout_threshold: 3, ..test_config() }).await;
+    let c = ctx("10.0.0.1");
+    let reg = w.id.register(&c, registration("step@example.com", "stepper")).await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(w.id.begin_mfa(&c, reg.user_id, "guess").await, Err(DomainError::InvalidCredentials)));
+    }
+    let events = events_of(w.id.store()).await;
+    let failures = events
+        .iter()
+        .filter(|(_, e, _)| matches!(e, Event::UserLoginFailed(f) if f.reason == "step_up_bad_password"))
+        .count();
+    assert_eq!(failures, 3);
+    assert!(events.iter().any(|(_, e, _)| matches!(e, Event::AccountLocked(_))), "three guesses lock the account");
+    assert!(matches!(w.id.login(&c, login("stepper", PASSWORD)).await, Err(DomainError::InvalidCredentials)));
+
+    let short = world_with(IdentityConfig { mfa_enrollment_ttl: Duration::ZERO, ..test_config() }).await;
+    let reg = short.id.register(&c, registration("late@example.com", "late")).await.unwrap();
+    let enrollment = short.id.begin_mfa(&c, reg.user_id, PASSWORD).await.unwrap();
+    let code = current_code(&enrollment.secret);
+    assert!(matches!(
+        short.id.confirm_mfa(&c, reg.user_id, &enrollment.enrollment_token, &code, PASSWORD).await,
+        Err(DomainError::InvalidToken { .. })
+    ));
 }
 
 #[tokio::test]
@@ -415,4 +483,25 @@ async fn audit_trail_lists_a_users_security_history_with_who_when_and_where() {
     let later = audit::AuditFilter { since: Some(trail[3].recorded_at), ..Default::default() };
     assert_eq!(w.id.audit(&reg.user_id.to_string(), &later).await.unwrap().len(), 2);
     assert!(matches!(w.id.audit("nobody@example.com", &Default::default()).await, Err(DomainError::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn an_unverified_email_cannot_log_in_unless_allowed() {
+    let w = world_with(IdentityConfig { password_cost: PasswordCost::TEST, ..IdentityConfig::default() }).await;
+    let c = ctx("10.0.0.1");
+    let reg = w.id.register(&c, registration("new@example.com", "newcomer")).await.unwrap();
+    // A wrong password still answers like any wrong password.
+    assert!(matches!(w.id.login(&c, login("newcomer", "wrong password")).await, Err(DomainError::InvalidCredentials)));
+    // The right one is refused with its own error, and no session starts.
+    assert!(matches!(
+        w.id.login(&c, login("newcomer", "correct horse battery")).await,
+        Err(DomainError::EmailNotVerified)
+    ));
+    assert!(!events_of(w.id.store()).await.iter().any(|(_, e, _)| matches!(e, Event::SessionStarted(_))));
+    w.id.verify_email(&c, &reg.verification_token).await.unwrap();
+    w.id.login(&c, login("newcomer", "correct horse battery")).await.unwrap();
+
+    let allowed = world().await;
+    allowed.id.register(&c, registration("early@example.com", "early")).await.unwrap();
+    allowed.id.login(&c, login("early", "correct horse battery")).await.unwrap();
 }

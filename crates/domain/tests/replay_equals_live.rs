@@ -73,7 +73,13 @@ async fn run(cmds: Vec<Cmd>) -> (String, String) {
     let store =
         perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("e.db").display())).await.unwrap();
     let live = LiveModels::start(store.clone());
-    let config = IdentityConfig { password_cost: PasswordCost::TEST, lockout_threshold: 3, ..Default::default() };
+    // Logins before verification too, so that generated histories log in often.
+    let config = IdentityConfig {
+        password_cost: PasswordCost::TEST,
+        lockout_threshold: 3,
+        allow_unverified_login: true,
+        ..Default::default()
+    };
     let id = Identity::new(store.clone(), live, SecretBox::random(), config).unwrap();
     let ctx = RequestContext { client_ip: Some("192.0.2.1".into()), ..RequestContext::service("prop") };
     let mut users: Vec<Known> = vec![Known::default(); 4];

@@ -107,6 +107,7 @@ pub fn audited_user(event: &Event) -> Option<Uuid> {
         Event::AccountUnlocked(e) => e.user_id,
         Event::SecurityAlert(e) => e.user_id,
         Event::RefreshTokenReuseDetected(e) => e.user_id,
+        Event::UserRegistrationAttempted(e) => e.user_id,
         Event::ServiceAccountCreated(e) => e.service_account_id,
         Event::ServiceAccountSecretRotated(e) => e.service_account_id,
         Event::ServiceAccountDisabled(e) => e.service_account_id,

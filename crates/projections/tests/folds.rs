@@ -81,6 +81,7 @@ fn users_are_found_by_id_email_and_username_and_deletion_forgets_them() {
             mfa_used: false,
             risk_score: 0.1,
             device_id: None,
+            totp_step: None,
         }
         .into(),
     ]);

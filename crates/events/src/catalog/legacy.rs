@@ -1,7 +1,7 @@
 //! Released payload versions that are no longer written, and their upcasters.
 //! Readers only ever see the newest version: [`upcast`] turns old bytes into it.
 
-use super::user::UserRegistered;
+use super::user::{UserLoginSucceeded, UserRegistered};
 use super::Event;
 use crate::error::CodecError;
 use serde::{Deserialize, Serialize};
@@ -40,14 +40,41 @@ impl From<UserRegisteredV1> for UserRegistered {
     }
 }
 
+/// `user.login_succeeded` v1, before the TOTP step was recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserLoginSucceededV1 {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub mfa_used: bool,
+    pub risk_score: f32,
+    pub device_id: Option<String>,
+}
+
+impl From<UserLoginSucceededV1> for UserLoginSucceeded {
+    fn from(v1: UserLoginSucceededV1) -> Self {
+        UserLoginSucceeded {
+            user_id: v1.user_id,
+            session_id: v1.session_id,
+            mfa_used: v1.mfa_used,
+            risk_score: v1.risk_score,
+            device_id: v1.device_id,
+            totp_step: None,
+        }
+    }
+}
+
 /// Every released (event_type, schema_version) that is older than the current one.
-pub const LEGACY_VERSIONS: &[(&str, u16)] = &[("user.registered", 1)];
+pub const LEGACY_VERSIONS: &[(&str, u16)] = &[("user.registered", 1), ("user.login_succeeded", 1)];
 
 /// Decodes an old version and upcasts it; `None` if (`event_type`, `version`) is not a legacy version.
 pub(super) fn upcast(event_type: &str, version: u16, bytes: &[u8]) -> Option<Result<Event, CodecError>> {
     match (event_type, version) {
         ("user.registered", 1) => Some(
             super::decode_as::<UserRegisteredV1>(event_type, version, bytes).map(|v1| Event::UserRegistered(v1.into())),
+        ),
+        ("user.login_succeeded", 1) => Some(
+            super::decode_as::<UserLoginSucceededV1>(event_type, version, bytes)
+                .map(|v1| Event::UserLoginSucceeded(v1.into())),
         ),
         _ => None,
     }

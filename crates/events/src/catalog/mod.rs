@@ -102,7 +102,7 @@ catalog! {
     UserStatusChanged = "user.status_changed" v 1,
     UserMfaEnabled = "user.mfa_enabled" v 1,
     UserMfaDisabled = "user.mfa_disabled" v 1,
-    UserLoginSucceeded = "user.login_succeeded" v 1,
+    UserLoginSucceeded = "user.login_succeeded" v 2,
     UserLoginFailed = "user.login_failed" v 1,
     UserLoggedOut = "user.logged_out" v 1,
     UserDeleted = "user.deleted" v 1,
@@ -132,6 +132,7 @@ catalog! {
     ServiceAccountSecretRotated = "service_account.secret_rotated" v 1,
     ServiceAccountDisabled = "service_account.disabled" v 1,
     ServiceAccountDeleted = "service_account.deleted" v 1,
+    UserRegistrationAttempted = "user.registration_attempted" v 1,
 }
 
 /// Every (event_type, schema_version) this build can read: current and legacy.

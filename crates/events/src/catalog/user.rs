@@ -89,7 +89,7 @@ pub struct UserMfaDisabled {
     pub reason: String,
 }
 
-/// `user.login_succeeded` v1. Client IP and user agent are in the event metadata.
+/// `user.login_succeeded` v2. Client IP and user agent are in the event metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserLoginSucceeded {
     pub user_id: Uuid,
@@ -98,6 +98,9 @@ pub struct UserLoginSucceeded {
     /// 0.0 (usual) … 1.0 (almost certainly not the user).
     pub risk_score: f32,
     pub device_id: Option<String>,
+    /// The TOTP time step (Unix seconds / 30) whose code this login used: each step is
+    /// accepted once per user. `None`: no TOTP code (none needed, or a recovery code). New in v2.
+    pub totp_step: Option<u64>,
 }
 
 /// `user.login_failed` v1.
@@ -130,4 +133,13 @@ pub struct UserDeleted {
 pub struct UserRecoveryCodeUsed {
     pub user_id: Uuid,
     pub code_hash: String,
+}
+
+/// `user.registration_attempted` v1: someone tried to register with the email address
+/// of this user. Recorded on the address's reservation stream; the answer to the
+/// attempt looked like a successful registration, and the owner is told by email.
+/// Where it came from is in the event metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRegistrationAttempted {
+    pub user_id: Uuid,
 }

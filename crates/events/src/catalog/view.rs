@@ -50,7 +50,8 @@ impl Event {
             | Event::ReservationClaimed(_)
             | Event::ReservationReleased(_)
             | Event::ServiceAccountDisabled(_)
-            | Event::ServiceAccountDeleted(_) => &[],
+            | Event::ServiceAccountDeleted(_)
+            | Event::UserRegistrationAttempted(_) => &[],
         }
     }
 

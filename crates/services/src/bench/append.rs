@@ -21,6 +21,7 @@ fn sample_event() -> EventData {
         mfa_used: false,
         risk_score: 0.1,
         device_id: Some("device-7f3a".into()),
+        totp_step: None,
     });
     let metadata = Metadata {
         correlation_id: Some(Uuid::now_v7()),

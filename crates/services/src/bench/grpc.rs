@@ -34,7 +34,8 @@ struct Bench {
 async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("grpc.db"))).await?);
     let live = LiveModels::start(store.clone());
-    let config = IdentityConfig { password_cost: PasswordCost::OWASP, ..Default::default() };
+    let config =
+        IdentityConfig { password_cost: PasswordCost::OWASP, allow_unverified_login: true, ..Default::default() };
     let identity = Identity::new(store, live, SecretBox::random(), config)?;
     let keys = Arc::new(KeySet::load_or_create(&scratch.file("keys"))?);
     let app = App::new(identity.clone(), keys);

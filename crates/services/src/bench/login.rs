@@ -22,7 +22,12 @@ pub async fn login(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<
     const S: &str = "login";
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("login.db"))).await?);
     let live = LiveModels::start(store.clone());
-    let config = IdentityConfig { password_cost: PasswordCost::OWASP, password_workers: cores(), ..Default::default() };
+    let config = IdentityConfig {
+        password_cost: PasswordCost::OWASP,
+        password_workers: cores(),
+        allow_unverified_login: true,
+        ..Default::default()
+    };
     let id = Identity::new(store, live, SecretBox::random(), config)?;
     let ctx = RequestContext { client_ip: Some("192.0.2.10".into()), ..RequestContext::service("bench") };
     for i in 0..USERS {

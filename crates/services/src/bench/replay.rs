@@ -38,7 +38,8 @@ fn user_life(user_id: Uuid) -> (Vec<Event>, Uuid, Vec<Event>) {
         .into(),
         RoleAssigned { user_id, role_id: "member".into(), expires_at: None }.into(),
         UserLoginFailed { user_id, reason: "bad_password".into(), failure_count: 1, risk_score: 0.2 }.into(),
-        UserLoginSucceeded { user_id, session_id, mfa_used: false, risk_score: 0.1, device_id: None }.into(),
+        UserLoginSucceeded { user_id, session_id, mfa_used: false, risk_score: 0.1, device_id: None, totp_step: None }
+            .into(),
         UserLoggedOut { user_id, session_id }.into(),
     ];
     let session = vec![

@@ -32,7 +32,8 @@ pub async fn websocket(scratch: &Scratch, duration: Duration) -> anyhow::Result<
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("ws.db"))).await?);
     let live = LiveModels::start(store.clone());
     // Password hashing is not what this measures.
-    let config = IdentityConfig { password_cost: PasswordCost::TEST, ..Default::default() };
+    let config =
+        IdentityConfig { password_cost: PasswordCost::TEST, allow_unverified_login: true, ..Default::default() };
     let identity = Identity::new(store.clone(), live, SecretBox::random(), config)?;
     let app = App::new(identity.clone(), Arc::new(KeySet::load_or_create(&scratch.file("keys"))?));
     let ctx = RequestContext::service("bench");

@@ -301,6 +301,10 @@ impl Notifier {
                     json!(format!("{}/verify-email?token={token}", self.args.public_url.trim_end_matches('/')));
                 self.once(id, "email", self.email(email, "welcome", &ctx, None)).await
             }
+            "user.registration_attempted" => match data["email"].as_str() {
+                Some(email) => self.once(id, "email", self.email(email, "registration_attempt", &ctx, None)).await,
+                None => Ok(()),
+            },
             "user.login" => {
                 let risky = data["risk_score"].as_f64().unwrap_or(0.0) > 0.7;
                 match data["email"].as_str() {

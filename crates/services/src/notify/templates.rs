@@ -6,7 +6,8 @@ use minijinja::Environment;
 use std::path::Path;
 
 /// The templates every deployment needs.
-pub const REQUIRED: &[&str] = &["welcome", "login_notice", "security_alert", "security_alert_sms"];
+pub const REQUIRED: &[&str] =
+    &["welcome", "login_notice", "security_alert", "security_alert_sms", "registration_attempt"];
 
 pub struct Templates {
     env: Environment<'static>,

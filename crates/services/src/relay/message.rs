@@ -117,6 +117,10 @@ pub fn data(recorded: &RecordedEvent, event: &Event, contact: &Contact, secrets:
             "recommended_actions": e.recommended_actions,
             "email": contact.email, "phone_number": contact.phone_number,
         }),
+        Event::UserRegistrationAttempted(e) => json!({
+            "user_id": e.user_id, "email": contact.email,
+            "ip_address": ip.unwrap_or_default(), "user_agent": ua.unwrap_or_default(),
+        }),
         Event::SuspiciousActivity(e) => json!({
             "user_id": e.user_id, "activity_type": e.activity_type, "risk_score": e.risk_score,
             "description": e.description, "details": pairs(&e.details),

@@ -26,9 +26,10 @@ pub fn status(e: DomainError) -> Status {
         }
         DomainError::AlreadyRegistered { .. } => Status::already_exists(message),
         DomainError::NotFound { .. } => Status::not_found(message),
-        DomainError::FailedPrecondition(_) | DomainError::UserInactive { .. } | DomainError::Conflict { .. } => {
-            Status::failed_precondition(message)
-        }
+        DomainError::FailedPrecondition(_)
+        | DomainError::UserInactive { .. }
+        | DomainError::Conflict { .. }
+        | DomainError::EmailNotVerified => Status::failed_precondition(message),
         DomainError::PermissionDenied(_) => Status::permission_denied(message),
         DomainError::ConsistencyTimeout { .. } => Status::unavailable(message),
         DomainError::Store(perfect21_events::StoreError::Unavailable { .. }) => Status::unavailable(message),
@@ -400,7 +401,6 @@ impl user::user_service_server::UserService for UserService {
             Err(_) => return Err(Status::invalid_argument(format!("status {} is not a UserStatus", r.status))),
         };
         let reason = if r.reason.is_empty() { "administrator" } else { r.reason.as_str() };
-        perfect21_domain::context::bounded("reason", reason, perfect21_domain::context::MAX_REASON).map_err(status)?;
         let position = self.0.identity.set_status(&ctx, id, to, reason).await.map_err(status)?;
         let user = self
             .0
@@ -418,8 +418,6 @@ impl user::user_service_server::UserService for UserService {
         let (caller, ctx) = acting(&self.0, &req)?;
         let r = req.get_ref();
         let ctx = on_behalf_of(&caller, ctx, &r.client_ip, &r.user_agent)?;
-        perfect21_domain::context::bounded("failure_reason", &r.failure_reason, perfect21_domain::context::MAX_REASON)
-            .map_err(status)?;
         let id = uuid("user_id", &r.user_id)?;
         let position = self.0.identity.record_login(&ctx, id, r.success, &r.failure_reason).await.map_err(status)?;
         Ok(with_position(user::RecordLoginHistoryResponse { consistency_token: position }, position))

@@ -108,7 +108,6 @@ impl account::account_service_server::AccountService for AccountService {
         // session that does not exist answers like someone else's.
         caller.require_self_or_privileged(owner.unwrap_or_else(Uuid::nil)).map_err(status)?;
         let reason = opt(&req.get_ref().reason).unwrap_or_else(|| "revoked".into());
-        perfect21_domain::context::bounded("reason", &reason, perfect21_domain::context::MAX_REASON).map_err(status)?;
         let position = self.0.identity.revoke_session(&ctx, session, &reason).await.map_err(status)?;
         Ok(with_position(account::RevokeSessionResponse { consistency_token: position }, position))
     }
@@ -124,7 +123,6 @@ impl account::account_service_server::AccountService for AccountService {
         };
         caller.require_self_or_privileged(target).map_err(status)?;
         let reason = opt(&req.get_ref().reason).unwrap_or_else(|| "revoke_all".into());
-        perfect21_domain::context::bounded("reason", &reason, perfect21_domain::context::MAX_REASON).map_err(status)?;
         let position = self.0.identity.revoke_all_sessions(&ctx, target, &reason, None).await.map_err(status)?;
         Ok(with_position(account::RevokeAllSessionsResponse { consistency_token: position }, position))
     }

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// for a Prometheus scraping over a private network.
     #[arg(long, env = "PERFECT21_PUBLIC_METRICS")]
     pub public_metrics: bool,
+    /// Let users whose email address is not verified log in (by default they are refused,
+    /// after the password check, with "email not verified").
+    #[arg(long, env = "PERFECT21_ALLOW_UNVERIFIED_LOGIN")]
+    pub allow_unverified_login: bool,
     /// Cheap password hashing, for tests only. Never in production.
     #[arg(long, hide = true)]
     pub insecure_fast_passwords: bool,
@@ -130,6 +134,7 @@ pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
     if args.insecure_fast_passwords {
         config.password_cost = PasswordCost::TEST;
     }
+    config.allow_unverified_login = args.allow_unverified_login;
     let identity = Identity::new(store, live, SecretBox::new(secret), config)?;
     let mut app = App::new(identity, keys);
     app.dev_mode = args.dev;

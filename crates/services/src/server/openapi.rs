@@ -64,12 +64,20 @@ pub fn operations() -> Vec<Operation> {
             Some(obj(&["token"], &[("token", "string")])),
         ),
         ("post", "/api/v1/auth/revoke", "Revoke the caller's access token", None),
-        ("post", "/api/v1/auth/mfa/enroll", "Start TOTP enrollment", None),
+        (
+            "post",
+            "/api/v1/auth/mfa/enroll",
+            "Start TOTP enrollment (needs the current password; the enrollment expires after 10 minutes)",
+            Some(obj(&["password"], &[("password", "string")])),
+        ),
         (
             "post",
             "/api/v1/auth/mfa/confirm",
             "Confirm TOTP enrollment with a first code; returns recovery codes",
-            Some(obj(&["enrollment_token", "code"], &[("enrollment_token", "string"), ("code", "string")])),
+            Some(obj(
+                &["enrollment_token", "code", "password"],
+                &[("enrollment_token", "string"), ("code", "string"), ("password", "string")],
+            )),
         ),
         (
             "post",

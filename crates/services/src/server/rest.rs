@@ -80,6 +80,7 @@ impl From<DomainError> for Problem {
             }
             DomainError::Conflict { .. } => (StatusCode::CONFLICT, "concurrent modification"),
             DomainError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission denied"),
+            DomainError::EmailNotVerified => (StatusCode::FORBIDDEN, "email not verified"),
             DomainError::ConsistencyTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "consistency timeout"),
             DomainError::Store(perfect21_events::StoreError::Unavailable { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
@@ -412,19 +413,26 @@ async fn revoke_token(State(s): State<RestState>, a: Authenticated) -> ApiResult
     Ok(Json(json!({"revoked": true, "consistency_token": position})))
 }
 
-async fn mfa_enroll(State(s): State<RestState>, a: Authenticated) -> ApiResult {
-    let e = s.app.identity.begin_mfa(a.user).await?;
-    Ok(Json(json!({"secret": e.secret, "otpauth_url": e.otpauth_url, "enrollment_token": e.enrollment_token})))
+async fn mfa_enroll(State(s): State<RestState>, a: Authenticated, Body(b): Body<PasswordBody>) -> ApiResult {
+    let e = s.app.identity.begin_mfa(&a.ctx, a.user, &b.password).await?;
+    Ok(Json(json!({
+        "secret": e.secret,
+        "otpauth_url": e.otpauth_url,
+        "enrollment_token": e.enrollment_token,
+        "expires_at": e.expires_at,
+    })))
 }
 
 #[derive(Deserialize)]
 struct MfaConfirmBody {
     enrollment_token: String,
     code: String,
+    password: String,
 }
 
 async fn mfa_confirm(State(s): State<RestState>, a: Authenticated, Body(b): Body<MfaConfirmBody>) -> ApiResult {
-    let (codes, position) = s.app.identity.confirm_mfa(&a.ctx, a.user, &b.enrollment_token, &b.code).await?;
+    let (codes, position) =
+        s.app.identity.confirm_mfa(&a.ctx, a.user, &b.enrollment_token, &b.code, &b.password).await?;
     Ok(Json(json!({"mfa_enabled": true, "recovery_codes": codes, "consistency_token": position})))
 }
 
