@@ -839,3 +839,22 @@ async fn a_taken_email_registers_like_a_new_one_and_no_view_carries_a_secret() {
     }
     assert!(seen > 5);
 }
+
+#[test]
+fn security_md_states_the_rule_of_every_grpc_method() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../SECURITY.md")).unwrap();
+    for (path, rule, _) in grpc_methods() {
+        let line = doc
+            .lines()
+            .find(|l| l.contains(&format!("`{path}`")))
+            .unwrap_or_else(|| panic!("SECURITY.md does not list {path}"));
+        let stated = match rule {
+            Rule::Public => line.contains("public"),
+            Rule::User => line.ends_with("| user |"),
+            Rule::SelfOr => line.contains("self or `perfect21."),
+            Rule::Needs => line.contains("| `perfect21."),
+            Rule::ServiceOnly => line.contains("service `perfect21."),
+        };
+        assert!(stated, "SECURITY.md states another rule for {path}: {line}");
+    }
+}

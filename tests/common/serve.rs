@@ -95,7 +95,8 @@ pub fn serve_on(data: &str, extra: &[&str]) -> Server {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut addr = |prefix: &str| {
         let line = lines.next().expect("server printed its addresses").unwrap();
-        line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line}")).to_string()
+        let rest = line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line}"));
+        rest.split_whitespace().next().unwrap_or_default().to_string()
     };
     let grpc = format!("http://{}", addr("perfect21 gRPC listening on "));
     let http = format!("http://{}", addr("perfect21 HTTP listening on "));

@@ -11,6 +11,7 @@ pub mod oauth2;
 pub mod openapi;
 pub mod rest;
 mod rest_admin;
+pub mod tls;
 pub mod tokens;
 pub mod views;
 
@@ -70,6 +71,15 @@ pub struct ServeArgs {
     /// after the password check, with "email not verified").
     #[arg(long, env = "PERFECT21_ALLOW_UNVERIFIED_LOGIN")]
     pub allow_unverified_login: bool,
+    /// Serve gRPC and HTTP over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "PERFECT21_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PERFECT21_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS. Needs --tls-cert.
+    #[arg(long, env = "PERFECT21_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
     /// Cheap password hashing, for tests only. Never in production.
     #[arg(long, hide = true)]
     pub insecure_fast_passwords: bool,
@@ -143,8 +153,23 @@ pub async fn open_app(args: &ServeArgs) -> anyhow::Result<App> {
     Ok(app)
 }
 
+impl ServeArgs {
+    /// The TLS settings, read and checked, if TLS is configured.
+    pub fn tls(&self) -> anyhow::Result<Option<tls::Tls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(tls::Tls::load(tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            })?)),
+            _ => Ok(None),
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::telemetry::install();
+    let tls = args.tls()?;
     let app = open_app(&args).await?;
     let hub = hub::Hub::start(app.identity.store().clone()).await?;
     if let Some(url) = args.amqp_url.clone() {
@@ -168,19 +193,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
     let http_addr = args.http_addr();
     let http_listener = TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP to {http_addr}"))?;
-    println!("perfect21 gRPC listening on {}", grpc_listener.local_addr()?);
-    println!("perfect21 HTTP listening on {}", http_listener.local_addr()?);
+    let scheme = if tls.is_some() { " (TLS)" } else { "" };
+    println!("perfect21 gRPC listening on {}{scheme}", grpc_listener.local_addr()?);
+    println!("perfect21 HTTP listening on {}{scheme}", http_listener.local_addr()?);
 
-    let grpc = tokio::spawn(serve_grpc(app.clone(), grpc_listener, stop_rx.clone(), args.only));
+    let grpc_tls = tls.as_ref().map(|t| t.grpc_config());
+    let grpc = tokio::spawn(serve_grpc_with(app.clone(), grpc_listener, stop_rx.clone(), args.only, grpc_tls));
     let router = rest::router(rest::RestState { app: app.clone(), hub, relay: relay_status }, args.only);
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
+    let http = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(http_listener, service)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await
+        }),
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http_config()?);
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+                stopper.graceful_shutdown(Some(Duration::from_secs(30)));
+            });
+            let server = axum_server::from_tcp_rustls(http_listener.into_std()?, config)?.handle(handle);
+            tokio::spawn(async move { server.serve(service).await })
+        }
+    };
 
     shutdown_signal().await;
     eprintln!("perfect21: shutting down, draining in-flight requests");
@@ -203,8 +244,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn serve_grpc(
     app: App,
     listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    only: Option<Service>,
+) -> anyhow::Result<()> {
+    serve_grpc_with(app, listener, stop, only, None).await
+}
+
+/// The gRPC services on `listener`, over TLS when `tls` is set.
+pub async fn serve_grpc_with(
+    app: App,
+    listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     only: Option<Service>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     if runs(only, Service::Auth) {
@@ -223,7 +275,11 @@ pub async fn serve_grpc(
         .register_encoded_file_descriptor_set(perfect21_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .layer(tower::layer::layer_fn(grpc_metrics::Measured))
         .layer(tower::layer::layer_fn(move |inner| grpc_guard::Guarded { inner, app: guard_app.clone() }))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
