@@ -228,8 +228,11 @@ fn grpc_methods() -> Vec<(&'static str, Rule, Body)> {
 }
 
 /// Methods with no request of their own to build here (streaming the standard services).
-const ALSO_PUBLIC: &[&str] =
-    &["/grpc.health.v1.Health/Watch", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"];
+const ALSO_PUBLIC: &[&str] = &[
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 async fn call(channel: &tonic::transport::Channel, path: &str, body: Vec<u8>, token: Option<&str>) -> Status {
     let mut grpc = tonic::client::Grpc::new(channel.clone());

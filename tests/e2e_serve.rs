@@ -497,6 +497,17 @@ async fn account_admin_and_event_stream_over_grpc() {
     assert!(!v.get_ref().valid);
 
     // Reflection lists the services.
+    // v1alpha too, for the many clients that speak only it.
+    let mut alpha = tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = alpha.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let listed = format!("{:?}", answers.message().await.unwrap().unwrap().message_response);
+    assert!(listed.contains("perfect21.auth.AuthService"), "v1alpha lists the services: {listed}");
     let mut reflection = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
     let request = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
@@ -515,4 +526,34 @@ async fn account_admin_and_event_stream_over_grpc() {
     ] {
         assert!(listed.contains(service), "{service} not in {listed}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_exposes_every_seed_metric_family() {
+    let server = common::serve::start_with(&["--public-metrics"]);
+    // The first request of all: nothing has happened yet.
+    let text = reqwest::get(format!("{}/metrics", server.http)).await.unwrap().text().await.unwrap();
+    let mut parser = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/check_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client");
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = parser.wait_with_output().unwrap();
+    assert!(out.status.success(), "not valid Prometheus text:\n{text}");
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in [
+        "perfect21_requests",
+        "perfect21_request_duration_seconds",
+        "perfect21_active_connections",
+        "perfect21_auth_events",
+        "perfect21_token_operations",
+        "perfect21_permission_checks",
+        "perfect21_session_operations",
+    ] {
+        assert!(families.get(name).is_some(), "{name} missing from a fresh server's /metrics:\n{text}");
+    }
+    let logins = families["perfect21_auth_events"].as_array().unwrap();
+    assert!(logins.iter().any(|l| l["event"] == "login" && l["outcome"] == "bad_password"), "{logins:?}");
 }

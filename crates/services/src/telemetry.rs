@@ -45,6 +45,58 @@ fn describe() {
     describe_counter!("perfect21_notifications_total", "Notifications by channel and outcome");
 }
 
+/// Every seed metric family with a zero series for each label value known in
+/// advance, so that dashboards and alerts have something to bind to from start-up.
+/// `endpoints` are (service, method, endpoint) of the routes and RPCs served.
+pub fn zero_series<'a>(endpoints: impl IntoIterator<Item = (&'static str, &'a str, &'a str)>) {
+    for (service, method, endpoint) in endpoints {
+        let labels = [
+            ("service", service.to_string()),
+            ("method", method.to_string()),
+            ("endpoint", endpoint.to_string()),
+            ("status", if service == "grpc" { "0" } else { "200" }.to_string()),
+        ];
+        metrics::counter!("perfect21_requests_total", &labels).increment(0);
+        // A histogram appears with its first sample; register the series so it is known.
+        let _ = metrics::histogram!("perfect21_request_duration_seconds", &labels[..3]);
+    }
+    for service in ["rest", "grpc"] {
+        for kind in ["http", "call", "websocket"] {
+            metrics::gauge!("perfect21_active_connections", "service" => service, "kind" => kind).increment(0.0);
+        }
+    }
+    for (event, outcomes) in [
+        (
+            "login",
+            &["success", "bad_password", "unknown_user", "mfa_required", "account_locked", "email_not_verified"][..],
+        ),
+        ("register", &["success", "email_taken"][..]),
+        ("account_locked", &["locked"][..]),
+        ("client_credentials", &["success", "failure"][..]),
+    ] {
+        for outcome in outcomes {
+            metrics::counter!("perfect21_auth_events_total", "event" => event, "outcome" => *outcome).increment(0);
+        }
+    }
+    for (operation, outcome) in [
+        ("issue", "issued"),
+        ("validate", "valid"),
+        ("validate", "invalid"),
+        ("refresh", "rotated"),
+        ("refresh", "reuse_detected"),
+        ("revoke", "revoked"),
+    ] {
+        metrics::counter!("perfect21_token_operations_total", "operation" => operation, "outcome" => outcome)
+            .increment(0);
+    }
+    for result in ["allowed", "denied"] {
+        metrics::counter!("perfect21_permission_checks_total", "result" => result).increment(0);
+    }
+    for operation in ["start", "revoke"] {
+        metrics::counter!("perfect21_session_operations_total", "operation" => operation).increment(0);
+    }
+}
+
 /// One finished request, REST or gRPC. `endpoint` is a route template or an RPC name, never a raw path.
 pub fn request(service: &'static str, method: &str, endpoint: &str, status: &str, started: Instant) {
     let labels = [

@@ -52,6 +52,7 @@ pub const GRPC: &[(&str, Rule)] = &[
     ("/grpc.health.v1.Health/Check", Rule::Public),
     ("/grpc.health.v1.Health/Watch", Rule::Public),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Rule::Public),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Rule::Public),
     ("/perfect21.auth.AuthService/ValidateToken", Rule::SelfOr(TOKENS_VALIDATE)),
     ("/perfect21.auth.AuthService/BatchValidateTokens", Rule::Needs(TOKENS_VALIDATE)),
     ("/perfect21.auth.AuthService/RefreshToken", Rule::Public),

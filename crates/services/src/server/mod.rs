@@ -169,6 +169,12 @@ impl ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::telemetry::install();
+    crate::telemetry::zero_series(
+        access::REST
+            .iter()
+            .map(|(method, path, _)| ("rest", *method, *path))
+            .chain(access::GRPC.iter().map(|(path, _)| ("grpc", "POST", *path))),
+    );
     let tls = args.tls()?;
     let app = open_app(&args).await?;
     let hub = hub::Hub::start(app.identity.store().clone()).await?;
@@ -275,6 +281,11 @@ pub async fn serve_grpc_with(
         .register_encoded_file_descriptor_set(perfect21_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Many tools (grpcurl before 1.9, Python's grpcio-reflection) speak only v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(perfect21_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -286,6 +297,7 @@ pub async fn serve_grpc_with(
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_optional_service(runs(only, Service::Auth).then(|| {
             perfect21_proto::account::account_service_server::AccountServiceServer::new(grpc_admin::AccountService(
                 app.clone(),
