@@ -127,10 +127,12 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
             .spawn()
             .unwrap(),
     );
-    let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/../../templates/notification");
+    // Started from an empty directory, with no templates around: the built-ins serve.
+    let elsewhere = tempfile::tempdir().unwrap();
     let _notify = Killed(
         Command::new(exe)
-            .args(["notify", "--amqp-url", &amqp_url(), "--service-name", &service, "--templates", templates])
+            .current_dir(elsewhere.path())
+            .args(["notify", "--amqp-url", &amqp_url(), "--service-name", &service])
             .args([
                 "--smtp-url",
                 &format!("smtp://127.0.0.1:{smtp_port}"),
@@ -186,6 +188,7 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
             .await;
     assert!(welcome.contains("To: ada@example.com"));
     assert!(welcome.contains("Hello Ada"));
+    assert!(welcome.contains("expires within 24 hours"), "{welcome}");
     assert!(welcome.contains(&format!("https://id.example.com/verify-email?token={}", reg.verification_token)));
 
     // Registering with the same address answers like a registration, and tells the owner.

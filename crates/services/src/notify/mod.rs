@@ -46,9 +46,13 @@ pub struct NotifyArgs {
     /// HTTP endpoint that sends push notifications: receives POST {"user_id", "title", "body", "data", "message_id"}.
     #[arg(long, env = "PERFECT21_PUSH_WEBHOOK")]
     pub push_webhook: Option<String>,
-    /// Directory of the message templates (`<name>.txt`).
-    #[arg(long, env = "PERFECT21_TEMPLATES", default_value = "templates/notification")]
-    pub templates: PathBuf,
+    /// Directory of templates (`<name>.txt`) that replace the built-in ones file by file
+    /// (and may add new ones for template emails). Without it, the built-ins are used.
+    #[arg(long, env = "PERFECT21_TEMPLATES")]
+    pub templates: Option<PathBuf>,
+    /// Write the built-in templates into this directory (for editing) and exit.
+    #[arg(long)]
+    pub print_templates: Option<PathBuf>,
     /// Public base URL of the REST API, for links in emails.
     #[arg(long, env = "PERFECT21_PUBLIC_URL", default_value = "http://localhost:8080")]
     pub public_url: String,
@@ -84,8 +88,14 @@ fn smtp(url: &str) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
 }
 
 pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.print_templates {
+        for path in templates::write_defaults(dir)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     let notifier = Arc::new(Notifier {
-        templates: Templates::load(&args.templates)?,
+        templates: Templates::load(args.templates.as_deref())?,
         store: NotifyStore::open(&args.data_dir.join("notify.db"))?,
         mailer: smtp(&args.smtp_url)?,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
@@ -299,6 +309,8 @@ impl Notifier {
                     data["verification_token"].as_str().context("user.registered without verification_token")?;
                 ctx["verification_link"] =
                     json!(format!("{}/verify-email?token={token}", self.args.public_url.trim_end_matches('/')));
+                let left = data["verification_expires_at"].as_i64().unwrap_or(0) - chrono::Utc::now().timestamp();
+                ctx["expires_in"] = json!(in_words(left));
                 self.once(id, "email", self.email(email, "welcome", &ctx, None)).await
             }
             "user.registration_attempted" => match data["email"].as_str() {
@@ -375,5 +387,31 @@ impl Notifier {
         let res = self.http.post(url).json(&body).send().await?;
         anyhow::ensure!(res.status().is_success(), "push webhook answered {}", res.status());
         Ok(())
+    }
+}
+
+/// A duration in words for people ("24 hours", "30 minutes", "2 days"), rounded up.
+pub fn in_words(seconds: i64) -> String {
+    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
+    let seconds = seconds.max(0);
+    let up = |unit: i64| (seconds + unit - 1) / unit;
+    if seconds <= 60 * 60 {
+        plural(up(60).max(1), "minute")
+    } else if seconds <= 48 * 3600 {
+        plural(up(3600), "hour")
+    } else {
+        plural(up(86_400), "day")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_as_words() {
+        assert_eq!(super::in_words(24 * 3600 - 3), "24 hours");
+        assert_eq!(super::in_words(30 * 60), "30 minutes");
+        assert_eq!(super::in_words(1), "1 minute");
+        assert_eq!(super::in_words(3 * 86_400), "3 days");
+        assert_eq!(super::in_words(-5), "1 minute");
     }
 }
