@@ -557,3 +557,50 @@ async fn a_fresh_server_exposes_every_seed_metric_family() {
     let logins = families["perfect21_auth_events"].as_array().unwrap();
     assert!(logins.iter().any(|l| l["event"] == "login" && l["outcome"] == "bad_password"), "{logins:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_welcome_email_link_opens_a_page_that_verifies_on_confirmation() {
+    let server = start();
+    let http = reqwest::Client::new();
+    let api = server.api();
+    let (_, reg) = post(
+        &http,
+        format!("{api}/auth/register"),
+        None,
+        json!({"email": "link@example.com", "username": "linker", "password": "follow the link"}),
+    )
+    .await;
+    let token = reg["verification_token"].as_str().unwrap();
+    let link = format!("{}/verify-email?token={token}", server.http);
+    let creds = json!({"identifier": "linker", "password": "follow the link"});
+
+    // Opening the link (as a mail scanner would) shows a button and verifies nothing.
+    let page = http.get(&link).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<form method=\"post\" action=\"/verify-email\">") && html.contains(token), "{html}");
+    assert!(html.contains("/assets/perfect21.css"));
+    let (status, p) = post(&http, format!("{api}/auth/login"), None, creds.clone()).await;
+    assert_eq!((status, p["title"].as_str().unwrap()), (403, "email not verified"));
+
+    // The button posts the form: verified, then the account logs in.
+    let done = http.post(format!("{}/verify-email", server.http)).form(&[("token", token)]).send().await.unwrap();
+    assert_eq!(done.status().as_u16(), 200);
+    assert!(done.text().await.unwrap().contains("Your email address is verified"));
+    let (status, body) = post(&http, format!("{api}/auth/login"), None, creds).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The link again: already used. A forged one: not valid (and nothing of it echoed).
+    let again = http.get(&link).send().await.unwrap().text().await.unwrap();
+    assert!(again.contains("already verified"), "{again}");
+    let forged = http
+        .get(format!("{}/verify-email?token=%3Cscript%3Ealert(1)%3C%2Fscript%3E", server.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 404);
+    assert!(!forged.text().await.unwrap().contains("<script>"));
+    let css = http.get(format!("{}/assets/perfect21.css", server.http)).send().await.unwrap();
+    assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
+}

@@ -22,6 +22,8 @@ pub struct UserState {
     pub password_hash: String,
     pub email_verified: bool,
     pub verification: Option<(String, i64)>,
+    /// The hash of the verification token that was used (to tell a reused link from a bad one).
+    pub used_verification: Option<String>,
     pub mfa_secret: Option<Vec<u8>>,
     /// The last TOTP time step accepted (or the step MFA was enabled in): codes of it
     /// and earlier steps are refused.
@@ -70,7 +72,7 @@ impl UserState {
             }
             Event::UserEmailVerified(_) => {
                 self.email_verified = true;
-                self.verification = None;
+                self.used_verification = self.verification.take().map(|(hash, _)| hash);
             }
             Event::UserPasswordChanged(e) => self.password_hash = e.password_hash.clone(),
             Event::UserStatusChanged(e) => {

@@ -13,6 +13,19 @@ use uuid::Uuid;
 /// A claim older than this whose owner never got registered was abandoned (a crash mid-registration).
 const ABANDONED_CLAIM_SECS: i64 = 60;
 
+/// What a verification link would do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerificationState {
+    /// Valid and unused: confirming verifies the address.
+    Pending,
+    /// Already used to verify the address.
+    AlreadyUsed,
+    /// Right token, past its expiry.
+    Expired,
+    /// Not a token of this server, or of a user that no longer exists.
+    Invalid,
+}
+
 /// What a new user sends.
 #[derive(Debug, Clone, Default)]
 pub struct Registration {
@@ -242,6 +255,29 @@ impl Identity {
         let r =
             self.append(&ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &events).await?;
         Ok(r.position)
+    }
+
+    /// What a verification link would do now, without doing it (for the page that asks
+    /// the user to confirm, so that a mail scanner prefetching the link consumes nothing).
+    pub async fn verification_state(&self, token: &str) -> Result<VerificationState> {
+        let Some(user_id) = token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()) else {
+            return Ok(VerificationState::Invalid);
+        };
+        let Ok(state) = self.existing_user(user_id).await else {
+            return Ok(VerificationState::Invalid);
+        };
+        let presented = token_hash(token);
+        Ok(match (&state.verification, &state.used_verification) {
+            (Some((hash, expires_at)), _) if constant_time_eq(hash, &presented) => {
+                if *expires_at < now() {
+                    VerificationState::Expired
+                } else {
+                    VerificationState::Pending
+                }
+            }
+            (_, Some(used)) if constant_time_eq(used, &presented) => VerificationState::AlreadyUsed,
+            _ => VerificationState::Invalid,
+        })
     }
 
     #[tracing::instrument(name = "command", skip_all, fields(command = "update_profile"))]

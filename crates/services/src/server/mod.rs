@@ -9,6 +9,7 @@ mod grpc_metrics;
 pub mod hub;
 pub mod oauth2;
 pub mod openapi;
+mod pages;
 pub mod rest;
 mod rest_admin;
 pub mod tls;

@@ -165,6 +165,9 @@ pub fn operations() -> Vec<Operation> {
             "OAuth 2.0 token endpoint (RFC 6749): grant_type=client_credentials, client_secret_basic or client_secret_post; form-urlencoded",
             None,
         ),
+        ("get", "/verify-email", "HTML page of the welcome email's link: shows a button that confirms (query: token)", None),
+        ("post", "/verify-email", "HTML form target: verifies the address (form field: token)", None),
+        ("get", "/assets/perfect21.css", "Stylesheet of the HTML pages", None),
         ("get", "/api/v1/service-accounts", "List service accounts and their roles", None),
         (
             "post",

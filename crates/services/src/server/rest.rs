@@ -286,7 +286,11 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
         .route("/status", get(status))
         .route("/readyz", get(readyz));
     if runs(only, Service::Auth) {
-        root = root.route("/.well-known/jwks.json", get(jwks)).route("/oauth2/token", post(super::oauth2::token));
+        root = root
+            .route("/.well-known/jwks.json", get(jwks))
+            .route("/oauth2/token", post(super::oauth2::token))
+            .route("/verify-email", get(super::pages::verify_email_page).post(super::pages::verify_email_submit))
+            .route("/assets/perfect21.css", get(super::pages::stylesheet));
     }
     root.route("/metrics", get(metrics_text))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
