@@ -14,6 +14,31 @@ mod common;
 
 use common::serve::{bearer, gateway_token, post, serve_on, start, Server, ROOT_PASSWORD};
 
+/// The seed's metric families (as prometheus_client names them: counters without `_total`).
+const SEED_FAMILIES: [&str; 7] = [
+    "perfect21_requests",
+    "perfect21_request_duration_seconds",
+    "perfect21_active_connections",
+    "perfect21_auth_events",
+    "perfect21_token_operations",
+    "perfect21_permission_checks",
+    "perfect21_session_operations",
+];
+
+/// Prometheus text parsed by a real Prometheus parser (prometheus_client): {family: [label sets]}.
+fn metric_families(text: &str) -> Value {
+    let mut parser = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/check_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client");
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = parser.wait_with_output().unwrap();
+    assert!(out.status.success(), "not valid Prometheus text:\n{text}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_validate_check_assign_revoke_and_websocket() {
     let server = start();
@@ -147,16 +172,7 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
     assert_eq!(anonymous.status().as_u16(), 401, "metrics need perfect21.metrics:read (or --public-metrics)");
     let text =
         http.get(format!("{}/metrics", server.http)).bearer_auth(&sa).send().await.unwrap().text().await.unwrap();
-    let mut parser = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/check_metrics.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with prometheus_client");
-    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let out = parser.wait_with_output().unwrap();
-    assert!(out.status.success(), "not valid Prometheus text:\n{text}");
-    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let families = metric_families(&text);
     // And Prometheus's own linter.
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -173,17 +189,7 @@ async fn register_login_validate_check_assign_revoke_and_websocket() {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
-    for name in [
-        "perfect21_requests",
-        "perfect21_request_duration_seconds",
-        "perfect21_active_connections",
-        "perfect21_auth_events",
-        "perfect21_token_operations",
-        "perfect21_permission_checks",
-        "perfect21_session_operations",
-        "perfect21_log_position",
-        "perfect21_projection_lag_events",
-    ] {
+    for name in SEED_FAMILIES.iter().chain(&["perfect21_log_position", "perfect21_projection_lag_events"]) {
         assert!(families.get(name).is_some(), "{name} missing from /metrics");
     }
     let requests = families["perfect21_requests"].as_array().unwrap();
@@ -533,25 +539,8 @@ async fn a_fresh_server_exposes_every_seed_metric_family() {
     let server = common::serve::start_with(&["--public-metrics"]);
     // The first request of all: nothing has happened yet.
     let text = reqwest::get(format!("{}/metrics", server.http)).await.unwrap().text().await.unwrap();
-    let mut parser = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/check_metrics.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with prometheus_client");
-    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let out = parser.wait_with_output().unwrap();
-    assert!(out.status.success(), "not valid Prometheus text:\n{text}");
-    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for name in [
-        "perfect21_requests",
-        "perfect21_request_duration_seconds",
-        "perfect21_active_connections",
-        "perfect21_auth_events",
-        "perfect21_token_operations",
-        "perfect21_permission_checks",
-        "perfect21_session_operations",
-    ] {
+    let families = metric_families(&text);
+    for name in SEED_FAMILIES {
         assert!(families.get(name).is_some(), "{name} missing from a fresh server's /metrics:\n{text}");
     }
     let logins = families["perfect21_auth_events"].as_array().unwrap();

@@ -298,19 +298,7 @@ async fn push_notifications_reach_the_users_websockets() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
     // An operator's service account, to read /status.
-    common::serve::run(&[
-        "admin",
-        "bootstrap",
-        "--data-dir",
-        &data,
-        "--insecure-fast-passwords",
-        "--email",
-        "root@example.com",
-        "--username",
-        "root",
-        "--password",
-        common::serve::ROOT_PASSWORD,
-    ]);
+    common::serve::bootstrap(&data);
     let (ops_id, ops_secret) = common::serve::create_service_account(&data, "ops", &["admin"]);
     let exe = env!("CARGO_BIN_EXE_perfect21");
     let mut child = Command::new(exe)

@@ -58,15 +58,13 @@ pub fn start() -> Server {
     start_with(&[])
 }
 
-/// A fresh data directory with `root` and `gateway`, served with `extra` flags.
-pub fn start_with(extra: &[&str]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_string();
+/// The first administrator, `root`, in the log of `data`.
+pub fn bootstrap(data: &str) {
     run(&[
         "admin",
         "bootstrap",
         "--data-dir",
-        &data,
+        data,
         "--insecure-fast-passwords",
         "--email",
         "root@example.com",
@@ -75,6 +73,13 @@ pub fn start_with(extra: &[&str]) -> Server {
         "--password",
         ROOT_PASSWORD,
     ]);
+}
+
+/// A fresh data directory with `root` and `gateway`, served with `extra` flags.
+pub fn start_with(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    bootstrap(&data);
     let (sa_id, sa_secret) = create_service_account(&data, "gateway", &["admin"]);
     let mut server = serve_on(&data, extra);
     server.dir = Some(dir);

@@ -54,17 +54,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     let trail = audit_trail(store.as_ref(), user_id, &filter).await?;
     if json {
         for e in &trail {
-            let line = serde_json::json!({
-                "position": e.position,
-                "recorded_at": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "event_type": e.event_type,
-                "actor": e.actor,
-                "client_ip": e.client_ip,
-                "user_agent": e.user_agent,
-                "correlation_id": e.correlation_id,
-                "payload": e.event.public_view(),
-            });
-            println!("{line}");
+            println!("{}", crate::server::views::audit_entry(e));
         }
         return Ok(());
     }

@@ -2,7 +2,7 @@
 //! (the health service's Check) on the same server in the same run, and
 //! ValidateToken latency during a login flood against idle.
 
-use super::{percentile, Measurement, Scratch};
+use super::{Measurement, Run, Scratch};
 use crate::server::app::App;
 use crate::server::tokens::KeySet;
 use perfect21_domain::password::PasswordCost;
@@ -97,44 +97,14 @@ async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     Ok(Bench { channels, token, service, user_id: grant.user_id.to_string(), _stop: stop })
 }
 
-struct Run {
-    per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-/// `clients` tasks calling `call` back to back for `duration`.
+/// `clients` tasks calling `call` on the bench's channels back to back for `duration`.
 async fn drive<F, Fut>(bench: &Bench, clients: usize, duration: Duration, call: F) -> anyhow::Result<Run>
 where
     F: Fn(Channel) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| {
-            let channel = bench.channels[i % bench.channels.len()].clone();
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while start.elapsed() < duration {
-                    let t = Instant::now();
-                    call(channel.clone()).await?;
-                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    all.sort_by(f64::total_cmp);
-    Ok(Run {
-        per_sec: all.len() as f64 / start.elapsed().as_secs_f64(),
-        p50_us: percentile(&all, 0.5),
-        p99_us: percentile(&all, 0.99),
-    })
+    let channels = bench.channels.clone();
+    super::drive(clients, duration, move |i| call(channels[i % channels.len()].clone())).await
 }
 
 async fn empty_rpc(bench: &Bench, duration: Duration) -> anyhow::Result<Run> {

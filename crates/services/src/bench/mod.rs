@@ -156,6 +156,46 @@ impl Drop for Scratch {
 }
 
 /// Latency percentiles of a sample, in microseconds.
+/// Throughput and latency of a closed-loop run.
+pub struct Run {
+    pub per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// `clients` tasks calling `call(client index)` back to back for `duration`.
+pub async fn drive<F, Fut>(clients: usize, duration: Duration, call: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while start.elapsed() < duration {
+                    let t = std::time::Instant::now();
+                    call(i).await?;
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(Run {
+        per_sec: all.len() as f64 / start.elapsed().as_secs_f64(),
+        p50_us: percentile(&all, 0.5),
+        p99_us: percentile(&all, 0.99),
+    })
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -4,7 +4,7 @@
 //! signature rather than an argon2 computation: the baseline that bounds it is
 //! the HTTP round trip itself.
 
-use super::{percentile, Measurement, Scratch};
+use super::{Measurement, Run, Scratch};
 use crate::server::app::App;
 use crate::server::hub::Hub;
 use crate::server::rest::{router, RestState};
@@ -15,48 +15,25 @@ use perfect21_domain::{Identity, IdentityConfig, LiveModels, RequestContext};
 use perfect21_events::store::{SqliteConfig, SqliteStore};
 use perfect21_events::EventStore;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CLIENTS: usize = 16;
-
-struct Run {
-    per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
 
 /// `CLIENTS` tasks sending `request` back to back for `duration`; each answer must be 200.
 async fn drive(
     duration: Duration,
-    request: impl Fn() -> reqwest::RequestBuilder + Clone + Send + 'static,
+    request: impl Fn() -> reqwest::RequestBuilder + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<Run> {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let request = request.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while start.elapsed() < duration {
-                    let t = Instant::now();
-                    let res = request().send().await?;
-                    anyhow::ensure!(res.status().is_success(), "answer {}", res.status());
-                    res.bytes().await?;
-                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    all.sort_by(f64::total_cmp);
-    Ok(Run {
-        per_sec: all.len() as f64 / start.elapsed().as_secs_f64(),
-        p50_us: percentile(&all, 0.5),
-        p99_us: percentile(&all, 0.99),
+    super::drive(CLIENTS, duration, move |_| {
+        let request = request.clone();
+        async move {
+            let res = request().send().await?;
+            anyhow::ensure!(res.status().is_success(), "answer {}", res.status());
+            res.bytes().await?;
+            Ok(())
+        }
     })
+    .await
 }
 
 pub async fn client_credentials(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
