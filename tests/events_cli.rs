@@ -121,8 +121,9 @@ async fn a_config_file_sets_defaults_that_flags_override() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["events"], 4);
-    // A flag wins over the file.
+    // A flag wins over the file (an empty log of its own: read-only commands create none).
     let empty = dir.path().join("other.db");
+    drop(perfect21_events::store::open(&format!("sqlite://{}", empty.display())).await.unwrap());
     let out = perfect21(&[
         "events",
         "stats",

@@ -1,4 +1,4 @@
-//! The envelope of every recorded event (DESIGN §3) and the types an append is made of.
+//! The envelope of every recorded event (docs/events.md) and the types an append is made of.
 
 use crate::catalog::Event;
 use crate::error::{CodecError, StoreError};

@@ -48,7 +48,7 @@ fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
 pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     let AuditCommand::User { user, store, since, types, limit, json } = command;
     let filter = AuditFilter { since: since.as_deref().map(parse_since).transpose()?, types, limit };
-    let store = store.open().await?;
+    let store = store.open_existing().await?;
     let user_id =
         resolve_user(store.as_ref(), &user).await?.with_context(|| format!("no user is registered as '{user}'"))?;
     let trail = audit_trail(store.as_ref(), user_id, &filter).await?;

@@ -26,6 +26,19 @@ impl StoreArgs {
         let url = self.url();
         perfect21_events::store::open(&url).await.with_context(|| "opening the event log")
     }
+
+    /// Opens a log that must already exist, for commands that only read: a missing
+    /// SQLite file is an error naming it, and nothing is created.
+    pub async fn open_existing(&self) -> anyhow::Result<Arc<dyn EventStore>> {
+        let url = self.url();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            anyhow::ensure!(
+                std::path::Path::new(path).exists(),
+                "no event log at {path}: start `perfect21 serve` there first, or name another with --data-dir or --store"
+            );
+        }
+        self.open().await
+    }
 }
 
 /// Settings a config file may hold, and the environment variable each one feeds.

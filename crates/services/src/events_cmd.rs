@@ -78,7 +78,7 @@ async fn tail(
     limit: Option<u64>,
     raw: bool,
 ) -> anyhow::Result<()> {
-    let store = store.open().await?;
+    let store = store.open_existing().await?;
     let head = store.head_position().await?;
     let mut sub = subscribe_all(store, from);
     let mut out = std::io::stdout().lock();
@@ -112,7 +112,7 @@ async fn tail(
 }
 
 async fn stats(store: StoreArgs, as_json: bool) -> anyhow::Result<()> {
-    let store = store.open().await?;
+    let store = store.open_existing().await?;
     let stats = store.stats().await?;
     if as_json {
         println!("{}", serde_json::to_string(&stats)?);

@@ -4,6 +4,7 @@ mod admin_cmd;
 mod audit_cmd;
 mod bench;
 mod config;
+mod doctor;
 mod events_cmd;
 mod notify;
 mod relay;
@@ -52,7 +53,10 @@ enum Command {
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
     },
-    /// Measure against a baseline run in the same process (DESIGN §9).
+    /// Check the configured store, keys, TLS files, broker and SMTP server; print what is
+    /// reachable and, for what is not, the fix. Exits 1 if anything failed.
+    Doctor(doctor::DoctorArgs),
+    /// Measure against a baseline run in the same process (docs/benchmarks.md).
     Bench(bench::BenchArgs),
     /// The client side of `bench websocket` (a process of its own).
     #[command(hide = true)]
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => replay::run(args).await,
             Command::Audit { command } => audit_cmd::run(command).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
             Command::BenchWsClients(args) => bench::websocket::clients(args).await,
             Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,
         }

@@ -68,7 +68,8 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Also start from the snapshot (as a serving process would) plus catch-up, and check
-    /// that it gives the same digest as the full replay; exits 1 if not.
+    /// that it gives the same digest as the full replay. Exit status: 0 the same, 1 a
+    /// mismatch (the state is not reproducible), 3 no snapshot to compare with.
     #[arg(long)]
     pub verify: bool,
     /// Save the rebuilt read models as the snapshot, so that the next start-up is fast.
@@ -85,7 +86,7 @@ pub struct ReplayArgs {
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let snapshot = args.snapshot.clone().unwrap_or_else(|| args.store.data_dir.join("snapshots/read-models.snap"));
     let json = args.json;
-    let store = args.store.open().await?;
+    let store = if args.write_snapshot { args.store.open().await? } else { args.store.open_existing().await? };
     let head = store.head_position().await?;
     let progress = ProgressBar::with_draw_target(Some(head), ProgressDrawTarget::stderr());
     progress.set_style(
@@ -112,8 +113,12 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 "skipped_unknown": r.models.skipped_unknown(),
                 "seconds": r.seconds,
                 "digest": digest,
-                "verified": verified.as_ref().map(|v| v.is_ok()),
-                "verify_detail": verified.as_ref().map(|v| match v { Ok(s) | Err(s) => s.clone() }),
+                "verified": verified.as_ref().and_then(|v| match v {
+                    Verdict::Same(_) => Some(true),
+                    Verdict::Differs(_) => Some(false),
+                    Verdict::NoSnapshot(_) => None,
+                }),
+                "verify_detail": verified.as_ref().map(Verdict::detail),
             })
         );
     } else {
@@ -124,30 +129,45 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
         println!("digest   {digest}");
         match &verified {
-            Some(Ok(detail)) => println!("verify   ok: {detail}"),
-            Some(Err(detail)) => println!("verify   MISMATCH: {detail}"),
+            Some(Verdict::Same(detail)) => println!("verify   ok: {detail}"),
+            Some(Verdict::Differs(detail)) => println!("verify   MISMATCH: {detail}"),
+            Some(Verdict::NoSnapshot(detail)) => println!("verify   nothing to compare: {detail}"),
             None => {}
         }
         if args.write_snapshot {
             println!("snapshot {}", snapshot.display());
         }
     }
-    if matches!(verified, Some(Err(_))) {
-        std::process::exit(1);
+    match verified {
+        Some(Verdict::Differs(_)) => std::process::exit(1),
+        Some(Verdict::NoSnapshot(_)) => std::process::exit(3),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The outcome of `--verify`.
+enum Verdict {
+    /// Snapshot + catch-up gives the full replay's digest.
+    Same(String),
+    /// It does not: the state is not reproducible.
+    Differs(String),
+    /// There is no usable snapshot to compare with (not an error of the state).
+    NoSnapshot(String),
+}
+
+impl Verdict {
+    fn detail(&self) -> String {
+        match self {
+            Verdict::Same(d) | Verdict::Differs(d) | Verdict::NoSnapshot(d) => d.clone(),
+        }
+    }
 }
 
 /// Snapshot + catch-up, compared with the full replay's digest at the same head.
-async fn verify(
-    store: Arc<dyn EventStore>,
-    path: &Path,
-    head: u64,
-    digest: &str,
-) -> anyhow::Result<Result<String, String>> {
+async fn verify(store: Arc<dyn EventStore>, path: &Path, head: u64, digest: &str) -> anyhow::Result<Verdict> {
     let Some((models, _)) = load_snapshot(store.as_ref(), path).await else {
-        return Ok(Err(format!(
-            "no usable snapshot at {} to verify against (write one with --write-snapshot)",
+        return Ok(Verdict::NoSnapshot(format!(
+            "no usable snapshot at {} (a serving process writes one; or run replay --write-snapshot)",
             path.display()
         )));
     };
@@ -155,8 +175,11 @@ async fn verify(
     let caught_up = fold_into(store, models, head, &ProgressBar::hidden()).await?;
     let other = caught_up.models.digest();
     Ok(if other == digest {
-        Ok(format!("snapshot at position {at} + catch-up of {} events gives the same digest", caught_up.events))
+        Verdict::Same(format!(
+            "snapshot at position {at} + catch-up of {} events gives the same digest",
+            caught_up.events
+        ))
     } else {
-        Err(format!("snapshot at position {at} + catch-up gives {other}"))
+        Verdict::Differs(format!("snapshot at position {at} + catch-up gives {other}"))
     })
 }

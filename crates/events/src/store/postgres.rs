@@ -82,6 +82,18 @@ impl PostgresStore {
     pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl { url: redact(&config.url), reason };
         let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
+        // One direct connection first: a pool only says it timed out, this names the cause.
+        let probe = sqlx::PgConnection::connect_with(&options).await.map_err(|e| StoreError::Unavailable {
+            backend: "postgres",
+            message: format!(
+                "cannot connect to PostgreSQL at {}:{} (database '{}', user '{}'): {e}",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or("(default)"),
+                options.get_username(),
+            ),
+        })?;
+        probe.close().await.map_err(db_err)?;
         if let Some(schema) = &config.schema {
             if !valid_schema(schema) {
                 return Err(invalid(format!("schema '{schema}' is not a lower-case identifier of at most 40 bytes")));

@@ -1,6 +1,6 @@
 //! `perfect21 bench <scenario>`: every figure is measured against a baseline run
 //! in the same process on the same machine, and reported as a ratio oriented so
-//! that higher is better (DESIGN §9).
+//! that higher is better (docs/benchmarks.md).
 
 mod append;
 mod grpc;
@@ -42,7 +42,7 @@ pub struct BenchArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-#[allow(clippy::enum_variant_names)] // the names are DESIGN §9's scenario names
+#[allow(clippy::enum_variant_names)] // the names are the scenario names of docs/benchmarks.md
 pub enum Scenario {
     /// 64 concurrent single-event appenders (group commit) vs one commit per event, same store.
     AppendConcurrent,

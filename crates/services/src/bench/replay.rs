@@ -150,7 +150,7 @@ fn rss() -> anyhow::Result<u64> {
     Ok(pages * 4096)
 }
 
-/// Budget per user in the read models (DESIGN §9).
+/// Budget per user in the read models (docs/benchmarks.md).
 const BYTES_PER_USER_BUDGET: f64 = 1024.0;
 
 pub async fn memory(users: u64) -> anyhow::Result<Vec<Measurement>> {

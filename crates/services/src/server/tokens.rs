@@ -105,6 +105,15 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
+    /// How many signing keys `dir` holds (creating nothing).
+    pub fn count(dir: &Path) -> anyhow::Result<usize> {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("reading key directory {}", dir.display()))?;
+        Ok(entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("jwt-") && n.ends_with(".p8")))
+            .count())
+    }
+
     /// Writes a new signing key into `dir`; returns its path. Older keys keep verifying.
     pub fn rotate(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
         std::fs::create_dir_all(dir)?;
