@@ -189,6 +189,30 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
     assert!(welcome.contains("To: ada@example.com"));
     assert!(welcome.contains("Hello Ada"));
     assert!(welcome.contains("expires within 24 hours"), "{welcome}");
+
+    // Follow the link of the email as its reader would: the page on a running server, its
+    // button, then a login.
+    let link = welcome
+        .split_whitespace()
+        .find(|w| w.starts_with("https://id.example.com/verify-email?token="))
+        .expect("a verification link")
+        .trim_start_matches("https://id.example.com")
+        .to_string();
+    let serve = common::serve::serve_on(&data, &[]);
+    let web = reqwest::Client::new();
+    let page = web.get(format!("{}{link}", serve.http)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Confirm my email address"), "{page}");
+    let token = link.trim_start_matches("/verify-email?token=");
+    let done = web.post(format!("{}/verify-email", serve.http)).form(&[("token", token)]).send().await.unwrap();
+    assert!(done.text().await.unwrap().contains("Your email address is verified"));
+    let login = web
+        .post(format!("{}/auth/login", serve.api()))
+        .json(&json!({"identifier": "ada", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 200, "{}", login.text().await.unwrap());
+    drop(serve);
     assert!(welcome.contains(&format!("https://id.example.com/verify-email?token={}", reg.verification_token)));
 
     // Registering with the same address answers like a registration, and tells the owner.
