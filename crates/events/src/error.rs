@@ -35,6 +35,9 @@ pub enum StoreError {
     /// An event id is already in the log, and the append is not a re-append of the same events.
     #[error("event id {event_id} is already recorded at position {position} in stream '{stream}', and this append is not an exact re-append of those events")]
     DuplicateEventId { event_id: Uuid, stream: String, position: u64 },
+    /// A position or version beyond what the log can hold (it stores them as signed 64-bit integers).
+    #[error("{what} {value} is out of range: at most {max}")]
+    OutOfRange { what: &'static str, value: u64, max: u64 },
     /// The backend could not be reached or failed; the append may be retried with the same event ids.
     #[error("event store ({backend}) unavailable: {message}")]
     Unavailable { backend: &'static str, message: String },

@@ -85,6 +85,24 @@ fn batch(n: usize) -> Vec<EventData> {
 mod cases {
     use super::*;
 
+    pub async fn reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all(log: TestLog) {
+        let store = log.open().await;
+        let s = stream("user");
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![verified(Uuid::new_v4()), verified(Uuid::new_v4())])
+            .await
+            .unwrap();
+        for from in [i64::MAX as u64 + 1, u64::MAX] {
+            let err = store.read_all(from, 10).await.unwrap_err();
+            assert!(matches!(err, StoreError::OutOfRange { what: "position", .. }), "read_all({from}): {err}");
+            let err = store.read_stream(&s, from, 10).await.unwrap_err();
+            assert!(matches!(err, StoreError::OutOfRange { what: "stream version", .. }), "read_stream({from}): {err}");
+        }
+        assert_eq!(store.read_all(1, usize::MAX).await.unwrap().len(), 2, "a huge limit means no limit");
+        assert_eq!(store.read_stream(&s, 0, usize::MAX).await.unwrap().len(), 2);
+        assert_eq!(store.read_all(i64::MAX as u64, 10).await.unwrap().len(), 0);
+    }
+
     pub async fn append_and_read_back(log: TestLog) {
         let store = log.open().await;
         assert_eq!(store.head_position().await.unwrap(), 0);
@@ -456,7 +474,8 @@ macro_rules! suite {
                 subscription_sees_every_event_once_in_order_while_writers_run,
                 reappending_the_same_event_ids_is_idempotent,
                 bad_input_gets_typed_errors_and_writes_nothing,
-                unknown_event_types_fail_on_read_with_a_typed_error);
+                unknown_event_types_fail_on_read_with_a_typed_error,
+                reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all);
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn redaction_rewrites_content_and_keeps_the_envelope() {
                 redaction::redaction_rewrites_content_and_keeps_the_envelope($log().await).await
@@ -475,3 +494,61 @@ macro_rules! suite {
 
 suite!(sqlite, sqlite_log);
 suite!(postgres, postgres_log);
+
+/// PostgreSQL-only settings the store must not depend on.
+mod postgres_settings {
+    use super::*;
+
+    fn url() -> String {
+        std::env::var("PERFECT21_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    fn with_query(url: &str, query: &str) -> String {
+        if url.contains('?') {
+            format!("{url}&{query}")
+        } else {
+            format!("{url}?{query}")
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_serializable_default_isolation_does_not_fail_concurrent_writers() {
+        // Two store instances (two processes) whose sessions default to SERIALIZABLE.
+        let url = with_query(&url(), "options=-c%20default_transaction_isolation%3Dserializable");
+        let schema = format!("p21t_{}", Uuid::new_v4().simple());
+        let open = || PostgresStore::connect(PostgresConfig::new(url.clone()).with_schema(schema.clone()));
+        let (a, b) = (Arc::new(open().await.unwrap()), Arc::new(open().await.unwrap()));
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    store.append(&stream("user"), ExpectedVersion::NoStream, vec![verified(Uuid::new_v4())]).await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().expect("no serialization failure under a SERIALIZABLE default");
+        }
+        assert_eq!(a.head_position().await.unwrap(), 160);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_pool_of_one_still_appends_while_subscribers_listen() {
+        let schema = format!("p21t_{}", Uuid::new_v4().simple());
+        let config = PostgresConfig { max_connections: 1, ..PostgresConfig::new(url()).with_schema(schema) };
+        let store: Arc<dyn EventStore> = Arc::new(PostgresStore::connect(config).await.unwrap());
+        let mut sub = subscribe_all(store.clone(), 1);
+        let appended = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.append(&stream("user"), ExpectedVersion::NoStream, vec![verified(Uuid::new_v4())]),
+        )
+        .await
+        .expect("an append with a pool of one does not wait on the LISTEN connection")
+        .unwrap();
+        assert_eq!(appended.position, 1);
+        let first = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+        assert_eq!(first.position, 1);
+    }
+}

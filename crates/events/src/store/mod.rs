@@ -134,6 +134,14 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     }
 }
 
+/// A read's start (position or stream version) and limit as the backends store them:
+/// a start beyond `i64::MAX` is refused the same way everywhere, and a limit beyond it
+/// means "no limit" everywhere.
+pub(crate) fn read_bounds(what: &'static str, from: u64, limit: usize) -> Result<(i64, i64), StoreError> {
+    let from = i64::try_from(from).map_err(|_| StoreError::OutOfRange { what, value: from, max: i64::MAX as u64 })?;
+    Ok((from, i64::try_from(limit).unwrap_or(i64::MAX)))
+}
+
 /// Checks an append's arguments the same way in every backend; returns each event's encoded metadata.
 pub(crate) fn validate_append(events: &[EventData]) -> Result<Vec<Vec<u8>>, StoreError> {
     if events.is_empty() {

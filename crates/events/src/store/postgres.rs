@@ -82,6 +82,10 @@ impl PostgresStore {
     pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl { url: redact(&config.url), reason };
         let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
+        // Appends rely on READ COMMITTED (a writer blocked on log_head reads the new head
+        // once it gets the lock); a server or role default of REPEATABLE READ or
+        // SERIALIZABLE would fail them with serialization errors instead.
+        options = options.options([("default_transaction_isolation", "read\\ committed")]);
         // One direct connection first: a pool only says it timed out, this names the cause.
         let probe = sqlx::PgConnection::connect_with(&options).await.map_err(|e| StoreError::Unavailable {
             backend: "postgres",
@@ -106,14 +110,17 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(db_err)?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await.map_err(db_err)?;
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&pool).await.map_err(db_err)?;
         let (head_tx, head_rx) = watch::channel(head as u64);
         let channel = format!("perfect21_{}", config.schema.as_deref().unwrap_or("log"));
-        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), head_tx.clone()));
+        // LISTEN holds its connection for good: it gets one of its own, outside the
+        // appenders' pool (a pool of one would otherwise starve every append).
+        let listen_pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(options.clone());
+        let listener = tokio::spawn(listen(listen_pool, channel.clone(), head_tx.clone()));
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run_writer(pool.clone(), rx, head_tx, channel, config.group_commit));
         Ok(PostgresStore { pool, writer: tx, head: head_rx, listener })
@@ -374,10 +381,11 @@ impl EventStore for PostgresStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (from_version, limit) = super::read_bounds("stream version", from_version, limit)?;
         sqlx::query(&format!("{SELECT} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"))
             .bind(stream.as_str())
-            .bind(from_version as i64)
-            .bind(limit as i64)
+            .bind(from_version)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?
@@ -387,9 +395,10 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
         sqlx::query(&format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2"))
-            .bind(from_position as i64)
-            .bind(limit as i64)
+            .bind(from_position)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?

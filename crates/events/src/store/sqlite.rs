@@ -344,22 +344,24 @@ impl EventStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream = stream.to_string();
+        let (from_version, limit) = super::read_bounds("stream version", from_version, limit)?;
         self.with_reader(move |c| {
             read_rows(
                 c,
                 &format!("{SELECT} WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"),
-                params![stream, from_version as i64, limit as i64],
+                params![stream, from_version, limit],
             )
         })
         .await
     }
 
     async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
         self.with_reader(move |c| {
             read_rows(
                 c,
                 &format!("{SELECT} WHERE position >= ?1 ORDER BY position LIMIT ?2"),
-                params![from_position as i64, limit as i64],
+                params![from_position, limit],
             )
         })
         .await
