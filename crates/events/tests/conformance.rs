@@ -552,3 +552,65 @@ mod postgres_settings {
         assert_eq!(first.position, 1);
     }
 }
+
+/// SQLite-only: the database refusing to grow mid-batch (SQLITE_FULL through
+/// `max_page_count`). SQLite rolls back the failing statement here, not the whole
+/// transaction; the writer also aborts a batch whose transaction SQLite rolled back
+/// by itself, which this fault does not reach.
+mod sqlite_faults {
+    use super::*;
+
+    fn big(user_id: Uuid) -> EventData {
+        let e = Event::UserProfileUpdated(UserProfileUpdated {
+            user_id,
+            first_name: Some("x".repeat(3000)),
+            last_name: None,
+            phone_number: None,
+            profile: vec![],
+        });
+        EventData::new(&e, meta()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_full_database_refuses_appends_without_holes_or_lost_acknowledged_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig { max_pages: Some(60), ..SqliteConfig::new(dir.path().join("events.db")) };
+        let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(config).await.unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut failures = 0;
+                for _ in 0..40 {
+                    let events = vec![big(Uuid::new_v4()), big(Uuid::new_v4())];
+                    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                    match store.append(&stream("user"), ExpectedVersion::NoStream, events).await {
+                        Ok(r) => acknowledged.push((ids, r.first_position)),
+                        Err(StoreError::Unavailable { .. }) => failures += 1,
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+                (acknowledged, failures)
+            }));
+        }
+        let (mut acknowledged, mut failures) = (Vec::new(), 0);
+        for t in tasks {
+            let (a, f) = t.await.unwrap();
+            acknowledged.extend(a);
+            failures += f;
+        }
+        assert!(failures > 0, "the database never filled up: raise the load or lower max_pages");
+        let all = store.read_all(1, usize::MAX).await.unwrap();
+        let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>(), "positions have a hole");
+        assert_eq!(store.head_position().await.unwrap(), all.len() as u64);
+        for (ids, first) in &acknowledged {
+            for (i, id) in ids.iter().enumerate() {
+                let e = &all[(*first as usize) - 1 + i];
+                assert_eq!(e.event_id, *id, "acknowledged event missing at position {}", first + i as u64);
+            }
+        }
+        assert_eq!(all.len(), acknowledged.len() * 2, "only acknowledged appends are in the log");
+    }
+}

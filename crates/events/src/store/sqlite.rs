@@ -31,11 +31,14 @@ pub struct SqliteConfig {
     pub path: PathBuf,
     /// Share one commit among all appends waiting (default). Off: one commit per append.
     pub group_commit: bool,
+    /// Cap the file at this many database pages (`PRAGMA max_page_count`); appends that
+    /// would grow it further fail. `None`: SQLite's own limit.
+    pub max_pages: Option<u64>,
 }
 
 impl SqliteConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        SqliteConfig { path: path.into(), group_commit: true }
+        SqliteConfig { path: path.into(), group_commit: true, max_pages: None }
     }
 }
 
@@ -56,6 +59,9 @@ impl SqliteStore {
     pub async fn open(config: SqliteConfig) -> Result<Self, StoreError> {
         let path = config.path.clone();
         let (conn, head) = tokio::task::spawn_blocking(move || open_writer(&path)).await.map_err(db_err)??;
+        if let Some(pages) = config.max_pages {
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(())).map_err(db_err)?;
+        }
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
         let group = config.group_commit;
@@ -160,7 +166,16 @@ fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: 
             }
             Err(e) => {
                 writer.versions.clear();
-                let message = format!("commit failed, nothing of this append was written: {e}");
+                let message = match e {
+                    BatchError::Before(e) => format!("append failed, nothing of it was written: {e}"),
+                    BatchError::RolledBack(e) => {
+                        format!("the database rolled the transaction back, nothing of this append was written: {e}")
+                    }
+                    // The WAL frame may have reached the disk before the error.
+                    BatchError::Commit(e) => format!(
+                        "commit failed ({e}); the events may be recorded: retry with the same event ids, which is idempotent"
+                    ),
+                };
                 for request in batch {
                     let _ = request.reply.send(Err(db_err(&message)));
                 }
@@ -171,8 +186,25 @@ fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: 
 
 type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
 
+/// Why a whole batch failed, and so what its appenders may assume.
+enum BatchError {
+    /// Before anything could be written.
+    Before(rusqlite::Error),
+    /// SQLite rolled the whole transaction back by itself (disk full, I/O error, out of
+    /// memory): every append of the batch is undone.
+    RolledBack(String),
+    /// The COMMIT itself failed: the batch may or may not be on disk.
+    Commit(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for BatchError {
+    fn from(e: rusqlite::Error) -> Self {
+        BatchError::Before(e)
+    }
+}
+
 impl Writer {
-    fn commit_batch(&mut self, batch: &[AppendRequest]) -> rusqlite::Result<BatchOutcome> {
+    fn commit_batch(&mut self, batch: &[AppendRequest]) -> Result<BatchOutcome, BatchError> {
         let Writer { conn, versions, known_head } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read the head inside the write lock: another process may have appended.
@@ -189,6 +221,13 @@ impl Writer {
                 tx.prepare_cached("SAVEPOINT append")?.execute([])?;
             }
             let outcome = append_one(&tx, request, head, recorded_at, versions);
+            // Some errors make SQLite roll back the whole transaction: going on would write
+            // the next appends in autocommit at positions counted from a head that no
+            // longer exists. Abort the batch instead.
+            if tx.is_autocommit() {
+                let cause = outcome.err().map_or_else(|| "an error".to_string(), |e| e.to_string());
+                return Err(BatchError::RolledBack(cause));
+            }
             let written = matches!(&outcome, Ok(result) if result.position > head);
             if let (true, Ok(result)) = (written, &outcome) {
                 head = result.position;
@@ -202,7 +241,7 @@ impl Writer {
             }
             results.push(outcome);
         }
-        tx.commit()?;
+        tx.commit().map_err(BatchError::Commit)?;
         *known_head = head;
         Ok((results, head))
     }
