@@ -70,6 +70,15 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Deliveries the notification service has received so far (its own metric).
+async fn deliveries_received(http_addr: &str) -> u64 {
+    let text = reqwest::get(format!("http://{http_addr}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("perfect21_notifications_total{") && l.contains("outcome=\"received\""))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64
+}
+
 async fn publish(ch: &lapin::Channel, routing_key: &str, msg: &Value) {
     ch.basic_publish(
         "perfect21.events".into(),
@@ -129,28 +138,30 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
     );
     // Started from an empty directory, with no templates around: the built-ins serve.
     let elsewhere = tempfile::tempdir().unwrap();
-    let _notify = Killed(
-        Command::new(exe)
-            .current_dir(elsewhere.path())
-            .args(["notify", "--amqp-url", &amqp_url(), "--service-name", &service])
-            .args([
-                "--smtp-url",
-                &format!("smtp://127.0.0.1:{smtp_port}"),
-                "--sms-webhook",
-                &format!("http://{hook_addr}/sms"),
-            ])
-            .args([
-                "--data-dir",
-                &format!("{data}/notify"),
-                "--http-addr",
-                "127.0.0.1:0",
-                "--public-url",
-                "https://id.example.com",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut notify = Command::new(exe)
+        .current_dir(elsewhere.path())
+        .args(["notify", "--amqp-url", &amqp_url(), "--service-name", &service])
+        .args([
+            "--smtp-url",
+            &format!("smtp://127.0.0.1:{smtp_port}"),
+            "--sms-webhook",
+            &format!("http://{hook_addr}/sms"),
+        ])
+        .args([
+            "--data-dir",
+            &format!("{data}/notify"),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--public-url",
+            "https://id.example.com",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = std::io::BufRead::lines(std::io::BufReader::new(notify.stdout.take().unwrap())).next();
+    let notify_http = first.expect("notify printed its address").unwrap().replace("perfect21 notify listening on ", "");
+    let _notify = Killed(notify);
+
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
@@ -267,6 +278,7 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
             "template_data": {"body": "The service pauses at midnight."}, "send_at": send_at,
         }
     });
+    let received_before = deliveries_received(&notify_http).await;
     let published = Instant::now();
     publish(&ch, "notification.email.send", &request).await;
     publish(&ch, "notification.email.send", &request).await;
@@ -275,7 +287,17 @@ async fn notifications_reach_smtp_and_webhooks_once_on_time_or_dead_letter() {
             .await;
     assert!(published.elapsed() >= Duration::from_millis(1500), "sent before send_at");
     assert!(mail.contains("The service pauses at midnight."));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both deliveries reached the service (each counted as received) before the one
+    // scheduled message went out: the duplicate was absorbed, not merely late.
+    let mut both = false;
+    for _ in 0..300 {
+        if deliveries_received(&notify_http).await >= received_before + 2 {
+            both = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(both, "the second delivery never reached the notification service");
     assert_eq!(mails(&maildir).iter().filter(|m| m.contains("Scheduled maintenance")).count(), 1, "never sent twice");
 
     // A push with no push webhook configured keeps failing → the dead-letter queue.

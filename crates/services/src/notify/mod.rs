@@ -254,7 +254,10 @@ impl Notifier {
     async fn receive(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
         let msg: Value = serde_json::from_slice(body).context("the message is not JSON")?;
         let id = msg["message_id"].as_str().context("the message has no message_id")?.to_string();
+        metrics::counter!("perfect21_notifications_total", "channel" => "any", "outcome" => "received").increment(1);
         if self.store.was_handled(&id)? {
+            metrics::counter!("perfect21_notifications_total", "channel" => "any", "outcome" => "duplicate")
+                .increment(1);
             return Ok(());
         }
         if let Some(at) = msg["data"]["send_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
