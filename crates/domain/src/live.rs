@@ -29,6 +29,8 @@ pub struct LiveModels {
     anchor: Mutex<Option<uuid::Uuid>>,
     last_error: Mutex<Option<String>>,
     follower: Mutex<Option<JoinHandle<()>>>,
+    /// The checkpoint these models started from (a snapshot's, or 0).
+    started_from: u64,
 }
 
 /// Replaces the file at `path` with `bytes` so that a crash leaves the old or the
@@ -98,7 +100,9 @@ impl LiveModels {
         policy: Option<SnapshotPolicy>,
     ) -> Arc<Self> {
         let (checkpoint, _) = watch::channel(models.checkpoint());
+        let started_from = models.checkpoint();
         let live = Arc::new(LiveModels {
+            started_from,
             models: RwLock::new(models),
             checkpoint,
             anchor: Mutex::new(anchor),
@@ -121,6 +125,12 @@ impl LiveModels {
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes).map(|()| checkpoint))
             .await
             .map_err(std::io::Error::other)?
+    }
+
+    /// The checkpoint the models started from: a snapshot's, or 0 for a full replay.
+    /// Events folded since start-up: `checkpoint() - started_from()`.
+    pub fn started_from(&self) -> u64 {
+        self.started_from
     }
 
     /// Position of the last event folded.

@@ -50,6 +50,9 @@ async fn start_up_from_a_snapshot_then_catch_up_equals_a_full_replay() {
     assert!(snapshot_models.checkpoint() < head);
     let restarted = LiveModels::open(store.clone(), Some(policy)).await;
     restarted.wait_for(head, Duration::from_secs(5)).await.unwrap();
+    // It started from the snapshot and folded only what came after it.
+    assert_eq!(restarted.started_from(), snapshot_models.checkpoint());
+    assert_eq!(restarted.checkpoint() - restarted.started_from(), head - snapshot_models.checkpoint());
     let mut full = perfect21_projections::ReadModels::default();
     for e in store.read_all(1, 100_000).await.unwrap() {
         full.apply(&e).unwrap();
@@ -67,5 +70,6 @@ async fn start_up_from_a_snapshot_then_catch_up_equals_a_full_replay() {
     assert!(load_snapshot(store.as_ref(), &snap).await.is_none());
     let fresh = LiveModels::open(store.clone(), Some(SnapshotPolicy { path: snap, every_events: 1000 })).await;
     fresh.wait_for(head, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(fresh.started_from(), 0, "a damaged snapshot is replaced by a full replay");
     assert_eq!(fresh.read(|m| m.digest()), full.digest());
 }
