@@ -4,7 +4,7 @@
 use crate::error::{DomainError, Result};
 use crate::secrets::{constant_time_eq, random_token, token_hash};
 use crate::state::{SessionState, UserState};
-use crate::{now, stream, Identity, RequestContext};
+use crate::{stream, Identity, RequestContext};
 use perfect21_events::catalog::*;
 use perfect21_events::{Event, ExpectedVersion};
 use uuid::Uuid;
@@ -90,7 +90,7 @@ impl Identity {
                     ok
                 }
             };
-            let now = now();
+            let now = self.now();
             let mut events = Vec::new();
             let mut status = state.status.unwrap_or(UserStatus::PendingVerification);
             if status == UserStatus::Locked && state.locked_until.is_some_and(|t| t <= now) {
@@ -178,7 +178,7 @@ impl Identity {
     /// triggers when it reaches the threshold within the window.
     pub(crate) fn failure_events(&self, state: &UserState, reason: &str, risk: f32) -> Vec<Event> {
         let user_id = state.user_id;
-        let now = now();
+        let now = self.now();
         let window_start = now - self.config.lockout_window.as_secs() as i64;
         let failure_count = state.failures.iter().filter(|t| **t >= window_start).count() as u32 + 1;
         let mut events = vec![Event::UserLoginFailed(UserLoginFailed {
@@ -222,7 +222,7 @@ impl Identity {
             return Verdict::NeedMfa;
         };
         if let Some(secret) = self.secrets.open(sealed) {
-            if let Some(step) = crate::mfa::totp_step(&secret, code, now()) {
+            if let Some(step) = crate::mfa::totp_step(&secret, code, self.now()) {
                 // Each time step is accepted once: a code seen on the wire cannot be replayed.
                 if state.last_totp_step.is_some_and(|last| step <= last) {
                     return Verdict::Failed("totp_code_replayed");
@@ -263,7 +263,7 @@ impl Identity {
     ) -> Result<LoginGrant> {
         let refresh_token = format!("{}.{}", session_id.simple(), random_token());
         let access_jti = Uuid::now_v7().to_string();
-        let now = now();
+        let now = self.now();
         let refresh_expires_at = now + self.config.refresh_token_ttl.as_secs() as i64;
         let event = Event::SessionStarted(SessionStarted {
             session_id,
@@ -326,7 +326,7 @@ impl Identity {
         if !constant_time_eq(&state.current_hash, &presented) {
             return Err(bad());
         }
-        let now = now();
+        let now = self.now();
         if state.expires_at <= now {
             self.append(ctx, &s, expected, &[Event::SessionExpired(SessionExpired { session_id, user_id })]).await?;
             return Err(bad());
@@ -433,7 +433,7 @@ impl Identity {
         after: Option<u64>,
     ) -> Result<u64> {
         crate::context::bounded("reason", reason, crate::context::MAX_REASON)?;
-        let now = now();
+        let now = self.now();
         let sessions: Vec<Uuid> = self
             .read(after, |m| {
                 m.sessions.of_user(user_id).into_iter().filter(|s| s.is_active(now)).map(|s| s.id).collect()

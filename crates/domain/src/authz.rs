@@ -141,10 +141,10 @@ impl Identity {
         self.live_role(role_id).await?;
         let principal = self.principal(user_id).await?;
         // An expired assignment may be renewed by assigning the role again.
-        if principal.holds_role(role_id, crate::now()) {
+        if principal.holds_role(role_id, self.now()) {
             return Err(DomainError::FailedPrecondition(format!("{user_id} already has role '{role_id}'")));
         }
-        if expires_at.is_some_and(|at| at <= crate::now()) {
+        if expires_at.is_some_and(|at| at <= self.now()) {
             return Err(DomainError::InvalidArgument {
                 field: "expires_at",
                 reason: "must be in the future (Unix seconds)".into(),
@@ -211,7 +211,7 @@ impl Identity {
         let decision = self
             .read(min_position, |m| {
                 let status = m.principal_status(user_id);
-                m.authz.check(user_id, status, resource, action, scope, crate::now())
+                m.authz.check(user_id, status, resource, action, scope, self.now())
             })
             .await?;
         let result = if decision.allowed { "allowed" } else { "denied" };

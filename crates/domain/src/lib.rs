@@ -66,6 +66,43 @@ pub struct IdentityConfig {
     pub allow_unverified_login: bool,
     /// How long an MFA enrollment may wait for its confirming code.
     pub mfa_enrollment_ttl: Duration,
+    /// Where the commands read the time.
+    pub clock: Clock,
+}
+
+/// Where the identity commands read the time (Unix seconds): the system clock,
+/// optionally shifted, so that tests move time forward instead of sleeping.
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset: Option<Arc<std::sync::atomic::AtomicI64>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock::default()
+    }
+
+    /// The system clock plus an offset in seconds the caller may move forward.
+    pub fn shifted() -> (Clock, Arc<std::sync::atomic::AtomicI64>) {
+        let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        (Clock { offset: Some(offset.clone()) }, offset)
+    }
+
+    /// Unix seconds now.
+    pub fn now(&self) -> i64 {
+        let shift = self.offset.as_ref().map_or(0, |o| o.load(std::sync::atomic::Ordering::Relaxed));
+        chrono::Utc::now().timestamp() + shift
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.offset {
+            None => f.write_str("Clock(system)"),
+            Some(o) => write!(f, "Clock(system {:+} s)", o.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Default for IdentityConfig {
@@ -84,6 +121,7 @@ impl Default for IdentityConfig {
             totp_issuer: "perfect21".into(),
             allow_unverified_login: false,
             mfa_enrollment_ttl: Duration::from_secs(10 * 60),
+            clock: Clock::system(),
         }
     }
 }
@@ -213,8 +251,11 @@ fn takes_access_away(e: &Event) -> bool {
     )
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+impl Identity {
+    /// Unix seconds now, by the configured clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.config.clock.now()
+    }
 }
 
 fn stream(category: &str, id: impl std::fmt::Display) -> Result<StreamId> {

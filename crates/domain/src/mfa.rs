@@ -3,7 +3,7 @@
 use crate::error::{DomainError, Result};
 use crate::secrets::{random_token, token_hash};
 use crate::state::UserState;
-use crate::{now, stream, Identity, RequestContext};
+use crate::{stream, Identity, RequestContext};
 use perfect21_events::catalog::*;
 use perfect21_events::{Event, ExpectedVersion};
 use rand::RngCore;
@@ -113,7 +113,7 @@ impl Identity {
             percent_encode(&state.email),
             percent_encode(issuer)
         );
-        let expires_at = now() + self.config.mfa_enrollment_ttl.as_secs() as i64;
+        let expires_at = self.now() + self.config.mfa_enrollment_ttl.as_secs() as i64;
         let mut sealed = user_id.as_bytes().to_vec();
         sealed.extend_from_slice(&secret);
         sealed.extend_from_slice(&expires_at.to_le_bytes());
@@ -138,11 +138,11 @@ impl Identity {
         }
         let secret = &opened[16..36];
         let expires_at = i64::from_le_bytes(opened[36..].try_into().map_err(|_| bad())?);
-        if expires_at <= now() {
+        if expires_at <= self.now() {
             return Err(DomainError::InvalidToken { what: "enrollment token (it expired: enroll again)" });
         }
         let state = self.step_up(ctx, user_id, password).await?;
-        if totp_step(secret, code.trim(), now()).is_none() {
+        if totp_step(secret, code.trim(), self.now()).is_none() {
             return Err(DomainError::InvalidArgument {
                 field: "code",
                 reason: "is not the current code of the authenticator".into(),

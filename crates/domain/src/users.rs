@@ -4,7 +4,7 @@
 use crate::error::{DomainError, Result};
 use crate::secrets::{constant_time_eq, token_hash};
 use crate::state::{ReservationState, UserState};
-use crate::{now, stream, Identity, RequestContext};
+use crate::{stream, Identity, RequestContext};
 use perfect21_events::catalog::*;
 use perfect21_events::{Event, ExpectedVersion};
 use perfect21_projections::users::{normalize_email, normalize_username};
@@ -116,7 +116,7 @@ impl Identity {
         let attempt_ctx = ctx;
         let ctx = &ctx.clone().as_user(user_id);
         let password_hash = self.passwords.hash(r.password.clone()).await?;
-        let verification_expires_at = now() + self.config.verification_ttl.as_secs() as i64;
+        let verification_expires_at = self.now() + self.config.verification_ttl.as_secs() as i64;
 
         let email_stream = reservation_stream("email", &normalize_email(&r.email))?;
         let username_stream = reservation_stream("username", &normalize_username(&r.username))?;
@@ -194,7 +194,7 @@ impl Identity {
         if let Some((holder, since)) = state.owner {
             // A claim whose owner never got created (a crash between the steps) is abandoned.
             let holder_state: crate::state::Existence = self.load(&stream(owner_category, holder)?).await?;
-            if holder_state.exists || now() - since < ABANDONED_CLAIM_SECS {
+            if holder_state.exists || self.now() - since < ABANDONED_CLAIM_SECS {
                 return Err(DomainError::AlreadyRegistered { kind });
             }
         }
@@ -239,7 +239,7 @@ impl Identity {
         let Some((hash, expires_at)) = &state.verification else {
             return Err(bad());
         };
-        if !constant_time_eq(hash, &token_hash(token)) || *expires_at < now() {
+        if !constant_time_eq(hash, &token_hash(token)) || *expires_at < self.now() {
             return Err(bad());
         }
         let mut events = vec![Event::UserEmailVerified(UserEmailVerified { user_id })];
@@ -269,7 +269,7 @@ impl Identity {
         let presented = token_hash(token);
         Ok(match (&state.verification, &state.used_verification) {
             (Some((hash, expires_at)), _) if constant_time_eq(hash, &presented) => {
-                if *expires_at < now() {
+                if *expires_at < self.now() {
                     VerificationState::Expired
                 } else {
                     VerificationState::Pending

@@ -188,7 +188,9 @@ async fn unknown_users_and_wrong_passwords_answer_the_same() {
 
 #[tokio::test]
 async fn repeated_failures_lock_the_account_until_the_lock_expires() {
-    let config = IdentityConfig { lockout_threshold: 3, lockout_duration: Duration::from_secs(2), ..test_config() };
+    let (clock, shift) = Clock::shifted();
+    let config =
+        IdentityConfig { lockout_threshold: 3, lockout_duration: Duration::from_secs(60), clock, ..test_config() };
     let w = world_with(config).await;
     let c = ctx("10.0.0.9");
     let reg = w.id.register(&c, registration("lock@example.com", "locky")).await.unwrap();
@@ -207,7 +209,13 @@ async fn repeated_failures_lock_the_account_until_the_lock_expires() {
     let decision = w.id.check_permission(reg.user_id, "docs", "read", "own", Some(head)).await.unwrap();
     assert_eq!(decision.reason, "user is locked");
 
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Still locked a moment before the lock ends; unlocked once it has (the clock moves, nobody sleeps).
+    shift.store(58, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(
+        w.id.login(&c, login("locky", "correct horse battery")).await,
+        Err(DomainError::InvalidCredentials)
+    ));
+    shift.store(61, std::sync::atomic::Ordering::Relaxed);
     w.id.login(&c, login("locky", "correct horse battery")).await.unwrap();
     let events = events_of(w.id.store()).await;
     assert!(events.iter().any(|(_, e, _)| matches!(e, Event::AccountUnlocked(_))));
@@ -380,7 +388,11 @@ async fn roles_grants_and_checks_with_consistency_tokens() {
     let far = w.id.store().head_position().await.unwrap() + 1000;
     let cfg_timeout = w.id.config().consistency_timeout;
     let started = std::time::Instant::now();
-    let err = w.id.check_permission(u, "docs", "write", "team", Some(far)).await.unwrap_err();
+    // Bounded on both sides: it waits the configured time, and it does return.
+    let err = tokio::time::timeout(cfg_timeout * 3, w.id.check_permission(u, "docs", "write", "team", Some(far)))
+        .await
+        .expect("a read past the log's head returns after the consistency timeout, not never")
+        .unwrap_err();
     assert!(matches!(err, DomainError::ConsistencyTimeout { wanted, .. } if wanted == far));
     assert!(started.elapsed() >= cfg_timeout);
 }
