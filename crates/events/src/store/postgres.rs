@@ -180,8 +180,17 @@ async fn run_writer(
     channel: String,
     group: bool,
 ) {
-    while let Some(first) = rx.recv().await {
-        let batch = gather(first, group, || rx.try_recv().ok());
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(request) => request,
+            None => match rx.recv().await {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let (batch, rest) = gather(first, group, || rx.try_recv().ok());
+        carried = rest;
         match commit_batch(&pool, &batch, &channel).await {
             Ok((results, head)) => {
                 advance(&head_tx, head);

@@ -7,6 +7,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most events one group commit gathers.
 pub(crate) const MAX_BATCH_EVENTS: usize = 20_000;
+/// Most payload and metadata bytes one group commit gathers: a PostgreSQL group is one
+/// statement whose array parameters must stay far below a parameter's 1 GB limit, so
+/// appends that each fit never fail because they were grouped.
+pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// One append waiting for the writer.
 pub(crate) struct AppendRequest {
@@ -34,18 +38,75 @@ pub(crate) async fn submit(
     answer.await.map_err(|_| gone())?
 }
 
-/// `first` plus every request already waiting (with `group`), up to [`MAX_BATCH_EVENTS`] events.
+fn bytes(request: &AppendRequest) -> usize {
+    request.events.iter().map(|e| e.payload.len()).sum::<usize>() + request.metadata.iter().map(Vec::len).sum::<usize>()
+}
+
+/// `first` plus the requests already waiting (with `group`), up to [`MAX_BATCH_EVENTS`]
+/// events and [`MAX_BATCH_BYTES`] bytes. A request taken that does not fit is handed
+/// back, to start the next group.
 pub(crate) fn gather(
     first: AppendRequest,
     group: bool,
     mut waiting: impl FnMut() -> Option<AppendRequest>,
-) -> Vec<AppendRequest> {
+) -> (Vec<AppendRequest>, Option<AppendRequest>) {
     let mut events = first.events.len();
+    let mut size = bytes(&first);
     let mut batch = vec![first];
     while group && events < MAX_BATCH_EVENTS {
         let Some(request) = waiting() else { break };
-        events += request.events.len();
+        let (more_events, more_bytes) = (request.events.len(), bytes(&request));
+        if events + more_events > MAX_BATCH_EVENTS || size + more_bytes > MAX_BATCH_BYTES {
+            return (batch, Some(request));
+        }
+        events += more_events;
+        size += more_bytes;
         batch.push(request);
     }
-    batch
+    (batch, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(events: usize, payload: usize) -> AppendRequest {
+        let (reply, _) = oneshot::channel();
+        let data = (0..events)
+            .map(|_| EventData {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "user.email_verified".into(),
+                schema_version: 1,
+                metadata: Default::default(),
+                payload: vec![0; payload],
+            })
+            .collect();
+        AppendRequest {
+            stream: StreamId::new("user-x").unwrap(),
+            expected: ExpectedVersion::Any,
+            events: data,
+            metadata: vec![Vec::new(); events],
+            reply,
+        }
+    }
+
+    #[test]
+    fn groups_are_bounded_by_bytes_and_what_does_not_fit_starts_the_next() {
+        // Three appends of 40 events of 1 MiB: each fits alone, two together do not.
+        let mut waiting = vec![request(40, 1 << 20), request(40, 1 << 20)].into_iter();
+        let (batch, rest) = gather(request(40, 1 << 20), true, || waiting.next());
+        assert_eq!(batch.len(), 1, "a second 40 MiB append would pass the 64 MiB bound");
+        let rest = rest.expect("the append that did not fit is handed back");
+        let (batch, rest) = gather(rest, true, || waiting.next());
+        assert_eq!((batch.len(), rest.is_some()), (1, true));
+        // Small appends group up to the event bound.
+        let mut small = (0..30).map(|_| request(1_000, 10)).collect::<Vec<_>>().into_iter();
+        let (batch, rest) = gather(request(1_000, 10), true, || small.next());
+        assert_eq!(batch.iter().map(|r| r.events.len()).sum::<usize>(), MAX_BATCH_EVENTS);
+        assert!(rest.is_none(), "at the bound exactly, nothing more was taken");
+        assert_eq!(small.len(), 11, "the rest still wait for the next group");
+        // Without group commit, one at a time.
+        let (batch, rest) = gather(request(1, 10), false, || panic!("not asked"));
+        assert_eq!((batch.len(), rest.is_none()), (1, true));
+    }
 }

@@ -151,8 +151,17 @@ const MAX_CACHED_STREAMS: usize = 100_000;
 fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: watch::Sender<u64>, group: bool) {
     let known_head = *head_tx.borrow();
     let mut writer = Writer { conn, versions: HashMap::new(), known_head };
-    while let Some(first) = rx.blocking_recv() {
-        let batch = gather(first, group, || rx.try_recv().ok());
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(request) => request,
+            None => match rx.blocking_recv() {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let (batch, rest) = gather(first, group, || rx.try_recv().ok());
+        carried = rest;
         match writer.commit_batch(&batch) {
             Ok((results, head)) => {
                 head_tx.send_if_modified(|h| {
