@@ -72,7 +72,8 @@ impl Identity {
             for recorded in &page {
                 let metadata = redacted_metadata(&recorded.metadata);
                 let payload = match redacted(&recorded.decode()?) {
-                    Some(event) => event.encode_payload()?,
+                    // Written back in the record's own schema version.
+                    Some(event) => perfect21_events::catalog::legacy::encode_as(&event, recorded.schema_version)?,
                     None if metadata == recorded.metadata => continue,
                     None => recorded.payload.clone(),
                 };

@@ -517,3 +517,44 @@ async fn an_unverified_email_cannot_log_in_unless_allowed() {
     allowed.id.register(&c, registration("early@example.com", "early")).await.unwrap();
     allowed.id.login(&c, login("early", "correct horse battery")).await.unwrap();
 }
+
+#[tokio::test]
+async fn erasing_a_user_registered_in_v1_keeps_the_record_in_v1() {
+    use perfect21_events::catalog::legacy::UserRegisteredV1;
+    let w = world().await;
+    let user_id = Uuid::now_v7();
+    let v1 = UserRegisteredV1 {
+        user_id,
+        email: "old@example.com".into(),
+        username: "oldtimer".into(),
+        first_name: Some("Old".into()),
+        last_name: None,
+        password_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into(),
+        verification_token_hash: "00".repeat(32),
+        verification_expires_at: 1_767_225_600,
+    };
+    let data = perfect21_events::EventData {
+        event_id: Uuid::now_v7(),
+        event_type: "user.registered".into(),
+        schema_version: 1,
+        metadata: perfect21_events::Metadata::default(),
+        payload: postcard::to_stdvec(&v1).unwrap(),
+    };
+    let s = perfect21_events::StreamId::of("user", user_id).unwrap();
+    w.id.store().append(&s, perfect21_events::ExpectedVersion::NoStream, vec![data]).await.unwrap();
+    w.id.delete_user(&ctx("10.0.0.1"), user_id, "asked to be forgotten").await.unwrap();
+    let first = w.id.store().read_stream(&s, 0, 1).await.unwrap().remove(0);
+    assert_eq!(first.schema_version, 1, "the record keeps its version");
+    let Event::UserRegistered(e) = first.decode().unwrap() else { panic!("not a registration") };
+    assert_eq!((e.email.as_str(), e.username.as_str(), e.first_name), ("", "", None));
+    // The v1 record, blanked, written by hand: exactly those bytes.
+    let blank = UserRegisteredV1 {
+        email: String::new(),
+        username: String::new(),
+        first_name: None,
+        password_hash: String::new(),
+        verification_token_hash: String::new(),
+        ..v1
+    };
+    assert_eq!(first.payload, postcard::to_stdvec(&blank).unwrap(), "v1 bytes, not v2 bytes under a v1 label");
+}

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// An event id is already in the log, and the append is not a re-append of the same events.
     #[error("event id {event_id} is already recorded at position {position} in stream '{stream}', and this append is not an exact re-append of those events")]
     DuplicateEventId { event_id: Uuid, stream: String, position: u64 },
+    /// A redaction's payload is not a payload of the event it would replace (another
+    /// type or schema version).
+    #[error("redaction of position {position} refused: {reason}")]
+    RedactionMismatch { position: u64, reason: String },
     /// A position or version beyond what the log can hold (it stores them as signed 64-bit integers).
     #[error("{what} {value} is out of range: at most {max}")]
     OutOfRange { what: &'static str, value: u64, max: u64 },

@@ -451,6 +451,12 @@ mod redaction {
         let err = store.redact(&s, vec![redaction.clone(), wrong]).await.unwrap_err();
         assert!(matches!(err, StoreError::NotInStream { position: 2, .. }), "{err:?}");
         assert_eq!(store.read_stream(&s, 0, 10).await.unwrap(), before);
+        // A payload of another type: refused, nothing changed.
+        let other = Event::UserEmailVerified(UserEmailVerified { user_id });
+        let wrong_type = Redaction { payload: other.encode_payload().unwrap(), ..redaction.clone() };
+        let err = store.redact(&s, vec![wrong_type]).await.unwrap_err();
+        assert!(matches!(err, StoreError::RedactionMismatch { position: 1, .. }), "{err:?}");
+        assert_eq!(store.read_stream(&s, 0, 10).await.unwrap(), before);
 
         assert_eq!(store.redact(&s, vec![redaction]).await.unwrap(), 1);
         let after = store.read_stream(&s, 0, 10).await.unwrap();

@@ -63,6 +63,45 @@ impl From<UserLoginSucceededV1> for UserLoginSucceeded {
     }
 }
 
+/// `event` encoded as schema `version` of its type: the current one, or a legacy
+/// version it can be written back as (redaction keeps a record's version).
+pub fn encode_as(event: &Event, version: u16) -> Result<Vec<u8>, CodecError> {
+    if version == event.schema_version() {
+        return event.encode_payload();
+    }
+    let unknown = || CodecError::UnknownEventType {
+        event_type: event.event_type().to_string(),
+        schema_version: version,
+        known: "this build cannot write that version".into(),
+    };
+    match (event, version) {
+        (Event::UserRegistered(e), 1) => super::encode_as(
+            "user.registered",
+            &UserRegisteredV1 {
+                user_id: e.user_id,
+                email: e.email.clone(),
+                username: e.username.clone(),
+                first_name: e.first_name.clone(),
+                last_name: e.last_name.clone(),
+                password_hash: e.password_hash.clone(),
+                verification_token_hash: e.verification_token_hash.clone(),
+                verification_expires_at: e.verification_expires_at,
+            },
+        ),
+        (Event::UserLoginSucceeded(e), 1) => super::encode_as(
+            "user.login_succeeded",
+            &UserLoginSucceededV1 {
+                user_id: e.user_id,
+                session_id: e.session_id,
+                mfa_used: e.mfa_used,
+                risk_score: e.risk_score,
+                device_id: e.device_id.clone(),
+            },
+        ),
+        _ => Err(unknown()),
+    }
+}
+
 /// Every released (event_type, schema_version) that is older than the current one.
 pub const LEGACY_VERSIONS: &[(&str, u16)] = &[("user.registered", 1), ("user.login_succeeded", 1)];
 

@@ -102,6 +102,26 @@ pub(crate) fn validate_redactions(redactions: &[Redaction]) -> Result<Vec<Vec<u8
         .collect()
 }
 
+/// A redaction must replace an event's payload with one of the same type and schema
+/// version: the new bytes decode as that (type, version) and encode back to themselves.
+pub(crate) fn check_redaction(
+    position: u64,
+    event_type: &str,
+    schema_version: u16,
+    payload: &[u8],
+) -> Result<(), StoreError> {
+    let mismatch = |reason: String| StoreError::RedactionMismatch { position, reason };
+    let event = crate::Event::decode(event_type, schema_version, payload)
+        .map_err(|e| mismatch(format!("the payload is not a {event_type} v{schema_version}: {e}")))?;
+    let again = crate::catalog::legacy::encode_as(&event, schema_version).map_err(|e| mismatch(e.to_string()))?;
+    if again != payload {
+        return Err(mismatch(format!(
+            "the payload does not encode as a {event_type} v{schema_version} (another type or version?)"
+        )));
+    }
+    Ok(())
+}
+
 /// Counts of the log, by event type.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreStats {

@@ -420,19 +420,22 @@ impl EventStore for PostgresStore {
         let metadata = validate_redactions(&redactions)?;
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for (r, metadata) in redactions.iter().zip(&metadata) {
-            let changed =
-                sqlx::query("UPDATE events SET payload = $1, metadata = $2 WHERE position = $3 AND stream_id = $4")
-                    .bind(&r.payload)
-                    .bind(metadata)
-                    .bind(r.position as i64)
-                    .bind(stream.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?
-                    .rows_affected();
-            if changed != 1 {
+            // Nothing is committed unless every redaction fits its event.
+            let replaced: Option<(String, i16)> = sqlx::query_as(
+                "UPDATE events SET payload = $1, metadata = $2 WHERE position = $3 AND stream_id = $4 \
+                 RETURNING event_type, schema_version",
+            )
+            .bind(&r.payload)
+            .bind(metadata)
+            .bind(r.position as i64)
+            .bind(stream.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let Some((event_type, schema_version)) = replaced else {
                 return Err(StoreError::NotInStream { stream: stream.to_string(), position: r.position });
-            }
+            };
+            super::check_redaction(r.position, &event_type, schema_version as u16, &r.payload)?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(redactions.len())

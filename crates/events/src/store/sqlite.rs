@@ -426,15 +426,20 @@ impl EventStore for SqliteStore {
             conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
             for (r, metadata) in redactions.iter().zip(&metadata) {
-                let changed = tx
-                    .execute(
-                        "UPDATE events SET payload = ?1, metadata = ?2 WHERE position = ?3 AND stream_id = ?4",
+                // Nothing is committed unless every redaction fits its event.
+                let replaced: Option<(String, u16)> = tx
+                    .query_row(
+                        "UPDATE events SET payload = ?1, metadata = ?2 WHERE position = ?3 AND stream_id = ?4 \
+                         RETURNING event_type, schema_version",
                         params![r.payload, metadata, r.position as i64, stream],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
                     )
+                    .optional()
                     .map_err(db_err)?;
-                if changed != 1 {
+                let Some((event_type, schema_version)) = replaced else {
                     return Err(StoreError::NotInStream { stream: stream.clone(), position: r.position });
-                }
+                };
+                super::check_redaction(r.position, &event_type, schema_version, &r.payload)?;
             }
             tx.commit().map_err(db_err)?;
             Ok(redactions.len())
