@@ -85,6 +85,39 @@ fn batch(n: usize) -> Vec<EventData> {
 mod cases {
     use super::*;
 
+    pub async fn a_bad_append_in_a_group_fails_alone(log: TestLog) {
+        let store = log.open().await;
+        let taken = stream("user");
+        store.append(&taken, ExpectedVersion::NoStream, batch(1)).await.unwrap();
+        // Submitted together, so that the writer groups them.
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            let taken = taken.clone();
+            tasks.push(tokio::spawn(async move {
+                match i {
+                    7 => {
+                        let e = verified(Uuid::new_v4());
+                        store.append(&stream("user"), ExpectedVersion::Any, vec![e.clone(), e]).await
+                    }
+                    13 => store.append(&taken, ExpectedVersion::NoStream, batch(1)).await,
+                    _ => store.append(&stream("user"), ExpectedVersion::NoStream, batch(2)).await,
+                }
+            }));
+        }
+        let mut ok = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match (i, t.await.unwrap()) {
+                (7, Err(StoreError::DuplicateEventId { .. })) | (13, Err(StoreError::WrongExpectedVersion { .. })) => {}
+                (7 | 13, other) => panic!("append {i} should have failed alone: {other:?}"),
+                (_, Ok(_)) => ok += 1,
+                (_, Err(e)) => panic!("a good append failed with the bad ones: {e}"),
+            }
+        }
+        assert_eq!(ok, 38);
+        assert_eq!(store.head_position().await.unwrap(), 1 + 38 * 2);
+    }
+
     pub async fn reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all(log: TestLog) {
         let store = log.open().await;
         let s = stream("user");
@@ -481,7 +514,8 @@ macro_rules! suite {
                 reappending_the_same_event_ids_is_idempotent,
                 bad_input_gets_typed_errors_and_writes_nothing,
                 unknown_event_types_fail_on_read_with_a_typed_error,
-                reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all);
+                reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all,
+                a_bad_append_in_a_group_fails_alone);
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn redaction_rewrites_content_and_keeps_the_envelope() {
                 redaction::redaction_rewrites_content_and_keeps_the_envelope($log().await).await
