@@ -69,6 +69,9 @@ pub enum Scenario {
     /// OAuth 2.0 client-credentials grants over HTTP vs an empty handler on the same server
     /// (and per core vs Keycloak's sizing figure of 120 grants/s per vCPU).
     ClientCredentials,
+    /// Token validation, permission checks and logins over REST (HTTP/1.1) vs an empty
+    /// handler on the same server.
+    Rest,
 }
 
 /// One line of the output contract.
@@ -112,6 +115,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Replay => replay::replay(&scratch, args.events).await?,
         Scenario::Memory => replay::memory(args.users).await?,
         Scenario::ClientCredentials => oauth::client_credentials(&scratch, duration).await?,
+        Scenario::Rest => oauth::rest(&scratch, duration).await?,
     };
     print(&rows, args.json);
     Ok(())

@@ -1,8 +1,12 @@
-//! `bench client-credentials`: OAuth 2.0 client-credentials grants per second
-//! over HTTP vs an empty handler (`/healthz`) on the same server. Client secrets
-//! are 256-bit random values stored as SHA-256, so a grant costs a hash and a
-//! signature rather than an argon2 computation: the baseline that bounds it is
-//! the HTTP round trip itself.
+//! HTTP benchmarks against an empty handler (`/healthz`) on the same server.
+//!
+//! `bench client-credentials`: OAuth 2.0 client-credentials grants per second.
+//! Client secrets are 256-bit random values stored as SHA-256, so a grant costs a
+//! hash and a signature rather than an argon2 computation: the baseline that
+//! bounds it is the HTTP round trip itself.
+//!
+//! `bench rest`: token validation, permission checks (by an authenticated service
+//! account) and logins over REST (HTTP/1.1).
 
 use super::{Measurement, Run, Scratch};
 use crate::server::app::App;
@@ -36,21 +40,33 @@ async fn drive(
     .await
 }
 
-pub async fn client_credentials(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("oauth.db"))).await?);
-    let live = LiveModels::start(store.clone());
-    let config = IdentityConfig { password_cost: PasswordCost::TEST, ..Default::default() };
-    let identity = Identity::new(store.clone(), live, SecretBox::random(), config)?;
-    let app = App::new(identity.clone(), Arc::new(KeySet::load_or_create(&scratch.file("keys"))?));
-    let sa = identity.create_service_account(&RequestContext::service("bench"), "bench-client", "", &[]).await?;
-    identity.live().wait_for(sa.position, Duration::from_secs(10)).await?;
+/// A REST server over a scratch log.
+struct Served {
+    addr: std::net::SocketAddr,
+    identity: Identity,
+    app: App,
+}
 
+async fn serve(scratch: &Scratch, name: &str, cost: PasswordCost) -> anyhow::Result<Served> {
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file(&format!("{name}.db")))).await?);
+    let live = LiveModels::start(store.clone());
+    let config = IdentityConfig { password_cost: cost, allow_unverified_login: true, ..Default::default() };
+    let identity = Identity::new(store.clone(), live, SecretBox::random(), config)?;
+    let app = App::new(identity.clone(), Arc::new(KeySet::load_or_create(&scratch.file(&format!("{name}-keys")))?));
     let hub = Hub::start(store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let service =
-        router(RestState { app, hub, relay: None }, None).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service = router(RestState { app: app.clone(), hub, relay: None }, None)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, service).await });
+    Ok(Served { addr, identity, app })
+}
+
+pub async fn client_credentials(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
+    let Served { addr, identity, .. } = serve(scratch, "oauth", PasswordCost::TEST).await?;
+    let sa = identity.create_service_account(&RequestContext::service("bench"), "bench-client", "", &[]).await?;
+    identity.live().wait_for(sa.position, Duration::from_secs(10)).await?;
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build()?;
     let (token_url, empty_url) = (format!("http://{addr}/oauth2/token"), format!("http://{addr}/healthz"));
@@ -77,5 +93,74 @@ pub async fn client_credentials(scratch: &Scratch, duration: Duration) -> anyhow
         Measurement::rate("client-credentials", "grants_per_core", per_core, 120.0, "req/s"),
         Measurement::latency("client-credentials", "p50", ours.p50_us, base.p50_us, "us"),
         Measurement::latency("client-credentials", "p99", ours.p99_us, base.p99_us, "us"),
+    ])
+}
+
+pub async fn rest(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
+    use perfect21_domain::{LoginRequest, Registration, RoleSpec};
+    use perfect21_events::catalog::PermissionSpec;
+    let Served { addr, identity, app } = serve(scratch, "rest", PasswordCost::OWASP).await?;
+    let ctx = RequestContext::service("bench");
+    identity.create_role(&ctx, RoleSpec { role_id: "gateway".into(), priority: 1, ..Default::default() }).await?;
+    for (id, resource, action) in
+        [("tokens.validate", "perfect21.tokens", "validate"), ("permissions.read", "perfect21.permissions", "read")]
+    {
+        let p = PermissionSpec {
+            id: id.into(),
+            resource: resource.into(),
+            action: action.into(),
+            scope: "*".into(),
+            name: String::new(),
+            description: String::new(),
+        };
+        identity.grant_permission_to_role(&ctx, "gateway", p).await?;
+    }
+    let sa = identity.create_service_account(&ctx, "bench-gateway", "", &["gateway".into()]).await?;
+    let password = "benchmark password 1";
+    let reg = Registration {
+        email: "rest@example.com".into(),
+        username: "rest".into(),
+        password: password.into(),
+        ..Default::default()
+    };
+    let user = identity.register(&ctx, reg).await?.user_id;
+    let grant = identity
+        .login(&ctx, LoginRequest { identifier: "rest".into(), password: password.into(), ..Default::default() })
+        .await?;
+    identity.live().wait_for(grant.position.max(sa.position), Duration::from_secs(10)).await?;
+    let (service, _) = app.service_token(sa.id)?;
+    let user_token = app.access_token(&grant)?;
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build()?;
+    let base_url = format!("http://{addr}");
+    let empty = {
+        let (http, url) = (http.clone(), format!("{base_url}/healthz"));
+        move || http.get(&url)
+    };
+    let base = drive(duration, empty).await?;
+    let validate = {
+        let (http, url, service) = (http.clone(), format!("{base_url}/api/v1/auth/validate"), service.clone());
+        let body = serde_json::json!({ "token": user_token }).to_string();
+        move || http.post(&url).bearer_auth(&service).header("content-type", "application/json").body(body.clone())
+    };
+    let validate = drive(duration, validate).await?;
+    let check = {
+        let (http, url, service) = (http.clone(), format!("{base_url}/api/v1/permissions/check"), service.clone());
+        let body = serde_json::json!({ "user_id": user, "resource": "docs", "action": "read" }).to_string();
+        move || http.post(&url).bearer_auth(&service).header("content-type", "application/json").body(body.clone())
+    };
+    let check = drive(duration, check).await?;
+    let login = {
+        let (http, url) = (http.clone(), format!("{base_url}/api/v1/auth/login"));
+        let body = serde_json::json!({ "identifier": "rest", "password": password }).to_string();
+        move || http.post(&url).header("content-type", "application/json").body(body.clone())
+    };
+    let login = drive(duration, login).await?;
+    Ok(vec![
+        Measurement::rate("rest", "validate", validate.per_sec, base.per_sec, "req/s"),
+        Measurement::latency("rest", "validate_p99", validate.p99_us, base.p99_us, "us"),
+        Measurement::rate("rest", "check", check.per_sec, base.per_sec, "req/s"),
+        Measurement::latency("rest", "check_p99", check.p99_us, base.p99_us, "us"),
+        Measurement::rate("rest", "login", login.per_sec, base.per_sec, "req/s"),
     ])
 }
