@@ -390,6 +390,8 @@ fn rest_routes() -> Vec<(&'static str, &'static str, Rule, Value)> {
         ("GET", "/metrics", Needs, none.clone()),
         ("GET", "/.well-known/jwks.json", Public, none.clone()),
         ("GET", "/api/v1/openapi.json", Public, none.clone()),
+        ("GET", "/verify-email?token={token}", Public, none.clone()),
+        ("GET", "/assets/perfect21.css", Public, none.clone()),
         ("POST", "/api/v1/auth/login", Public, json!({"identifier": "nobody", "password": "whatever"})),
         ("POST", "/api/v1/auth/verify-email", Public, json!({"token": "x"})),
         ("POST", "/api/v1/auth/refresh", Public, json!({"refresh_token": "{refresh}"})),

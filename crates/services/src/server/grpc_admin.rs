@@ -283,7 +283,7 @@ impl admin::admin_service_server::AdminService for AdminService {
 
     async fn list_service_accounts(
         &self,
-        req: Request<admin::ListServiceAccountsRequest>,
+        _req: Request<admin::ListServiceAccountsRequest>,
     ) -> Result<Response<admin::ListServiceAccountsResponse>, Status> {
         let min = Some(self.0.identity.last_write());
         let now = chrono::Utc::now().timestamp();
@@ -305,7 +305,6 @@ impl admin::admin_service_server::AdminService for AdminService {
             })
             .await
             .map_err(status)?;
-        drop(req);
         Ok(Response::new(admin::ListServiceAccountsResponse { service_accounts }))
     }
 

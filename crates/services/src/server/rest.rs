@@ -194,10 +194,8 @@ async fn authorize(
     };
     let method = if req.method() == axum::http::Method::HEAD { "GET".to_string() } else { req.method().to_string() };
     let rule = match access::rest_rule(&method, &template) {
-        Some(access::Rule::Needs(p)) if template == "/metrics" && s.app.public_metrics => {
-            let _ = p;
-            access::Rule::Public
-        }
+        // --public-metrics opens /metrics to a scraper without a token.
+        Some(access::Rule::Needs(_)) if template == "/metrics" && s.app.public_metrics => access::Rule::Public,
         Some(rule) => rule,
         // Another method of a listed route: axum answers 405 without running a handler.
         None if access::REST.iter().any(|(_, t, _)| *t == template) => return next.run(req).await,
