@@ -14,6 +14,8 @@ enum Cmd {
     Register(u8),
     Verify(u8),
     Login(u8, bool),
+    /// Log in with the right password and refresh at once (rotation is otherwise rare).
+    LoginAndRefresh(u8),
     Refresh(u8),
     ReuseOldRefresh(u8),
     Logout(u8),
@@ -37,6 +39,7 @@ fn cmd() -> impl Strategy<Value = Cmd> {
         3 => u.clone().prop_map(Cmd::Register),
         2 => u.clone().prop_map(Cmd::Verify),
         4 => (u.clone(), any::<bool>()).prop_map(|(u, ok)| Cmd::Login(u, ok)),
+        2 => u.clone().prop_map(Cmd::LoginAndRefresh),
         2 => u.clone().prop_map(Cmd::Refresh),
         1 => u.clone().prop_map(Cmd::ReuseOldRefresh),
         1 => u.clone().prop_map(Cmd::Logout),
@@ -139,6 +142,20 @@ async fn run(cmds: Vec<Cmd>) -> (String, String, Happened) {
                     happened.logins += 1;
                     users[i as usize].refresh = vec![g.refresh_token];
                     users[i as usize].session = Some(g.session_id);
+                }
+            }
+            Cmd::LoginAndRefresh(i) => {
+                let k = &users[i as usize];
+                let req =
+                    LoginRequest { identifier: format!("user{i}"), password: k.password.clone(), ..Default::default() };
+                if let Ok(g) = id.login(&ctx, req).await {
+                    happened.logins += 1;
+                    users[i as usize].session = Some(g.session_id);
+                    users[i as usize].refresh = vec![g.refresh_token.clone()];
+                    if let Ok(r) = id.refresh(&ctx, &g.refresh_token).await {
+                        happened.refreshes += 1;
+                        users[i as usize].refresh.push(r.refresh_token);
+                    }
                 }
             }
             Cmd::Refresh(i) => {
@@ -264,6 +281,7 @@ fn replayed_state_equals_live_state() {
         panic!("{e}");
     }
     let total = total.into_inner();
+    eprintln!("the generated histories did: {total:?}");
     assert!(
         total.logins > 0 && total.refreshes > 0 && total.mfa > 0 && total.role_changes > 0,
         "the generated histories did too little to test the law: {total:?}"
