@@ -229,7 +229,7 @@ pub(crate) struct Principal {
 
 impl Principal {
     fn holds_role(&self, role: &str, now: i64) -> bool {
-        self.roles.get(role).is_some_and(|expires| expires.is_none_or(|at| now < at))
+        self.roles.get(role).is_some_and(|expires| perfect21_projections::authz::assignment_grants(*expires, now))
     }
 }
 

@@ -49,10 +49,15 @@ struct Assignment {
     expires_at: Option<i64>,
 }
 
+/// Whether a role assignment ending at `expires_at` (Unix seconds; `None`: until
+/// revoked) still grants at `now`: it stops at `expires_at`.
+pub fn assignment_grants(expires_at: Option<i64>, now: i64) -> bool {
+    expires_at.is_none_or(|at| now < at)
+}
+
 impl Assignment {
-    /// Whether the assignment still grants at `now` (Unix seconds): it stops at `expires_at`.
     fn grants_at(&self, now: i64) -> bool {
-        self.expires_at.is_none_or(|at| now < at)
+        assignment_grants(self.expires_at, now)
     }
 }
 

@@ -66,24 +66,15 @@ async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     identity.live().wait_for(position, Duration::from_secs(10)).await?;
     let token = app.access_token(&grant)?;
     // The caller: a gateway's service account that may validate tokens, check permissions, log users in.
-    identity.create_role(&ctx, RoleSpec { role_id: "gateway".into(), priority: 1, ..Default::default() }).await?;
-    for (id, resource, action) in [
-        ("tokens.validate", "perfect21.tokens", "validate"),
-        ("permissions.read", "perfect21.permissions", "read"),
-        ("auth.validate_credentials", "perfect21.auth", "validate_credentials"),
-    ] {
-        let p = PermissionSpec {
-            id: id.into(),
-            resource: resource.into(),
-            action: action.into(),
-            scope: "*".into(),
-            name: String::new(),
-            description: String::new(),
-        };
-        identity.grant_permission_to_role(&ctx, "gateway", p).await?;
-    }
-    let sa = identity.create_service_account(&ctx, "bench-gateway", "", &["gateway".into()]).await?;
-    identity.live().wait_for(sa.position, Duration::from_secs(10)).await?;
+    let sa = super::gateway_account(
+        &identity,
+        &[
+            ("tokens.validate", "perfect21.tokens", "validate"),
+            ("permissions.read", "perfect21.permissions", "read"),
+            ("auth.validate_credentials", "perfect21.auth", "validate_credentials"),
+        ],
+    )
+    .await?;
     let (service, _) = app.service_token(sa.id)?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

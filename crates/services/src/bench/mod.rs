@@ -160,6 +160,31 @@ impl Drop for Scratch {
 }
 
 /// Latency percentiles of a sample, in microseconds.
+/// A `gateway` role holding `permissions` (id, resource, action) and a service account
+/// with it: the caller the RPC and REST benchmarks measure, as in production.
+pub async fn gateway_account(
+    identity: &perfect21_domain::Identity,
+    permissions: &[(&str, &str, &str)],
+) -> anyhow::Result<perfect21_domain::CreatedServiceAccount> {
+    let ctx = perfect21_domain::RequestContext::service("bench");
+    let role = perfect21_domain::RoleSpec { role_id: "gateway".into(), priority: 1, ..Default::default() };
+    identity.create_role(&ctx, role).await?;
+    for (id, resource, action) in permissions {
+        let p = perfect21_events::catalog::PermissionSpec {
+            id: id.to_string(),
+            resource: resource.to_string(),
+            action: action.to_string(),
+            scope: "*".into(),
+            name: String::new(),
+            description: String::new(),
+        };
+        identity.grant_permission_to_role(&ctx, "gateway", p).await?;
+    }
+    let sa = identity.create_service_account(&ctx, "bench-gateway", "", &["gateway".into()]).await?;
+    identity.live().wait_for(sa.position, Duration::from_secs(10)).await?;
+    Ok(sa)
+}
+
 /// Throughput and latency of a closed-loop run.
 pub struct Run {
     pub per_sec: f64,

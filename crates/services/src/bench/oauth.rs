@@ -97,25 +97,12 @@ pub async fn client_credentials(scratch: &Scratch, duration: Duration) -> anyhow
 }
 
 pub async fn rest(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
-    use perfect21_domain::{LoginRequest, Registration, RoleSpec};
-    use perfect21_events::catalog::PermissionSpec;
+    use perfect21_domain::{LoginRequest, Registration};
     let Served { addr, identity, app } = serve(scratch, "rest", PasswordCost::OWASP).await?;
     let ctx = RequestContext::service("bench");
-    identity.create_role(&ctx, RoleSpec { role_id: "gateway".into(), priority: 1, ..Default::default() }).await?;
-    for (id, resource, action) in
-        [("tokens.validate", "perfect21.tokens", "validate"), ("permissions.read", "perfect21.permissions", "read")]
-    {
-        let p = PermissionSpec {
-            id: id.into(),
-            resource: resource.into(),
-            action: action.into(),
-            scope: "*".into(),
-            name: String::new(),
-            description: String::new(),
-        };
-        identity.grant_permission_to_role(&ctx, "gateway", p).await?;
-    }
-    let sa = identity.create_service_account(&ctx, "bench-gateway", "", &["gateway".into()]).await?;
+    let permissions =
+        [("tokens.validate", "perfect21.tokens", "validate"), ("permissions.read", "perfect21.permissions", "read")];
+    let sa = super::gateway_account(&identity, &permissions).await?;
     let password = "benchmark password 1";
     let reg = Registration {
         email: "rest@example.com".into(),

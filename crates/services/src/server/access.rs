@@ -173,10 +173,15 @@ impl Caller {
         if self.privileged || target == self.principal.id() {
             return Ok(());
         }
-        Err(DomainError::PermissionDenied(match self.perm {
+        Err(self.not_on_others())
+    }
+
+    /// The refusal of acting on another principal without the rule's permission.
+    pub fn not_on_others(&self) -> DomainError {
+        DomainError::PermissionDenied(match self.perm {
             Some(p) => format!("{p} is required to act on another principal"),
             None => "a principal may act on itself only".into(),
-        }))
+        })
     }
 
     /// The user id, or a refusal for a service account.

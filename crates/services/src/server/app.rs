@@ -126,28 +126,21 @@ impl App {
         if !trusted(&peer) {
             return Some(peer.to_string());
         }
-        let mut hops: Vec<std::net::IpAddr> = Vec::new();
-        for v in headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()) {
-            for element in v.split(',') {
-                for pair in element.split(';') {
-                    if let Some((k, val)) = pair.trim().split_once('=') {
-                        if k.trim().eq_ignore_ascii_case("for") {
-                            let val = val.trim().trim_matches('"');
-                            let val = val.strip_prefix('[').and_then(|v| v.split_once(']')).map_or(val, |(a, _)| a);
-                            let val =
-                                if val.matches(':').count() == 1 { val.split(':').next().unwrap_or(val) } else { val };
-                            if let Ok(ip) = val.parse() {
-                                hops.push(ip);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let values = |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+        // RFC 7239 `for=` parameters (quoted, IPv6 in brackets, ports dropped); else X-Forwarded-For.
+        let mut hops: Vec<std::net::IpAddr> = values("forwarded")
+            .into_iter()
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+            .filter_map(|(_, v)| forwarded_address(v))
+            .collect();
         if hops.is_empty() {
-            for v in headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
-                hops.extend(v.split(',').filter_map(|s| s.trim().parse::<std::net::IpAddr>().ok()));
-            }
+            hops = values("x-forwarded-for")
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
         }
         // Right to left: the first hop not added by one of our own proxies is the client.
         Some(hops.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer).to_string())
@@ -260,12 +253,7 @@ impl App {
                 }
                 _ => {}
             }
-            let permissions = m
-                .authz
-                .effective_permissions(user_id, now)
-                .into_iter()
-                .map(|(_, p)| format!("{}:{}:{}", p.resource, p.action, p.scope))
-                .collect();
+            let permissions = permission_names(m, user_id, now);
             let mut warnings = Vec::new();
             if claims.exp - now < EXPIRY_WARNING_SECS {
                 warnings.push(format!("token expires in {} s", claims.exp - now));
@@ -318,12 +306,7 @@ impl App {
                 }),
                 expires_at: claims.exp,
                 user_id: Some(id),
-                permissions: m
-                    .authz
-                    .effective_permissions(id, now)
-                    .into_iter()
-                    .map(|(_, p)| format!("{}:{}:{}", p.resource, p.action, p.scope))
-                    .collect(),
+                permissions: permission_names(m, id, now),
                 warnings: Vec::new(),
                 error: None,
             },
@@ -336,6 +319,26 @@ impl App {
         let min = Some(self.identity.last_revocation());
         Ok(self.identity.check_permission(principal, resource, action, "*", min).await?.allowed)
     }
+}
+
+/// The address of a `Forwarded: for=` value: `"[2001:db8::7]:4711"`, `192.0.2.1:80`, `192.0.2.1`.
+fn forwarded_address(value: &str) -> Option<std::net::IpAddr> {
+    let v = value.trim().trim_matches('"');
+    let v = match v.strip_prefix('[') {
+        Some(rest) => rest.split_once(']')?.0,
+        None if v.matches(':').count() == 1 => v.split(':').next()?,
+        None => v,
+    };
+    v.parse().ok()
+}
+
+/// `resource:action:scope` of every permission `principal` holds at `now`.
+fn permission_names(m: &perfect21_projections::ReadModels, principal: Uuid, now: i64) -> Vec<String> {
+    m.authz
+        .effective_permissions(principal, now)
+        .into_iter()
+        .map(|(_, p)| format!("{}:{}:{}", p.resource, p.action, p.scope))
+        .collect()
 }
 
 pub fn status_name(s: UserStatus) -> &'static str {

@@ -334,7 +334,7 @@ impl user::user_service_server::UserService for UserService {
         // Without perfect21.users:read a caller sees itself only, and learns nothing of
         // whether another user exists.
         if !caller.privileged && found.as_ref().map(|(id, _)| *id) != Some(caller.principal.id()) {
-            return Err(status(caller.require_self_or_privileged(Uuid::nil()).unwrap_err()));
+            return Err(status(caller.not_on_others()));
         }
         match found.map(|(_, u)| u) {
             Some(user) => Ok(Response::new(user::GetUserResponse { user: Some(user), error_message: String::new() })),
