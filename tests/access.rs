@@ -419,7 +419,21 @@ fn rest_routes() -> Vec<(&'static str, &'static str, Rule, Value)> {
         ("POST", "/api/v1/service-accounts", Needs, json!({"name": "{fresh}"})),
         ("POST", "/api/v1/service-accounts/00000000-0000-0000-0000-000000000000/secret", Needs, json!({})),
         ("POST", "/api/v1/service-accounts/00000000-0000-0000-0000-000000000000/disable", Needs, json!({})),
-        ("DELETE", "/api/v1/service-accounts/00000000-0000-0000-0000-000000000000", Needs, none),
+        ("DELETE", "/api/v1/service-accounts/00000000-0000-0000-0000-000000000000", Needs, none.clone()),
+        ("GET", "/api/v1/clients", Needs, none.clone()),
+        ("POST", "/api/v1/clients", Needs, json!({"name": "{fresh}", "redirect_uris": ["https://app.example.com/cb"]})),
+        (
+            "PUT",
+            "/api/v1/clients/00000000-0000-0000-0000-000000000000",
+            Needs,
+            json!({"name": "x", "redirect_uris": []}),
+        ),
+        ("DELETE", "/api/v1/clients/00000000-0000-0000-0000-000000000000", Needs, none.clone()),
+        ("POST", "/api/v1/clients/00000000-0000-0000-0000-000000000000/secret", Needs, json!({})),
+        // The browser and back-channel endpoints of the OpenID provider (which
+        // authenticate their callers themselves) and userinfo (a user's token that
+        // was granted `openid`) are driven by tests/oidc.rs.
+        ("GET", "/.well-known/openid-configuration", Public, none),
     ]
 }
 
@@ -443,6 +457,7 @@ async fn rest_call(
         "GET" => http.get(&url),
         "POST" => http.post(&url),
         "DELETE" => http.delete(&url),
+        "PUT" => http.put(&url),
         other => panic!("method {other}"),
     };
     if !body.is_null() {

@@ -39,6 +39,39 @@ pub struct LoginGrant {
     pub position: u64,
 }
 
+/// A live refresh token's session.
+#[derive(Debug, Clone)]
+pub struct RefreshStatus {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Where an interactive login stands.
+#[derive(Debug, Clone)]
+pub enum LoginStep {
+    Done(LoginGrant),
+    /// The password was right; the account needs a second factor. The ticket (sealed,
+    /// short-lived, void once the password changes) stands for the password in
+    /// [`Identity::login_second_factor`].
+    SecondFactor {
+        ticket: String,
+    },
+}
+
+/// What proves the first factor of a login.
+enum FirstFactor {
+    Password(String),
+    /// The password fingerprint of an MFA ticket.
+    Ticket(String),
+}
+
+/// A short digest of a password hash: a ticket made before a password change is void after it.
+fn password_fingerprint(password_hash: &str) -> String {
+    token_hash(password_hash)[..32].to_string()
+}
+
 /// The outcome of checking a password (and second factor) against a user's state.
 enum Verdict {
     Ok { mfa_used: bool, recovery_code: Option<String>, totp_step: Option<u64> },
@@ -60,6 +93,17 @@ impl Identity {
     /// argon2id verification and all answer [`DomainError::InvalidCredentials`].
     #[tracing::instrument(name = "command", skip_all, fields(command = "login"))]
     pub async fn login(&self, ctx: &RequestContext, req: LoginRequest) -> Result<LoginGrant> {
+        match self.login_interactive(ctx, req).await? {
+            LoginStep::Done(grant) => Ok(grant),
+            LoginStep::SecondFactor { .. } => Err(DomainError::MfaRequired),
+        }
+    }
+
+    /// Logs in like [`Identity::login`], except that a right password without the
+    /// second factor an account needs answers a ticket instead of an error: the
+    /// login page then asks for the code alone and finishes with
+    /// [`Identity::login_second_factor`], without the password travelling again.
+    pub async fn login_interactive(&self, ctx: &RequestContext, req: LoginRequest) -> Result<LoginStep> {
         if let Some(device) = &req.device_id {
             crate::context::bounded("device_id", device, crate::context::MAX_DEVICE_ID)?;
         }
@@ -72,22 +116,73 @@ impl Identity {
             self.passwords.verify(req.password, None).await?;
             return Err(DomainError::InvalidCredentials);
         };
+        let first = FirstFactor::Password(req.password.clone());
+        self.login_as(ctx, user_id, first, req).await
+    }
+
+    /// The second step of an interactive login: the ticket of a right password and
+    /// a TOTP or recovery code. A wrong code counts as a failed login (lockout applies).
+    #[tracing::instrument(name = "command", skip_all, fields(command = "login"))]
+    pub async fn login_second_factor(
+        &self,
+        ctx: &RequestContext,
+        ticket: &str,
+        code: &str,
+        device_id: Option<String>,
+    ) -> Result<LoginStep> {
+        let opened = self.secrets.open_text(ticket).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
+        let mut parts = opened.split('|');
+        let (Some("mfa-ticket"), Some(user), Some(expires), Some(fingerprint), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(DomainError::InvalidToken { what: "sign-in ticket" });
+        };
+        let user_id = Uuid::parse_str(user).map_err(|_| DomainError::InvalidToken { what: "sign-in ticket" })?;
+        if expires.parse::<i64>().map_or(true, |t| t <= self.now()) {
+            return Err(DomainError::InvalidToken { what: "sign-in ticket" });
+        }
+        let req = LoginRequest { mfa_code: Some(code.to_string()), device_id, ..Default::default() };
+        self.login_as(ctx, user_id, FirstFactor::Ticket(fingerprint.to_string()), req).await
+    }
+
+    /// A sealed ticket saying "this user's password was right" until `mfa_ticket_ttl`
+    /// passes or the password changes.
+    fn mfa_ticket(&self, user_id: Uuid, password_hash: &str) -> String {
+        let expires = self.now() + self.config.mfa_ticket_ttl.as_secs() as i64;
+        let plain = format!("mfa-ticket|{user_id}|{expires}|{}", password_fingerprint(password_hash));
+        self.secrets.seal_text(plain.as_bytes())
+    }
+
+    async fn login_as(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        first: FirstFactor,
+        req: LoginRequest,
+    ) -> Result<LoginStep> {
         let ctx = &ctx.clone().as_user(user_id);
         let user_stream = stream("user", user_id)?;
         let mut password_checked: Option<(String, bool)> = None;
         for _ in 0..RETRIES {
             let state: UserState = self.load(&user_stream).await?;
             if !state.exists || state.is_deleted() {
-                self.passwords.verify(req.password.clone(), None).await?;
+                if let FirstFactor::Password(password) = &first {
+                    self.passwords.verify(password.clone(), None).await?;
+                }
                 return Err(DomainError::InvalidCredentials);
             }
-            // The hash only changes with a password change; a retry need not pay argon2 again.
-            let password_ok = match &password_checked {
-                Some((hash, ok)) if *hash == state.password_hash => *ok,
-                _ => {
-                    let ok = self.passwords.verify(req.password.clone(), Some(state.password_hash.clone())).await?;
-                    password_checked = Some((state.password_hash.clone(), ok));
-                    ok
+            let password_ok = match &first {
+                // The hash only changes with a password change; a retry need not pay argon2 again.
+                FirstFactor::Password(password) => match &password_checked {
+                    Some((hash, ok)) if *hash == state.password_hash => *ok,
+                    _ => {
+                        let ok = self.passwords.verify(password.clone(), Some(state.password_hash.clone())).await?;
+                        password_checked = Some((state.password_hash.clone(), ok));
+                        ok
+                    }
+                },
+                FirstFactor::Ticket(fingerprint) => {
+                    constant_time_eq(fingerprint, &password_fingerprint(&state.password_hash))
                 }
             };
             let now = self.now();
@@ -111,7 +206,7 @@ impl Identity {
                 Verdict::NeedMfa => {
                     metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => "mfa_required")
                         .increment(1);
-                    return Err(DomainError::MfaRequired);
+                    return Ok(LoginStep::SecondFactor { ticket: self.mfa_ticket(user_id, &state.password_hash) });
                 }
                 Verdict::Failed(reason) => {
                     let mut unlocked = state.clone();
@@ -163,7 +258,9 @@ impl Identity {
                     match self.append(ctx, &user_stream, ExpectedVersion::from_current(state.version), &events).await {
                         Ok(_) => {
                             metrics::counter!("perfect21_auth_events_total", "event" => "login", "outcome" => "success").increment(1);
-                            return self.start_session(ctx, user_id, session_id, risk, mfa_used, req.device_id).await;
+                            let grant =
+                                self.start_session(ctx, user_id, session_id, risk, mfa_used, req.device_id).await?;
+                            return Ok(LoginStep::Done(grant));
                         }
                         Err(DomainError::Conflict { .. }) => continue,
                         Err(e) => return Err(e),
@@ -252,7 +349,7 @@ impl Identity {
         risk + (recent_failures as f32 * 0.1).min(0.3)
     }
 
-    async fn start_session(
+    pub(crate) async fn start_session(
         &self,
         ctx: &RequestContext,
         user_id: Uuid,
@@ -364,6 +461,20 @@ impl Identity {
             mfa_used: false,
             position: r.position,
         })
+    }
+
+    /// Whether a refresh token is the current one of a session that has not ended or
+    /// expired (token introspection).
+    pub async fn refresh_token_status(&self, refresh_token: &str) -> Result<Option<RefreshStatus>> {
+        let Some(session_id) = refresh_token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()) else {
+            return Ok(None);
+        };
+        let state: SessionState = self.load(&stream("session", session_id)?).await?;
+        let current = state.exists()
+            && !state.ended
+            && state.expires_at > self.now()
+            && constant_time_eq(&state.current_hash, &token_hash(refresh_token));
+        Ok(current.then_some(RefreshStatus { session_id, user_id: state.user_id, expires_at: state.expires_at }))
     }
 
     /// Ends one session.

@@ -14,6 +14,7 @@
 pub mod audit;
 mod auth;
 mod authz;
+pub mod clients;
 pub mod context;
 pub mod erase;
 pub mod error;
@@ -25,7 +26,7 @@ pub mod service_accounts;
 pub mod state;
 mod users;
 
-pub use auth::{LoginGrant, LoginRequest};
+pub use auth::{LoginGrant, LoginRequest, LoginStep, RefreshStatus};
 pub use authz::RoleSpec;
 pub use context::RequestContext;
 pub use error::{DomainError, Result};
@@ -66,6 +67,10 @@ pub struct IdentityConfig {
     pub allow_unverified_login: bool,
     /// How long an MFA enrollment may wait for its confirming code.
     pub mfa_enrollment_ttl: Duration,
+    /// How long an OpenID Connect authorization code may wait for its exchange.
+    pub authorization_code_ttl: Duration,
+    /// How long the password step of an interactive login stays good for its second factor.
+    pub mfa_ticket_ttl: Duration,
     /// Where the commands read the time.
     pub clock: Clock,
 }
@@ -121,6 +126,8 @@ impl Default for IdentityConfig {
             totp_issuer: "perfect21".into(),
             allow_unverified_login: false,
             mfa_enrollment_ttl: Duration::from_secs(10 * 60),
+            authorization_code_ttl: Duration::from_secs(60),
+            mfa_ticket_ttl: Duration::from_secs(5 * 60),
             clock: Clock::system(),
         }
     }

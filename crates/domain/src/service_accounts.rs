@@ -144,7 +144,13 @@ impl Identity {
     pub async fn authenticate_client(&self, client_id: &str, secret: &str) -> Result<ServiceAccountView> {
         let bad = || DomainError::InvalidCredentials;
         let id = Uuid::parse_str(client_id).map_err(|_| bad())?;
-        let account = self.read(Some(self.last_write()), |m| m.service_accounts.get(id).cloned()).await?;
+        let mut account = self.read(Some(self.last_write()), |m| m.service_accounts.get(id).cloned()).await?;
+        if account.is_none() {
+            // Created through another process (or the read models are still catching up
+            // after a start): read up to the log's head before calling the client unknown.
+            let head = self.store.head_position().await?;
+            account = self.read(Some(head), |m| m.service_accounts.get(id).cloned()).await?;
+        }
         // Hash even for an unknown client, so answers take the same time.
         let presented = token_hash(secret);
         let stored = account.as_ref().map_or("", |a| a.secret_hash.as_str());

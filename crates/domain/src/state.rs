@@ -2,7 +2,7 @@
 //! These folds are pure, like the projections, but they hold what a decision
 //! needs (hashes, counters) rather than what a reader wants.
 
-use perfect21_events::catalog::UserStatus;
+use perfect21_events::catalog::{AuthorizationCodeIssued, AuthorizationCodeRedeemed, UserStatus};
 use perfect21_events::{Event, RecordedEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
@@ -271,6 +271,44 @@ impl ServiceAccountState {
     }
 }
 
+/// One OpenID Connect client.
+#[derive(Debug, Clone, Default)]
+pub struct ClientState {
+    pub version: Option<u64>,
+    pub exists: bool,
+    pub deleted: bool,
+}
+
+impl ClientState {
+    pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+        self.version = Some(recorded.stream_version);
+        match event {
+            Event::ClientRegistered(_) => self.exists = true,
+            Event::ClientDeleted(_) => self.deleted = true,
+            _ => {}
+        }
+    }
+}
+
+/// One authorization code: issued, then redeemed at most once.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizationCodeState {
+    pub version: Option<u64>,
+    pub issued: Option<AuthorizationCodeIssued>,
+    pub redeemed: Option<AuthorizationCodeRedeemed>,
+}
+
+impl AuthorizationCodeState {
+    pub fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+        self.version = Some(recorded.stream_version);
+        match event {
+            Event::AuthorizationCodeIssued(e) => self.issued = Some(e.clone()),
+            Event::AuthorizationCodeRedeemed(e) => self.redeemed = Some(e.clone()),
+            _ => {}
+        }
+    }
+}
+
 /// Whether a stream has any event (the owner of a reservation exists).
 #[derive(Debug, Clone, Default)]
 pub struct Existence {
@@ -293,4 +331,13 @@ macro_rules! stream_state {
         fn apply(&mut self, recorded: &RecordedEvent, event: &Event) { <$t>::apply(self, recorded, event) }
     })* };
 }
-stream_state!(UserState, SessionState, RoleState, ReservationState, ServiceAccountState, Existence);
+stream_state!(
+    UserState,
+    SessionState,
+    RoleState,
+    ReservationState,
+    ServiceAccountState,
+    ClientState,
+    AuthorizationCodeState,
+    Existence
+);

@@ -51,6 +51,16 @@ fn v1_login() -> UserLoginSucceededV1 {
     }
 }
 
+fn client_settings() -> ClientSettings {
+    ClientSettings {
+        redirect_uris: vec!["https://wiki.example.com/callback".into()],
+        post_logout_redirect_uris: vec!["https://wiki.example.com/".into()],
+        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        scopes: vec!["openid".into(), "profile".into(), "email".into()],
+        id_token_signed_response_alg: "RS256".into(),
+    }
+}
+
 /// One sample of every current event type.
 fn samples() -> Vec<Event> {
     let u = uid(1);
@@ -190,6 +200,52 @@ fn samples() -> Vec<Event> {
         ServiceAccountDisabled { service_account_id: uid(5), reason: "decommissioned".into() }.into(),
         ServiceAccountDeleted { service_account_id: uid(5) }.into(),
         UserRegistrationAttempted { user_id: u }.into(),
+        ClientRegistered {
+            client_id: uid(6),
+            name: "Wiki".into(),
+            confidential: true,
+            secret_hash: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+            settings: client_settings(),
+        }
+        .into(),
+        ClientUpdated {
+            client_id: uid(6),
+            name: "Team wiki".into(),
+            settings: ClientSettings { scopes: vec!["openid".into()], ..client_settings() },
+        }
+        .into(),
+        ClientSecretRotated {
+            client_id: uid(6),
+            secret_hash: "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9".into(),
+        }
+        .into(),
+        ClientDeleted { client_id: uid(6) }.into(),
+        AuthorizationCodeIssued {
+            code_id: uid(7),
+            code_hash: "baa5a0964d3320fbc0c6a922140453c8513ea24ab8fd0577034804a967248096".into(),
+            client_id: uid(6),
+            user_id: u,
+            browser_session_id: s,
+            redirect_uri: "https://wiki.example.com/callback".into(),
+            scope: "openid email".into(),
+            nonce: Some("n-0S6_WzA2Mj".into()),
+            code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+            auth_time: 1_767_225_600,
+            amr: vec!["pwd".into(), "otp".into()],
+            expires_at: 1_767_225_660,
+        }
+        .into(),
+        AuthorizationCodeRedeemed {
+            code_id: uid(7),
+            client_id: uid(6),
+            user_id: u,
+            session_id: uid(8),
+            browser_session_id: s,
+            scope: "openid email".into(),
+            auth_time: 1_767_225_600,
+            amr: vec!["pwd".into(), "otp".into()],
+        }
+        .into(),
     ]
 }
 

@@ -112,6 +112,8 @@ pub fn audited_user(event: &Event) -> Option<Uuid> {
         Event::ServiceAccountSecretRotated(e) => e.service_account_id,
         Event::ServiceAccountDisabled(e) => e.service_account_id,
         Event::ServiceAccountDeleted(e) => e.service_account_id,
+        Event::AuthorizationCodeIssued(e) => e.user_id,
+        Event::AuthorizationCodeRedeemed(e) => e.user_id,
         _ => return None,
     })
 }

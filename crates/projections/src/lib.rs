@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod clients;
 mod digest;
 pub mod service_accounts;
 pub mod sessions;
@@ -49,6 +50,7 @@ pub struct ReadModels {
     pub sessions: sessions::Sessions,
     pub audit: audit::Audit,
     pub service_accounts: service_accounts::ServiceAccounts,
+    pub clients: clients::Clients,
     checkpoint: u64,
     /// Events of types this build does not know (written by a newer build), skipped.
     skipped_unknown: u64,
@@ -89,6 +91,7 @@ impl ReadModels {
         self.sessions.apply(event, at);
         self.audit.apply(recorded, event);
         self.service_accounts.apply(event, at);
+        self.clients.apply(event, at);
     }
 
     /// The status a permission check should see for a principal: a user's status, an
@@ -114,6 +117,7 @@ impl ReadModels {
         self.sessions.digest(&mut d);
         self.audit.digest(&mut d);
         self.service_accounts.digest(&mut d);
+        self.clients.digest(&mut d);
         d.finish()
     }
 }

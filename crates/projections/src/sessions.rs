@@ -41,6 +41,21 @@ pub struct Sessions {
     /// Revoked access-token ids, with the token's expiry (Unix seconds).
     revoked_jtis: HashMap<String, i64>,
     revocations: u64,
+    /// Sessions of OpenID Connect clients: the client and the browser session they
+    /// were started from (ended together with it).
+    client_sessions: HashMap<Uuid, ClientSession>,
+}
+
+/// Who a client's session belongs to.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClientSession {
+    pub client_id: Uuid,
+    pub browser_session_id: Uuid,
+    /// Granted scopes, space-separated.
+    pub scope: Box<str>,
+    /// When the user authenticated (Unix seconds) and how (`pwd`, `otp`).
+    pub auth_time: i64,
+    pub amr: Vec<Box<str>>,
 }
 
 impl Sessions {
@@ -59,6 +74,23 @@ impl Sessions {
     /// Whether an access token is revoked: by its id, or because its session ended (or is unknown).
     pub fn is_revoked(&self, jti: &str, session: Uuid) -> bool {
         self.revoked_jtis.contains_key(jti) || !self.by_id.contains_key(&session)
+    }
+
+    /// The client and browser session of a client's session (`None` for other sessions).
+    pub fn client_session(&self, session: Uuid) -> Option<&ClientSession> {
+        self.client_sessions.get(&session)
+    }
+
+    /// The client sessions started from a browser session, that have not ended.
+    pub fn children_of(&self, browser_session: Uuid) -> Vec<Uuid> {
+        let mut v: Vec<Uuid> = self
+            .client_sessions
+            .iter()
+            .filter(|(id, c)| c.browser_session_id == browser_session && self.by_id.contains_key(id))
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn active_count(&self) -> usize {
@@ -87,6 +119,16 @@ impl Sessions {
                     s.refreshed_at = at;
                 }
             }
+            Event::AuthorizationCodeRedeemed(e) => {
+                let link = ClientSession {
+                    client_id: e.client_id,
+                    browser_session_id: e.browser_session_id,
+                    scope: e.scope.as_str().into(),
+                    auth_time: e.auth_time,
+                    amr: e.amr.iter().map(|m| m.as_str().into()).collect(),
+                };
+                self.client_sessions.insert(e.session_id, link);
+            }
             Event::SessionRevoked(e) => self.end(e.user_id, e.session_id),
             Event::SessionExpired(e) => self.end(e.user_id, e.session_id),
             Event::SessionTokenRevoked(e) => {
@@ -104,6 +146,7 @@ impl Sessions {
 
     fn end(&mut self, user: Uuid, session: Uuid) {
         self.by_id.remove(&session);
+        self.client_sessions.remove(&session);
         if let Some(list) = self.by_user.get_mut(&user) {
             list.retain(|s| *s != session);
             if list.is_empty() {
@@ -130,5 +173,13 @@ impl Sessions {
             d.i64(*exp);
         }
         d.u64(self.revocations);
+        for (id, c) in sorted(self.client_sessions.iter()) {
+            d.bytes(id.as_bytes());
+            d.bytes(c.client_id.as_bytes());
+            d.bytes(c.browser_session_id.as_bytes());
+            d.str(&c.scope);
+            d.i64(c.auth_time);
+            c.amr.iter().for_each(|m| d.str(m));
+        }
     }
 }

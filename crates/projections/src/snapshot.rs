@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 const MAGIC: &[u8; 8] = b"P21SNAP\0";
 /// Bump when any read-model struct changes shape: older snapshots are then discarded.
-pub const SNAPSHOT_FORMAT: u16 = 2;
+pub const SNAPSHOT_FORMAT: u16 = 3;
 
 /// Why a snapshot could not be used. Never fatal: the caller replays instead.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,8 @@ pub enum AdminCommand {
         #[arg(long, env = "PERFECT21_ADMIN_PASSWORD", hide_env_values = true)]
         password: String,
     },
-    /// Adds a new JWT signing key; tokens signed by older keys stay valid until they expire.
+    /// Adds new signing keys (EdDSA for access tokens; RS256, ES256 and EdDSA for ID
+    /// tokens); tokens signed by older keys stay valid until they expire.
     RotateKeys {
         #[command(flatten)]
         serve: ServeArgs,
@@ -29,6 +30,92 @@ pub enum AdminCommand {
     /// client-credentials grant (`POST /oauth2/token`).
     #[command(subcommand)]
     ServiceAccount(ServiceAccountCommand),
+    /// OpenID Connect clients: applications that sign users in through perfect21.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+/// What a client may do (`admin client register` and `update`).
+#[derive(clap::Args)]
+pub struct ClientSettingsArgs {
+    /// A redirect URI (exact match; repeat for several): https, http on loopback, or an app scheme.
+    #[arg(long = "redirect-uri", required = true)]
+    redirect_uris: Vec<String>,
+    /// Where logout may return the browser (repeat for several).
+    #[arg(long = "post-logout-redirect-uri")]
+    post_logout_redirect_uris: Vec<String>,
+    /// Allowed grant types (repeat): authorization_code, refresh_token.
+    #[arg(long = "grant-type", default_values_t = crate::server::rest_admin::default_grants())]
+    grant_types: Vec<String>,
+    /// Allowed scopes (repeat): openid, profile, email, phone, offline_access.
+    #[arg(long = "scope", default_values_t = crate::server::rest_admin::default_scopes())]
+    scopes: Vec<String>,
+    /// Signature algorithm of its ID tokens: RS256, ES256 or EdDSA.
+    #[arg(long, default_value_t = crate::server::rest_admin::default_alg())]
+    id_token_alg: String,
+}
+
+impl ClientSettingsArgs {
+    fn settings(self) -> perfect21_events::catalog::ClientSettings {
+        perfect21_events::catalog::ClientSettings {
+            redirect_uris: self.redirect_uris,
+            post_logout_redirect_uris: self.post_logout_redirect_uris,
+            grant_types: self.grant_types,
+            scopes: self.scopes,
+            id_token_signed_response_alg: self.id_token_alg,
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum ClientCommand {
+    /// Registers a client and prints its client id (and secret, shown once).
+    Register {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The name users see on the sign-in page.
+        #[arg(long)]
+        name: String,
+        /// A public client (single-page or native app): no secret, PKCE required.
+        #[arg(long)]
+        public: bool,
+        #[command(flatten)]
+        settings: ClientSettingsArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists clients.
+    List {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replaces a client's name and settings.
+    Update {
+        #[command(flatten)]
+        serve: ServeArgs,
+        id: uuid::Uuid,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        settings: ClientSettingsArgs,
+    },
+    /// Replaces a confidential client's secret (the old one stops working) and prints it.
+    RotateSecret {
+        #[command(flatten)]
+        serve: ServeArgs,
+        id: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes a client: no new codes or tokens for it.
+    Delete {
+        #[command(flatten)]
+        serve: ServeArgs,
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -88,11 +175,77 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::RotateKeys { serve } => {
             let path = crate::server::tokens::KeySet::rotate(&serve.keys_dir())?;
-            println!("new signing key {}; running servers pick it up on restart", path.display());
+            println!("new signing keys beside {}; running servers pick them up on restart", path.display());
             Ok(())
         }
         AdminCommand::ServiceAccount(command) => service_account(command).await,
+        AdminCommand::Client(command) => client(command).await,
     }
+}
+
+fn print_client(json: bool, id: uuid::Uuid, name: &str, secret: Option<&str>) {
+    if json {
+        println!("{}", serde_json::json!({"client_id": id, "name": name, "client_secret": secret}));
+        return;
+    }
+    println!("client {name}");
+    println!("client_id:     {id}");
+    match secret {
+        Some(secret) => {
+            println!("client_secret: {secret}");
+            println!("(the secret is shown once; perfect21 keeps only its hash)");
+        }
+        None => println!("public client: no secret; it must use PKCE (S256)"),
+    }
+}
+
+async fn client(command: ClientCommand) -> anyhow::Result<()> {
+    let ctx = RequestContext::service("admin-cli");
+    match command {
+        ClientCommand::Register { serve, name, public, settings, json } => {
+            let app = open_app(&serve).await?;
+            let created = app
+                .identity
+                .register_client(&ctx, &name, !public, settings.settings())
+                .await
+                .with_context(|| format!("registering client '{name}'"))?;
+            print_client(json, created.id, &name, created.secret.as_deref());
+        }
+        ClientCommand::List { serve, json } => {
+            let app = open_app(&serve).await?;
+            let head = app.identity.store().head_position().await?;
+            let clients = app.identity.read(Some(head), crate::server::views::clients).await?;
+            if json {
+                println!("{}", serde_json::json!({ "clients": clients }));
+            } else {
+                println!("{:<38} {:<24} {:<13} redirect URIs", "client_id", "name", "type");
+                for c in clients {
+                    println!("{:<38} {:<24} {:<13} {}", c.client_id, c.name, c.client_type, c.redirect_uris.join(" "));
+                }
+            }
+        }
+        ClientCommand::Update { serve, id, name, settings } => {
+            let app = open_app(&serve).await?;
+            app.identity.update_client(&ctx, id, &name, settings.settings()).await?;
+            println!("client {id} updated");
+        }
+        ClientCommand::RotateSecret { serve, id, json } => {
+            let app = open_app(&serve).await?;
+            let (secret, position) = app.identity.rotate_client_secret(&ctx, id).await?;
+            let name = app
+                .identity
+                .read(Some(position), |m| m.clients.get(id).map(|c| c.name.clone()))
+                .await?
+                .unwrap_or_default();
+            print_client(json, id, &name, Some(&secret));
+        }
+        ClientCommand::Delete { serve, id } => {
+            let app = open_app(&serve).await?;
+            app.identity.delete_client(&ctx, id).await?;
+            println!("client {id} deleted");
+        }
+    }
+    Ok(())
 }
 
 fn print_secret(json: bool, id: uuid::Uuid, name: &str, secret: &str) {

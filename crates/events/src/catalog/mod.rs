@@ -7,6 +7,7 @@
 //! version (`crates/events/fixtures`).
 
 pub mod authz;
+pub mod client;
 pub mod legacy;
 pub mod reservation;
 pub mod security;
@@ -16,6 +17,7 @@ pub mod user;
 pub mod view;
 
 pub use authz::*;
+pub use client::*;
 pub use reservation::*;
 pub use security::*;
 pub use service_account::*;
@@ -133,6 +135,12 @@ catalog! {
     ServiceAccountDisabled = "service_account.disabled" v 1,
     ServiceAccountDeleted = "service_account.deleted" v 1,
     UserRegistrationAttempted = "user.registration_attempted" v 1,
+    ClientRegistered = "client.registered" v 1,
+    ClientUpdated = "client.updated" v 1,
+    ClientSecretRotated = "client.secret_rotated" v 1,
+    ClientDeleted = "client.deleted" v 1,
+    AuthorizationCodeIssued = "authorization_code.issued" v 1,
+    AuthorizationCodeRedeemed = "authorization_code.redeemed" v 1,
 }
 
 /// Every (event_type, schema_version) this build can read: current and legacy.

@@ -23,6 +23,8 @@ impl Event {
             Event::SessionRefreshed(_) => &["previous_token_hash", "refresh_token_hash"],
             Event::RefreshTokenReuseDetected(_) => &["reused_token_hash"],
             Event::ServiceAccountCreated(_) | Event::ServiceAccountSecretRotated(_) => &["secret_hash"],
+            Event::ClientRegistered(_) | Event::ClientSecretRotated(_) => &["secret_hash"],
+            Event::AuthorizationCodeIssued(_) => &["code_hash"],
             Event::UserEmailVerified(_)
             | Event::UserProfileUpdated(_)
             | Event::UserStatusChanged(_)
@@ -51,7 +53,10 @@ impl Event {
             | Event::ReservationReleased(_)
             | Event::ServiceAccountDisabled(_)
             | Event::ServiceAccountDeleted(_)
-            | Event::UserRegistrationAttempted(_) => &[],
+            | Event::UserRegistrationAttempted(_)
+            | Event::ClientUpdated(_)
+            | Event::ClientDeleted(_)
+            | Event::AuthorizationCodeRedeemed(_) => &[],
         }
     }
 

@@ -26,6 +26,8 @@ pub struct App {
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// Serve `/metrics` without authentication (for a scraper inside a private network).
     pub public_metrics: bool,
+    /// The OpenID Connect issuer: the public base URL of this server.
+    pub issuer: Arc<str>,
 }
 
 /// A bounded cache of signature-checked tokens: an Ed25519 verification costs far
@@ -114,6 +116,7 @@ impl App {
             verified: Default::default(),
             trusted_proxies: Arc::from(Vec::new()),
             public_metrics: false,
+            issuer: Arc::from("http://localhost:8080"),
         }
     }
 
@@ -148,6 +151,16 @@ impl App {
 
     /// Signs the access token of a grant.
     pub fn access_token(&self, grant: &LoginGrant) -> anyhow::Result<String> {
+        self.sign_access(grant, None)
+    }
+
+    /// Signs the access token of an OpenID Connect client's session: its audience is
+    /// the client, with the scopes granted.
+    pub fn client_access_token(&self, grant: &LoginGrant, client: Uuid, scope: &str) -> anyhow::Result<String> {
+        self.sign_access(grant, Some((client, scope)))
+    }
+
+    fn sign_access(&self, grant: &LoginGrant, client: Option<(Uuid, &str)>) -> anyhow::Result<String> {
         let roles = self.identity.live().read(|m| {
             m.authz.user_roles(grant.user_id, chrono::Utc::now().timestamp()).iter().map(|r| r.id.clone()).collect()
         });
@@ -160,6 +173,8 @@ impl App {
             iss: ISSUER.into(),
             roles,
             client_id: None,
+            aud: client.map(|(id, _)| id.to_string()),
+            scope: client.map(|(_, scope)| scope.to_string()),
         };
         let token = self.keys.sign(&claims)?;
         metrics::counter!("perfect21_token_operations_total", "operation" => "issue", "outcome" => "issued")
@@ -181,6 +196,8 @@ impl App {
             iss: ISSUER.into(),
             roles,
             client_id: Some(id.to_string()),
+            aud: None,
+            scope: None,
         };
         let token = self.keys.sign(&claims)?;
         metrics::counter!("perfect21_token_operations_total", "operation" => "issue", "outcome" => "issued")

@@ -8,10 +8,11 @@ mod grpc_guard;
 mod grpc_metrics;
 pub mod hub;
 pub mod oauth2;
+pub mod oidc;
 pub mod openapi;
 mod pages;
 pub mod rest;
-mod rest_admin;
+pub mod rest_admin;
 pub mod tls;
 pub mod tokens;
 pub mod views;
@@ -81,6 +82,11 @@ pub struct ServeArgs {
     /// Require client certificates signed by this CA (PEM): mutual TLS. Needs --tls-cert.
     #[arg(long, env = "PERFECT21_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// The public base URL of this server, as browsers and applications reach it: the
+    /// OpenID Connect issuer (e.g. `https://id.example.com`). Default: `http(s)://` and
+    /// the HTTP listen address (`localhost` when it listens on every interface).
+    #[arg(long, env = "PERFECT21_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Cheap password hashing, for tests only. Never in production.
     #[arg(long, hide = true)]
     pub insecure_fast_passwords: bool,
@@ -201,6 +207,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http_addr = args.http_addr();
     let http_listener = TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP to {http_addr}"))?;
     let scheme = if tls.is_some() { " (TLS)" } else { "" };
+    let mut app = app;
+    app.issuer = Arc::from(issuer(&args, http_listener.local_addr()?, tls.is_some())?);
     println!("perfect21 gRPC listening on {}{scheme}", grpc_listener.local_addr()?);
     println!("perfect21 HTTP listening on {}{scheme}", http_listener.local_addr()?);
 
@@ -246,6 +254,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("perfect21: could not save the read-model snapshot: {e}");
     }
     Ok(())
+}
+
+/// The OpenID Connect issuer: `--public-url`, or the listen address.
+fn issuer(args: &ServeArgs, http: SocketAddr, tls: bool) -> anyhow::Result<String> {
+    match &args.public_url {
+        Some(url) => {
+            let parsed = url::Url::parse(url).with_context(|| format!("--public-url '{url}' is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || parsed.fragment().is_some() {
+                anyhow::bail!("--public-url '{url}' must be an http(s) URL without query or fragment");
+            }
+            Ok(url.trim_end_matches('/').to_string())
+        }
+        None => {
+            let scheme = if tls { "https" } else { "http" };
+            let host = if http.ip().is_unspecified() { "localhost".to_string() } else { http.ip().to_string() };
+            let host = if http.is_ipv6() && !http.ip().is_unspecified() { format!("[{host}]") } else { host };
+            Ok(format!("{scheme}://{host}:{}", http.port()))
+        }
+    }
 }
 
 pub async fn serve_grpc(

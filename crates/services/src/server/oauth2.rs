@@ -1,10 +1,11 @@
 //! The OAuth 2.0 token endpoint, `POST /oauth2/token` (RFC 6749 §3.2): the
-//! client-credentials grant (§4.4) for service accounts, with client
-//! authentication by `client_secret_basic` or `client_secret_post` (§2.3.1),
-//! answers as §5.1 and errors as §5.2. Each grant type is one arm of
-//! [`token`]; the authorization-code and refresh grants slot in beside it.
+//! client-credentials grant (§4.4) for service accounts, and the
+//! authorization-code and refresh grants of OpenID Connect clients (`oidc.rs`),
+//! with client authentication by `client_secret_basic`, `client_secret_post`
+//! (§2.3.1) or, for public clients, `none` plus PKCE; answers as §5.1 and errors
+//! as §5.2. Each grant type is one arm of [`token`].
 
-use super::rest::RestState;
+use super::rest::{Origin, RestState};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -26,15 +27,19 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(code: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn new(code: &'static str, description: impl Into<String>) -> Self {
         OAuthError { status: StatusCode::BAD_REQUEST, code, description: description.into(), basic: false }
     }
 
-    fn invalid_request(description: impl Into<String>) -> Self {
+    pub(super) fn status(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError { status, code, description: description.into(), basic: false }
+    }
+
+    pub(super) fn invalid_request(description: impl Into<String>) -> Self {
         Self::new("invalid_request", description)
     }
 
-    fn invalid_client(basic: bool) -> Self {
+    pub(super) fn invalid_client(basic: bool) -> Self {
         OAuthError {
             status: StatusCode::UNAUTHORIZED,
             code: "invalid_client",
@@ -56,7 +61,7 @@ impl IntoResponse for OAuthError {
 }
 
 /// Token answers must not be cached (RFC 6749 §5.1).
-fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+pub(super) fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
     [
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         (header::PRAGMA, HeaderValue::from_static("no-cache")),
@@ -107,15 +112,32 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Re
     }
 }
 
-/// `POST /oauth2/token`.
-pub async fn token(State(s): State<RestState>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthError> {
+/// How a relying party authenticates: (client id, secret if any, whether by Basic).
+/// A secret comes by `client_secret_basic` or `client_secret_post`; a public client
+/// sends only its `client_id` (method `none`).
+pub(super) fn client_auth(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(String, Option<String>, bool), OAuthError> {
+    if headers.contains_key(header::AUTHORIZATION) || form.contains_key("client_secret") {
+        let c = client_credentials(headers, form)?;
+        return Ok((c.id, Some(c.secret), c.basic));
+    }
+    match form.get("client_id") {
+        Some(id) if !id.is_empty() => Ok((id.clone(), None, false)),
+        _ => Err(OAuthError::invalid_client(false)),
+    }
+}
+
+/// A back-channel request body: `application/x-www-form-urlencoded`, no parameter repeated.
+pub(super) fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
     });
     if !form_type {
         return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"));
     }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
         .map_err(|e| OAuthError::invalid_request(format!("the body is not form-urlencoded: {e}")))?;
     let mut form = HashMap::new();
     for (k, v) in pairs {
@@ -124,12 +146,27 @@ pub async fn token(State(s): State<RestState>, headers: HeaderMap, body: Bytes) 
             return Err(OAuthError::invalid_request(format!("parameter '{k}' is repeated")));
         }
     }
+    Ok(form)
+}
+
+/// `POST /oauth2/token`.
+pub async fn token(
+    State(s): State<RestState>,
+    Origin(ctx): Origin,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let form = form(&headers, &body)?;
     match form.get("grant_type").map(String::as_str) {
         None | Some("") => Err(OAuthError::invalid_request("grant_type is required")),
         Some("client_credentials") => client_credentials_grant(&s, &headers, &form).await,
+        Some("authorization_code") => super::oidc::code_grant(&s.app, ctx, &headers, &form).await,
+        Some("refresh_token") => super::oidc::refresh_grant(&s.app, ctx, &headers, &form).await,
         Some(other) => Err(OAuthError::new(
             "unsupported_grant_type",
-            format!("grant_type '{other}' is not supported here; supported: client_credentials"),
+            format!(
+                "grant_type '{other}' is not supported here; supported: authorization_code, refresh_token, client_credentials"
+            ),
         )),
     }
 }

@@ -15,6 +15,9 @@ use serde::Deserialize;
 use std::sync::OnceLock;
 
 const VERIFY_EMAIL: &str = include_str!("../../../../templates/pages/verify_email.html");
+const LOGIN: &str = include_str!("../../../../templates/pages/login.html");
+const MFA: &str = include_str!("../../../../templates/pages/mfa.html");
+const MESSAGE: &str = include_str!("../../../../templates/pages/message.html");
 const STYLESHEET: &str = include_str!("../../../../templates/pages/perfect21.css");
 
 fn pages() -> &'static minijinja::Environment<'static> {
@@ -23,16 +26,42 @@ fn pages() -> &'static minijinja::Environment<'static> {
         let mut env = minijinja::Environment::new();
         // HTML escaping of every value (the file name ends in .html).
         env.add_template("verify_email.html", VERIFY_EMAIL).expect("the built-in page parses");
+        env.add_template("login.html", LOGIN).expect("the built-in page parses");
+        env.add_template("mfa.html", MFA).expect("the built-in page parses");
+        env.add_template("message.html", MESSAGE).expect("the built-in page parses");
         env
     })
 }
 
-fn render(status: StatusCode, state: &str, title: &str, token: &str) -> Response {
-    let ctx = minijinja::context! { state, title, token };
-    match pages().get_template("verify_email.html").and_then(|t| t.render(ctx)) {
-        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+/// Renders one of the built-in pages (never cached: they may carry CSRF tokens).
+/// Framing is refused, so a page cannot be overlaid by another site (clickjacking).
+pub(super) fn page(status: StatusCode, template: &str, ctx: minijinja::Value) -> Response {
+    match pages().get_template(template).and_then(|t| t.render(ctx)) {
+        Ok(html) => (
+            status,
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::X_FRAME_OPTIONS, "DENY"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'self'; base-uri 'none'; frame-ancestors 'none'",
+                ),
+                (header::REFERRER_POLICY, "no-referrer"),
+            ],
+            Html(html),
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the page failed: {e}")).into_response(),
     }
+}
+
+/// A page with a title and one message; `kind` is `error`, `ok` or `info`.
+pub(super) fn message(status: StatusCode, kind: &str, title: &str, message: &str) -> Response {
+    page(status, "message.html", minijinja::context! { kind, title, message })
+}
+
+fn render(status: StatusCode, state: &str, title: &str, token: &str) -> Response {
+    page(status, "verify_email.html", minijinja::context! { state, title, token })
 }
 
 fn page_for(state: VerificationState, token: &str) -> Response {

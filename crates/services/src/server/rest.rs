@@ -276,7 +276,10 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
             .route("/service-accounts", get(rest_admin::list_service_accounts).post(rest_admin::create_service_account))
             .route("/service-accounts/{id}/secret", post(rest_admin::rotate_service_account_secret))
             .route("/service-accounts/{id}/disable", post(rest_admin::disable_service_account))
-            .route("/service-accounts/{id}", delete(rest_admin::delete_service_account));
+            .route("/service-accounts/{id}", delete(rest_admin::delete_service_account))
+            .route("/clients", get(rest_admin::list_clients).post(rest_admin::register_client))
+            .route("/clients/{id}", axum::routing::put(rest_admin::update_client).delete(rest_admin::delete_client))
+            .route("/clients/{id}/secret", post(rest_admin::rotate_client_secret));
     }
     let mut root = Router::new()
         .nest("/api/v1", api)
@@ -286,7 +289,13 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
     if runs(only, Service::Auth) {
         root = root
             .route("/.well-known/jwks.json", get(jwks))
+            .route("/.well-known/openid-configuration", get(super::oidc::discovery))
             .route("/oauth2/token", post(super::oauth2::token))
+            .route("/oauth2/authorize", get(super::oidc::authorize).post(super::oidc::authorize_submit))
+            .route("/oauth2/userinfo", get(super::oidc::userinfo).post(super::oidc::userinfo))
+            .route("/oauth2/introspect", post(super::oidc::introspect))
+            .route("/oauth2/revoke", post(super::oidc::revoke))
+            .route("/oauth2/logout", get(super::oidc::logout).post(super::oidc::logout_submit))
             .route("/verify-email", get(super::pages::verify_email_page).post(super::pages::verify_email_submit))
             .route("/assets/perfect21.css", get(super::pages::stylesheet));
     }

@@ -2,14 +2,14 @@
 //! accounts, audit. The access middleware has checked each route's permission
 //! (`access::REST`) before a handler here runs.
 
-use super::rest::{consistency, Admitted, ApiResult, Body, RestState};
+use super::rest::{consistency, Admitted, ApiResult, Body, Problem, RestState};
 use super::views;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use perfect21_domain::audit::AuditFilter;
 use perfect21_domain::RoleSpec;
-use perfect21_events::catalog::PermissionSpec;
+use perfect21_events::catalog::{ClientSettings, PermissionSpec};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -163,5 +163,103 @@ pub async fn disable_service_account(
 
 pub async fn delete_service_account(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>) -> ApiResult {
     let position = s.app.identity.delete_service_account(&a.ctx, id).await?;
+    Ok(Json(json!({"deleted": true, "consistency_token": position})))
+}
+
+/// A client's registration, as the admin API takes it.
+#[derive(Deserialize)]
+pub struct ClientBody {
+    name: String,
+    /// `confidential` (default) or `public`.
+    #[serde(default = "confidential")]
+    client_type: String,
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    post_logout_redirect_uris: Vec<String>,
+    #[serde(default = "default_grants")]
+    grant_types: Vec<String>,
+    #[serde(default = "default_scopes")]
+    scopes: Vec<String>,
+    #[serde(default = "default_alg")]
+    id_token_signed_response_alg: String,
+}
+
+fn confidential() -> String {
+    "confidential".into()
+}
+
+/// What a client may do unless told otherwise.
+pub fn default_grants() -> Vec<String> {
+    vec!["authorization_code".into(), "refresh_token".into()]
+}
+
+pub fn default_scopes() -> Vec<String> {
+    ["openid", "profile", "email"].map(String::from).to_vec()
+}
+
+pub fn default_alg() -> String {
+    "RS256".into()
+}
+
+impl ClientBody {
+    fn settings(self) -> Result<(String, bool, ClientSettings), Problem> {
+        let confidential = match self.client_type.as_str() {
+            "confidential" => true,
+            "public" => false,
+            other => {
+                return Err(Problem::bad_request(format!("client_type '{other}' must be 'confidential' or 'public'")))
+            }
+        };
+        let settings = ClientSettings {
+            redirect_uris: self.redirect_uris,
+            post_logout_redirect_uris: self.post_logout_redirect_uris,
+            grant_types: self.grant_types,
+            scopes: self.scopes,
+            id_token_signed_response_alg: self.id_token_signed_response_alg,
+        };
+        Ok((self.name, confidential, settings))
+    }
+}
+
+pub async fn register_client(
+    State(s): State<RestState>,
+    a: Admitted,
+    Body(b): Body<ClientBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (name, confidential, settings) = b.settings()?;
+    let created = s.app.identity.register_client(&a.ctx, &name, confidential, settings).await?;
+    let client = s.app.identity.read(Some(created.position), |m| m.clients.get(created.id).map(views::client)).await?;
+    let mut body = json!({ "client": client, "consistency_token": created.position });
+    if let Some(secret) = created.secret {
+        body["client_secret"] = json!(secret);
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn list_clients(State(s): State<RestState>, headers: HeaderMap) -> ApiResult {
+    let min = consistency(&headers)?.or(Some(s.app.identity.last_write()));
+    let clients = s.app.identity.read(min, views::clients).await?;
+    Ok(Json(json!({ "clients": clients })))
+}
+
+pub async fn update_client(
+    State(s): State<RestState>,
+    a: Admitted,
+    Path(id): Path<Uuid>,
+    Body(b): Body<ClientBody>,
+) -> ApiResult {
+    let (name, _, settings) = b.settings()?;
+    let position = s.app.identity.update_client(&a.ctx, id, &name, settings).await?;
+    let client = s.app.identity.read(Some(position), |m| m.clients.get(id).map(views::client)).await?;
+    Ok(Json(json!({ "client": client, "consistency_token": position })))
+}
+
+pub async fn rotate_client_secret(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>) -> ApiResult {
+    let (secret, position) = s.app.identity.rotate_client_secret(&a.ctx, id).await?;
+    Ok(Json(json!({"client_id": id, "client_secret": secret, "consistency_token": position})))
+}
+
+pub async fn delete_client(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>) -> ApiResult {
+    let position = s.app.identity.delete_client(&a.ctx, id).await?;
     Ok(Json(json!({"deleted": true, "consistency_token": position})))
 }

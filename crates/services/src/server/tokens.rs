@@ -1,15 +1,17 @@
-//! Access tokens: EdDSA (Ed25519) JWTs with a key id, a key set that rotates
-//! without invalidating live tokens, and its JWKS.
+//! Access tokens: EdDSA (Ed25519) JWTs with a key id; OpenID Connect ID tokens
+//! signed RS256, ES256 or EdDSA; a key set that rotates without invalidating live
+//! tokens, and its JWKS.
 //!
-//! Keys live in `<data-dir>/keys/jwt-<unix microseconds>-<kid>.p8` (PKCS#8). The newest
-//! signs; every key in the directory verifies, so a rotation (a new file) keeps
-//! tokens signed by the older key valid until they expire. Replicas share the
-//! directory (or a mounted secret) to share keys.
+//! Keys live in `<data-dir>/keys/{jwt,rs256,es256}-<unix microseconds>-<kid>.p8`
+//! (PKCS#8). The newest of each algorithm signs; every key in the directory
+//! verifies, so a rotation (new files) keeps tokens signed by older keys valid
+//! until they expire. Replicas share the directory (or a mounted secret) to share keys.
 
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+
 use ed25519_dalek::SigningKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,12 @@ pub struct Claims {
     /// (then `sub` is the service account and `sid` is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// Set on tokens issued to an OpenID Connect client: its client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Scopes granted to that client, space-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl Claims {
@@ -51,15 +59,17 @@ impl Claims {
 
 struct Key {
     kid: String,
+    alg: Algorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
-    /// base64url public key (JWK `x`).
-    x: String,
+    /// The public key as a JWK (with `kid`, `alg` and `use`).
+    jwk: serde_json::Value,
 }
 
-/// Signing and verifying keys.
+/// Signing and verifying keys: Ed25519 for access tokens; Ed25519, RSA (RS256) and
+/// P-256 (ES256) for OpenID Connect ID tokens, as each client asks.
 pub struct KeySet {
-    /// Newest last; the last one signs.
+    /// Newest last per algorithm; the newest of an algorithm signs.
     keys: Vec<Key>,
 }
 
@@ -80,83 +90,195 @@ fn kid_of(public: &[u8]) -> String {
     Sha256::digest(public)[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The `typ` header of access tokens (RFC 9068). ID tokens carry `JWT`, so one is
+/// never mistaken for the other.
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// The kinds of key files: (file name prefix, algorithm).
+const KINDS: [(&str, Algorithm); 3] =
+    [("jwt-", Algorithm::EdDSA), ("rs256-", Algorithm::RS256), ("es256-", Algorithm::ES256)];
+
+fn key_files(dir: &Path, prefix: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading key directory {}", dir.display()))?;
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".p8")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 impl KeySet {
-    /// Loads every key in `dir`, creating one if there is none.
+    /// Loads every key in `dir`, creating one of each algorithm that has none.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating key directory {}", dir.display()))?;
-        let mut files: Vec<_> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("jwt-") && n.ends_with(".p8"))
-            })
-            .collect();
-        if files.is_empty() {
-            files.push(Self::rotate(dir)?);
+        let mut keys = Vec::new();
+        for (prefix, alg) in KINDS {
+            let mut files = key_files(dir, prefix)?;
+            if files.is_empty() {
+                files.push(Self::create(dir, alg)?);
+            }
+            for p in files {
+                let der = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                keys.push(Self::key(alg, &der).with_context(|| format!("loading the key {}", p.display()))?);
+            }
         }
-        files.sort();
-        let keys = files
-            .iter()
-            .map(|p| {
-                let der = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                let signing = SigningKey::from_pkcs8_der(&der).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-                Ok(Self::key(&signing))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(KeySet { keys })
     }
 
-    /// How many signing keys `dir` holds (creating nothing).
+    /// How many access-token signing keys `dir` holds (creating nothing).
     pub fn count(dir: &Path) -> anyhow::Result<usize> {
-        let entries = std::fs::read_dir(dir).with_context(|| format!("reading key directory {}", dir.display()))?;
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("jwt-") && n.ends_with(".p8")))
-            .count())
+        Ok(key_files(dir, "jwt-")?.len())
     }
 
-    /// Writes a new signing key into `dir`; returns its path. Older keys keep verifying.
+    /// Writes a new key of every algorithm into `dir`; returns the path of the new
+    /// access-token key. Older keys keep verifying.
     pub fn rotate(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
         std::fs::create_dir_all(dir)?;
-        let signing = SigningKey::generate(&mut rand::rngs::OsRng);
-        let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding key: {e}"))?;
-        let kid = kid_of(signing.verifying_key().as_bytes());
-        let path = dir.join(format!("jwt-{:017}-{kid}.p8", chrono::Utc::now().timestamp_micros()));
-        write_private(&path, der.as_bytes())?;
+        Self::create(dir, Algorithm::RS256)?;
+        Self::create(dir, Algorithm::ES256)?;
+        Self::create(dir, Algorithm::EdDSA)
+    }
+
+    fn create(dir: &Path, alg: Algorithm) -> anyhow::Result<std::path::PathBuf> {
+        use rsa::pkcs8::EncodePrivateKey as _;
+        let (prefix, der) = match alg {
+            Algorithm::RS256 => {
+                let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?;
+                ("rs256-", key.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding key: {e}"))?.as_bytes().to_vec())
+            }
+            Algorithm::ES256 => {
+                let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+                ("es256-", key.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding key: {e}"))?.as_bytes().to_vec())
+            }
+            _ => {
+                let key = SigningKey::generate(&mut rand::rngs::OsRng);
+                ("jwt-", key.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding key: {e}"))?.as_bytes().to_vec())
+            }
+        };
+        let kid = Self::key(alg, &der)?.kid;
+        let path = dir.join(format!("{prefix}{:017}-{kid}.p8", chrono::Utc::now().timestamp_micros()));
+        write_private(&path, &der)?;
         Ok(path)
     }
 
-    fn key(signing: &SigningKey) -> Key {
-        let public = signing.verifying_key().to_bytes();
-        let x = URL_SAFE_NO_PAD.encode(public);
-        let der = signing.to_pkcs8_der().expect("ed25519 key encodes");
-        Key {
-            kid: kid_of(&public),
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            decoding: DecodingKey::from_ed_components(&x).expect("valid public key"),
-            x,
-        }
+    fn key(alg: Algorithm, pkcs8: &[u8]) -> anyhow::Result<Key> {
+        let (encoding, decoding, public, jwk) = match alg {
+            Algorithm::RS256 => {
+                use rsa::pkcs1::EncodeRsaPrivateKey as _;
+                use rsa::pkcs8::DecodePrivateKey as _;
+                use rsa::traits::PublicKeyParts as _;
+                let key = rsa::RsaPrivateKey::from_pkcs8_der(pkcs8).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let n = URL_SAFE_NO_PAD.encode(key.n().to_bytes_be());
+                let e = URL_SAFE_NO_PAD.encode(key.e().to_bytes_be());
+                let pkcs1 = key.to_pkcs1_der().map_err(|e| anyhow::anyhow!("{e}"))?;
+                (
+                    EncodingKey::from_rsa_der(pkcs1.as_bytes()),
+                    DecodingKey::from_rsa_components(&n, &e)?,
+                    key.n().to_bytes_be(),
+                    serde_json::json!({"kty": "RSA", "n": n, "e": e}),
+                )
+            }
+            Algorithm::ES256 => {
+                use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+                use p256::pkcs8::DecodePrivateKey as _;
+                let key = p256::SecretKey::from_pkcs8_der(pkcs8).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let point = key.public_key().to_encoded_point(false);
+                let (x, y) = match (point.x(), point.y()) {
+                    (Some(x), Some(y)) => (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y)),
+                    _ => anyhow::bail!("the P-256 public key has no coordinates"),
+                };
+                (
+                    EncodingKey::from_ec_der(pkcs8),
+                    DecodingKey::from_ec_components(&x, &y)?,
+                    point.as_bytes().to_vec(),
+                    serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
+                )
+            }
+            _ => {
+                let signing = SigningKey::from_pkcs8_der(pkcs8).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let public = signing.verifying_key().to_bytes();
+                let x = URL_SAFE_NO_PAD.encode(public);
+                (
+                    EncodingKey::from_ed_der(pkcs8),
+                    DecodingKey::from_ed_components(&x)?,
+                    public.to_vec(),
+                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x}),
+                )
+            }
+        };
+        let kid = kid_of(&public);
+        let mut jwk = jwk;
+        jwk["kid"] = kid.clone().into();
+        jwk["alg"] = format!("{alg:?}").into();
+        jwk["use"] = "sig".into();
+        Ok(Key { kid, alg, encoding, decoding, jwk })
     }
 
-    /// Signs `claims` with the newest key.
+    fn newest(&self, alg: Algorithm) -> &Key {
+        self.keys.iter().rev().find(|k| k.alg == alg).expect("a key of every algorithm")
+    }
+
+    /// Signs access-token `claims` with the newest Ed25519 key.
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        let key = self.keys.last().expect("at least one key");
+        let key = self.newest(Algorithm::EdDSA);
         let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some(ACCESS_TOKEN_TYPE.into());
+        Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+    }
+
+    /// Signs an OpenID Connect ID token with the newest key of `alg` (`RS256`, `ES256` or `EdDSA`).
+    pub fn sign_id_token(&self, alg: &str, claims: &serde_json::Value) -> anyhow::Result<String> {
+        let alg = match alg {
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            "EdDSA" => Algorithm::EdDSA,
+            other => anyhow::bail!("unsupported ID token algorithm '{other}'"),
+        };
+        let key = self.newest(alg);
+        let mut header = Header::new(alg);
         header.kid = Some(key.kid.clone());
         Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
     }
 
-    /// Verifies signature, issuer and (unless `allow_expired`) expiry.
+    /// Verifies an ID token this server signed (any algorithm, expired or not): the
+    /// `id_token_hint` of a logout. Answers its claims.
+    pub fn verify_id_token(&self, token: &str, issuer: &str) -> Result<serde_json::Value, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let kid = header.kid.ok_or_else(|| TokenError::Malformed("no key id (kid)".into()))?;
+        let key = self.keys.iter().find(|k| k.kid == kid && k.alg == header.alg).ok_or(TokenError::UnknownKey(kid))?;
+        let mut validation = Validation::new(key.alg);
+        validation.set_issuer(&[issuer]);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["iss", "sub", "aud"]);
+        jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation).map(|d| d.claims).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Malformed(e.to_string()),
+            }
+        })
+    }
+
+    /// Verifies an access token: signature, issuer and (unless `allow_expired`) expiry.
+    /// Tokens with an audience must say they are access tokens (`typ: at+jwt`), so an
+    /// ID token is never taken for one.
     pub fn verify(&self, token: &str, allow_expired: bool) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Malformed(format!("algorithm {:?}, expected EdDSA", header.alg)));
         }
         let kid = header.kid.ok_or_else(|| TokenError::Malformed("no key id (kid)".into()))?;
-        let key = self.keys.iter().find(|k| k.kid == kid).ok_or(TokenError::UnknownKey(kid))?;
+        let key =
+            self.keys.iter().find(|k| k.kid == kid && k.alg == Algorithm::EdDSA).ok_or(TokenError::UnknownKey(kid))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 0;
         validation.validate_exp = !allow_expired;
+        // An audience is accepted only on a declared access token (any audience: the
+        // resource server checks its own); without the declaration a token with one is refused.
+        validation.validate_aud = header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map(|d| d.claims).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
@@ -168,14 +290,9 @@ impl KeySet {
         })
     }
 
-    /// The public keys as a JSON Web Key Set.
+    /// The public keys as a JSON Web Key Set, newest first.
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = self
-            .keys
-            .iter()
-            .rev()
-            .map(|k| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": k.x, "kid": k.kid, "alg": "EdDSA", "use": "sig"}))
-            .collect();
+        let keys: Vec<_> = self.keys.iter().rev().map(|k| k.jwk.clone()).collect();
         serde_json::json!({ "keys": keys })
     }
 }
@@ -224,6 +341,8 @@ mod tests {
             iss: ISSUER.into(),
             roles: vec![],
             client_id: None,
+            aud: None,
+            scope: None,
         }
     }
 
@@ -240,8 +359,33 @@ mod tests {
         assert_ne!(kid(&old), kid(&new), "the newest key signs");
         assert!(matches!(before.verify(&new, false), Err(TokenError::UnknownKey(_))));
         let jwks = after.jwks();
-        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
-        assert_eq!(jwks["keys"][0]["kid"], kid(&new));
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 6, "two keys of each of EdDSA, RS256 and ES256");
+        let eddsa: Vec<_> = keys.iter().filter(|k| k["alg"] == "EdDSA").map(|k| k["kid"].clone()).collect();
+        assert_eq!(eddsa, [kid(&new), kid(&old)], "newest first");
+        for alg in ["RS256", "ES256"] {
+            assert_eq!(keys.iter().filter(|k| k["alg"] == alg).count(), 2, "{alg}");
+        }
+    }
+
+    #[test]
+    fn id_tokens_verify_with_their_jwk_and_are_never_access_tokens() {
+        let keys = KeySet::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        for alg in ["RS256", "ES256", "EdDSA"] {
+            let claims = serde_json::json!({
+                "iss": "https://id.example.com", "sub": Uuid::now_v7().to_string(), "aud": "client",
+                "exp": now + 600, "iat": now, "sid": Uuid::now_v7().to_string(), "jti": "j",
+            });
+            let token = keys.sign_id_token(alg, &claims).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(format!("{:?}", header.alg), alg);
+            let verified = keys.verify_id_token(&token, "https://id.example.com").unwrap();
+            assert_eq!(verified["aud"], "client");
+            assert!(keys.verify_id_token(&token, "https://other.example.com").is_err(), "issuer checked");
+            assert!(keys.verify(&token, false).is_err(), "an {alg} ID token is not an access token");
+        }
+        assert!(keys.sign_id_token("HS256", &serde_json::json!({})).is_err());
     }
 
     #[test]

@@ -117,6 +117,41 @@ pub fn service_accounts(m: &ReadModels, now: i64) -> Vec<PublicServiceAccount> {
         .collect()
 }
 
+/// An OpenID Connect client as admins see it (never its secret's hash).
+#[derive(Debug, serde::Serialize)]
+pub struct PublicClient {
+    pub client_id: uuid::Uuid,
+    pub name: String,
+    /// `confidential` (has a secret) or `public` (PKCE only).
+    pub client_type: &'static str,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub scopes: Vec<String>,
+    pub id_token_signed_response_alg: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+pub fn client(c: &perfect21_projections::clients::ClientView) -> PublicClient {
+    let s = &c.settings;
+    PublicClient {
+        client_id: c.id,
+        name: c.name.clone(),
+        client_type: if c.confidential { "confidential" } else { "public" },
+        redirect_uris: s.redirect_uris.clone(),
+        post_logout_redirect_uris: s.post_logout_redirect_uris.clone(),
+        grant_types: s.grant_types.clone(),
+        scopes: s.scopes.clone(),
+        id_token_signed_response_alg: s.id_token_signed_response_alg.clone(),
+        created_at: c.created_at / 1_000_000,
+    }
+}
+
+pub fn clients(m: &ReadModels) -> Vec<PublicClient> {
+    m.clients.all().into_iter().map(client).collect()
+}
+
 /// One entry of a security history, as JSON (the event in its public view).
 pub fn audit_entry(e: &AuditEntry) -> Value {
     json!({
