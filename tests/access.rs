@@ -221,6 +221,20 @@ fn grpc_methods() -> Vec<(&'static str, Rule, Body)> {
         ("/perfect21.admin.AdminService/DeleteServiceAccount", Needs, |_| {
             admin::ServiceAccountRef { client_id: uuid::Uuid::nil().to_string() }.encode_to_vec()
         }),
+        ("/perfect21.admin.AdminService/RegisterClient", Needs, |_| {
+            let redirect_uris = vec!["https://app.example.com/cb".into()];
+            admin::ClientRequest { name: "matrix".into(), redirect_uris, ..Default::default() }.encode_to_vec()
+        }),
+        ("/perfect21.admin.AdminService/ListClients", Needs, |_| admin::ListClientsRequest {}.encode_to_vec()),
+        ("/perfect21.admin.AdminService/UpdateClient", Needs, |_| {
+            admin::ClientRequest { client_id: uuid::Uuid::nil().to_string(), ..Default::default() }.encode_to_vec()
+        }),
+        ("/perfect21.admin.AdminService/RotateClientSecret", Needs, |_| {
+            admin::ClientRef { client_id: uuid::Uuid::nil().to_string() }.encode_to_vec()
+        }),
+        ("/perfect21.admin.AdminService/DeleteClient", Needs, |_| {
+            admin::ClientRef { client_id: uuid::Uuid::nil().to_string() }.encode_to_vec()
+        }),
         ("/perfect21.events.EventService/Subscribe", Needs, |_| {
             events::SubscribeRequest { from_position: 1, type_prefixes: vec![] }.encode_to_vec()
         }),

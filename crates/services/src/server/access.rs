@@ -94,6 +94,11 @@ pub const GRPC: &[(&str, Rule)] = &[
     ),
     ("/perfect21.admin.AdminService/DisableServiceAccount", Rule::Needs(perm("perfect21.service_accounts", "update"))),
     ("/perfect21.admin.AdminService/DeleteServiceAccount", Rule::Needs(perm("perfect21.service_accounts", "delete"))),
+    ("/perfect21.admin.AdminService/RegisterClient", Rule::Needs(perm("perfect21.clients", "create"))),
+    ("/perfect21.admin.AdminService/ListClients", Rule::Needs(perm("perfect21.clients", "read"))),
+    ("/perfect21.admin.AdminService/UpdateClient", Rule::Needs(perm("perfect21.clients", "update"))),
+    ("/perfect21.admin.AdminService/RotateClientSecret", Rule::Needs(perm("perfect21.clients", "update"))),
+    ("/perfect21.admin.AdminService/DeleteClient", Rule::Needs(perm("perfect21.clients", "delete"))),
     ("/perfect21.events.EventService/Subscribe", Rule::Needs(perm("perfect21.events", "subscribe"))),
 ];
 

@@ -341,6 +341,61 @@ impl admin::admin_service_server::AdminService for AdminService {
         Ok(done(self.0.identity.disable_service_account(&ctx, id, &r.reason).await.map_err(status)?))
     }
 
+    async fn register_client(
+        &self,
+        req: Request<admin::ClientRequest>,
+    ) -> Result<Response<admin::ClientSecret>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let (name, confidential, settings) = client_settings(req.into_inner())?;
+        let created = self.0.identity.register_client(&ctx, &name, confidential, settings).await.map_err(status)?;
+        let client =
+            self.0.identity.read(Some(created.position), |m| m.clients.get(created.id).map(super::views::client));
+        let client = client.await.map_err(status)?.map(grpc_client);
+        let body = admin::ClientSecret {
+            client,
+            client_secret: created.secret.unwrap_or_default(),
+            consistency_token: created.position,
+        };
+        Ok(with_position(body, created.position))
+    }
+
+    async fn list_clients(
+        &self,
+        _req: Request<admin::ListClientsRequest>,
+    ) -> Result<Response<admin::ListClientsResponse>, Status> {
+        let min = Some(self.0.identity.last_write());
+        let clients = self.0.identity.read(min, super::views::clients).await.map_err(status)?;
+        Ok(Response::new(admin::ListClientsResponse { clients: clients.into_iter().map(grpc_client).collect() }))
+    }
+
+    async fn update_client(
+        &self,
+        req: Request<admin::ClientRequest>,
+    ) -> Result<Response<admin::AdminResponse>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let id = uuid("client_id", &req.get_ref().client_id)?;
+        let (name, _, settings) = client_settings(req.into_inner())?;
+        Ok(done(self.0.identity.update_client(&ctx, id, &name, settings).await.map_err(status)?))
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        req: Request<admin::ClientRef>,
+    ) -> Result<Response<admin::ClientSecret>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let id = uuid("client_id", &req.get_ref().client_id)?;
+        let (secret, position) = self.0.identity.rotate_client_secret(&ctx, id).await.map_err(status)?;
+        let client = self.0.identity.read(Some(position), |m| m.clients.get(id).map(super::views::client));
+        let client = client.await.map_err(status)?.map(grpc_client);
+        Ok(with_position(admin::ClientSecret { client, client_secret: secret, consistency_token: position }, position))
+    }
+
+    async fn delete_client(&self, req: Request<admin::ClientRef>) -> Result<Response<admin::AdminResponse>, Status> {
+        let (_, ctx) = acting(&self.0, &req)?;
+        let id = uuid("client_id", &req.get_ref().client_id)?;
+        Ok(done(self.0.identity.delete_client(&ctx, id).await.map_err(status)?))
+    }
+
     async fn delete_service_account(
         &self,
         req: Request<admin::ServiceAccountRef>,
@@ -398,5 +453,45 @@ impl events::event_service_server::EventService for EventService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// A client's settings from a gRPC request, with the same defaults as REST and the CLI.
+fn client_settings(
+    r: admin::ClientRequest,
+) -> Result<(String, bool, perfect21_events::catalog::ClientSettings), Status> {
+    let confidential = match r.client_type.as_str() {
+        "" | "confidential" => true,
+        "public" => false,
+        other => {
+            return Err(Status::invalid_argument(format!("client_type '{other}' must be 'confidential' or 'public'")))
+        }
+    };
+    let or = |v: Vec<String>, default: fn() -> Vec<String>| if v.is_empty() { default() } else { v };
+    let settings = perfect21_events::catalog::ClientSettings {
+        redirect_uris: r.redirect_uris,
+        post_logout_redirect_uris: r.post_logout_redirect_uris,
+        grant_types: or(r.grant_types, super::rest_admin::default_grants),
+        scopes: or(r.scopes, super::rest_admin::default_scopes),
+        id_token_signed_response_alg: if r.id_token_signed_response_alg.is_empty() {
+            super::rest_admin::default_alg()
+        } else {
+            r.id_token_signed_response_alg
+        },
+    };
+    Ok((r.name, confidential, settings))
+}
+
+fn grpc_client(c: super::views::PublicClient) -> admin::Client {
+    admin::Client {
+        client_id: c.client_id.to_string(),
+        name: c.name,
+        client_type: c.client_type.into(),
+        redirect_uris: c.redirect_uris,
+        post_logout_redirect_uris: c.post_logout_redirect_uris,
+        grant_types: c.grant_types,
+        scopes: c.scopes,
+        id_token_signed_response_alg: c.id_token_signed_response_alg,
+        created_at: c.created_at,
     }
 }
