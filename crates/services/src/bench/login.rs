@@ -71,7 +71,7 @@ pub async fn login(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<
 
 /// Baseline: argon2id with the same parameters on one thread per core, each reusing
 /// its memory, computing and comparing the hash of the same password and nothing else.
-fn raw_argon2(duration: Duration) -> anyhow::Result<f64> {
+pub(super) fn raw_argon2(duration: Duration) -> anyhow::Result<f64> {
     let c = PasswordCost::OWASP;
     let params = Params::new(c.memory_kib, c.iterations, c.parallelism, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());

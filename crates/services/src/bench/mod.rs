@@ -6,6 +6,7 @@ mod append;
 mod grpc;
 mod login;
 mod oauth;
+mod oidc;
 mod relay;
 mod replay;
 pub mod websocket;
@@ -72,6 +73,11 @@ pub enum Scenario {
     /// Token validation, permission checks and logins over REST (HTTP/1.1) vs an empty
     /// handler on the same server.
     Rest,
+    /// Whole OpenID Connect authorization-code flows (login page, sign-in, code, PKCE
+    /// exchange, RS256 ID token) vs raw argon2id verifications.
+    OidcCode,
+    /// Token introspections (RFC 7662) by a client vs an empty handler on the same server.
+    Introspect,
 }
 
 /// One line of the output contract.
@@ -116,6 +122,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Memory => replay::memory(args.users).await?,
         Scenario::ClientCredentials => oauth::client_credentials(&scratch, duration).await?,
         Scenario::Rest => oauth::rest(&scratch, duration).await?,
+        Scenario::OidcCode => oidc::code(&scratch, duration).await?,
+        Scenario::Introspect => oidc::introspect(&scratch, duration).await?,
     };
     print(&rows, args.json);
     Ok(())

@@ -21,10 +21,10 @@ use perfect21_events::EventStore;
 use std::sync::Arc;
 use std::time::Duration;
 
-const CLIENTS: usize = 16;
+pub(super) const CLIENTS: usize = 16;
 
 /// `CLIENTS` tasks sending `request` back to back for `duration`; each answer must be 200.
-async fn drive(
+pub(super) async fn drive(
     duration: Duration,
     request: impl Fn() -> reqwest::RequestBuilder + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<Run> {
@@ -41,22 +41,23 @@ async fn drive(
 }
 
 /// A REST server over a scratch log.
-struct Served {
-    addr: std::net::SocketAddr,
-    identity: Identity,
-    app: App,
+pub(super) struct Served {
+    pub addr: std::net::SocketAddr,
+    pub identity: Identity,
+    pub app: App,
 }
 
-async fn serve(scratch: &Scratch, name: &str, cost: PasswordCost) -> anyhow::Result<Served> {
+pub(super) async fn serve(scratch: &Scratch, name: &str, cost: PasswordCost) -> anyhow::Result<Served> {
     let store: Arc<dyn EventStore> =
         Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file(&format!("{name}.db")))).await?);
     let live = LiveModels::start(store.clone());
     let config = IdentityConfig { password_cost: cost, allow_unverified_login: true, ..Default::default() };
     let identity = Identity::new(store.clone(), live, SecretBox::random(), config)?;
-    let app = App::new(identity.clone(), Arc::new(KeySet::load_or_create(&scratch.file(&format!("{name}-keys")))?));
+    let mut app = App::new(identity.clone(), Arc::new(KeySet::load_or_create(&scratch.file(&format!("{name}-keys")))?));
     let hub = Hub::start(store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    app.issuer = Arc::from(format!("http://{addr}"));
     let service = router(RestState { app: app.clone(), hub, relay: None }, None)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, service).await });

@@ -224,17 +224,22 @@ impl App {
         check
     }
 
+    /// The claims of an access token whose signature checks (through the cache of
+    /// verified tokens); expiry is the caller's to check.
+    pub fn verified_claims(&self, token: &str) -> Result<Claims, TokenError> {
+        if let Some(c) = self.verified.get(token) {
+            return Ok(c);
+        }
+        let c = self.keys.verify(token, false)?;
+        self.verified.put(token, &c);
+        Ok(c)
+    }
+
     async fn check_token(&self, token: &str, client_ip: Option<&str>) -> TokenCheck {
-        let claims = match self.verified.get(token) {
-            Some(c) => c,
-            None => match self.keys.verify(token, false) {
-                Ok(c) => {
-                    self.verified.put(token, &c);
-                    c
-                }
-                Err(TokenError::Expired) => return TokenCheck::invalid("token has expired"),
-                Err(e) => return TokenCheck::invalid(e.to_string()),
-            },
+        let claims = match self.verified_claims(token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return TokenCheck::invalid("token has expired"),
+            Err(e) => return TokenCheck::invalid(e.to_string()),
         };
         if claims.exp <= chrono::Utc::now().timestamp() {
             return TokenCheck::invalid("token has expired");

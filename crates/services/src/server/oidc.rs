@@ -789,7 +789,7 @@ pub async fn introspect(State(s): State<RestState>, headers: HeaderMap, body: By
         .increment(1);
     let check = app.validate(token, None).await;
     if check.valid {
-        let Ok(claims) = app.keys.verify(token, false) else {
+        let Ok(claims) = app.verified_claims(token) else {
             return inactive();
         };
         let aud = claims.aud.as_deref().and_then(|a| Uuid::parse_str(a).ok());
@@ -888,7 +888,7 @@ pub async fn userinfo(State(s): State<RestState>, headers: HeaderMap) -> Respons
         r
     };
     // The access rule admitted a valid user token; its claims say what it was granted.
-    let Some(claims) = super::rest::bearer(&headers).and_then(|t| app.keys.verify(t, false).ok()) else {
+    let Some(claims) = super::rest::bearer(&headers).and_then(|t| app.verified_claims(t).ok()) else {
         return refuse("invalid_token", "the access token is invalid");
     };
     let scope = claims.scope.clone().unwrap_or_default();
