@@ -309,6 +309,7 @@ async fn every_documented_operation_is_routed_and_mfa_works_over_rest() {
             let req = match method.as_str() {
                 "get" => http.get(&url),
                 "post" => http.post(&url).json(&json!({})),
+                "put" => http.put(&url).json(&json!({})),
                 "delete" => http.delete(&url),
                 other => panic!("unexpected method {other}"),
             };

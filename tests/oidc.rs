@@ -286,6 +286,20 @@ async fn codes_are_single_use_bound_to_pkce_and_client_and_a_replay_revokes_thei
     assert_eq!((info["sub"].as_str(), info["email"].as_str()), (Some(user_id.as_str()), Some("pkce@example.com")));
     assert_eq!(info["preferred_username"], "pkce");
 
+    // The sign-in and the exchange went through the identity domain, naming the client.
+    for event_type in
+        ["user.login_succeeded", "authorization_code.issued", "authorization_code.redeemed", "session.started"]
+    {
+        let tail = common::serve::run(&["events", "tail", "--data-dir", &server.data, "--type", event_type]);
+        let events: Vec<Value> = tail.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let via = format!("oidc-client:{}", wiki.id);
+        assert!(
+            events.iter().any(|e| e["metadata"]["source_service"] == via.as_str()
+                && e["metadata"]["actor"] == format!("user:{user_id}")),
+            "{event_type} names the client in its metadata: {tail}"
+        );
+    }
+
     // The same code again: refused, and what it bought stops working (RFC 6749 §4.1.2).
     let (status, body) = exchange(&http, &server, &wiki, &grant(VERIFIER)).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");

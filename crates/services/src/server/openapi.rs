@@ -162,7 +162,7 @@ pub fn operations() -> Vec<Operation> {
         (
             "post",
             "/oauth2/token",
-            "OAuth 2.0 token endpoint (RFC 6749): grant_type=client_credentials, client_secret_basic or client_secret_post; form-urlencoded",
+            "OAuth 2.0 token endpoint (RFC 6749): grant_type=client_credentials, authorization_code or refresh_token; client_secret_basic, client_secret_post or none (public clients, with PKCE); form-urlencoded",
             None,
         ),
         ("get", "/verify-email", "HTML page of the welcome email's link: shows a button that confirms (query: token)", None),
@@ -188,7 +188,36 @@ pub fn operations() -> Vec<Operation> {
             Some(obj(&[], &[("reason", "string")])),
         ),
         ("delete", "/api/v1/service-accounts/{id}", "Delete a service account", None),
+        ("get", "/api/v1/clients", "List OpenID Connect clients", None),
+        ("post", "/api/v1/clients", "Register an OpenID Connect client; a confidential one's secret is in the answer, shown once", Some(client_body())),
+        ("put", "/api/v1/clients/{id}", "Replace a client's name and settings", Some(client_body())),
+        ("delete", "/api/v1/clients/{id}", "Delete a client", None),
+        ("post", "/api/v1/clients/{id}/secret", "Rotate a confidential client's secret (the old one stops working)", None),
+        ("get", "/.well-known/openid-configuration", "OpenID Connect discovery document", None),
+        ("get", "/oauth2/authorize", "OpenID Connect authorization endpoint: the login page, or a redirect to the client (HTML)", None),
+        ("post", "/oauth2/authorize", "Login form target: password step or second-factor step (HTML form)", None),
+        ("get", "/oauth2/userinfo", "OpenID Connect userinfo: claims of the token's user, by granted scope", None),
+        ("post", "/oauth2/userinfo", "OpenID Connect userinfo (POST)", None),
+        ("post", "/oauth2/introspect", "Token introspection (RFC 7662); client authentication; form-urlencoded", None),
+        ("post", "/oauth2/revoke", "Token revocation (RFC 7009); client authentication; form-urlencoded", None),
+        ("get", "/oauth2/logout", "RP-initiated logout (id_token_hint, post_logout_redirect_uri, state) (HTML)", None),
+        ("post", "/oauth2/logout", "Logout confirmation form target (HTML form)", None),
     ]
+}
+
+fn client_body() -> Value {
+    obj(
+        &["name", "redirect_uris"],
+        &[
+            ("name", "string"),
+            ("client_type", "string"),
+            ("redirect_uris", "array"),
+            ("post_logout_redirect_uris", "array"),
+            ("grant_types", "array"),
+            ("scopes", "array"),
+            ("id_token_signed_response_alg", "string"),
+        ],
+    )
 }
 
 /// Who may call an operation, in words.
