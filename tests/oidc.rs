@@ -577,3 +577,55 @@ async fn a_relying_party_library_drives_every_flow() {
     assert_eq!(report["flows"], 4, "{report}");
     assert_eq!(report["id_token_algs"], json!(["RS256", "ES256", "EdDSA", "ES256"]), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployers_replace_pages_and_stylesheet_and_name_the_issuer() {
+    let pages = tempfile::tempdir().unwrap();
+    let dir = pages.path().to_str().unwrap();
+    let printed = common::serve::run(&["serve", "--print-pages", dir]);
+    assert_eq!(printed.lines().count(), 5, "{printed}");
+    let login = std::fs::read_to_string(pages.path().join("login.html")).unwrap();
+    std::fs::write(pages.path().join("login.html"), login.replace("<h1>Sign in</h1>", "<h1>Welcome to ACME</h1>"))
+        .unwrap();
+    std::fs::write(pages.path().join("perfect21.css"), "/* ACME house style */ body { color: #123; }").unwrap();
+
+    let server = common::serve::start_with(&["--pages-dir", dir, "--public-url", "https://id.example.com/"]);
+    let http = reqwest::Client::new();
+    let meta: Value = http
+        .get(format!("{}/.well-known/openid-configuration", server.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["issuer"], "https://id.example.com");
+    assert_eq!(meta["authorization_endpoint"], "https://id.example.com/oauth2/authorize");
+    let css = http.get(format!("{}/assets/perfect21.css", server.http)).send().await.unwrap().text().await.unwrap();
+    assert!(css.contains("ACME house style"), "{css}");
+
+    let admin = gateway_token(&http, &server).await;
+    let wiki = register_client(&http, &server, &admin, confidential("https://wiki.example.com/cb")).await;
+    let mut browser = Browser::new();
+    let page = browser.get(&authorize_url(&server, &wiki, "")).await;
+    assert!(page.body.contains("<h1>Welcome to ACME</h1>"), "{}", page.body);
+    assert!(page.body.contains("to continue to <strong>Wiki</strong>"), "the replaced page still gets its values");
+    // Behind https, the cookies are Secure.
+    let res = reqwest::Client::new().get(authorize_url(&server, &wiki, "")).send().await.unwrap();
+    let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+
+    // A page that does not parse stops the start, naming the file.
+    std::fs::write(pages.path().join("message.html"), "{% if %}").unwrap();
+    let out = common::serve::perfect21()
+        .args(["serve", "--data-dir", &server.data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--pages-dir", dir])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("message.html"), "{stderr}");
+}

@@ -10,7 +10,7 @@ pub mod hub;
 pub mod oauth2;
 pub mod oidc;
 pub mod openapi;
-mod pages;
+pub mod pages;
 pub mod rest;
 pub mod rest_admin;
 pub mod tls;
@@ -87,6 +87,14 @@ pub struct ServeArgs {
     /// the HTTP listen address (`localhost` when it listens on every interface).
     #[arg(long, env = "PERFECT21_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Directory of page templates and stylesheet (`login.html`, `mfa.html`,
+    /// `message.html`, `verify_email.html`, `perfect21.css`) that replace the
+    /// built-in ones file by file.
+    #[arg(long, env = "PERFECT21_PAGES_DIR")]
+    pub pages_dir: Option<PathBuf>,
+    /// Write the built-in pages and stylesheet into this directory (to edit them) and exit.
+    #[arg(long)]
+    pub print_pages: Option<PathBuf>,
     /// Cheap password hashing, for tests only. Never in production.
     #[arg(long, hide = true)]
     pub insecure_fast_passwords: bool,
@@ -175,6 +183,13 @@ impl ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.print_pages {
+        for path in pages::write_defaults(dir)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
+    pages::load(args.pages_dir.as_deref())?;
     crate::telemetry::install();
     crate::telemetry::zero_series(
         access::REST

@@ -1,6 +1,7 @@
-//! Server-rendered pages for the links perfect21 sends by email. Plain HTML
-//! forms that work without JavaScript, templated with minijinja (compiled into
-//! the binary), styled by `/assets/perfect21.css`.
+//! Server-rendered pages: the links perfect21 sends by email, and the OpenID
+//! Connect login pages. Plain HTML forms that work without JavaScript, templated
+//! with minijinja (compiled into the binary, each replaceable by a file of the
+//! same name in `serve --pages-dir`), styled by `/assets/perfect21.css`.
 //!
 //! `GET /verify-email?token=…` only shows what the link would do and a button;
 //! the `POST` from that button verifies. Mail scanners that prefetch links
@@ -14,29 +15,77 @@ use perfect21_domain::VerificationState;
 use serde::Deserialize;
 use std::sync::OnceLock;
 
-const VERIFY_EMAIL: &str = include_str!("../../../../templates/pages/verify_email.html");
-const LOGIN: &str = include_str!("../../../../templates/pages/login.html");
-const MFA: &str = include_str!("../../../../templates/pages/mfa.html");
-const MESSAGE: &str = include_str!("../../../../templates/pages/message.html");
-const STYLESHEET: &str = include_str!("../../../../templates/pages/perfect21.css");
+/// The built-in pages and stylesheet, by file name.
+const BUILT_IN: [(&str, &str); 5] = [
+    ("verify_email.html", include_str!("../../../../templates/pages/verify_email.html")),
+    ("login.html", include_str!("../../../../templates/pages/login.html")),
+    ("mfa.html", include_str!("../../../../templates/pages/mfa.html")),
+    ("message.html", include_str!("../../../../templates/pages/message.html")),
+    (STYLESHEET, include_str!("../../../../templates/pages/perfect21.css")),
+];
+const STYLESHEET: &str = "perfect21.css";
 
-fn pages() -> &'static minijinja::Environment<'static> {
-    static ENV: OnceLock<minijinja::Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = minijinja::Environment::new();
-        // HTML escaping of every value (the file name ends in .html).
-        env.add_template("verify_email.html", VERIFY_EMAIL).expect("the built-in page parses");
-        env.add_template("login.html", LOGIN).expect("the built-in page parses");
-        env.add_template("mfa.html", MFA).expect("the built-in page parses");
-        env.add_template("message.html", MESSAGE).expect("the built-in page parses");
-        env
-    })
+/// The pages and stylesheet in use: the built-in ones, each replaced by the file of
+/// the same name in `--pages-dir` when there is one.
+struct Pages {
+    env: minijinja::Environment<'static>,
+    stylesheet: &'static str,
+}
+
+static PAGES: OnceLock<Pages> = OnceLock::new();
+
+/// Loads the pages once, at start-up, replacing built-in files by those of `dir`;
+/// a template that does not parse stops the start with its name and error.
+pub fn load(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let pages = build(dir)?;
+    anyhow::ensure!(PAGES.set(pages).is_ok(), "the pages were loaded already");
+    Ok(())
+}
+
+fn build(dir: Option<&std::path::Path>) -> anyhow::Result<Pages> {
+    let mut env = minijinja::Environment::new();
+    let mut stylesheet = "";
+    for (name, built_in) in BUILT_IN {
+        let source: &'static str = match dir.map(|d| d.join(name)).filter(|p| p.exists()) {
+            // Read once per process and kept for its lifetime.
+            Some(path) => Box::leak(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+                    .into_boxed_str(),
+            ),
+            None => built_in,
+        };
+        if name == STYLESHEET {
+            stylesheet = source;
+        } else {
+            // HTML escaping of every value (the file name ends in .html).
+            env.add_template(name, source).map_err(|e| anyhow::anyhow!("page template {name}: {e}"))?;
+        }
+    }
+    Ok(Pages { env, stylesheet })
+}
+
+/// Writes the built-in pages and stylesheet into `dir` (to edit them); their paths.
+pub fn write_defaults(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    BUILT_IN
+        .iter()
+        .map(|(name, source)| {
+            let path = dir.join(name);
+            std::fs::write(&path, source).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+fn pages() -> &'static Pages {
+    PAGES.get_or_init(|| build(None).expect("the built-in pages parse"))
 }
 
 /// Renders one of the built-in pages (never cached: they may carry CSRF tokens).
 /// Framing is refused, so a page cannot be overlaid by another site (clickjacking).
 pub(super) fn page(status: StatusCode, template: &str, ctx: minijinja::Value) -> Response {
-    match pages().get_template(template).and_then(|t| t.render(ctx)) {
+    match pages().env.get_template(template).and_then(|t| t.render(ctx)) {
         Ok(html) => (
             status,
             [
@@ -104,6 +153,7 @@ pub async fn verify_email_submit(
 
 /// `GET /assets/perfect21.css`.
 pub async fn stylesheet() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], STYLESHEET)
+    let css = pages().stylesheet;
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], css)
         .into_response()
 }
