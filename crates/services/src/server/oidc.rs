@@ -443,6 +443,21 @@ struct LoginForm {
     code: String,
 }
 
+/// A browser form, parsed, whose CSRF token matches this browser's cookie; or the page saying why not.
+fn checked_form<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+    csrf: impl Fn(&T) -> &str,
+) -> Result<T, Box<Response>> {
+    let unreadable =
+        |_| pages::message(StatusCode::BAD_REQUEST, "error", "Invalid form", "The form could not be read.");
+    let form: T = serde_urlencoded::from_bytes(body).map_err(|e| Box::new(unreadable(e)))?;
+    if !csrf_ok(headers, csrf(&form)) {
+        return Err(Box::new(expired_form()));
+    }
+    Ok(form)
+}
+
 fn expired_form() -> Response {
     pages::message(
         StatusCode::FORBIDDEN,
@@ -461,12 +476,10 @@ pub async fn authorize_submit(
     body: Bytes,
 ) -> Response {
     let app = &s.app;
-    let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
-        return pages::message(StatusCode::BAD_REQUEST, "error", "Invalid form", "The form could not be read.");
+    let form: LoginForm = match checked_form(&headers, &body, |f: &LoginForm| &f.csrf) {
+        Ok(f) => f,
+        Err(page) => return *page,
     };
-    if !csrf_ok(&headers, &form.csrf) {
-        return expired_form();
-    }
     let Some(params) = decode_request(&form.request) else {
         return expired_form();
     };
@@ -744,11 +757,6 @@ pub async fn refresh_grant(
     token_answer(app, &client, &grant, &sign_in)
 }
 
-/// Parses a back-channel form body (`application/x-www-form-urlencoded`, no repeats).
-fn back_channel_form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
-    oauth2::form(headers, body)
-}
-
 /// Who may introspect: a confidential client (its own tokens) or a service account
 /// (a resource server: any token).
 enum Introspector {
@@ -777,7 +785,7 @@ async fn introspector(
 /// `POST /oauth2/introspect` (RFC 7662).
 pub async fn introspect(State(s): State<RestState>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthError> {
     let app = &s.app;
-    let form = back_channel_form(&headers, &body)?;
+    let form = oauth2::form(&headers, &body)?;
     let who = introspector(app, &headers, &form).await?;
     let token = required(&form, "token")?;
     let inactive = || Ok((StatusCode::OK, oauth2::no_store(), axum::Json(json!({"active": false}))).into_response());
@@ -834,6 +842,17 @@ fn access_token_info(claims: &Claims) -> Value {
     body
 }
 
+/// RFC 7009 §2.2: a token that is already revoked or ended is no error; a store
+/// that cannot be reached is.
+fn unless_broken(result: Result<u64, DomainError>) -> Result<(), OAuthError> {
+    match result {
+        Err(e @ (DomainError::Store(_) | DomainError::Internal(_))) => {
+            Err(OAuthError::status(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `POST /oauth2/revoke` (RFC 7009): a client revokes one of its own access or
 /// refresh tokens. Unknown tokens and tokens of other clients answer 200 too.
 pub async fn revoke(
@@ -843,7 +862,7 @@ pub async fn revoke(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let app = &s.app;
-    let form = back_channel_form(&headers, &body)?;
+    let form = oauth2::form(&headers, &body)?;
     let client = relying_party(app, &headers, &form).await?;
     let token = required(&form, "token")?;
     let ctx = client_context(ctx, client.id);
@@ -851,26 +870,12 @@ pub async fn revoke(
     if let Ok(claims) = app.keys.verify(token, true) {
         if claims.aud.as_deref() == Some(mine.as_str()) {
             if let Some(session) = claims.session_id() {
-                let revoked = app.identity.revoke_token(&ctx, session, &claims.jti, claims.exp).await;
-                if let Err(e @ (DomainError::Store(_) | DomainError::Internal(_))) = revoked {
-                    return Err(OAuthError::status(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "temporarily_unavailable",
-                        e.to_string(),
-                    ));
-                }
+                unless_broken(app.identity.revoke_token(&ctx, session, &claims.jti, claims.exp).await)?;
             }
         }
     } else if let Some((session, link)) = client_session_of(app, token).await {
         if link.client_id == client.id && matches!(app.identity.refresh_token_status(token).await, Ok(Some(_))) {
-            let revoked = app.identity.revoke_session(&ctx, session, "revoked_by_client").await;
-            if let Err(e @ (DomainError::Store(_) | DomainError::Internal(_))) = revoked {
-                return Err(OAuthError::status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    e.to_string(),
-                ));
-            }
+            unless_broken(app.identity.revoke_session(&ctx, session, "revoked_by_client").await)?;
         }
     }
     Ok((StatusCode::OK, oauth2::no_store(), axum::Json(json!({}))).into_response())
@@ -1021,12 +1026,10 @@ pub async fn logout_submit(
     body: Bytes,
 ) -> Response {
     let app = &s.app;
-    let Ok(params) = serde_urlencoded::from_bytes::<LogoutParams>(&body) else {
-        return pages::message(StatusCode::BAD_REQUEST, "error", "Invalid form", "The form could not be read.");
+    let params: LogoutParams = match checked_form(&headers, &body, |f: &LogoutParams| &f.csrf) {
+        Ok(f) => f,
+        Err(page) => return *page,
     };
-    if !csrf_ok(&headers, &params.csrf) {
-        return expired_form();
-    }
     let client = params.client_id.as_deref().and_then(|c| Uuid::parse_str(c).ok());
     let target = match logout_target(app, client, &params).await {
         Ok(t) => t,
