@@ -1,6 +1,7 @@
 //! One trace across the AMQP hop: a REST request (continuing the caller's W3C
 //! traceparent) → the event it wrote → the relay's publish → the notification
-//! service handling the message. Spans are received by an OTLP/HTTP receiver
+//! service handling the message, and the read models folding the event. Spans are
+//! received by an OTLP/HTTP receiver
 //! on loopback, exported by the real processes through the standard OTEL_* variables.
 
 mod common;
@@ -153,7 +154,19 @@ async fn one_trace_spans_rest_the_relay_and_the_notification_service() {
     let appends: Vec<_> = all.iter().filter(|s| s.name == "append").collect();
     assert!(appends.len() >= 3, "reservations and the registration are appended: {appends:?}");
     assert!(appends.iter().all(|a| a.parent == command.span_id), "appends are children of the command");
-    assert!(spans.lock().unwrap().iter().any(|s| s.name == "projection.update"), "projection updates are traced too");
+    // The read models fold the request's events inside the same trace.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !spans
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.name == "projection.update" && hex(&s.trace_id) == trace_id && s.parent == request.span_id)
+    {
+        let folds: Vec<Span> =
+            spans.lock().unwrap().iter().filter(|s| s.name == "projection.update").cloned().collect();
+        assert!(Instant::now() < deadline, "no fold of the request's events in its trace; folds: {folds:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The event records the request's span, so the relay's publish continues from it.
     assert_eq!(publish.parent, request.span_id, "the relay's publish is a child of the request that wrote the event");
     assert!(handle.service.contains("perfect21-notify"), "{handle:?}");

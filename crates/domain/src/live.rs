@@ -2,13 +2,32 @@
 //! consistency token.
 
 use crate::error::{DomainError, Result};
-use perfect21_events::{subscribe_all, EventStore};
+use perfect21_events::{subscribe_all, EventStore, RecordedEvent};
 use perfect21_projections::ReadModels;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Makes the span of one fold of the read models (given the events folded).
+pub type UpdateSpan = fn(&[RecordedEvent]) -> tracing::Span;
+
+static UPDATE_SPAN: std::sync::OnceLock<UpdateSpan> = std::sync::OnceLock::new();
+
+/// Installs how folds are traced: a front end that exports traces makes each fold
+/// continue the trace of the events it folds (their metadata's `traceparent`), which
+/// this crate, free of OpenTelemetry, cannot do itself. The first call wins.
+pub fn trace_updates_with(span: UpdateSpan) {
+    let _ = UPDATE_SPAN.set(span);
+}
+
+fn update_span(batch: &[RecordedEvent]) -> tracing::Span {
+    match UPDATE_SPAN.get() {
+        Some(make) => make(batch),
+        None => tracing::info_span!("projection.update", events = batch.len()),
+    }
+}
 
 /// Events folded under one write lock at most, so readers are never held off long.
 const MAX_FOLD_BATCH: usize = 1000;
@@ -217,7 +236,7 @@ async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>, p
         }
         let Some(live) = live.upgrade() else { return };
         let checkpoint = {
-            let _span = tracing::info_span!("projection.update", events = batch.len()).entered();
+            let _span = update_span(&batch).entered();
             let mut models = live.models.write().expect("read models lock");
             for e in &batch {
                 if let Err(err) = models.apply(e) {

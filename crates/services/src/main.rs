@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         }
     };
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    perfect21_domain::live::trace_updates_with(telemetry::projection_update_span);
     let otel = tracer.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
         let ours = tracing_subscriber::filter::Targets::new().with_target("perfect21", tracing::Level::INFO);

@@ -163,6 +163,14 @@ pub fn current_traceparent() -> Option<String> {
     carrier.remove("traceparent")
 }
 
+/// The span of one fold of the read models: a child of the first folded event that
+/// carries a trace, so a request's trace shows its events reaching the read models.
+pub fn projection_update_span(batch: &[perfect21_events::RecordedEvent]) -> tracing::Span {
+    let span = tracing::info_span!("projection.update", events = batch.len());
+    set_parent(&span, batch.iter().find_map(|e| e.metadata.traceparent.as_deref()), None);
+    span
+}
+
 /// Makes `span` a child of the trace `traceparent` names (no-op without one).
 pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
