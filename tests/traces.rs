@@ -1,8 +1,8 @@
 //! One trace across the AMQP hop: a REST request (continuing the caller's W3C
 //! traceparent) → the event it wrote → the relay's publish → the notification
 //! service handling the message, and the read models folding the event. Spans are
-//! received by an OTLP/HTTP receiver
-//! on loopback, exported by the real processes through the standard OTEL_* variables.
+//! received by an OTLP/HTTP receiver on loopback, exported by the real processes
+//! through the standard OTEL_* variables.
 
 mod common;
 

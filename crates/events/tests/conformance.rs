@@ -593,12 +593,65 @@ mod postgres_settings {
     }
 }
 
-/// SQLite-only: the database refusing to grow mid-batch (SQLITE_FULL through
-/// `max_page_count`). SQLite rolls back the failing statement here, not the whole
-/// transaction; the writer also aborts a batch whose transaction SQLite rolled back
-/// by itself, which this fault does not reach.
+/// SQLite-only faults mid-group: the database refusing to grow (SQLITE_FULL through
+/// `max_page_count`, where SQLite rolls back the failing statement), and SQLite
+/// rolling back the whole group's transaction by itself (here a trigger raising
+/// ROLLBACK, as a full disk, an I/O error or a failed allocation may do).
 mod sqlite_faults {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_transaction_rolled_back_by_sqlite_aborts_its_whole_group_without_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).await.unwrap());
+        let poisoned = stream("user");
+        let fault = format!(
+            "CREATE TRIGGER fault BEFORE INSERT ON events WHEN NEW.stream_id = '{poisoned}' \
+             BEGIN SELECT RAISE(ROLLBACK, 'injected fault'); END;"
+        );
+        rusqlite::Connection::open(&path).unwrap().execute_batch(&fault).unwrap();
+
+        let (mut acknowledged, mut collateral) = (Vec::new(), 0);
+        // Rounds of 32 concurrent appenders, one of them poisoned, until a group held
+        // the poisoned append together with others (the writer groups what is waiting).
+        for _ in 0..100 {
+            let tasks: Vec<_> = (0..32)
+                .map(|i| {
+                    let store = store.clone();
+                    let target = if i == 16 { poisoned.clone() } else { stream("user") };
+                    tokio::spawn(async move {
+                        let event = verified(Uuid::new_v4());
+                        let id = event.event_id;
+                        (i == 16, id, store.append(&target, ExpectedVersion::Any, vec![event]).await)
+                    })
+                })
+                .collect();
+            for t in tasks {
+                match t.await.unwrap() {
+                    (true, _, result) => assert!(result.is_err(), "the poisoned append cannot succeed"),
+                    (false, id, Ok(r)) => acknowledged.push((id, r.first_position)),
+                    (false, _, Err(e)) => {
+                        assert!(e.to_string().contains("rolled the transaction back"), "{e}");
+                        collateral += 1;
+                    }
+                }
+            }
+            if collateral > 0 {
+                break;
+            }
+        }
+        assert!(collateral > 0, "the poisoned append never shared a group with another");
+        // Nothing of an aborted group is in the log, everything acknowledged is, without holes.
+        store.append(&stream("user"), ExpectedVersion::NoStream, vec![verified(Uuid::new_v4())]).await.unwrap();
+        let all = store.read_all(1, usize::MAX).await.unwrap();
+        let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>(), "positions have a hole");
+        for (id, position) in &acknowledged {
+            assert_eq!(all[*position as usize - 1].event_id, *id, "acknowledged event missing at {position}");
+        }
+        assert_eq!(all.len(), acknowledged.len() + 1, "only acknowledged appends are in the log");
+    }
 
     fn big(user_id: Uuid) -> EventData {
         let e = Event::UserProfileUpdated(UserProfileUpdated {
