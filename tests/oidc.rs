@@ -360,6 +360,11 @@ async fn tokens_of_one_client_cannot_be_refreshed_introspected_or_revoked_by_ano
         Client { id: server.sa_id.clone(), secret: Some(server.sa_secret.clone()), redirect: String::new() };
     let (_, rs) = introspect(&resource_server, access).await;
     assert_eq!(rs["active"], true, "a service account (resource server) may introspect: {rs}");
+    let (id, secret) = common::serve::create_service_account(&server.data, "no-roles", &[]);
+    let nobody = Client { id, secret: Some(secret), redirect: String::new() };
+    let (status, body) = introspect(&nobody, access).await;
+    assert_eq!(status, 403, "a service account without perfect21.tokens:validate: {body}");
+    assert!(body["error_description"].as_str().unwrap().contains("perfect21.tokens:validate"), "{body}");
     let (_, refresh_info) = introspect(&wiki, refresh).await;
     assert_eq!(
         (refresh_info["active"].as_bool(), refresh_info["token_type"].as_str()),

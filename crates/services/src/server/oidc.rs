@@ -16,6 +16,7 @@
 //! with the server secret; `p21_csrf` (`SameSite=Strict`) is the double-submit
 //! token every form must echo.
 
+use super::access::TOKENS_VALIDATE;
 use super::app::App;
 use super::oauth2::{self, OAuthError};
 use super::pages;
@@ -758,7 +759,7 @@ pub async fn refresh_grant(
 }
 
 /// Who may introspect: a confidential client (its own tokens) or a service account
-/// (a resource server: any token).
+/// holding `perfect21.tokens:validate` (a resource server: any token).
 enum Introspector {
     Client(Uuid),
     ResourceServer,
@@ -776,9 +777,18 @@ async fn introspector(
     if let Ok(client) = app.identity.authenticate_relying_party(&id, Some(&secret)).await {
         return Ok(Introspector::Client(client.id));
     }
-    match app.identity.authenticate_client(&id, &secret).await {
-        Ok(_) => Ok(Introspector::ResourceServer),
-        Err(_) => Err(OAuthError::invalid_client(basic)),
+    let account =
+        app.identity.authenticate_client(&id, &secret).await.map_err(|_| OAuthError::invalid_client(basic))?;
+    // Reading any token's status is token validation: the same permission as ValidateToken.
+    let (resource, action) = (TOKENS_VALIDATE.resource, TOKENS_VALIDATE.action);
+    match app.holds(account.id, resource, action).await {
+        Ok(true) => Ok(Introspector::ResourceServer),
+        Ok(false) => Err(OAuthError::status(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            format!("introspecting tokens needs {TOKENS_VALIDATE} (a client may introspect only its own tokens)"),
+        )),
+        Err(e) => Err(OAuthError::status(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e.to_string())),
     }
 }
 
