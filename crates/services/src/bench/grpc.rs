@@ -22,16 +22,16 @@ const CHANNELS: usize = 4;
 const FLOOD_USERS: usize = 16;
 const PASSWORD: &str = "benchmark password 1";
 
-struct Bench {
-    channels: Vec<Channel>,
-    token: String,
+pub(super) struct Bench {
+    pub channels: Vec<Channel>,
+    pub token: String,
     /// A service account's token (the callers of these RPCs are services).
-    service: String,
+    pub service: String,
     user_id: String,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
+pub(super) async fn setup(scratch: &Scratch) -> anyhow::Result<Bench> {
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("grpc.db"))).await?);
     let live = LiveModels::start(store.clone());
     let config =
@@ -114,7 +114,7 @@ fn authorized<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     Ok(req)
 }
 
-fn validate_call(
+pub(super) fn validate_call(
     token: String,
     service: String,
 ) -> impl Fn(Channel) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Clone {

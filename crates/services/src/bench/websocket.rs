@@ -29,6 +29,15 @@ fn now_micros() -> i64 {
 }
 
 pub async fn websocket(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
+    websocket_with(scratch, duration, PER_USER).await
+}
+
+/// `USERS` users with `per_user` connections each.
+pub async fn websocket_with(
+    scratch: &Scratch,
+    duration: Duration,
+    per_user: usize,
+) -> anyhow::Result<Vec<Measurement>> {
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("ws.db"))).await?);
     let live = LiveModels::start(store.clone());
     // Password hashing is not what this measures.
@@ -67,7 +76,7 @@ pub async fn websocket(scratch: &Scratch, duration: Duration) -> anyhow::Result<
     let tokens_file = scratch.file("tokens.txt");
     std::fs::write(&tokens_file, tokens)?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["bench-ws-clients", "--url", &format!("ws://{addr}/api/v1/ws"), "--per-token", &PER_USER.to_string()])
+        .args(["bench-ws-clients", "--url", &format!("ws://{addr}/api/v1/ws"), "--per-token", &per_user.to_string()])
         .args(["--duration", &duration.as_secs_f64().to_string(), "--tokens"])
         .arg(&tokens_file)
         .stdout(std::process::Stdio::piped())
