@@ -103,6 +103,25 @@ impl TokenCheck {
     fn invalid(error: impl Into<String>) -> Self {
         TokenCheck { error: Some(error.into()), ..Default::default() }
     }
+
+    /// A valid token, checked for who it speaks for only.
+    fn admitted(principal: Principal, expires_at: i64) -> Self {
+        TokenCheck {
+            valid: true,
+            user_id: Some(principal.id()),
+            principal: Some(principal),
+            expires_at,
+            ..Default::default()
+        }
+    }
+}
+
+/// How much a token check works out: who the token speaks for (admitting a caller),
+/// or also its permissions and warnings (answering a validation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    Principal,
+    Full,
 }
 
 impl App {
@@ -207,7 +226,7 @@ impl App {
 
     /// Who a bearer token speaks for, or why it speaks for no one.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, String> {
-        let check = self.check_token(token, None).await;
+        let check = self.check_token(token, None, Detail::Principal).await;
         match check.principal {
             Some(p) if check.valid => Ok(p),
             _ => Err(check.error.unwrap_or_else(|| "invalid token".into())),
@@ -217,7 +236,7 @@ impl App {
     /// Signature, expiry, revocation (including this process's latest revocations)
     /// and the user's status; with warnings a caller may act on.
     pub async fn validate(&self, token: &str, client_ip: Option<&str>) -> TokenCheck {
-        let check = self.check_token(token, client_ip).await;
+        let check = self.check_token(token, client_ip, Detail::Full).await;
         let outcome = if check.valid { "valid" } else { "invalid" };
         metrics::counter!("perfect21_token_operations_total", "operation" => "validate", "outcome" => outcome)
             .increment(1);
@@ -235,7 +254,7 @@ impl App {
         Ok(c)
     }
 
-    async fn check_token(&self, token: &str, client_ip: Option<&str>) -> TokenCheck {
+    async fn check_token(&self, token: &str, client_ip: Option<&str>, detail: Detail) -> TokenCheck {
         let claims = match self.verified_claims(token) {
             Ok(c) => c,
             Err(TokenError::Expired) => return TokenCheck::invalid("token has expired"),
@@ -245,7 +264,7 @@ impl App {
             return TokenCheck::invalid("token has expired");
         }
         if claims.client_id.is_some() {
-            return self.check_service_token(&claims).await;
+            return self.check_service_token(&claims, detail).await;
         }
         let (Some(user_id), Some(session_id)) = (claims.user_id(), claims.session_id()) else {
             return TokenCheck::invalid("token names no valid user or session");
@@ -274,6 +293,11 @@ impl App {
                     return TokenCheck::invalid(format!("user is {}", status_name(s)));
                 }
                 _ => {}
+            }
+            if detail == Detail::Principal {
+                let principal =
+                    Principal::User { id: user_id, session: session_id, jti: claims.jti.clone(), exp: claims.exp };
+                return TokenCheck::admitted(principal, claims.exp);
             }
             let permissions = permission_names(m, user_id, now);
             let mut warnings = Vec::new();
@@ -305,7 +329,7 @@ impl App {
     }
 
     /// A client-credentials token: its service account must exist and be enabled.
-    async fn check_service_token(&self, claims: &Claims) -> TokenCheck {
+    async fn check_service_token(&self, claims: &Claims, detail: Detail) -> TokenCheck {
         let Some(id) = claims.user_id().filter(|id| claims.client_id.as_deref() == Some(id.to_string().as_str()))
         else {
             return TokenCheck::invalid("token names no valid service account");
@@ -328,7 +352,7 @@ impl App {
                 }),
                 expires_at: claims.exp,
                 user_id: Some(id),
-                permissions: permission_names(m, id, now),
+                permissions: if detail == Detail::Full { permission_names(m, id, now) } else { Vec::new() },
                 warnings: Vec::new(),
                 error: None,
             },

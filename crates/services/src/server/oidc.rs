@@ -805,8 +805,7 @@ pub async fn introspect(State(s): State<RestState>, headers: HeaderMap, body: By
     };
     metrics::counter!("perfect21_token_operations_total", "operation" => "introspect", "outcome" => "answered")
         .increment(1);
-    let check = app.validate(token, None).await;
-    if check.valid {
+    if app.authenticate(token).await.is_ok() {
         let Ok(claims) = app.verified_claims(token) else {
             return inactive();
         };
