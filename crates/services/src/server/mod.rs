@@ -234,11 +234,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut http_stop = stop_rx.clone();
     let http = match tls {
         None => tokio::spawn(async move {
-            axum::serve(http_listener, service)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|s| *s).await;
-                })
-                .await
+            // No Nagle delay: an HTTP/2 answer is written as HEADERS then DATA, and the
+            // second would otherwise wait for the client's delayed ACK (~40 ms).
+            axum::serve(
+                axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                service,
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
         }),
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http_config()?);
