@@ -255,7 +255,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 let _ = http_stop.wait_for(|s| *s).await;
                 stopper.graceful_shutdown(Some(Duration::from_secs(30)));
             });
-            let server = axum_server::from_tcp_rustls(http_listener.into_std()?, config)?.handle(handle);
+            // TLS over streams without a Nagle delay, as for plain HTTP.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            let server = axum_server::from_tcp(http_listener.into_std()?)?.acceptor(acceptor).handle(handle);
             tokio::spawn(async move { server.serve(service).await })
         }
     };
