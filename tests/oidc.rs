@@ -72,7 +72,11 @@ impl Browser {
 fn hidden(page: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = page.find(&marker).unwrap_or_else(|| panic!("no field {name} in {page}")) + marker.len();
-    page[start..].split('"').next().unwrap().to_string()
+    // As a browser reads the attribute: the page escapes values for HTML.
+    let raw = page[start..].split('"').next().unwrap();
+    [("&#x2f;", "/"), ("&quot;", "\""), ("&#x27;", "'"), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&")]
+        .iter()
+        .fold(raw.to_string(), |v, (entity, c)| v.replace(entity, c))
 }
 
 fn param(location: &str, name: &str) -> Option<String> {
@@ -633,4 +637,55 @@ async fn deployers_replace_pages_and_stylesheet_and_name_the_issuer() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("message.html"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_without_a_hint_asks_first_and_never_redirects_to_an_unregistered_address() {
+    let server = start();
+    let http = reqwest::Client::new();
+    let admin = gateway_token(&http, &server).await;
+    let wiki = register_client(&http, &server, &admin, confidential("https://wiki.example.com/cb")).await;
+    register(&http, &server, "leaver", PASSWORD).await;
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &server, &authorize_url(&server, &wiki, "&login_hint=leaver"), "leaver").await;
+    let logout = format!("{}/oauth2/logout", server.http);
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+
+    // Refused outright: an unregistered return address, a forged hint.
+    for query in [
+        format!("client_id={}&post_logout_redirect_uri={}", wiki.id, encode("https://evil.example.com/")),
+        format!("post_logout_redirect_uri={}", encode("https://wiki.example.com/bye")),
+        "id_token_hint=not.a.token".to_string(),
+    ] {
+        let a = browser.get(&format!("{logout}?{query}")).await;
+        assert_eq!(a.status, 400, "{query}: {}", a.body);
+        assert!(a.location.is_none(), "{query}: no redirect");
+    }
+    // Without a hint: a confirmation page; its form needs the CSRF token.
+    let query =
+        format!("client_id={}&post_logout_redirect_uri={}&state=s-9", wiki.id, encode("https://wiki.example.com/bye"));
+    let page = browser.get(&format!("{logout}?{query}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Sign out?"), "{}", page.body);
+    let form = [
+        ("csrf", hidden(&page.body, "csrf")),
+        ("client_id", hidden(&page.body, "client_id")),
+        ("post_logout_redirect_uri", hidden(&page.body, "post_logout_redirect_uri")),
+        ("state", hidden(&page.body, "state")),
+    ];
+    let mut forged: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    forged[0].1 = "forged";
+    assert_eq!(browser.post(&logout, &forged).await.status, 403, "a forged logout post changes nothing");
+    let still = browser.get(&authorize_url(&server, &wiki, "&prompt=none")).await;
+    assert!(param(still.location.as_deref().unwrap(), "code").is_some(), "still signed in");
+
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let done = browser.post(&logout, &form).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.location.as_deref(), Some("https://wiki.example.com/bye?state=s-9"));
+    assert!(!browser.cookies.contains_key("p21_sso"), "the SSO cookie is cleared");
+    let after = browser.get(&authorize_url(&server, &wiki, "&prompt=none&login_hint=leaver")).await;
+    assert_eq!(param(after.location.as_deref().unwrap(), "error").as_deref(), Some("login_required"));
+    let form_again = browser.get(&authorize_url(&server, &wiki, "&login_hint=leaver")).await;
+    assert!(form_again.body.contains("value=\"leaver\""), "login_hint fills the form: {}", form_again.body);
 }
