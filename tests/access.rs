@@ -418,6 +418,7 @@ fn rest_routes() -> Vec<(&'static str, &'static str, Rule, Value)> {
         ("GET", "/api/v1/users/me", User, none.clone()),
         ("GET", "/api/v1/users/{user}", SelfOr, none.clone()),
         ("GET", "/api/v1/audit/users/{user}", Needs, none.clone()),
+        ("GET", "/api/v1/users/{user}/export", SelfOr, none.clone()),
         ("GET", "/api/v1/permissions/users/{user}", SelfOr, none.clone()),
         ("POST", "/api/v1/permissions/check", SelfOr, json!({"user_id": "{user}", "resource": "docs", "action": "r"})),
         ("POST", "/api/v1/roles", Needs, json!({"role_id": "{fresh}"})),

@@ -30,6 +30,17 @@ pub enum AdminCommand {
     /// client-credentials grant (`POST /oauth2/token`).
     #[command(subcommand)]
     ServiceAccount(ServiceAccountCommand),
+    /// Writes everything perfect21 holds about a user as JSON (right of access): the
+    /// user record, live sessions, roles, permissions and the whole history.
+    ExportUser {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// User id, email address or username.
+        user: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// OpenID Connect clients: applications that sign users in through perfect21.
     #[command(subcommand)]
     Client(ClientCommand),
@@ -180,6 +191,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::ServiceAccount(command) => service_account(command).await,
         AdminCommand::Client(command) => client(command).await,
+        AdminCommand::ExportUser { serve, user, output } => export_user(serve, &user, output).await,
     }
 }
 
@@ -351,5 +363,30 @@ async fn bootstrap(serve: ServeArgs, email: String, username: String, password: 
     id.verify_email(&ctx, &token).await.context("verifying the administrator's email")?;
     let position = id.assign_role(&ctx, reg.user_id, "admin", None).await.context("assigning the admin role")?;
     println!("administrator {} created (consistency token {position})", reg.user_id);
+    Ok(())
+}
+
+async fn export_user(serve: ServeArgs, user: &str, output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let app = open_app(&serve).await?;
+    let id = match uuid::Uuid::parse_str(user) {
+        Ok(id) => Some(id),
+        Err(_) => perfect21_domain::audit::resolve_user(app.identity.store().as_ref(), user).await?,
+    };
+    let head = app.identity.store().head_position().await?;
+    app.identity.live().wait_for(head, Duration::from_secs(30)).await?;
+    let export = match id {
+        Some(id) => app.export_user(id).await?,
+        None => None,
+    };
+    let export =
+        export.ok_or_else(|| anyhow::anyhow!("no user '{user}' (give a user id, email address or username)"))?;
+    let text = serde_json::to_string_pretty(&export)?;
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => println!("{text}"),
+    }
     Ok(())
 }

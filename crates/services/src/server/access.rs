@@ -123,6 +123,7 @@ pub const REST: &[(&str, &str, Rule)] = &[
     ("POST", "/verify-email", Rule::Public),
     ("GET", "/assets/perfect21.css", Rule::Public),
     ("GET", "/api/v1/openapi.json", Rule::Public),
+    ("GET", "/api/v1/users/{id}/export", Rule::SelfOr(perm("perfect21.users", "export"))),
     ("GET", "/api/v1/clients", Rule::Needs(perm("perfect21.clients", "read"))),
     ("POST", "/api/v1/clients", Rule::Needs(perm("perfect21.clients", "create"))),
     ("PUT", "/api/v1/clients/{id}", Rule::Needs(perm("perfect21.clients", "update"))),

@@ -359,6 +359,19 @@ impl App {
         })
     }
 
+    /// Everything held about a user (right of access), as of this process's latest
+    /// write; `None` when there is no such user.
+    pub async fn export_user(&self, id: Uuid) -> Result<Option<serde_json::Value>, DomainError> {
+        let filter = perfect21_domain::audit::AuditFilter::default();
+        let history = match perfect21_domain::audit::audit_trail(self.identity.store().as_ref(), id, &filter).await {
+            Ok(h) => h,
+            Err(DomainError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let now = chrono::Utc::now().timestamp();
+        self.identity.read(Some(self.identity.last_write()), |m| super::views::export(m, id, now, &history)).await
+    }
+
     /// Whether `principal` holds `resource:action:*`.
     pub async fn holds(&self, principal: Uuid, resource: &str, action: &str) -> Result<bool, DomainError> {
         // Wait for this process's own revocations, so a revoked role stops granting at once.

@@ -188,6 +188,7 @@ pub fn operations() -> Vec<Operation> {
             Some(obj(&[], &[("reason", "string")])),
         ),
         ("delete", "/api/v1/service-accounts/{id}", "Delete a service account", None),
+        ("get", "/api/v1/users/{id}/export", "Everything held about a user (right of access): record, sessions, roles, permissions, history", None),
         ("get", "/api/v1/clients", "List OpenID Connect clients", None),
         ("post", "/api/v1/clients", "Register an OpenID Connect client; a confidential one's secret is in the answer, shown once", Some(client_body())),
         ("put", "/api/v1/clients/{id}", "Replace a client's name and settings", Some(client_body())),

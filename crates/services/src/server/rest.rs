@@ -260,7 +260,8 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
         api = api
             .route("/users/me", get(me))
             .route("/users/{id}", get(get_user))
-            .route("/audit/users/{id}", get(rest_admin::audit));
+            .route("/audit/users/{id}", get(rest_admin::audit))
+            .route("/users/{id}/export", get(rest_admin::export_user));
     }
     if runs(only, Service::Permission) {
         api = api

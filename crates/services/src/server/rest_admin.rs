@@ -263,3 +263,10 @@ pub async fn delete_client(State(s): State<RestState>, a: Admitted, Path(id): Pa
     let position = s.app.identity.delete_client(&a.ctx, id).await?;
     Ok(Json(json!({"deleted": true, "consistency_token": position})))
 }
+
+/// `GET /api/v1/users/{id}/export`: everything held about a user (right of access).
+pub async fn export_user(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>) -> ApiResult {
+    a.caller.require_self_or_privileged(id)?;
+    let export = s.app.export_user(id).await?;
+    export.map(Json).ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "not found", format!("user {id} not found")))
+}
