@@ -46,7 +46,8 @@ pub struct BenchArgs {
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 #[allow(clippy::enum_variant_names)] // the names are the scenario names of docs/benchmarks.md
 pub enum Scenario {
-    /// 64 concurrent single-event appenders (group commit) vs one commit per event, same store.
+    /// 64 concurrent single-event appenders (group commit) vs raw 100-row batched INSERTs
+    /// into the same schema (and vs one commit per event, same store).
     AppendConcurrent,
     /// 100-event appends vs raw INSERT of the same bytes, 100 rows per transaction (SQLite).
     AppendBatch,
