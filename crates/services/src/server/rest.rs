@@ -467,14 +467,9 @@ async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: He
                 .of_user(a.user)
                 .into_iter()
                 .map(|v| {
-                    json!({
-                        "session_id": v.id,
-                        "started_at": v.started_at / 1_000_000,
-                        "refreshed_at": v.refreshed_at / 1_000_000,
-                        "expires_at": v.expires_at,
-                        "device_id": v.device_id,
-                        "current": v.id == a.session,
-                    })
+                    let mut view = views::session(m, v);
+                    view["current"] = json!(v.id == a.session);
+                    view
                 })
                 .collect::<Vec<_>>()
         })

@@ -166,27 +166,26 @@ pub fn audit_entry(e: &AuditEntry) -> Value {
     })
 }
 
+/// A live session as its user sees it (times in Unix seconds; the OpenID client
+/// whose session it is, if any).
+pub fn session(m: &ReadModels, v: &perfect21_projections::sessions::SessionView) -> Value {
+    json!({
+        "session_id": v.id,
+        "started_at": v.started_at / 1_000_000,
+        "refreshed_at": v.refreshed_at / 1_000_000,
+        "expires_at": v.expires_at,
+        "device_id": v.device_id,
+        "client_id": m.sessions.client_session(v.id).map(|c| c.client_id),
+    })
+}
+
 /// Everything perfect21 holds about a user, for the user's right of access: the
 /// user record, live sessions, roles and permissions from the read models, and every
 /// event of the user's history (public views, with the address and user agent each
 /// came from). Hashes and secrets stay out, as everywhere else. `None`: no such user.
 pub fn export(m: &ReadModels, user_id: Uuid, now: i64, history: &[AuditEntry]) -> Option<Value> {
     let user = m.users.get(user_id).map(user)?;
-    let sessions: Vec<Value> = m
-        .sessions
-        .of_user(user_id)
-        .into_iter()
-        .map(|v| {
-            json!({
-                "session_id": v.id,
-                "started_at": v.started_at / 1_000_000,
-                "refreshed_at": v.refreshed_at / 1_000_000,
-                "expires_at": v.expires_at,
-                "device_id": v.device_id,
-                "client_id": m.sessions.client_session(v.id).map(|c| c.client_id),
-            })
-        })
-        .collect();
+    let sessions: Vec<Value> = m.sessions.of_user(user_id).into_iter().map(|v| session(m, v)).collect();
     let roles: Vec<String> = m.authz.user_roles(user_id, now).iter().map(|r| r.id.clone()).collect();
     let permissions: Vec<String> = m
         .authz
