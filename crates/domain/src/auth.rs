@@ -390,7 +390,7 @@ impl Identity {
     #[tracing::instrument(name = "command", skip_all, fields(command = "refresh"))]
     pub async fn refresh(&self, ctx: &RequestContext, refresh_token: &str) -> Result<LoginGrant> {
         let bad = || DomainError::InvalidToken { what: "refresh token" };
-        let session_id = refresh_token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()).ok_or_else(bad)?;
+        let session_id = crate::secrets::token_id(refresh_token).ok_or_else(bad)?;
         let s = stream("session", session_id)?;
         let state: SessionState = self.load(&s).await?;
         if !state.exists() || state.ended {
@@ -466,7 +466,7 @@ impl Identity {
     /// Whether a refresh token is the current one of a session that has not ended or
     /// expired (token introspection).
     pub async fn refresh_token_status(&self, refresh_token: &str) -> Result<Option<RefreshStatus>> {
-        let Some(session_id) = refresh_token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()) else {
+        let Some(session_id) = crate::secrets::token_id(refresh_token) else {
             return Ok(None);
         };
         let state: SessionState = self.load(&stream("session", session_id)?).await?;

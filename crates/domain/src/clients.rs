@@ -41,6 +41,29 @@ pub const SCOPES: &[&str] = &["openid", "profile", "email", "phone", "offline_ac
 /// Algorithms of ID token signatures.
 pub const ID_TOKEN_ALGS: &[&str] = &["RS256", "ES256", "EdDSA"];
 
+/// Grant types a client gets unless told otherwise.
+pub fn default_grant_types() -> Vec<String> {
+    vec!["authorization_code".into(), "refresh_token".into()]
+}
+
+/// Scopes a client gets unless told otherwise.
+pub fn default_scopes() -> Vec<String> {
+    ["openid", "profile", "email"].map(String::from).to_vec()
+}
+
+/// ID-token algorithm unless told otherwise (what most relying-party libraries expect).
+pub const DEFAULT_ID_TOKEN_ALG: &str = "RS256";
+
+/// Whether `client_type` names a confidential client: `confidential` (or empty, the
+/// default) or `public`.
+pub fn is_confidential(client_type: &str) -> Result<bool> {
+    match client_type {
+        "" | "confidential" => Ok(true),
+        "public" => Ok(false),
+        other => Err(invalid("client_type", format!("'{other}' must be 'confidential' or 'public'"))),
+    }
+}
+
 /// A client just registered: its id and, for a confidential client, its secret (the only copy).
 #[derive(Debug, Clone)]
 pub struct RegisteredClient {
@@ -290,7 +313,7 @@ impl Identity {
         code_verifier: Option<&str>,
     ) -> Result<RedeemedCode> {
         let bad = || DomainError::InvalidToken { what: "authorization code" };
-        let code_id = code.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()).ok_or_else(bad)?;
+        let code_id = crate::secrets::token_id(code).ok_or_else(bad)?;
         let s = stream(CODE_CATEGORY, code_id)?;
         let state: AuthorizationCodeState = self.load(&s).await?;
         let Some(issued) = state.issued.clone() else {

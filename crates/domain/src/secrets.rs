@@ -14,6 +14,12 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The id a `<uuid>.<secret>` token names (refresh tokens name their session,
+/// authorization codes their code, verification tokens their user).
+pub fn token_id(token: &str) -> Option<uuid::Uuid> {
+    token.split_once('.').and_then(|(id, _)| uuid::Uuid::parse_str(id).ok())
+}
+
 /// SHA-256 of a token, hex: what the log stores instead of the token.
 pub fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()

@@ -233,7 +233,7 @@ impl Identity {
     #[tracing::instrument(name = "command", skip_all, fields(command = "verify_email"))]
     pub async fn verify_email(&self, ctx: &RequestContext, token: &str) -> Result<u64> {
         let bad = DomainError::InvalidToken { what: "verification token" };
-        let user_id = token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()).ok_or(bad)?;
+        let user_id = crate::secrets::token_id(token).ok_or(bad)?;
         let bad = || DomainError::InvalidToken { what: "verification token" };
         let state = self.existing_user(user_id).await.map_err(|_| bad())?;
         let Some((hash, expires_at)) = &state.verification else {
@@ -260,7 +260,7 @@ impl Identity {
     /// What a verification link would do now, without doing it (for the page that asks
     /// the user to confirm, so that a mail scanner prefetching the link consumes nothing).
     pub async fn verification_state(&self, token: &str) -> Result<VerificationState> {
-        let Some(user_id) = token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok()) else {
+        let Some(user_id) = crate::secrets::token_id(token) else {
             return Ok(VerificationState::Invalid);
         };
         let Ok(state) = self.existing_user(user_id).await else {

@@ -44,6 +44,8 @@ pub struct Sessions {
     /// Sessions of OpenID Connect clients: the client and the browser session they
     /// were started from (ended together with it).
     client_sessions: HashMap<Uuid, ClientSession>,
+    /// The client sessions of each browser session (derived from `client_sessions`).
+    by_browser: HashMap<Uuid, Vec<Uuid>>,
 }
 
 /// Who a client's session belongs to.
@@ -83,14 +85,7 @@ impl Sessions {
 
     /// The client sessions started from a browser session, that have not ended.
     pub fn children_of(&self, browser_session: Uuid) -> Vec<Uuid> {
-        let mut v: Vec<Uuid> = self
-            .client_sessions
-            .iter()
-            .filter(|(id, c)| c.browser_session_id == browser_session && self.by_id.contains_key(id))
-            .map(|(id, _)| *id)
-            .collect();
-        v.sort();
-        v
+        self.by_browser.get(&browser_session).cloned().unwrap_or_default()
     }
 
     pub fn active_count(&self) -> usize {
@@ -127,6 +122,7 @@ impl Sessions {
                     auth_time: e.auth_time,
                     amr: e.amr.iter().map(|m| m.as_str().into()).collect(),
                 };
+                self.by_browser.entry(e.browser_session_id).or_default().push(e.session_id);
                 self.client_sessions.insert(e.session_id, link);
             }
             Event::SessionRevoked(e) => self.end(e.user_id, e.session_id),
@@ -146,7 +142,14 @@ impl Sessions {
 
     fn end(&mut self, user: Uuid, session: Uuid) {
         self.by_id.remove(&session);
-        self.client_sessions.remove(&session);
+        if let Some(link) = self.client_sessions.remove(&session) {
+            if let Some(children) = self.by_browser.get_mut(&link.browser_session_id) {
+                children.retain(|c| *c != session);
+                if children.is_empty() {
+                    self.by_browser.remove(&link.browser_session_id);
+                }
+            }
+        }
         if let Some(list) = self.by_user.get_mut(&user) {
             list.retain(|s| *s != session);
             if list.is_empty() {

@@ -56,13 +56,13 @@ pub struct ClientSettingsArgs {
     #[arg(long = "post-logout-redirect-uri")]
     post_logout_redirect_uris: Vec<String>,
     /// Allowed grant types (repeat): authorization_code, refresh_token.
-    #[arg(long = "grant-type", default_values_t = crate::server::rest_admin::default_grants())]
+    #[arg(long = "grant-type", default_values_t = perfect21_domain::clients::default_grant_types())]
     grant_types: Vec<String>,
     /// Allowed scopes (repeat): openid, profile, email, phone, offline_access.
-    #[arg(long = "scope", default_values_t = crate::server::rest_admin::default_scopes())]
+    #[arg(long = "scope", default_values_t = perfect21_domain::clients::default_scopes())]
     scopes: Vec<String>,
     /// Signature algorithm of its ID tokens: RS256, ES256 or EdDSA.
-    #[arg(long, default_value_t = crate::server::rest_admin::default_alg())]
+    #[arg(long, default_value = perfect21_domain::clients::DEFAULT_ID_TOKEN_ALG)]
     id_token_alg: String,
 }
 

@@ -460,24 +460,16 @@ impl events::event_service_server::EventService for EventService {
 fn client_settings(
     r: admin::ClientRequest,
 ) -> Result<(String, bool, perfect21_events::catalog::ClientSettings), Status> {
-    let confidential = match r.client_type.as_str() {
-        "" | "confidential" => true,
-        "public" => false,
-        other => {
-            return Err(Status::invalid_argument(format!("client_type '{other}' must be 'confidential' or 'public'")))
-        }
-    };
+    use perfect21_domain::clients;
+    let confidential = clients::is_confidential(&r.client_type).map_err(status)?;
     let or = |v: Vec<String>, default: fn() -> Vec<String>| if v.is_empty() { default() } else { v };
+    let alg = r.id_token_signed_response_alg;
     let settings = perfect21_events::catalog::ClientSettings {
         redirect_uris: r.redirect_uris,
         post_logout_redirect_uris: r.post_logout_redirect_uris,
-        grant_types: or(r.grant_types, super::rest_admin::default_grants),
-        scopes: or(r.scopes, super::rest_admin::default_scopes),
-        id_token_signed_response_alg: if r.id_token_signed_response_alg.is_empty() {
-            super::rest_admin::default_alg()
-        } else {
-            r.id_token_signed_response_alg
-        },
+        grant_types: or(r.grant_types, clients::default_grant_types),
+        scopes: or(r.scopes, clients::default_scopes),
+        id_token_signed_response_alg: if alg.is_empty() { clients::DEFAULT_ID_TOKEN_ALG.into() } else { alg },
     };
     Ok((r.name, confidential, settings))
 }

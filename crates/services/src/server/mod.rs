@@ -12,7 +12,7 @@ pub mod oidc;
 pub mod openapi;
 pub mod pages;
 pub mod rest;
-pub mod rest_admin;
+mod rest_admin;
 pub mod tls;
 pub mod tokens;
 pub mod views;

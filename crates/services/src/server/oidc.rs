@@ -366,15 +366,13 @@ fn mfa_page(status: StatusCode, auth: &Authorization, csrf: &str, ticket: &str, 
     pages::page(status, "mfa.html", ctx)
 }
 
-/// Form or query pairs, refusing repeated parameters (RFC 6749 §3.1).
-fn single_valued(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, String> {
-    let mut map = HashMap::new();
-    for (k, v) in pairs {
-        if map.insert(k.clone(), v).is_some() {
-            return Err(format!("parameter '{k}' is repeated"));
-        }
+/// Refuses a repeated parameter (RFC 6749 §3.1): which one was meant is unknowable.
+fn no_repeats(pairs: Vec<(String, String)>) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    match pairs.into_iter().find(|(k, _)| !seen.insert(k.clone())) {
+        Some((k, _)) => Err(format!("parameter '{k}' is repeated")),
+        None => Ok(()),
     }
-    Ok(map)
 }
 
 /// `GET /oauth2/authorize`: signs the browser in (or reuses its session) and sends it
@@ -386,13 +384,11 @@ pub async fn authorize(
     RawQuery(query): RawQuery,
 ) -> Response {
     let app = &s.app;
-    let parsed = serde_urlencoded::from_str::<Vec<(String, String)>>(query.as_deref().unwrap_or(""))
+    let query = query.as_deref().unwrap_or("");
+    let parsed = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .map_err(|e| e.to_string())
-        .and_then(single_valued)
-        .and_then(|map| {
-            serde_json::from_value::<AuthorizeParams>(serde_json::to_value(map).expect("strings"))
-                .map_err(|e| e.to_string())
-        });
+        .and_then(no_repeats)
+        .and_then(|_| serde_urlencoded::from_str::<AuthorizeParams>(query).map_err(|e| e.to_string()));
     let params = match parsed {
         Ok(p) => p,
         Err(e) => {
@@ -670,6 +666,21 @@ async fn relying_party(
     })
 }
 
+/// The authenticated client of a token request, if it may use `grant_type`.
+async fn client_for_grant(
+    app: &App,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    grant_type: &str,
+) -> Result<ClientView, OAuthError> {
+    let client = relying_party(app, headers, form).await?;
+    if !client.allows_grant(grant_type) {
+        let description = format!("this client may not use the {grant_type} grant");
+        return Err(OAuthError::new("unauthorized_client", description));
+    }
+    Ok(client)
+}
+
 fn required<'a>(form: &'a HashMap<String, String>, name: &str) -> Result<&'a str, OAuthError> {
     form.get(name)
         .map(String::as_str)
@@ -684,10 +695,7 @@ pub async fn code_grant(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<Response, OAuthError> {
-    let client = relying_party(app, headers, form).await?;
-    if !client.allows_grant("authorization_code") {
-        return Err(OAuthError::new("unauthorized_client", "this client may not use the authorization_code grant"));
-    }
+    let client = client_for_grant(app, headers, form, "authorization_code").await?;
     let code = required(form, "code")?;
     let redirect_uri = required(form, "redirect_uri")?;
     let verifier = form.get("code_verifier").map(String::as_str);
@@ -714,7 +722,7 @@ async fn client_session_of(
     app: &App,
     refresh_token: &str,
 ) -> Option<(Uuid, perfect21_projections::sessions::ClientSession)> {
-    let session = refresh_token.split_once('.').and_then(|(id, _)| Uuid::parse_str(id).ok())?;
+    let session = perfect21_domain::secrets::token_id(refresh_token)?;
     let head = app.identity.store().head_position().await.ok()?;
     let link = app.identity.read(Some(head), |m| m.sessions.client_session(session).cloned()).await.ok()??;
     Some((session, link))
@@ -728,10 +736,7 @@ pub async fn refresh_grant(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<Response, OAuthError> {
-    let client = relying_party(app, headers, form).await?;
-    if !client.allows_grant("refresh_token") {
-        return Err(OAuthError::new("unauthorized_client", "this client may not use the refresh_token grant"));
-    }
+    let client = client_for_grant(app, headers, form, "refresh_token").await?;
     let token = required(form, "refresh_token")?;
     let invalid = || {
         OAuthError::new(

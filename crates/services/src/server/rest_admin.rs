@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use perfect21_domain::audit::AuditFilter;
-use perfect21_domain::RoleSpec;
+use perfect21_domain::{clients, RoleSpec};
 use perfect21_events::catalog::{ClientSettings, PermissionSpec};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -171,45 +171,26 @@ pub async fn delete_service_account(State(s): State<RestState>, a: Admitted, Pat
 pub struct ClientBody {
     name: String,
     /// `confidential` (default) or `public`.
-    #[serde(default = "confidential")]
+    #[serde(default)]
     client_type: String,
     redirect_uris: Vec<String>,
     #[serde(default)]
     post_logout_redirect_uris: Vec<String>,
-    #[serde(default = "default_grants")]
+    #[serde(default = "clients::default_grant_types")]
     grant_types: Vec<String>,
-    #[serde(default = "default_scopes")]
+    #[serde(default = "clients::default_scopes")]
     scopes: Vec<String>,
     #[serde(default = "default_alg")]
     id_token_signed_response_alg: String,
 }
 
-fn confidential() -> String {
-    "confidential".into()
-}
-
-/// What a client may do unless told otherwise.
-pub fn default_grants() -> Vec<String> {
-    vec!["authorization_code".into(), "refresh_token".into()]
-}
-
-pub fn default_scopes() -> Vec<String> {
-    ["openid", "profile", "email"].map(String::from).to_vec()
-}
-
-pub fn default_alg() -> String {
-    "RS256".into()
+fn default_alg() -> String {
+    clients::DEFAULT_ID_TOKEN_ALG.into()
 }
 
 impl ClientBody {
     fn settings(self) -> Result<(String, bool, ClientSettings), Problem> {
-        let confidential = match self.client_type.as_str() {
-            "confidential" => true,
-            "public" => false,
-            other => {
-                return Err(Problem::bad_request(format!("client_type '{other}' must be 'confidential' or 'public'")))
-            }
-        };
+        let confidential = clients::is_confidential(&self.client_type)?;
         let settings = ClientSettings {
             redirect_uris: self.redirect_uris,
             post_logout_redirect_uris: self.post_logout_redirect_uris,
