@@ -86,6 +86,9 @@ impl PostgresStore {
         // once it gets the lock); a server or role default of REPEATABLE READ or
         // SERIALIZABLE would fail them with serialization errors instead.
         options = options.options([("default_transaction_isolation", "read\\ committed")]);
+        // Plan every statement for its parameters: a plan cached while the log was small
+        // scans the whole table for `event_id = ANY($1)` long after it has grown.
+        options = options.options([("plan_cache_mode", "force_custom_plan")]);
         // One direct connection first: a pool only says it timed out, this names the cause.
         let probe = sqlx::PgConnection::connect_with(&options).await.map_err(|e| StoreError::Unavailable {
             backend: "postgres",
@@ -181,6 +184,7 @@ async fn run_writer(
     group: bool,
 ) {
     let mut carried = None;
+    let mut cache = VersionCache::default();
     loop {
         let first = match carried.take() {
             Some(request) => request,
@@ -191,7 +195,7 @@ async fn run_writer(
         };
         let (batch, rest) = gather(first, group, || rx.try_recv().ok());
         carried = rest;
-        match commit_batch(&pool, &batch, &channel).await {
+        match commit_batch(&pool, &batch, &channel, &mut cache).await {
             Ok((results, head)) => {
                 advance(&head_tx, head);
                 for (request, result) in batch.into_iter().zip(results) {
@@ -234,24 +238,257 @@ const INSERT_AND_MOVE_HEAD: &str = "WITH inserted AS (INSERT INTO events (positi
 
 type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
 
-async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> Result<BatchOutcome, sqlx::Error> {
+/// SQLSTATE unique_violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// The last version of streams this writer has seen, so that most groups need no
+/// reading before their insert. It may be stale (another process appended since): a
+/// stale version makes the insert hit the `(stream_id, stream_version)` index, and
+/// the group is decided again under the lock.
+#[derive(Default)]
+struct VersionCache(HashMap<String, u64>);
+
+/// Most streams the cache remembers before it starts over.
+const MAX_CACHED_STREAMS: usize = 100_000;
+
+/// Commits a group by the cheapest path that is safe for it:
+/// 1. every stream's version is cached (or the append expects no stream): decide from
+///    the cache and insert, one round trip;
+/// 2. otherwise read what the log holds of the group's ids and streams, decide, insert:
+///    two round trips;
+/// 3. when the log moved under 1 or 2 — another process appended to one of these
+///    streams, or recorded one of these ids — the insert fails whole on a unique index
+///    and the group is decided again under the head lock ([`commit_locked`]).
+///
+/// Path 1 is taken only when every append of the group would write: an append that
+/// would be refused or is a retry needs the reading to be answered right.
+async fn commit_batch(
+    pool: &PgPool,
+    batch: &[AppendRequest],
+    channel: &str,
+    cache: &mut VersionCache,
+) -> Result<BatchOutcome, sqlx::Error> {
+    let now = Utc::now();
+    let outcome = match plan_from_cache(batch, cache, now) {
+        Some(planned) => insert_planned(pool, batch, planned, 0, channel, cache).await,
+        None => {
+            let (mut known, head) = read_known(pool, batch).await?;
+            let planned = plan(batch, head, &mut known, now);
+            if planned.cols.position.is_empty() {
+                return Ok((planned.results, head));
+            }
+            insert_planned(pool, batch, planned, head, channel, cache).await
+        }
+    };
+    match outcome {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            for request in batch {
+                cache.0.remove(request.stream.as_str());
+            }
+            let outcome = commit_locked(pool, batch, channel).await;
+            if outcome.is_err() {
+                cache.0.clear();
+            }
+            outcome
+        }
+        Err(e) => {
+            cache.0.clear();
+            Err(e)
+        }
+        ok => ok,
+    }
+}
+
+/// What the log holds of a group's event ids and streams.
+#[derive(Default)]
+struct Known {
+    /// event id → (stream, version, position)
+    events: HashMap<Uuid, (String, u64, u64)>,
+    /// stream → last version
+    versions: HashMap<String, u64>,
+}
+
+/// The group decided from the cache alone, if every stream is cached (or expected not
+/// to exist) and every append writes.
+fn plan_from_cache(batch: &[AppendRequest], cache: &VersionCache, now: DateTime<Utc>) -> Option<Plan> {
+    let mut known = Known::default();
+    for request in batch {
+        match cache.0.get(request.stream.as_str()) {
+            Some(version) => {
+                known.versions.insert(request.stream.to_string(), *version);
+            }
+            None if request.expected == ExpectedVersion::NoStream => {}
+            None => return None,
+        }
+    }
+    let planned = plan(batch, 0, &mut known, now);
+    planned.written.iter().all(|w| *w).then_some(planned)
+}
+
+/// One round trip, no lock: the group's event ids already recorded, its streams' last
+/// versions, and the head.
+async fn read_known(pool: &PgPool, batch: &[AppendRequest]) -> Result<(Known, u64), sqlx::Error> {
+    let (ids, streams) = keys(batch);
+    let mut known = Known::default();
+    let mut head = 0u64;
+    for row in sqlx::query(
+        "SELECT e.event_id, e.stream_id, e.stream_version, e.position FROM events e WHERE e.event_id = ANY($1) \
+         UNION ALL SELECT NULL, s.id, (SELECT e.stream_version FROM events e WHERE e.stream_id = s.id \
+         ORDER BY e.stream_version DESC LIMIT 1), NULL FROM UNNEST($2::text[]) AS s(id) \
+         UNION ALL SELECT NULL, NULL, NULL, position FROM log_head",
+    )
+    .bind(&ids)
+    .bind(&streams)
+    .fetch_all(pool)
+    .await?
+    {
+        let event_id: Option<Uuid> = row.get(0);
+        let stream: Option<String> = row.get(1);
+        let version: Option<i64> = row.get(2);
+        let position: Option<i64> = row.get(3);
+        match (event_id, stream, version, position) {
+            (Some(id), Some(s), Some(v), Some(p)) => {
+                known.events.insert(id, (s, v as u64, p as u64));
+            }
+            (None, Some(s), Some(v), None) => {
+                known.versions.insert(s, v as u64);
+            }
+            (None, None, None, Some(p)) => head = p as u64,
+            _ => {}
+        }
+    }
+    Ok((known, head))
+}
+
+/// One statement, committed on its own: take positions after the head it finds
+/// (locking it until the commit is visible), insert the planned rows there (`o` is each
+/// row's offset past that head), move the head, notify listeners. The plan was made
+/// after `base`; the positions answered move up by however far the head had gone past
+/// it. Replays keep the positions they were recorded at.
+async fn insert_planned(
+    pool: &PgPool,
+    batch: &[AppendRequest],
+    mut planned: Plan,
+    base: u64,
+    channel: &str,
+    cache: &mut VersionCache,
+) -> Result<BatchOutcome, sqlx::Error> {
+    for p in &mut planned.cols.position {
+        *p -= base as i64;
+    }
+    let n = planned.cols.position.len() as i64;
+    let rows = sqlx::query(
+        "WITH moved AS (UPDATE log_head SET position = position + $10 WHERE id \
+         RETURNING position - $10 AS start, position AS head), \
+         inserted AS (INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+         schema_version, recorded_at, metadata, payload) SELECT moved.start + u.o, u.event_id, u.stream_id, \
+         u.stream_version, u.event_type, u.schema_version, u.recorded_at, u.metadata, u.payload FROM moved, \
+         UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::smallint[], \
+         $7::timestamptz[], $8::bytea[], $9::bytea[]) AS u(o, event_id, stream_id, stream_version, event_type, \
+         schema_version, recorded_at, metadata, payload)) \
+         SELECT moved.start, pg_notify($11, moved.head::text) FROM moved",
+    )
+    .bind(&planned.cols.position)
+    .bind(&planned.cols.event_id)
+    .bind(&planned.cols.stream_id)
+    .bind(&planned.cols.stream_version)
+    .bind(&planned.cols.event_type)
+    .bind(&planned.cols.schema_version)
+    .bind(&planned.cols.recorded_at)
+    .bind(&planned.cols.metadata)
+    .bind(&planned.cols.payload)
+    .bind(n)
+    .bind(channel)
+    // fetch_all reads up to ReadyForQuery: the implicit transaction has committed.
+    .fetch_all(pool)
+    .await?;
+    let start = rows.first().map(|r| r.get::<i64, _>(0)).ok_or(sqlx::Error::RowNotFound)? as u64;
+    let moved = start.checked_sub(base).ok_or(sqlx::Error::Protocol("the log head went down".into()))?;
+    if cache.0.len() > MAX_CACHED_STREAMS {
+        cache.0.clear();
+    }
+    let results = planned
+        .results
+        .into_iter()
+        .zip(planned.written)
+        .zip(batch)
+        .map(|((outcome, written), request)| match outcome {
+            Ok(r) if written => {
+                cache.0.insert(request.stream.to_string(), r.stream_version);
+                Ok(AppendResult {
+                    first_position: r.first_position + moved,
+                    position: r.position + moved,
+                    stream_version: r.stream_version,
+                })
+            }
+            other => other,
+        })
+        .collect();
+    Ok((results, start + n as u64))
+}
+
+/// The group's event ids and distinct streams.
+fn keys(batch: &[AppendRequest]) -> (Vec<Uuid>, Vec<&str>) {
+    let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+    let streams = batch.iter().map(|r| r.stream.as_str()).collect::<HashSet<_>>().into_iter().collect();
+    (ids, streams)
+}
+
+/// A group decided: each append's outcome, whether it writes, and the rows to insert.
+struct Plan {
+    results: Vec<Result<AppendResult, StoreError>>,
+    written: Vec<bool>,
+    cols: Columns,
+}
+
+/// Decides each append of a group in order against `known` (updated as appends are
+/// taken), with positions after `head`.
+fn plan(batch: &[AppendRequest], mut head: u64, known: &mut Known, recorded_at: DateTime<Utc>) -> Plan {
+    let mut cols = Columns::default();
+    let mut results = Vec::with_capacity(batch.len());
+    let mut written = Vec::with_capacity(batch.len());
+    for request in batch {
+        let outcome = decide(request, head, &known.events, &known.versions);
+        let writes = matches!(&outcome, Ok(result) if result.position > head);
+        if let (true, Ok(result)) = (writes, &outcome) {
+            let first_version = result.stream_version + 1 - request.events.len() as u64;
+            for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
+                let (position, version) = (head + 1 + i as u64, first_version + i as u64);
+                known.events.insert(event.event_id, (request.stream.to_string(), version, position));
+                cols.position.push(position as i64);
+                cols.event_id.push(event.event_id);
+                cols.stream_id.push(request.stream.to_string());
+                cols.stream_version.push(version as i64);
+                cols.event_type.push(event.event_type.clone());
+                cols.schema_version.push(event.schema_version as i16);
+                cols.recorded_at.push(recorded_at);
+                cols.metadata.push(metadata.clone());
+                cols.payload.push(event.payload.clone());
+            }
+            known.versions.insert(request.stream.to_string(), result.stream_version);
+            head = result.position;
+        }
+        results.push(outcome);
+        written.push(writes);
+    }
+    Plan { results, written, cols }
+}
+
+/// The pessimistic path: lock the head, read, decide and insert in one transaction.
+async fn commit_locked(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> Result<BatchOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The head lock: serialises appenders across all processes until our commit is visible.
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE").fetch_one(&mut *tx).await?;
-    let mut head = head as u64;
-    let start_head = head;
-
-    let ids: Vec<Uuid> = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
-    let mut known: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
+    let start_head = head as u64;
+    let (ids, streams) = keys(batch);
+    let mut known = Known::default();
     for row in sqlx::query("SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)")
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?
     {
-        known.insert(row.get(0), (row.get(1), row.get::<i64, _>(2) as u64, row.get::<i64, _>(3) as u64));
+        known.events.insert(row.get(0), (row.get(1), row.get::<i64, _>(2) as u64, row.get::<i64, _>(3) as u64));
     }
-    let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect::<HashSet<_>>().into_iter().collect();
-    let mut versions: HashMap<String, u64> = HashMap::new();
     // One index probe per stream (a plain max() … GROUP BY would scan whole streams).
     for row in sqlx::query(
         "SELECT s.id, (SELECT e.stream_version FROM events e WHERE e.stream_id = s.id \
@@ -262,37 +499,11 @@ async fn commit_batch(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> 
     .await?
     {
         if let Some(version) = row.get::<Option<i64>, _>(1) {
-            versions.insert(row.get(0), version as u64);
+            known.versions.insert(row.get(0), version as u64);
         }
     }
-
-    let recorded_at = Utc::now();
-    let mut cols = Columns::default();
-    let mut results = Vec::with_capacity(batch.len());
-    for request in batch {
-        let outcome = decide(request, head, &known, &versions);
-        if let Ok(result) = &outcome {
-            if result.position > head {
-                let first_version = result.stream_version + 1 - request.events.len() as u64;
-                for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
-                    let (position, version) = (head + 1 + i as u64, first_version + i as u64);
-                    known.insert(event.event_id, (request.stream.to_string(), version, position));
-                    cols.position.push(position as i64);
-                    cols.event_id.push(event.event_id);
-                    cols.stream_id.push(request.stream.to_string());
-                    cols.stream_version.push(version as i64);
-                    cols.event_type.push(event.event_type.clone());
-                    cols.schema_version.push(event.schema_version as i16);
-                    cols.recorded_at.push(recorded_at);
-                    cols.metadata.push(metadata.clone());
-                    cols.payload.push(event.payload.clone());
-                }
-                versions.insert(request.stream.to_string(), result.stream_version);
-                head = result.position;
-            }
-        }
-        results.push(outcome);
-    }
+    let Plan { results, cols, .. } = plan(batch, start_head, &mut known, Utc::now());
+    let head = start_head + cols.position.len() as u64;
     if head == start_head {
         tx.rollback().await?;
         return Ok((results, head));
