@@ -61,6 +61,9 @@ enum Command {
     /// The client side of `bench websocket` (a process of its own).
     #[command(hide = true)]
     BenchWsClients(bench::websocket::ClientArgs),
+    /// One process of `bench append-processes`.
+    #[command(hide = true)]
+    BenchAppendWorker(bench::append::WorkerArgs),
     /// Appends single events forever, printing each acknowledged position (crash tests).
     #[command(hide = true)]
     AppendForever {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
     perfect21_domain::live::trace_updates_with(telemetry::projection_update_span);
     let otel = tracer.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
+        telemetry::set_traces_on();
         let ours = tracing_subscriber::filter::Targets::new().with_target("perfect21", tracing::Level::INFO);
         tracing_opentelemetry::layer().with_tracer(provider.tracer("perfect21")).with_filter(ours)
     });
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
             Command::BenchWsClients(args) => bench::websocket::clients(args).await,
+            Command::BenchAppendWorker(args) => bench::append::worker(args).await,
             Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,
         }
     });

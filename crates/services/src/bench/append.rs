@@ -39,6 +39,7 @@ fn batch_of(n: usize) -> Vec<EventData> {
 }
 
 struct Run {
+    events: usize,
     events_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
@@ -71,6 +72,7 @@ async fn drive(store: Arc<dyn EventStore>, tasks: usize, per_append: usize, dura
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
     Ok(Run {
+        events: all.len() * per_append,
         events_per_sec: (all.len() * per_append) as f64 / elapsed,
         p50_us: percentile(&all, 0.50),
         p99_us: percentile(&all, 0.99),
@@ -100,27 +102,119 @@ pub async fn concurrent(args: &BenchArgs, scratch: &Scratch, duration: Duration)
     const S: &str = "append-concurrent";
     let ours = drive(open_for(args, scratch, "grouped", true).await?, APPENDERS, 1, duration).await?;
     let single = drive(open_for(args, scratch, "single", false).await?, APPENDERS, 1, duration).await?;
-    // The physical limit: the same rows, 100 per transaction, written raw into the same schema.
+    // The physical limit: the same rows, 100 per transaction, written raw into the same
+    // schema: spread over 64 streams as the appenders write them, and into one stream
+    // (the kindest case for the indexes, for reference).
     let url = args.store.url();
-    let raw = if url.starts_with("postgres") {
-        let raw_store = PostgresStore::connect(
-            PostgresConfig::new(&url).with_schema(format!("p21bench_raw_{}", std::process::id())),
-        )
-        .await?;
-        let rate = raw_postgres(raw_store.pool(), duration).await?;
-        drop(raw_store);
-        drop_schemas(&url, &["grouped", "single", "raw"]).await?;
-        rate
-    } else {
-        let raw_path = scratch.file("raw.db");
-        tokio::task::spawn_blocking(move || raw_sqlite(&raw_path, duration)).await??
-    };
+    let raw = raw_rate(&url, scratch, "raw", APPENDERS, duration).await?;
+    let raw_one_stream = raw_rate(&url, scratch, "raw1", 1, duration).await?;
+    if url.starts_with("postgres") {
+        drop_schemas(&url, &["grouped", "single"]).await?;
+    }
     Ok(vec![
         Measurement::rate(S, "durable_appends", ours.events_per_sec, raw, "events/s"),
+        Measurement::rate(S, "vs_raw_one_stream", ours.events_per_sec, raw_one_stream, "events/s"),
         Measurement::rate(S, "vs_commit_per_event", ours.events_per_sec, single.events_per_sec, "events/s"),
         Measurement::latency(S, "append_p50", ours.p50_us, single.p50_us, "us"),
         Measurement::latency(S, "append_p99", ours.p99_us, single.p99_us, "us"),
     ])
+}
+
+/// The raw batched-INSERT rate over `streams` streams, in a scratch log of the configured backend.
+async fn raw_rate(url: &str, scratch: &Scratch, name: &str, streams: usize, duration: Duration) -> anyhow::Result<f64> {
+    if url.starts_with("postgres") {
+        let store = PostgresStore::connect(
+            PostgresConfig::new(url).with_schema(format!("p21bench_{name}_{}", std::process::id())),
+        )
+        .await?;
+        let rate = raw_postgres(store.pool(), streams, duration).await?;
+        drop(store);
+        drop_schemas(url, &[name]).await?;
+        Ok(rate)
+    } else {
+        let path = scratch.file(&format!("{name}.db"));
+        tokio::task::spawn_blocking(move || raw_sqlite(&path, streams, duration)).await?
+    }
+}
+
+/// Processes of `append-processes`, and appenders in each (64 in all, as `append-concurrent`).
+const PROCESSES: usize = 4;
+
+/// The worker side of `append-processes`: one process of the multi-replica layout.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// The PostgreSQL server.
+    #[arg(long)]
+    url: String,
+    /// The shared scratch schema.
+    #[arg(long)]
+    schema: String,
+    #[arg(long)]
+    appenders: usize,
+    /// Start at this Unix time (milliseconds), so that every process runs the same window.
+    #[arg(long)]
+    start_at_ms: u64,
+    #[arg(long)]
+    duration: f64,
+}
+
+/// Runs `appenders` single-event appenders from `start_at_ms` for `duration` seconds and
+/// prints the events acknowledged (one line: the count).
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let store = PostgresStore::connect(PostgresConfig::new(&args.url).with_schema(&args.schema)).await?;
+    let start_at = std::time::UNIX_EPOCH + Duration::from_millis(args.start_at_ms);
+    if let Ok(wait) = start_at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let run = drive(Arc::new(store), args.appenders, 1, Duration::from_secs_f64(args.duration)).await?;
+    println!("{}", run.events);
+    Ok(())
+}
+
+/// 4 processes × 16 single-event appenders on one PostgreSQL log (the multi-replica
+/// layout) vs the raw batched INSERT over 64 streams; then the log is checked for holes.
+pub async fn processes(url: &str, scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
+    const S: &str = "append-processes";
+    let schema = format!("p21bench_shared_{}", std::process::id());
+    // Create the schema and tables once, before the processes race to.
+    let shared = PostgresStore::connect(PostgresConfig::new(url).with_schema(&schema))
+        .await
+        .context("connecting to PostgreSQL for append-processes (set --postgres)")?;
+    let start_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let start_at_ms = start_at.duration_since(std::time::UNIX_EPOCH)?.as_millis().to_string();
+    let children = (0..PROCESSES)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe()?)
+                .args(["bench-append-worker", "--url", url, "--schema", &schema])
+                .args(["--appenders", &(APPENDERS / PROCESSES).to_string(), "--start-at-ms", &start_at_ms])
+                .args(["--duration", &duration.as_secs_f64().to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = tokio::task::spawn_blocking(move || {
+        children.into_iter().map(|c| c.wait_with_output()).collect::<Result<Vec<_>, _>>()
+    })
+    .await??;
+    let mut acknowledged = 0u64;
+    for out in &outputs {
+        anyhow::ensure!(out.status.success(), "an append-processes worker failed ({})", out.status);
+        acknowledged += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
+    }
+    let ours = acknowledged as f64 / duration.as_secs_f64();
+    // Hole-free: the log holds exactly positions 1..=head, and at least every acknowledged event.
+    let (count, max, head): (i64, Option<i64>, i64) =
+        sqlx::query_as("SELECT count(*), max(position), (SELECT position FROM log_head) FROM events")
+            .fetch_one(shared.pool())
+            .await?;
+    anyhow::ensure!(
+        max.unwrap_or(0) == head && count == head && count as u64 >= acknowledged,
+        "the shared log is not dense: {count} events, highest position {max:?}, head {head}, {acknowledged} acknowledged"
+    );
+    drop(shared);
+    drop_schemas(url, &["shared"]).await?;
+    let raw = raw_rate(url, scratch, "raw", APPENDERS, duration).await?;
+    Ok(vec![Measurement::rate(S, "durable_appends", ours, raw, "events/s")])
 }
 
 pub async fn batch(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
@@ -128,23 +222,56 @@ pub async fn batch(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<
     let store = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("ours.db"))).await?);
     let ours = drive(store, 1, BATCH, duration).await?;
     let raw_path = scratch.file("raw.db");
-    let base = tokio::task::spawn_blocking(move || raw_sqlite(&raw_path, duration)).await??;
+    let base = tokio::task::spawn_blocking(move || raw_sqlite(&raw_path, 1, duration)).await??;
     Ok(vec![Measurement::rate(S, "events_appended", ours.events_per_sec, base, "events/s")])
 }
 
+/// Where the raw baselines put their rows: `streams` streams, row `i` in stream
+/// `i % streams` at that stream's next version, so that the indexes see the same
+/// key pattern as the measured appends (64 appenders: 64 streams growing side by side).
+struct RawRows {
+    streams: Vec<String>,
+    versions: Vec<i64>,
+    position: i64,
+}
+
+/// One raw row: (position, stream, stream version, event).
+type RawRow<'a> = (i64, &'a str, i64, EventData);
+
+impl RawRows {
+    fn new(streams: usize) -> Self {
+        RawRows {
+            streams: (0..streams).map(|_| format!("bench-{}", Uuid::now_v7())).collect(),
+            versions: vec![-1; streams],
+            position: 0,
+        }
+    }
+
+    fn next_batch(&mut self) -> Vec<RawRow<'_>> {
+        let mut placed = Vec::with_capacity(BATCH);
+        for _ in 0..BATCH {
+            let i = self.position as usize % self.streams.len();
+            self.position += 1;
+            self.versions[i] += 1;
+            placed.push((self.position, i, self.versions[i]));
+        }
+        placed.into_iter().map(|(p, i, v)| (p, self.streams[i].as_str(), v, sample_event())).collect()
+    }
+}
+
 /// Baseline: the same rows, 100 per transaction, straight through rusqlite into
-/// the same schema with the same durability settings.
-fn raw_sqlite(path: &std::path::Path, duration: Duration) -> anyhow::Result<f64> {
+/// the same schema with the same durability settings, spread over `streams` streams.
+fn raw_sqlite(path: &std::path::Path, streams: usize, duration: Duration) -> anyhow::Result<f64> {
     // Let the store create the file with its schema and pragmas, then write around it.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     drop(rt.block_on(SqliteStore::open(SqliteConfig::new(path)))?);
     let mut conn = rusqlite::Connection::open(path)?;
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
-    let stream = format!("bench-{}", Uuid::now_v7());
+    let mut rows = RawRows::new(streams);
     let start = Instant::now();
-    let (mut position, mut written) = (0i64, 0usize);
+    let mut written = 0usize;
     while start.elapsed() < duration {
-        let events = batch_of(BATCH);
+        let batch = rows.next_batch();
         let recorded_at = chrono::Utc::now().timestamp_micros();
         let tx = conn.transaction()?;
         {
@@ -152,13 +279,12 @@ fn raw_sqlite(path: &std::path::Path, duration: Duration) -> anyhow::Result<f64>
                 "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
                  recorded_at, metadata, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for e in &events {
-                position += 1;
+            for (position, stream, version, e) in &batch {
                 insert.execute(rusqlite::params![
                     position,
                     e.event_id.as_bytes().as_slice(),
                     stream,
-                    position - 1,
+                    version,
                     e.event_type,
                     e.schema_version,
                     recorded_at,
@@ -168,7 +294,7 @@ fn raw_sqlite(path: &std::path::Path, duration: Duration) -> anyhow::Result<f64>
             }
         }
         tx.commit()?;
-        written += events.len();
+        written += batch.len();
     }
     Ok(written as f64 / start.elapsed().as_secs_f64())
 }
@@ -182,42 +308,39 @@ pub async fn postgres(url: &str, duration: Duration) -> anyhow::Result<Vec<Measu
     let ours = drive(Arc::new(ours_store), 1, BATCH, duration).await?;
     // The raw side writes into an identical table (same migrations, same indexes).
     let raw_store = PostgresStore::connect(PostgresConfig::new(url).with_schema(format!("p21bench_raw_{pid}"))).await?;
-    let base = raw_postgres(raw_store.pool(), duration).await?;
+    let base = raw_postgres(raw_store.pool(), 1, duration).await?;
     drop(raw_store);
     drop_schemas(url, &["ours", "raw"]).await?;
     Ok(vec![Measurement::rate(S, "events_appended", ours.events_per_sec, base, "events/s")])
 }
 
-/// Baseline: the same rows, 100 per transaction, one batched `INSERT … UNNEST` through sqlx.
-async fn raw_postgres(pool: &sqlx::PgPool, duration: Duration) -> anyhow::Result<f64> {
-    let stream = format!("bench-{}", Uuid::now_v7());
+/// Baseline: the same rows, 100 per transaction, one batched `INSERT … UNNEST` through
+/// sqlx, spread over `streams` streams.
+async fn raw_postgres(pool: &sqlx::PgPool, streams: usize, duration: Duration) -> anyhow::Result<f64> {
+    let mut rows = RawRows::new(streams);
     let start = Instant::now();
-    let (mut position, mut written) = (0i64, 0usize);
+    let mut written = 0usize;
     while start.elapsed() < duration {
-        let events = batch_of(BATCH);
-        let n = events.len() as i64;
-        let positions: Vec<i64> = (position + 1..=position + n).collect();
-        let versions = positions.iter().map(|p| p - 1).collect::<Vec<_>>();
+        let batch = rows.next_batch();
         let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
              recorded_at, metadata, payload) SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], \
              $4::bigint[], $5::text[], $6::smallint[], $7::timestamptz[], $8::bytea[], $9::bytea[])",
         )
-        .bind(&positions)
-        .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(vec![stream.clone(); events.len()])
-        .bind(&versions)
-        .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.schema_version as i16).collect::<Vec<_>>())
-        .bind(vec![chrono::Utc::now(); events.len()])
-        .bind(events.iter().map(|e| e.metadata.encode()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.3.event_id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.1.to_string()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.3.event_type.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.3.schema_version as i16).collect::<Vec<_>>())
+        .bind(vec![chrono::Utc::now(); batch.len()])
+        .bind(batch.iter().map(|r| r.3.metadata.encode()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.3.payload.clone()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        position += n;
-        written += events.len();
+        written += batch.len();
     }
     Ok(written as f64 / start.elapsed().as_secs_f64())
 }

@@ -2,7 +2,7 @@
 //! in the same process on the same machine, and reported as a ratio oriented so
 //! that higher is better (docs/benchmarks.md).
 
-mod append;
+pub mod append;
 mod grpc;
 mod login;
 mod oauth;
@@ -23,7 +23,8 @@ pub struct BenchArgs {
     pub scenario: Scenario,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// PostgreSQL server for `append-postgres` (a scratch schema is created and dropped).
+    /// PostgreSQL server for `append-postgres` and `append-processes` (scratch schemas are
+    /// created and dropped).
     #[arg(long, env = "PERFECT21_BENCH_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub postgres: String,
     /// RabbitMQ for `relay`.
@@ -53,6 +54,9 @@ pub enum Scenario {
     AppendBatch,
     /// PostgreSQL store, 100-event appends vs raw batched INSERT through sqlx.
     AppendPostgres,
+    /// 4 processes × 16 single-event appenders on one PostgreSQL log (the multi-replica
+    /// layout) vs raw 100-row batched INSERTs over 64 streams; checks the log for holes.
+    AppendProcesses,
     /// gRPC ValidateToken vs an empty RPC (health Check) on the same server, with p50/p99.
     GrpcValidate,
     /// gRPC CheckPermission vs an empty RPC (health Check) on the same server, with p50/p99.
@@ -117,6 +121,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::AppendConcurrent => append::concurrent(&args, &scratch, duration).await?,
         Scenario::AppendBatch => append::batch(&scratch, duration).await?,
         Scenario::AppendPostgres => append::postgres(&args.postgres, duration).await?,
+        Scenario::AppendProcesses => append::processes(&args.postgres, &scratch, duration).await?,
         Scenario::GrpcValidate => grpc::validate(&scratch, duration).await?,
         Scenario::GrpcCheck => grpc::check(&scratch, duration).await?,
         Scenario::LoginFlood => grpc::login_flood(&scratch, duration).await?,
