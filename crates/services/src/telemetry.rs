@@ -142,6 +142,18 @@ pub fn tracer_provider() -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkT
     Ok(Some(provider))
 }
 
+static TRACES_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records that spans are exported (OTLP configured), so that per-message spans are worth making.
+pub fn set_traces_on() {
+    TRACES_ON.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether spans are exported.
+pub fn traces_on() -> bool {
+    TRACES_ON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The trace context a W3C `traceparent` (and `tracestate`) carries.
 pub fn extract(traceparent: Option<&str>, tracestate: Option<&str>) -> opentelemetry::Context {
     let mut carrier = std::collections::HashMap::new();

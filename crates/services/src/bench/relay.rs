@@ -94,7 +94,8 @@ pub async fn relay(scratch: &Scratch, amqp: &str) -> anyhow::Result<Vec<Measurem
     let head = store.head_position().await?;
     live.wait_for(head, Duration::from_secs(30)).await?;
 
-    // Baseline: the same bodies, published with confirms and the same window, nothing else.
+    // Baseline: the same messages (bodies, properties and headers), published with
+    // confirms and the same window, nothing else.
     let recorded = store.read_all(1, EVENTS).await?;
     let bodies: Vec<_> =
         recorded.iter().map(|r| outgoing(r, r.decode().ok().as_ref(), &Contact::default(), &secrets)).collect();
@@ -109,14 +110,13 @@ pub async fn relay(scratch: &Scratch, amqp: &str) -> anyhow::Result<Vec<Measurem
         if in_flight.len() >= WINDOW {
             in_flight.next().await.expect("in flight")?;
         }
-        let props = BasicProperties::default().with_delivery_mode(2).with_message_id(m.message_id.as_str().into());
         let confirm = ch
             .basic_publish(
                 EXCHANGE.into(),
                 m.routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 &m.body,
-                props,
+                crate::relay::properties(m, None),
             )
             .await?;
         in_flight.push_back(confirm);

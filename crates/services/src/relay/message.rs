@@ -153,25 +153,27 @@ pub fn outgoing(recorded: &RecordedEvent, event: Option<&Event>, contact: &Conta
     let correlation_id = recorded.metadata.correlation_id.map(|c| c.to_string());
     let source_service = recorded.metadata.source_service.clone().unwrap_or_else(|| "perfect21".into());
     let data = event.map(|e| data(recorded, e, contact, secrets)).unwrap_or_else(|| json!({}));
-    let body = json!({
-        "message_id": recorded.event_id,
-        "message_type": message_type,
-        "timestamp": recorded.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        "source_service": source_service,
-        "correlation_id": correlation_id,
-        "user_id": user_id,
-        "data": data,
-        "metadata": {
-            "event_type": recorded.event_type,
-            "schema_version": recorded.schema_version,
-            "position": recorded.position,
-            "stream_id": recorded.stream_id,
-            "stream_version": recorded.stream_version,
-            "actor": recorded.metadata.actor,
-            "traceparent": recorded.metadata.traceparent,
-            "decodable": event.is_some(),
+    let timestamp = recorded.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let body = serde_json::to_vec(&Body {
+        correlation_id: correlation_id.as_deref(),
+        data: &data,
+        message_id: recorded.event_id,
+        message_type: &message_type,
+        metadata: BodyMetadata {
+            actor: recorded.metadata.actor.as_deref(),
+            decodable: event.is_some(),
+            event_type: &recorded.event_type,
+            position: recorded.position,
+            schema_version: recorded.schema_version,
+            stream_id: &recorded.stream_id,
+            stream_version: recorded.stream_version,
+            traceparent: recorded.metadata.traceparent.as_deref(),
         },
-    });
+        source_service: &source_service,
+        timestamp: &timestamp,
+        user_id: user_id.as_deref(),
+    })
+    .expect("strings, numbers and JSON values serialize");
     Outgoing {
         routing_key,
         message_type,
@@ -181,8 +183,34 @@ pub fn outgoing(recorded: &RecordedEvent, event: Option<&Event>, contact: &Conta
         user_id,
         correlation_id,
         source_service,
-        body: body.to_string().into_bytes(),
+        body,
     }
+}
+
+/// The BaseMessage envelope, serialized straight from the event (fields in the order of
+/// their names, as a JSON object map would write them).
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    correlation_id: Option<&'a str>,
+    data: &'a Value,
+    message_id: Uuid,
+    message_type: &'a str,
+    metadata: BodyMetadata<'a>,
+    source_service: &'a str,
+    timestamp: &'a str,
+    user_id: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct BodyMetadata<'a> {
+    actor: Option<&'a str>,
+    decodable: bool,
+    event_type: &'a str,
+    position: u64,
+    schema_version: u16,
+    stream_id: &'a str,
+    stream_version: u64,
+    traceparent: Option<&'a str>,
 }
 
 #[cfg(test)]

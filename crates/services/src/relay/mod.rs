@@ -107,7 +107,8 @@ async fn save_checkpoints(path: PathBuf, mut confirmed: tokio::sync::watch::Rece
     }
 }
 
-fn properties(m: &Outgoing, traceparent: Option<&str>) -> BasicProperties {
+/// The AMQP properties and headers of a message (docs/wire.md).
+pub(crate) fn properties(m: &Outgoing, traceparent: Option<&str>) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |k: &str, v: Option<&str>| {
         headers.insert(k.into(), v.map_or(AMQPValue::Void, |v| AMQPValue::LongString(v.into())));
@@ -133,10 +134,70 @@ fn properties(m: &Outgoing, traceparent: Option<&str>) -> BasicProperties {
     p
 }
 
+/// One message ready to publish.
+struct Prepared {
+    position: u64,
+    message: Outgoing,
+    traceparent: Option<String>,
+    /// The `relay.publish` span, a child of the request that wrote the event; it ends once
+    /// the message is handed to the broker.
+    span: tracing::Span,
+}
+
+/// Follows the log from `from` and turns each event into its message, in order, ahead
+/// of the publisher (decoding, contact details and JSON on one task, publishing and
+/// confirms on another). Ends with the subscription's error.
+async fn prepare(
+    store: Arc<dyn EventStore>,
+    live: Arc<LiveModels>,
+    secrets: SecretBox,
+    from: u64,
+    ready: tokio::sync::mpsc::Sender<Prepared>,
+) -> anyhow::Result<()> {
+    let mut sub = subscribe_all(store, from);
+    loop {
+        let recorded = sub.next().await?;
+        let event = recorded.decode().ok();
+        // The contact details come from the read models: let them reach this event first.
+        if live.checkpoint() < recorded.position {
+            let _ = live.wait_for(recorded.position, Duration::from_secs(5)).await;
+        }
+        let user = event.as_ref().and_then(message::user_of);
+        let contact = match user {
+            Some(u) => live
+                .read(|m| {
+                    m.users.get(u).map(|v| Contact {
+                        email: Some(v.email.to_string()).filter(|e| !e.is_empty()),
+                        phone_number: v.phone_number.as_deref().map(String::from),
+                    })
+                })
+                .unwrap_or_default(),
+            None => Contact::default(),
+        };
+        let message = outgoing(&recorded, event.as_ref(), &contact, &secrets);
+        // With traces exported, its context travels on in the AMQP headers. Without, no
+        // span is made: nothing would read it, and formatting its fields costs as much
+        // as the rest of the message.
+        let (span, traceparent) = if crate::telemetry::traces_on() {
+            let span =
+                tracing::info_span!("relay.publish", position = recorded.position, event_type = %recorded.event_type);
+            crate::telemetry::set_parent(&span, recorded.metadata.traceparent.as_deref(), None);
+            let traceparent = span.in_scope(crate::telemetry::current_traceparent);
+            (span, traceparent)
+        } else {
+            (tracing::Span::none(), None)
+        };
+        let prepared = Prepared { position: recorded.position, message, traceparent, span };
+        if ready.send(prepared).await.is_err() {
+            return Ok(()); // the publisher is gone
+        }
+    }
+}
+
 async fn relay_once(
     config: &RelayConfig,
     store: Arc<dyn EventStore>,
-    live: &LiveModels,
+    live: &Arc<LiveModels>,
     secrets: &SecretBox,
     status: &RelayStatus,
     confirmed_tx: &tokio::sync::watch::Sender<u64>,
@@ -151,7 +212,10 @@ async fn relay_once(
     channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
 
     let confirmed = status.confirmed.load(Ordering::Relaxed);
-    let mut sub = subscribe_all(store, confirmed + 1);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(WINDOW);
+    let preparer = tokio::spawn(prepare(store, live.clone(), secrets.clone(), confirmed + 1, ready_tx));
+    // Stops the preparer however this attempt ends (the next one starts from the checkpoint).
+    let _preparer = AbortOnDrop(preparer.abort_handle());
     let mut in_flight = FuturesOrdered::new();
     loop {
         tokio::select! {
@@ -166,33 +230,32 @@ async fn relay_once(
                     }
                 }
             }
-            recorded = sub.next(), if in_flight.len() < WINDOW => {
-                let recorded = recorded?;
-                let event = recorded.decode().ok();
-                // The contact details come from the read models: let them reach this event first.
-                let _ = live.wait_for(recorded.position, Duration::from_secs(5)).await;
-                let user = event.as_ref().and_then(message::user_of);
-                let contact = match user {
-                    Some(u) => live.read(|m| m.users.get(u).map(|v| Contact {
-                        email: Some(v.email.to_string()).filter(|e| !e.is_empty()),
-                        phone_number: v.phone_number.as_deref().map(String::from),
-                    })).unwrap_or_default(),
-                    None => Contact::default(),
+            prepared = ready.recv(), if in_flight.len() < WINDOW => {
+                let Some(Prepared { position, message: m, traceparent, span }) = prepared else {
+                    return match preparer.await {
+                        Ok(Err(e)) => Err(e.context("reading the log")),
+                        Ok(Ok(())) => Ok(()),
+                        Err(e) => Err(anyhow::anyhow!("the relay's reader stopped: {e}")),
+                    };
                 };
-                let m = outgoing(&recorded, event.as_ref(), &contact, secrets);
-                // One span per publish, a child of the request that wrote the event; its context
-                // travels on in the AMQP headers.
-                let span = tracing::info_span!("relay.publish", position = recorded.position, event_type = %recorded.event_type);
-                crate::telemetry::set_parent(&span, recorded.metadata.traceparent.as_deref(), None);
-                let traceparent = span.in_scope(crate::telemetry::current_traceparent);
+                let props = properties(&m, traceparent.as_deref());
                 let confirm = channel
-                    .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, properties(&m, traceparent.as_deref()))
+                    .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, props)
                     .await?;
+                drop(span);
                 status.published.fetch_add(1, Ordering::Relaxed);
-                let position = recorded.position;
                 in_flight.push_back(async move { (position, confirm.await) });
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
