@@ -11,14 +11,14 @@ pub mod message;
 
 use anyhow::Context;
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use message::{outgoing, Contact, Outgoing, EXCHANGE};
 use perfect21_domain::secrets::SecretBox;
 use perfect21_domain::LiveModels;
-use perfect21_events::{subscribe_all, EventStore};
+use perfect21_events::{subscribe_all, EventStore, RecordedEvent};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -144,54 +144,67 @@ struct Prepared {
     span: tracing::Span,
 }
 
+/// Messages handed from the reader to the publisher at once, at most (fewer when the
+/// reader has caught up: a new event goes out alone, at once).
+const CHUNK: usize = 64;
+
 /// Follows the log from `from` and turns each event into its message, in order, ahead
 /// of the publisher (decoding, contact details and JSON on one task, publishing and
-/// confirms on another). Ends with the subscription's error.
+/// confirms on another), in chunks of what the last page read holds. Ends with the
+/// subscription's error.
 async fn prepare(
     store: Arc<dyn EventStore>,
     live: Arc<LiveModels>,
     secrets: SecretBox,
     from: u64,
-    ready: tokio::sync::mpsc::Sender<Prepared>,
+    ready: tokio::sync::mpsc::Sender<Vec<Prepared>>,
 ) -> anyhow::Result<()> {
     let mut sub = subscribe_all(store, from);
     loop {
-        let recorded = sub.next().await?;
-        let event = recorded.decode().ok();
-        // The contact details come from the read models: let them reach this event first.
-        if live.checkpoint() < recorded.position {
-            let _ = live.wait_for(recorded.position, Duration::from_secs(5)).await;
+        let first = sub.next().await?;
+        let mut chunk = vec![prepare_one(&live, &secrets, first).await];
+        while chunk.len() < CHUNK {
+            let Some(recorded) = sub.next_buffered() else { break };
+            chunk.push(prepare_one(&live, &secrets, recorded).await);
         }
-        let user = event.as_ref().and_then(message::user_of);
-        let contact = match user {
-            Some(u) => live
-                .read(|m| {
-                    m.users.get(u).map(|v| Contact {
-                        email: Some(v.email.to_string()).filter(|e| !e.is_empty()),
-                        phone_number: v.phone_number.as_deref().map(String::from),
-                    })
-                })
-                .unwrap_or_default(),
-            None => Contact::default(),
-        };
-        let message = outgoing(&recorded, event.as_ref(), &contact, &secrets);
-        // With traces exported, its context travels on in the AMQP headers. Without, no
-        // span is made: nothing would read it, and formatting its fields costs as much
-        // as the rest of the message.
-        let (span, traceparent) = if crate::telemetry::traces_on() {
-            let span =
-                tracing::info_span!("relay.publish", position = recorded.position, event_type = %recorded.event_type);
-            crate::telemetry::set_parent(&span, recorded.metadata.traceparent.as_deref(), None);
-            let traceparent = span.in_scope(crate::telemetry::current_traceparent);
-            (span, traceparent)
-        } else {
-            (tracing::Span::none(), None)
-        };
-        let prepared = Prepared { position: recorded.position, message, traceparent, span };
-        if ready.send(prepared).await.is_err() {
+        if ready.send(chunk).await.is_err() {
             return Ok(()); // the publisher is gone
         }
     }
+}
+
+async fn prepare_one(live: &LiveModels, secrets: &SecretBox, recorded: RecordedEvent) -> Prepared {
+    let event = recorded.decode().ok();
+    // The contact details come from the read models: let them reach this event first.
+    if live.checkpoint() < recorded.position {
+        let _ = live.wait_for(recorded.position, Duration::from_secs(5)).await;
+    }
+    let user = event.as_ref().and_then(message::user_of);
+    let contact = match user {
+        Some(u) => live
+            .read(|m| {
+                m.users.get(u).map(|v| Contact {
+                    email: Some(v.email.to_string()).filter(|e| !e.is_empty()),
+                    phone_number: v.phone_number.as_deref().map(String::from),
+                })
+            })
+            .unwrap_or_default(),
+        None => Contact::default(),
+    };
+    let message = outgoing(&recorded, event.as_ref(), &contact, secrets);
+    // With traces exported, its context travels on in the AMQP headers. Without, no span
+    // is made: nothing would read it, and formatting its fields costs as much as the
+    // rest of the message.
+    let (span, traceparent) = if crate::telemetry::traces_on() {
+        let span =
+            tracing::info_span!("relay.publish", position = recorded.position, event_type = %recorded.event_type);
+        crate::telemetry::set_parent(&span, recorded.metadata.traceparent.as_deref(), None);
+        let traceparent = span.in_scope(crate::telemetry::current_traceparent);
+        (span, traceparent)
+    } else {
+        (tracing::Span::none(), None)
+    };
+    Prepared { position: recorded.position, message, traceparent, span }
 }
 
 async fn relay_once(
@@ -212,39 +225,55 @@ async fn relay_once(
     channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
 
     let confirmed = status.confirmed.load(Ordering::Relaxed);
-    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(WINDOW);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(WINDOW / CHUNK);
     let preparer = tokio::spawn(prepare(store, live.clone(), secrets.clone(), confirmed + 1, ready_tx));
     // Stops the preparer however this attempt ends (the next one starts from the checkpoint).
     let _preparer = AbortOnDrop(preparer.abort_handle());
+    let mut waiting = std::collections::VecDeque::new();
     let mut in_flight = FuturesOrdered::new();
     loop {
+        while in_flight.len() < WINDOW {
+            let Some(Prepared { position, message: m, traceparent, span }) = waiting.pop_front() else { break };
+            let props = properties(&m, traceparent.as_deref());
+            let confirm = channel
+                .basic_publish(
+                    EXCHANGE.into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &m.body,
+                    props,
+                )
+                .await?;
+            drop(span);
+            status.published.fetch_add(1, Ordering::Relaxed);
+            in_flight.push_back(async move { (position, confirm.await) });
+        }
         tokio::select! {
             biased;
-            Some((position, confirm)) = in_flight.next(), if !in_flight.is_empty() => {
-                let confirm: lapin::Result<lapin::Confirmation> = confirm;
-                match confirm? {
-                    lapin::Confirmation::Nack(_) => anyhow::bail!("the broker refused (nack) position {position}"),
-                    _ => {
-                        status.confirmed.store(position, Ordering::Relaxed);
-                        confirmed_tx.send_replace(position);
+            Some(first) = in_flight.next(), if !in_flight.is_empty() => {
+                // This confirm and every one already in: the checkpoint moves once for them all.
+                let mut done = Some(first);
+                let mut position = 0;
+                while let Some((p, confirm)) = done {
+                    let confirm: lapin::Result<lapin::Confirmation> = confirm;
+                    if let lapin::Confirmation::Nack(_) = confirm? {
+                        anyhow::bail!("the broker refused (nack) position {p}");
                     }
+                    position = p;
+                    done = in_flight.next().now_or_never().flatten();
                 }
+                status.confirmed.store(position, Ordering::Relaxed);
+                confirmed_tx.send_replace(position);
             }
-            prepared = ready.recv(), if in_flight.len() < WINDOW => {
-                let Some(Prepared { position, message: m, traceparent, span }) = prepared else {
+            chunk = ready.recv(), if waiting.is_empty() => {
+                let Some(chunk) = chunk else {
                     return match preparer.await {
                         Ok(Err(e)) => Err(e.context("reading the log")),
                         Ok(Ok(())) => Ok(()),
                         Err(e) => Err(anyhow::anyhow!("the relay's reader stopped: {e}")),
                     };
                 };
-                let props = properties(&m, traceparent.as_deref());
-                let confirm = channel
-                    .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, props)
-                    .await?;
-                drop(span);
-                status.published.fetch_add(1, Ordering::Relaxed);
-                in_flight.push_back(async move { (position, confirm.await) });
+                waiting.extend(chunk);
             }
         }
     }
