@@ -122,7 +122,7 @@ pub async fn matrix(scratch: &Scratch, duration: Duration, amqp: &str) -> anyhow
     rows.push(Measurement::latency(S, "amqp_p99", find("commit_to_consumer_p99") / 1000.0, 1000.0, "ms"));
     // WebSocket: 1,000 connections (one per user), push latency from commit.
     let ws = super::websocket::websocket_with(scratch, duration, 1).await?;
-    let p99 = ws.iter().find(|m| m.metric == "push_p99").map(|m| m.ours).unwrap_or(0.0);
+    let p99 = ws.iter().find(|m| m.metric == "push_with_append_p99").map(|m| m.ours).unwrap_or(0.0);
     rows.push(Measurement::latency(S, "websocket_p99", p99 / 1000.0, 50.0, "ms"));
     Ok(rows)
 }
