@@ -169,6 +169,10 @@ pub fn extract(traceparent: Option<&str>, tracestate: Option<&str>) -> opentelem
 /// The `traceparent` of the current span, when traces are on.
 pub fn current_traceparent() -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    // Without export no span has a trace context (and asking costs a map per request).
+    if !traces_on() {
+        return None;
+    }
     let cx = tracing::Span::current().context();
     let mut carrier = std::collections::HashMap::new();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
@@ -183,10 +187,11 @@ pub fn projection_update_span(batch: &[perfect21_events::RecordedEvent]) -> trac
     span
 }
 
-/// Makes `span` a child of the trace `traceparent` names (no-op without one).
+/// Makes `span` a child of the trace `traceparent` names (no-op without one, or when
+/// traces are not exported).
 pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if traceparent.is_some() {
+    if traceparent.is_some() && traces_on() {
         let _ = span.set_parent(extract(traceparent, tracestate));
     }
 }

@@ -1,7 +1,7 @@
 //! Relay throughput against raw lapin confirmed publishing of the same bodies,
 //! and commit → consumer latency against raw publish → consumer latency.
 
-use super::{percentile, Measurement, Scratch};
+use super::{median, percentile, Measurement, Scratch};
 use crate::relay::message::{outgoing, Contact, EXCHANGE};
 use crate::relay::{RelayConfig, RelayStatus, WINDOW};
 use futures::stream::FuturesOrdered;
@@ -23,11 +23,6 @@ use uuid::Uuid;
 const EVENTS: usize = 20_000;
 const LATENCY_SAMPLES: usize = 300;
 const ROUNDS: usize = 3;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 fn event() -> Event {
     Event::UserLoginFailed(UserLoginFailed {

@@ -224,11 +224,9 @@ pub async fn admit(app: &App, rule: Rule, bearer: Option<&str>) -> Result<Option
     let token = bearer
         .ok_or_else(|| Refusal::Unauthenticated("this call needs 'authorization: Bearer <access token>'".into()))?;
     let principal = app.authenticate(token).await.map_err(Refusal::Unauthenticated)?;
-    let holds = |p: Perm| {
-        let app = app.clone();
-        let id = principal.id();
-        async move { app.holds(id, p.resource, p.action).await.map_err(|e| Refusal::Denied(e.to_string())) }
-    };
+    let id = principal.id();
+    let holds =
+        |p: Perm| async move { app.holds(id, p.resource, p.action).await.map_err(|e| Refusal::Denied(e.to_string())) };
     let denied = |p: Perm| Refusal::Denied(format!("{p} is required"));
     let (privileged, perm) = match rule {
         Rule::Public => unreachable!("handled above"),
