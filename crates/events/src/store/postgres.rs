@@ -10,7 +10,8 @@
 //! positions strictly in order, and a failed append leaves no hole.
 //!
 //! Group commit: each store instance has one writer task that takes every
-//! append waiting and runs them in one transaction (one lock, one fsync).
+//! append waiting and commits them together (one lock, one fsync), normally in
+//! one round trip (see [`commit_batch`]).
 //! Readers learn of new commits through `LISTEN/NOTIFY`, with polling as a fallback.
 
 use super::queue::{gather, submit, AppendRequest};
