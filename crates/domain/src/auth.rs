@@ -12,6 +12,35 @@ use uuid::Uuid;
 /// Attempts of a command that lost a race on its stream before giving up.
 const RETRIES: usize = 3;
 
+/// One turn at a time per user: an async lock per user id, made on first use and
+/// forgotten once nobody holds or waits for it.
+#[derive(Default)]
+pub(crate) struct UserTurns(std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Weak<tokio::sync::Mutex<()>>>>);
+
+/// Users with a turn remembered before those nobody holds are swept.
+const MAX_TURNS: usize = 1024;
+
+impl UserTurns {
+    /// Waits for `user`'s turn; it lasts as long as the guard.
+    pub(crate) async fn take(&self, user: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.0.lock().expect("user turns");
+            if turns.len() >= MAX_TURNS {
+                turns.retain(|_, t| t.strong_count() > 0);
+            }
+            match turns.get(&user).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    turns.insert(user, std::sync::Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
 /// What a client sends to log in.
 #[derive(Debug, Clone, Default)]
 pub struct LoginRequest {
@@ -163,6 +192,18 @@ impl Identity {
         let ctx = &ctx.clone().as_user(user_id);
         let user_stream = stream("user", user_id)?;
         let mut password_checked: Option<(String, bool)> = None;
+        // argon2 first, side by side with other sign-ins of the same user.
+        if let FirstFactor::Password(password) = &first {
+            let state: UserState = self.load(&user_stream).await?;
+            if state.exists && !state.is_deleted() {
+                let ok = self.passwords.verify(password.clone(), Some(state.password_hash.clone())).await?;
+                password_checked = Some((state.password_hash, ok));
+            }
+        }
+        // Then the decision: each sign-in appends to the user's stream at the version it
+        // read, so concurrent ones in this process take turns instead of failing each
+        // other's expected version (other replicas' are rare, and covered by the retries).
+        let _turn = self.sign_ins.take(user_id).await;
         for _ in 0..RETRIES {
             let state: UserState = self.load(&user_stream).await?;
             if !state.exists || state.is_deleted() {

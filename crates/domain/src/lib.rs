@@ -145,6 +145,8 @@ pub struct Identity {
     last_write: Arc<std::sync::atomic::AtomicU64>,
     /// The highest position of a write that takes access away (revocation, lock, deletion…).
     last_revocation: Arc<std::sync::atomic::AtomicU64>,
+    /// Sign-ins of one user in this process take turns (see [`auth::UserTurns`]).
+    sign_ins: Arc<auth::UserTurns>,
 }
 
 impl Identity {
@@ -164,6 +166,7 @@ impl Identity {
             config: Arc::new(config),
             last_write: Default::default(),
             last_revocation: Default::default(),
+            sign_ins: Default::default(),
         })
     }
 

@@ -136,6 +136,35 @@ async fn register_verify_login_refresh_and_reuse_detection() {
     }
 }
 
+/// One account signing in from many places at once (a shared kiosk account, a load
+/// test, a user with many devices): every right password gets a session, none a
+/// "concurrent modification", and wrong passwords in the crowd are still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_logins_of_one_user_all_get_a_session() {
+    let w = world().await;
+    let c = ctx("198.51.100.7");
+    let reg = w.id.register(&c, registration("crowd@example.com", "crowd")).await.unwrap();
+    let logins: Vec<_> = (0..24)
+        .map(|i| {
+            let (id, c) = (w.id.clone(), c.clone());
+            let password = if i % 8 == 7 { "wrong password!" } else { "correct horse battery" };
+            tokio::spawn(async move { id.login(&c, login("crowd", password)).await })
+        })
+        .collect();
+    let (mut sessions, mut refused) = (std::collections::HashSet::new(), 0);
+    for l in logins {
+        match l.await.unwrap() {
+            Ok(grant) => {
+                assert_eq!(grant.user_id, reg.user_id);
+                sessions.insert(grant.session_id);
+            }
+            Err(DomainError::InvalidCredentials) => refused += 1,
+            Err(e) => panic!("a login in the crowd got {e:?}"),
+        }
+    }
+    assert_eq!((sessions.len(), refused), (21, 3), "every right password a session of its own");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registrations_of_one_email_let_exactly_one_win() {
     let w = world().await;
