@@ -146,7 +146,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
 }
 
 /// The outcome of `--verify`.
-enum Verdict {
+pub(crate) enum Verdict {
     /// Snapshot + catch-up gives the full replay's digest.
     Same(String),
     /// It does not: the state is not reproducible.
@@ -164,7 +164,12 @@ impl Verdict {
 }
 
 /// Snapshot + catch-up, compared with the full replay's digest at the same head.
-async fn verify(store: Arc<dyn EventStore>, path: &Path, head: u64, digest: &str) -> anyhow::Result<Verdict> {
+pub(crate) async fn verify(
+    store: Arc<dyn EventStore>,
+    path: &Path,
+    head: u64,
+    digest: &str,
+) -> anyhow::Result<Verdict> {
     let Some((models, _)) = load_snapshot(store.as_ref(), path).await else {
         return Ok(Verdict::NoSnapshot(format!(
             "no usable snapshot at {} (a serving process writes one; or run replay --write-snapshot)",

@@ -4,6 +4,7 @@
 
 pub mod append;
 mod grpc;
+mod kill;
 mod login;
 mod oauth;
 mod oidc;
@@ -39,6 +40,9 @@ pub struct BenchArgs {
     /// Users folded into the read models by `memory` (ten events each).
     #[arg(long, default_value_t = 1_000_000)]
     pub users: u64,
+    /// Kills of `serve` in `kill-loop`.
+    #[arg(long, default_value_t = 100)]
+    pub cycles: usize,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +88,10 @@ pub enum Scenario {
     OidcCode,
     /// Token introspections (RFC 7662) by a client vs an empty handler on the same server.
     Introspect,
+    /// `serve` killed with SIGKILL at random moments while clients register users, `--cycles`
+    /// times (SQLite, or PostgreSQL with `--store`): acknowledged registrations lost (must be
+    /// 0), holes, and snapshot + catch-up against a full replay after every kill.
+    KillLoop,
     /// The seed's four load rows at their stated rates (REST 1k/s, gRPC 5k/s, AMQP 10k
     /// msg/s, 1k WebSockets): achieved rate and p99 against each target.
     SeedMatrix,
@@ -135,6 +143,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::OidcCode => oidc::code(&scratch, duration).await?,
         Scenario::Introspect => oidc::introspect(&scratch, duration).await?,
         Scenario::SeedMatrix => seed::matrix(&scratch, duration, &args.amqp).await?,
+        Scenario::KillLoop => {
+            let url = args.store.url();
+            kill::kill_loop(&scratch, url.starts_with("postgres").then_some(url.as_str()), args.cycles).await?
+        }
     };
     print(&rows, args.json);
     Ok(())
