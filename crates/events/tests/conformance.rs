@@ -545,6 +545,39 @@ mod redaction {
             (before[0].event_id, before[0].position, &before[0].event_type, before[0].stream_version)
         );
         assert_eq!(store.head_position().await.unwrap(), 2);
+        // A subscriber from the start sees the rewritten bytes, not what was appended.
+        let mut sub = perfect21_events::subscribe_all(store.clone(), 1);
+        assert_eq!(sub.next().await.unwrap().decode().unwrap(), blank);
+    }
+
+    /// What a live subscriber is given is exactly what a read returns (a backend may serve
+    /// its own recent commits from memory).
+    pub async fn subscribers_get_exactly_what_a_read_returns(log: TestLog) {
+        let store = log.open().await;
+        let mut sub = perfect21_events::subscribe_all(store.clone(), 1);
+        let s = stream("user");
+        store.append(&s, ExpectedVersion::NoStream, batch(3)).await.unwrap();
+        let (session, again) = (stream("session"), batch(2));
+        store.append(&session, ExpectedVersion::Any, again.clone()).await.unwrap();
+        // A retry of the same events (idempotent) and a refused append write nothing.
+        store.append(&session, ExpectedVersion::Any, again).await.unwrap();
+        assert!(store.append(&s, ExpectedVersion::NoStream, batch(1)).await.is_err());
+        let concurrent: Vec<_> = (0..16)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append(&stream("role"), ExpectedVersion::Any, batch(1)).await })
+            })
+            .collect();
+        for c in concurrent {
+            c.await.unwrap().unwrap();
+        }
+        let head = store.head_position().await.unwrap();
+        assert_eq!(head, 3 + 2 + 16);
+        let mut seen = Vec::new();
+        while seen.len() < head as usize {
+            seen.push(sub.next().await.unwrap());
+        }
+        assert_eq!(seen, store.read_all(1, usize::MAX).await.unwrap());
     }
 }
 
@@ -565,6 +598,10 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn redaction_rewrites_content_and_keeps_the_envelope() {
                 redaction::redaction_rewrites_content_and_keeps_the_envelope($log().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn subscribers_get_exactly_what_a_read_returns() {
+                redaction::subscribers_get_exactly_what_a_read_returns($log().await).await
             }
         }
     };

@@ -67,6 +67,14 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Backend name, e.g. `sqlite`.
     fn backend(&self) -> &'static str;
+
+    /// Events from `from_position` on (at most `limit`) that this instance committed
+    /// itself and still holds in memory, if it holds `from_position`: what
+    /// [`EventStore::read_all`] would return for a prefix of that range, without a
+    /// database round trip. Live subscriptions ask here first. `None`: read the log.
+    fn recent(&self, _from_position: u64, _limit: usize) -> Option<Vec<RecordedEvent>> {
+        None
+    }
 }
 
 /// Catch-up-then-live subscription to the whole log from `from_position` (inclusive).

@@ -48,6 +48,39 @@ pub struct SqliteStore {
     writer: mpsc::Sender<AppendRequest>,
     readers: Arc<Mutex<Vec<Connection>>>,
     head: watch::Receiver<u64>,
+    tail: Arc<Tail>,
+}
+
+/// Events this store's writer committed last, in position order without a gap, so that
+/// live subscribers get them without reading the file. A commit by another process on
+/// the same file leaves a gap, and the tail starts over after it.
+#[derive(Default)]
+struct Tail(Mutex<std::collections::VecDeque<RecordedEvent>>);
+
+/// Events the tail keeps at most.
+const TAIL_EVENTS: usize = 4096;
+
+impl Tail {
+    fn push(&self, events: Vec<RecordedEvent>) {
+        let Some(first) = events.first().map(|e| e.position) else { return };
+        let mut tail = self.0.lock().expect("tail");
+        if tail.back().is_some_and(|last| last.position + 1 != first) {
+            tail.clear();
+        }
+        tail.extend(events);
+        let excess = tail.len().saturating_sub(TAIL_EVENTS);
+        tail.drain(..excess);
+    }
+
+    fn from(&self, position: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        let tail = self.0.lock().expect("tail");
+        let start = position.checked_sub(tail.front()?.position)? as usize;
+        (start < tail.len()).then(|| tail.range(start..).take(limit).cloned().collect())
+    }
+
+    fn clear(&self) {
+        self.0.lock().expect("tail").clear();
+    }
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -65,11 +98,19 @@ impl SqliteStore {
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
         let group = config.group_commit;
+        let tail = Arc::new(Tail::default());
+        let written = tail.clone();
         std::thread::Builder::new()
             .name("perfect21-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, head_tx, group))
+            .spawn(move || run_writer(conn, rx, head_tx, group, written))
             .map_err(db_err)?;
-        Ok(SqliteStore { path: config.path, writer: tx, readers: Arc::new(Mutex::new(Vec::new())), head: head_rx })
+        Ok(SqliteStore {
+            path: config.path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            head: head_rx,
+            tail,
+        })
     }
 
     /// The log file.
@@ -148,7 +189,13 @@ struct Writer {
 /// Stream versions remembered at most, to bound the writer's memory.
 const MAX_CACHED_STREAMS: usize = 100_000;
 
-fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: watch::Sender<u64>, group: bool) {
+fn run_writer(
+    conn: Connection,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    head_tx: watch::Sender<u64>,
+    group: bool,
+    tail: Arc<Tail>,
+) {
     let known_head = *head_tx.borrow();
     let mut writer = Writer { conn, versions: HashMap::new(), known_head };
     let mut carried = None;
@@ -163,7 +210,9 @@ fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: 
         let (batch, rest) = gather(first, group, || rx.try_recv().ok());
         carried = rest;
         match writer.commit_batch(&batch) {
-            Ok((results, head)) => {
+            Ok((results, head, written)) => {
+                // Into the tail before subscribers hear of the new head.
+                tail.push(written);
                 head_tx.send_if_modified(|h| {
                     let moved = head > *h;
                     *h = (*h).max(head);
@@ -193,7 +242,29 @@ fn run_writer(conn: Connection, mut rx: mpsc::Receiver<AppendRequest>, head_tx: 
     }
 }
 
-type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
+/// Each append's outcome, the head after the batch, and the events it wrote (as a read
+/// would return them).
+type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64, Vec<RecordedEvent>);
+
+/// The events `request` wrote at `result`, as a read would return them.
+fn recorded(request: &AppendRequest, result: &AppendResult, recorded_at: i64, out: &mut Vec<RecordedEvent>) {
+    let first_version = result.stream_version + 1 - request.events.len() as u64;
+    for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
+        // The stored bytes, decoded as a read decodes them.
+        let Ok(metadata) = crate::envelope::Metadata::decode(metadata) else { continue };
+        out.push(RecordedEvent {
+            event_id: event.event_id,
+            stream_id: request.stream.to_string(),
+            stream_version: first_version + i as u64,
+            position: result.first_position + i as u64,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            recorded_at: from_micros(recorded_at),
+            metadata,
+            payload: event.payload.clone(),
+        });
+    }
+}
 
 /// Why a whole batch failed, and so what its appenders may assume.
 enum BatchError {
@@ -223,6 +294,7 @@ impl Writer {
         }
         let recorded_at = to_micros(chrono::Utc::now());
         let mut results = Vec::with_capacity(batch.len());
+        let mut fresh = Vec::new();
         for request in batch {
             // A single INSERT is atomic by itself; several need a savepoint to be undone together.
             let savepoint = request.events.len() > 1;
@@ -239,6 +311,7 @@ impl Writer {
             }
             let written = matches!(&outcome, Ok(result) if result.position > head);
             if let (true, Ok(result)) = (written, &outcome) {
+                recorded(request, result, recorded_at, &mut fresh);
                 head = result.position;
                 versions.insert(request.stream.to_string(), result.stream_version);
             }
@@ -252,7 +325,7 @@ impl Writer {
         }
         tx.commit().map_err(BatchError::Commit)?;
         *known_head = head;
-        Ok((results, head))
+        Ok((results, head, fresh))
     }
 }
 
@@ -416,36 +489,12 @@ impl EventStore for SqliteStore {
     }
 
     async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {
-        let metadata = validate_redactions(&redactions)?;
-        let path = self.path.clone();
-        let stream = stream.to_string();
-        tokio::task::spawn_blocking(move || {
-            // A connection of its own: SQLite serialises it with the writer thread (busy timeout).
-            let mut conn = Connection::open(&path).map_err(db_err)?;
-            conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
-            conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-            for (r, metadata) in redactions.iter().zip(&metadata) {
-                // Nothing is committed unless every redaction fits its event.
-                let replaced: Option<(String, u16)> = tx
-                    .query_row(
-                        "UPDATE events SET payload = ?1, metadata = ?2 WHERE position = ?3 AND stream_id = ?4 \
-                         RETURNING event_type, schema_version",
-                        params![r.payload, metadata, r.position as i64, stream],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
-                    )
-                    .optional()
-                    .map_err(db_err)?;
-                let Some((event_type, schema_version)) = replaced else {
-                    return Err(StoreError::NotInStream { stream: stream.clone(), position: r.position });
-                };
-                super::check_redaction(r.position, &event_type, schema_version, &r.payload)?;
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(redactions.len())
-        })
-        .await
-        .map_err(db_err)?
+        // The tail holds the old bytes of what may be rewritten: forget it (before and after,
+        // so that nothing read in between outlives the rewrite).
+        self.tail.clear();
+        let result = self.redact_in_file(stream, redactions).await;
+        self.tail.clear();
+        result
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
@@ -488,5 +537,44 @@ impl EventStore for SqliteStore {
 
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    fn recent(&self, from_position: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        self.tail.from(from_position, limit)
+    }
+}
+
+impl SqliteStore {
+    async fn redact_in_file(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {
+        let metadata = validate_redactions(&redactions)?;
+        let path = self.path.clone();
+        let stream = stream.to_string();
+        tokio::task::spawn_blocking(move || {
+            // A connection of its own: SQLite serialises it with the writer thread (busy timeout).
+            let mut conn = Connection::open(&path).map_err(db_err)?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+            conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+            for (r, metadata) in redactions.iter().zip(&metadata) {
+                // Nothing is committed unless every redaction fits its event.
+                let replaced: Option<(String, u16)> = tx
+                    .query_row(
+                        "UPDATE events SET payload = ?1, metadata = ?2 WHERE position = ?3 AND stream_id = ?4 \
+                         RETURNING event_type, schema_version",
+                        params![r.payload, metadata, r.position as i64, stream],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                let Some((event_type, schema_version)) = replaced else {
+                    return Err(StoreError::NotInStream { stream: stream.clone(), position: r.position });
+                };
+                super::check_redaction(r.position, &event_type, schema_version, &r.payload)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(redactions.len())
+        })
+        .await
+        .map_err(db_err)?
     }
 }

@@ -67,7 +67,11 @@ impl Subscription {
     async fn fill(&mut self) -> Result<(), StoreError> {
         // Mark the current head as seen before reading, so a commit racing with the read wakes us.
         self.head.borrow_and_update();
-        let page = self.store.read_all(self.next, PAGE).await?;
+        // What this process has just committed is still in memory: no read for it.
+        let page = match self.store.recent(self.next, PAGE) {
+            Some(page) if !page.is_empty() => page,
+            _ => self.store.read_all(self.next, PAGE).await?,
+        };
         let got = self.accept(page)?;
         if !got {
             let wait = if self.hole_since.is_some() { Duration::from_millis(5) } else { POLL };
