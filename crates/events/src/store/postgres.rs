@@ -230,13 +230,6 @@ struct Columns {
     payload: Vec<Vec<u8>>,
 }
 
-/// Inserts the batch's rows, moves the head and notifies listeners, in one round trip.
-const INSERT_AND_MOVE_HEAD: &str = "WITH inserted AS (INSERT INTO events (position, event_id, stream_id, \
-    stream_version, event_type, schema_version, recorded_at, metadata, payload) SELECT * FROM UNNEST( \
-    $1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::smallint[], $7::timestamptz[], \
-    $8::bytea[], $9::bytea[])), moved AS (UPDATE log_head SET position = $10 WHERE id RETURNING position) \
-    SELECT pg_notify($11, position::text) FROM moved";
-
 type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
 
 /// SQLSTATE unique_violation.
@@ -271,33 +264,27 @@ async fn commit_batch(
 ) -> Result<BatchOutcome, sqlx::Error> {
     let now = Utc::now();
     let outcome = match plan_from_cache(batch, cache, now) {
-        Some(planned) => insert_planned(pool, batch, planned, 0, channel, cache).await,
+        Some(planned) => insert_planned(pool, &planned, 0, channel).await.map(|start| (planned, 0, start)),
         None => {
             let (mut known, head) = read_known(pool, batch).await?;
             let planned = plan(batch, head, &mut known, now);
             if planned.cols.position.is_empty() {
                 return Ok((planned.results, head));
             }
-            insert_planned(pool, batch, planned, head, channel, cache).await
+            insert_planned(pool, &planned, head, channel).await.map(|start| (planned, head, start))
         }
     };
     match outcome {
+        Ok((planned, base, start)) => Ok(answered(batch, planned, base, start, cache)),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
             for request in batch {
                 cache.0.remove(request.stream.as_str());
             }
-            let outcome = commit_locked(pool, batch, channel).await;
-            if outcome.is_err() {
-                cache.0.clear();
-            }
-            outcome
+            commit_locked(pool, batch, channel, cache).await
         }
-        Err(e) => {
-            cache.0.clear();
-            Err(e)
-        }
-        ok => ok,
+        Err(e) => Err(e),
     }
+    .inspect_err(|_| cache.0.clear())
 }
 
 /// What the log holds of a group's event ids and streams.
@@ -328,7 +315,7 @@ fn plan_from_cache(batch: &[AppendRequest], cache: &VersionCache, now: DateTime<
 
 /// One round trip, no lock: the group's event ids already recorded, its streams' last
 /// versions, and the head.
-async fn read_known(pool: &PgPool, batch: &[AppendRequest]) -> Result<(Known, u64), sqlx::Error> {
+async fn read_known<'c>(conn: impl sqlx::PgExecutor<'c>, batch: &[AppendRequest]) -> Result<(Known, u64), sqlx::Error> {
     let (ids, streams) = keys(batch);
     let mut known = Known::default();
     let mut head = 0u64;
@@ -340,7 +327,7 @@ async fn read_known(pool: &PgPool, batch: &[AppendRequest]) -> Result<(Known, u6
     )
     .bind(&ids)
     .bind(&streams)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?
     {
         let event_id: Option<Uuid> = row.get(0);
@@ -361,23 +348,17 @@ async fn read_known(pool: &PgPool, batch: &[AppendRequest]) -> Result<(Known, u6
     Ok((known, head))
 }
 
-/// One statement, committed on its own: take positions after the head it finds
-/// (locking it until the commit is visible), insert the planned rows there (`o` is each
-/// row's offset past that head), move the head, notify listeners. The plan was made
-/// after `base`; the positions answered move up by however far the head had gone past
-/// it. Replays keep the positions they were recorded at.
-async fn insert_planned(
-    pool: &PgPool,
-    batch: &[AppendRequest],
-    mut planned: Plan,
+/// One statement: take positions after the head it finds (locking it until the commit
+/// is visible), insert the planned rows there (`o` is each row's offset past that head),
+/// move the head, notify listeners. Returns the head it found. On the pool it commits on
+/// its own: `fetch_all` reads up to ReadyForQuery, so the implicit transaction has committed.
+async fn insert_planned<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    planned: &Plan,
     base: u64,
     channel: &str,
-    cache: &mut VersionCache,
-) -> Result<BatchOutcome, sqlx::Error> {
-    for p in &mut planned.cols.position {
-        *p -= base as i64;
-    }
-    let n = planned.cols.position.len() as i64;
+) -> Result<u64, sqlx::Error> {
+    let offsets: Vec<i64> = planned.cols.position.iter().map(|p| p - base as i64).collect();
     let rows = sqlx::query(
         "WITH moved AS (UPDATE log_head SET position = position + $10 WHERE id \
          RETURNING position - $10 AS start, position AS head), \
@@ -389,7 +370,7 @@ async fn insert_planned(
          schema_version, recorded_at, metadata, payload)) \
          SELECT moved.start, pg_notify($11, moved.head::text) FROM moved",
     )
-    .bind(&planned.cols.position)
+    .bind(&offsets)
     .bind(&planned.cols.event_id)
     .bind(&planned.cols.stream_id)
     .bind(&planned.cols.stream_version)
@@ -398,16 +379,24 @@ async fn insert_planned(
     .bind(&planned.cols.recorded_at)
     .bind(&planned.cols.metadata)
     .bind(&planned.cols.payload)
-    .bind(n)
+    .bind(offsets.len() as i64)
     .bind(channel)
-    // fetch_all reads up to ReadyForQuery: the implicit transaction has committed.
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
-    let start = rows.first().map(|r| r.get::<i64, _>(0)).ok_or(sqlx::Error::RowNotFound)? as u64;
-    let moved = start.checked_sub(base).ok_or(sqlx::Error::Protocol("the log head went down".into()))?;
+    Ok(rows.first().map(|r| r.get::<i64, _>(0)).ok_or(sqlx::Error::RowNotFound)? as u64)
+}
+
+/// A committed group's answers: the plan was made after `base` and its rows went after
+/// `start`, so what it wrote moves up by the difference (replays keep the positions they
+/// were recorded at), and the cache learns the streams' new versions. Returns them with
+/// the new head.
+fn answered(batch: &[AppendRequest], planned: Plan, base: u64, start: u64, cache: &mut VersionCache) -> BatchOutcome {
+    // The head never goes down: `start >= base`.
+    let moved = start.saturating_sub(base);
     if cache.0.len() > MAX_CACHED_STREAMS {
         cache.0.clear();
     }
+    let head = start + planned.cols.position.len() as u64;
     let results = planned
         .results
         .into_iter()
@@ -425,7 +414,7 @@ async fn insert_planned(
             other => other,
         })
         .collect();
-    Ok((results, start + n as u64))
+    (results, head)
 }
 
 /// The group's event ids and distinct streams.
@@ -476,55 +465,26 @@ fn plan(batch: &[AppendRequest], mut head: u64, known: &mut Known, recorded_at: 
 }
 
 /// The pessimistic path: lock the head, read, decide and insert in one transaction.
-async fn commit_locked(pool: &PgPool, batch: &[AppendRequest], channel: &str) -> Result<BatchOutcome, sqlx::Error> {
+async fn commit_locked(
+    pool: &PgPool,
+    batch: &[AppendRequest],
+    channel: &str,
+    cache: &mut VersionCache,
+) -> Result<BatchOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The head lock: serialises appenders across all processes until our commit is visible.
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE").fetch_one(&mut *tx).await?;
-    let start_head = head as u64;
-    let (ids, streams) = keys(batch);
-    let mut known = Known::default();
-    for row in sqlx::query("SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        known.events.insert(row.get(0), (row.get(1), row.get::<i64, _>(2) as u64, row.get::<i64, _>(3) as u64));
-    }
-    // One index probe per stream (a plain max() … GROUP BY would scan whole streams).
-    for row in sqlx::query(
-        "SELECT s.id, (SELECT e.stream_version FROM events e WHERE e.stream_id = s.id \
-         ORDER BY e.stream_version DESC LIMIT 1) FROM UNNEST($1::text[]) AS s(id)",
-    )
-    .bind(&streams)
-    .fetch_all(&mut *tx)
-    .await?
-    {
-        if let Some(version) = row.get::<Option<i64>, _>(1) {
-            known.versions.insert(row.get(0), version as u64);
-        }
-    }
-    let Plan { results, cols, .. } = plan(batch, start_head, &mut known, Utc::now());
-    let head = start_head + cols.position.len() as u64;
-    if head == start_head {
+    let head = head as u64;
+    let (mut known, _) = read_known(&mut *tx, batch).await?;
+    let planned = plan(batch, head, &mut known, Utc::now());
+    if planned.cols.position.is_empty() {
         tx.rollback().await?;
-        return Ok((results, head));
+        return Ok((planned.results, head));
     }
-    sqlx::query(INSERT_AND_MOVE_HEAD)
-        .bind(&cols.position)
-        .bind(&cols.event_id)
-        .bind(&cols.stream_id)
-        .bind(&cols.stream_version)
-        .bind(&cols.event_type)
-        .bind(&cols.schema_version)
-        .bind(&cols.recorded_at)
-        .bind(&cols.metadata)
-        .bind(&cols.payload)
-        .bind(head as i64)
-        .bind(channel)
-        .execute(&mut *tx)
-        .await?;
+    let start = insert_planned(&mut *tx, &planned, head, channel).await?;
     tx.commit().await?;
-    Ok((results, head))
+    // Only now: a version remembered before the commit could outlive a failed one.
+    Ok(answered(batch, planned, head, start, cache))
 }
 
 /// Decides one append of a batch against the log as it stands inside the batch's transaction.

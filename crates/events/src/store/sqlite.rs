@@ -67,6 +67,11 @@ impl Tail {
         if tail.back().is_some_and(|last| last.position + 1 != first) {
             tail.clear();
         }
+        // Positions index the tail: anything but a gap-free run (an event left out) empties it.
+        if !events.windows(2).all(|w| w[1].position == w[0].position + 1) {
+            tail.clear();
+            return;
+        }
         tail.extend(events);
         let excess = tail.len().saturating_sub(TAIL_EVENTS);
         tail.drain(..excess);

@@ -33,13 +33,12 @@ impl Drop for Serving {
 }
 
 /// Starts `serve` on free ports; returns it and its HTTP address.
-fn start(data_dir: &std::path::Path, store: Option<&str>) -> anyhow::Result<(Serving, String)> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command.arg("serve").arg("--data-dir").arg(data_dir);
-    if let Some(url) = store {
-        command.args(["--store", url]);
-    }
-    let mut child = command
+fn start(data_dir: &std::path::Path, store: &str) -> anyhow::Result<(Serving, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--store", store])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         // Registrations answer their verification token; argon2 at test cost, so that a
         // cycle writes many events (what is measured is durability, not hashing).
@@ -121,23 +120,25 @@ pub async fn kill_loop(scratch: &Scratch, postgres: Option<&str>, cycles: usize)
     let data_dir = scratch.file("kill-loop");
     std::fs::create_dir_all(&data_dir)?;
     let schema = format!("p21bench_kill_{}", std::process::id());
-    let store_url = postgres.map(|base| {
-        let sep = if base.contains('?') { '&' } else { '?' };
-        format!("{base}{sep}options=-c%20search_path%3D{schema}")
-    });
-    if let Some(base) = postgres {
-        // The schema first; the server runs the migrations into it.
-        let store = perfect21_events::store::PostgresStore::connect(
-            perfect21_events::store::PostgresConfig::new(base).with_schema(&schema),
-        )
-        .await?;
-        drop(store);
-    }
-    let (mut acked_total, mut lost_total, mut compared) = (0usize, 0usize, 0usize);
-    let mut all_acked = Vec::new();
+    // The log's URL, for the server and for the checks.
+    let url = match postgres {
+        Some(base) => {
+            // The schema first; the server runs the migrations into it.
+            drop(
+                perfect21_events::store::PostgresStore::connect(
+                    perfect21_events::store::PostgresConfig::new(base).with_schema(&schema),
+                )
+                .await?,
+            );
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!("{base}{sep}options=-c%20search_path%3D{schema}")
+        }
+        None => format!("sqlite://{}", data_dir.join("events.db").display()),
+    };
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let (mut lost, mut compared) = (0, 0);
     for cycle in 0..cycles {
-        let (serving, http) = start(&data_dir, store_url.as_deref())?;
-        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (serving, http) = start(&data_dir, &url)?;
         let writers: Vec<_> =
             (0..WRITERS).map(|w| tokio::spawn(register_until_gone(http.clone(), w, acked.clone()))).collect();
         let run_for = Duration::from_millis(rand::thread_rng().gen_range(100..700));
@@ -146,25 +147,15 @@ pub async fn kill_loop(scratch: &Scratch, postgres: Option<&str>, cycles: usize)
         for w in writers {
             let _ = w.await;
         }
-        all_acked.extend(std::mem::take(&mut *acked.lock().expect("acknowledged")));
-        let store: Arc<dyn EventStore> = match postgres {
-            Some(base) => Arc::new(
-                perfect21_events::store::PostgresStore::connect(
-                    perfect21_events::store::PostgresConfig::new(base).with_schema(&schema),
-                )
-                .await?,
-            ),
-            None => {
-                perfect21_events::store::open(&format!("sqlite://{}", data_dir.join("events.db").display())).await?
-            }
-        };
-        let checked = check(store, &data_dir, &all_acked).await.with_context(|| format!("after kill {}", cycle + 1))?;
-        acked_total = all_acked.len();
-        lost_total = checked.lost;
+        let store = perfect21_events::store::open(&url).await?;
+        let acked = acked.lock().expect("acknowledged").clone();
+        let checked = check(store, &data_dir, &acked).await.with_context(|| format!("after kill {}", cycle + 1))?;
+        lost = checked.lost;
         compared += usize::from(checked.snapshot_compared);
         eprintln!(
-            "kill {:>3}/{cycles}: {acked_total} registrations acknowledged so far, {lost_total} lost; snapshot {}",
+            "kill {:>3}/{cycles}: {} registrations acknowledged so far, {lost} lost; snapshot {}",
             cycle + 1,
+            acked.len(),
             if checked.snapshot_compared { "+ catch-up = full replay" } else { "not written yet" }
         );
     }
@@ -172,16 +163,15 @@ pub async fn kill_loop(scratch: &Scratch, postgres: Option<&str>, cycles: usize)
         let pool = sqlx::PgPool::connect(base).await?;
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await?;
     }
-    eprintln!(
-        "{cycles} kills, {acked_total} acknowledged registrations, {lost_total} lost, {compared} snapshot checks"
-    );
+    let acknowledged = acked.lock().expect("acknowledged").len();
+    eprintln!("{cycles} kills, {acknowledged} acknowledged registrations, {lost} lost, {compared} snapshot checks");
     Ok(vec![
         // Lost acknowledged events: the goal is 0 (ratio: kept / acknowledged).
         Measurement::rate(
             "kill-loop",
             "acknowledged_kept",
-            (acked_total - lost_total) as f64,
-            acked_total as f64,
+            (acknowledged - lost) as f64,
+            acknowledged as f64,
             "events",
         ),
         Measurement::rate("kill-loop", "kills", cycles as f64, cycles as f64, "cycles"),

@@ -116,16 +116,7 @@ pub async fn relay(scratch: &Scratch, amqp: &str) -> anyhow::Result<Vec<Measurem
             if in_flight.len() >= WINDOW {
                 in_flight.next().await.expect("in flight")?;
             }
-            let confirm = ch
-                .basic_publish(
-                    EXCHANGE.into(),
-                    m.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &m.body,
-                    crate::relay::properties(m, None),
-                )
-                .await?;
-            in_flight.push_back(confirm);
+            in_flight.push_back(crate::relay::publish(&ch, m, None).await?);
         }
         while let Some(c) = in_flight.next().await {
             c?;

@@ -108,7 +108,7 @@ async fn save_checkpoints(path: PathBuf, mut confirmed: tokio::sync::watch::Rece
 }
 
 /// The AMQP properties and headers of a message (docs/wire.md).
-pub(crate) fn properties(m: &Outgoing, traceparent: Option<&str>) -> BasicProperties {
+fn properties(m: &Outgoing, traceparent: Option<&str>) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |k: &str, v: Option<&str>| {
         headers.insert(k.into(), v.map_or(AMQPValue::Void, |v| AMQPValue::LongString(v.into())));
@@ -226,24 +226,20 @@ async fn relay_once(
 
     let confirmed = status.confirmed.load(Ordering::Relaxed);
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(WINDOW / CHUNK);
-    let preparer = tokio::spawn(prepare(store, live.clone(), secrets.clone(), confirmed + 1, ready_tx));
     // Stops the preparer however this attempt ends (the next one starts from the checkpoint).
-    let _preparer = AbortOnDrop(preparer.abort_handle());
+    let preparer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(prepare(
+        store,
+        live.clone(),
+        secrets.clone(),
+        confirmed + 1,
+        ready_tx,
+    )));
     let mut waiting = std::collections::VecDeque::new();
     let mut in_flight = FuturesOrdered::new();
     loop {
         while in_flight.len() < WINDOW {
             let Some(Prepared { position, message: m, traceparent, span }) = waiting.pop_front() else { break };
-            let props = properties(&m, traceparent.as_deref());
-            let confirm = channel
-                .basic_publish(
-                    EXCHANGE.into(),
-                    m.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &m.body,
-                    props,
-                )
-                .await?;
+            let confirm = publish(&channel, &m, traceparent.as_deref()).await?;
             drop(span);
             status.published.fetch_add(1, Ordering::Relaxed);
             in_flight.push_back(async move { (position, confirm.await) });
@@ -279,13 +275,17 @@ async fn relay_once(
     }
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// Publishes one message to the exchange, with its properties and headers; the
+/// returned confirmation resolves when the broker has it.
+pub(crate) async fn publish(
+    channel: &lapin::Channel,
+    m: &Outgoing,
+    traceparent: Option<&str>,
+) -> lapin::Result<lapin::PublisherConfirm> {
+    let props = properties(m, traceparent);
+    channel
+        .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, props)
+        .await
 }
 
 fn redact(url: &str) -> String {
