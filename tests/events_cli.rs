@@ -1,4 +1,7 @@
-//! `perfect21 events tail` and `perfect21 events stats` against a real log file.
+//! `perfect21 events tail`, `stats` and `verify` against a real log file, and the
+//! chain's state in a running server's `/status` and `/metrics`.
+
+mod common;
 
 use perfect21_events::catalog::*;
 use perfect21_events::{EventData, ExpectedVersion, Metadata, StreamId};
@@ -173,4 +176,82 @@ fn logs_are_json_lines_and_never_carry_credentials() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(warning["target"], "perfect21::relay");
+}
+
+/// `events verify` proves a served log unedited, a running server reports how far it has
+/// verified, and a byte flipped behind the store's back is found at its position by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_an_edit_made_in_the_database_at_its_position() {
+    use common::serve::{gateway_token, register, serve_on, start};
+    let mut server = start();
+    let http = reqwest::Client::new();
+    for name in ["chain_a", "chain_b", "chain_c"] {
+        register(&http, &server, name, "chain password 1").await;
+    }
+    let token = gateway_token(&http, &server).await;
+    let status = || async {
+        let res = http.get(format!("{}/status", server.http)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.json::<serde_json::Value>().await.unwrap()
+    };
+    // The server walks the log at start-up and follows the head.
+    let mut seen = status().await;
+    for _ in 0..100 {
+        if seen["chain"]["verified_through"] == seen["head_position"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = status().await;
+    }
+    assert_eq!(seen["chain"]["verified_through"], seen["head_position"], "{seen}");
+    assert!(seen["chain"]["broken"].is_null(), "{seen}");
+    let head = seen["head_position"].as_u64().unwrap();
+    assert!(head > 5, "{seen}");
+
+    let (data, dir) = (server.data.clone(), server.dir.take());
+    let (sa_id, sa_secret) = (server.sa_id.clone(), server.sa_secret.clone());
+    let out = perfect21(&["events", "verify", "--data-dir", &data, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["through"].as_u64()), (Some(true), Some(head)), "{report}");
+    assert_eq!(report["last_link"], seen["chain"]["last_link"], "the CLI and the server agree on the link");
+    drop(server);
+
+    // One bit of one event's payload, flipped straight in the file.
+    let edited = head - 2;
+    let conn = rusqlite::Connection::open(format!("{data}/events.db")).unwrap();
+    let mut payload: Vec<u8> =
+        conn.query_row("SELECT payload FROM events WHERE position = ?1", [edited as i64], |r| r.get(0)).unwrap();
+    payload[0] ^= 0x10;
+    conn.execute("UPDATE events SET payload = ?1 WHERE position = ?2", rusqlite::params![payload, edited as i64])
+        .unwrap();
+    drop(conn);
+    let out = perfect21(&["events", "verify", "--data-dir", &data]);
+    assert!(!out.status.success(), "an edited log does not verify");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("the chain breaks at position {edited}")), "{err}");
+    let out = perfect21(&["events", "verify", "--data-dir", &data, "--from", &(edited + 1).to_string()]);
+    assert!(
+        out.status.success(),
+        "from after the edit, the rest still links: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let server = serve_on(&data, &[]);
+    let token = common::serve::client_token(&http, &server.http, &sa_id, &sa_secret).await;
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..100 {
+        let res = http.get(format!("{}/status", server.http)).bearer_auth(&token).send().await.unwrap();
+        seen = res.json().await.unwrap();
+        if !seen["chain"]["broken"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["chain"]["broken"]["position"], edited, "{seen}");
+    assert_eq!(seen["chain"]["verified_through"], edited - 1, "{seen}");
+    let metrics =
+        http.get(format!("{}/metrics", server.http)).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "perfect21_chain_broken 1"), "{metrics}");
+    drop((server, dir));
 }

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod catalog;
+pub mod chain;
 pub mod envelope;
 pub mod error;
 pub mod limits;

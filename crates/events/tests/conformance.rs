@@ -6,6 +6,7 @@
 //! (default `postgres://postgres@127.0.0.1:5432/test`); they fail, not skip, without it.
 
 use perfect21_events::catalog::*;
+use perfect21_events::chain;
 use perfect21_events::store::{PostgresConfig, PostgresStore, SqliteConfig, SqliteStore};
 use perfect21_events::{
     subscribe_all, CodecError, EventData, EventStore, ExpectedVersion, Metadata, StoreError, StreamId,
@@ -294,6 +295,53 @@ mod cases {
         }
     }
 
+    /// Every event is linked in position order whichever instance appended it, refused
+    /// and repeated appends leave no trace in the chain, a walk from the middle ends on
+    /// the same link, and a new instance continues the chain.
+    pub async fn the_chain_links_every_event_in_order_under_concurrent_writers(log: TestLog) {
+        let (a, b) = (log.open().await, log.open().await);
+        let shared = stream("user");
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    for n in 0..10 {
+                        let s = if n % 3 == 0 { shared.clone() } else { stream("session") };
+                        let events = batch(1 + (i + n) % 3);
+                        store.append(&s, ExpectedVersion::Any, events.clone()).await.expect("append lands");
+                        // A retry and a refused append write nothing.
+                        store.append(&s, ExpectedVersion::Any, events).await.expect("retry is idempotent");
+                        assert!(store.append(&s, ExpectedVersion::NoStream, batch(1)).await.is_err());
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let head = a.head_position().await.unwrap();
+        let whole = chain::verify(&*a, 1, |_| {}).await.expect("the chain holds");
+        assert_eq!((whole.from, whole.through, whole.redacted), (1, head, 0));
+        let records = a.read_chain(1, usize::MAX).await.unwrap();
+        assert_eq!(records.len() as u64, head);
+        let links: HashSet<_> = records.iter().map(|r| r.link.expect("every event is linked")).collect();
+        assert_eq!(links.len() as u64, head, "links are distinct");
+        assert_eq!(records.last().unwrap().link, Some(whole.last_link));
+        let middle = chain::verify(&*b, head / 2, |_| {}).await.unwrap();
+        assert_eq!((middle.through, middle.last_link), (head, whole.last_link));
+
+        let c = log.open().await;
+        c.append(&stream("role"), ExpectedVersion::Any, batch(2)).await.unwrap();
+        let longer = chain::verify(&*c, 1, |_| {}).await.expect("a new instance continues the chain");
+        assert_eq!(longer.through, head + 2);
+        let continued = c.read_chain(head + 1, 1).await.unwrap();
+        let content = continued[0].content;
+        assert_eq!(continued[0].link, Some(chain::link(&whole.last_link, head + 1, &content)));
+        let past = chain::verify(&*c, head + 10, |_| {}).await.unwrap_err();
+        assert!(past.to_string().contains("no event at position"), "{past}");
+    }
+
     pub async fn appends_are_atomic(log: TestLog) {
         let store = log.open().await;
         let s = stream("user");
@@ -548,6 +596,9 @@ mod redaction {
         // A subscriber from the start sees the rewritten bytes, not what was appended.
         let mut sub = perfect21_events::subscribe_all(store.clone(), 1);
         assert_eq!(sub.next().await.unwrap().decode().unwrap(), blank);
+        // The chain still holds: the link covers the digest the event was appended with.
+        let verified = chain::verify(&*store, 1, |_| {}).await.expect("a redaction keeps the chain");
+        assert_eq!((verified.through, verified.redacted), (2, 1));
     }
 
     /// What a live subscriber is given is exactly what a read returns (a backend may serve
@@ -594,7 +645,8 @@ macro_rules! suite {
                 bad_input_gets_typed_errors_and_writes_nothing,
                 unknown_event_types_fail_on_read_with_a_typed_error,
                 reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all,
-                a_bad_append_in_a_group_fails_alone);
+                a_bad_append_in_a_group_fails_alone,
+                the_chain_links_every_event_in_order_under_concurrent_writers);
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn redaction_rewrites_content_and_keeps_the_envelope() {
                 redaction::redaction_rewrites_content_and_keeps_the_envelope($log().await).await
@@ -788,5 +840,153 @@ mod sqlite_faults {
             }
         }
         assert_eq!(all.len(), acknowledged.len() * 2, "only acknowledged appends are in the log");
+    }
+}
+
+/// Edits made behind the store's back, straight in the database, are found by the chain
+/// walk at the position edited. The same statements run on both backends (`$1` is a
+/// parameter in both dialects).
+mod chain_tampering {
+    use super::*;
+    use chain::VerifyError;
+
+    /// A log of 6 events, with `edit` then run on its database.
+    #[async_trait::async_trait]
+    trait Database: Send + Sync {
+        async fn store(&self) -> Arc<dyn EventStore>;
+        async fn execute(&self, sql: &str, bytes: Vec<u8>);
+    }
+
+    struct Sqlite(tempfile::TempDir);
+
+    #[async_trait::async_trait]
+    impl Database for Sqlite {
+        async fn store(&self) -> Arc<dyn EventStore> {
+            Arc::new(SqliteStore::open(SqliteConfig::new(self.0.path().join("events.db"))).await.unwrap())
+        }
+        async fn execute(&self, sql: &str, bytes: Vec<u8>) {
+            let conn = rusqlite::Connection::open(self.0.path().join("events.db")).unwrap();
+            let n = if sql.contains("$1") { conn.execute(sql, [bytes]) } else { conn.execute(sql, []) };
+            assert_eq!(n.unwrap(), 1, "{sql}");
+        }
+    }
+
+    struct Postgres(String);
+
+    impl Postgres {
+        fn url() -> String {
+            std::env::var("PERFECT21_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Database for Postgres {
+        async fn store(&self) -> Arc<dyn EventStore> {
+            Arc::new(PostgresStore::connect(PostgresConfig::new(Self::url()).with_schema(&self.0)).await.unwrap())
+        }
+        async fn execute(&self, sql: &str, bytes: Vec<u8>) {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&Self::url()).await.unwrap();
+            sqlx::query(&format!("SET search_path TO {}", self.0)).execute(&mut conn).await.unwrap();
+            let q = sqlx::query(sql);
+            let q = if sql.contains("$1") { q.bind(bytes) } else { q };
+            assert_eq!(q.execute(&mut conn).await.unwrap().rows_affected(), 1, "{sql}");
+        }
+    }
+
+    async fn broken_at(db: &dyn Database, sql: &str, bytes: impl FnOnce(&[u8]) -> Vec<u8>) -> (u64, String) {
+        let store = db.store().await;
+        for _ in 0..3 {
+            store.append(&stream("user"), ExpectedVersion::Any, batch(2)).await.unwrap();
+        }
+        chain::verify(&*store, 1, |_| {}).await.expect("untouched, the chain holds");
+        let payload = store.read_all(3, 1).await.unwrap().remove(0).payload;
+        db.execute(sql, bytes(&payload)).await;
+        match chain::verify(&*db.store().await, 1, |_| {}).await {
+            Err(VerifyError::Break(b)) => (b.position, b.reason),
+            other => panic!("{sql}: expected a break, got {other:?}"),
+        }
+    }
+
+    async fn every_edit_is_found(db: impl Fn() -> Box<dyn Database>) {
+        let flip = |p: &[u8]| {
+            let mut p = p.to_vec();
+            let last = p.len() - 1;
+            p[last] ^= 0x01;
+            p
+        };
+        let (at, _) = broken_at(&*db(), "UPDATE events SET payload = $1 WHERE position = 3", flip).await;
+        assert_eq!(at, 3, "one bit flipped in a payload");
+        // SQLite makes `blob || blob` TEXT: a row of the wrong type is a break, not a read error.
+        let (at, _) =
+            broken_at(&*db(), "UPDATE events SET payload = payload || $1 WHERE position = 3", |_| vec![0]).await;
+        assert_eq!(at, 3, "a byte appended to a payload");
+        let (at, _) =
+            broken_at(&*db(), "UPDATE events SET stream_version = stream_version + 7 WHERE position = 4", |_| vec![])
+                .await;
+        assert_eq!(at, 4, "an envelope field changed");
+        let (at, reason) = broken_at(&*db(), "DELETE FROM events WHERE position = 2", |_| vec![]).await;
+        assert_eq!(at, 2, "a deleted event");
+        assert!(reason.contains("found 3"), "{reason}");
+        let (at, _) =
+            broken_at(&*db(), "UPDATE events SET chain_hash = $1 WHERE position = 5", |_| vec![7u8; 32]).await;
+        assert_eq!(at, 5, "a replaced link");
+        let (at, _) = broken_at(
+            &*db(),
+            "INSERT INTO redactions (position, content_digest, redacted_at) SELECT 3, $1, recorded_at FROM events \
+             WHERE position = 3",
+            |_| vec![1u8; 32],
+        )
+        .await;
+        assert_eq!(at, 3, "a forged redaction record");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_edits_are_found_at_their_position() {
+        every_edit_is_found(|| Box::new(Sqlite(tempfile::tempdir().unwrap()))).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_edits_are_found_at_their_position() {
+        every_edit_is_found(|| Box::new(Postgres(format!("p21t_{}", Uuid::new_v4().simple())))).await
+    }
+
+    /// A file written before the chain existed is linked when it is opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_log_from_before_the_chain_is_linked_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        {
+            let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+            store.append(&stream("user"), ExpectedVersion::Any, batch(3)).await.unwrap();
+        }
+        // Back to the first schema: no links, no redactions table.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE redactions; ALTER TABLE events DROP COLUMN chain_hash; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+        store.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap();
+        let verified = chain::verify(&store, 1, |_| {}).await.expect("linked on open");
+        assert_eq!(verified.through, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_postgres_log_from_before_the_chain_is_linked_on_connect() {
+        let db = Postgres(format!("p21t_{}", Uuid::new_v4().simple()));
+        let store = db.store().await;
+        store.append(&stream("user"), ExpectedVersion::Any, batch(3)).await.unwrap();
+        drop(store);
+        db.execute("UPDATE log_head SET chain_hash = NULL", vec![]).await;
+        for p in 1..=3 {
+            db.execute(&format!("UPDATE events SET chain_hash = NULL WHERE position = {p}"), vec![]).await;
+        }
+        let store = db.store().await;
+        store.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap();
+        let verified = chain::verify(&*store, 1, |_| {}).await.expect("linked on connect");
+        assert_eq!(verified.through, 4);
     }
 }

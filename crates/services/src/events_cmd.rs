@@ -28,6 +28,18 @@ pub enum EventsCommand {
         #[arg(long)]
         raw: bool,
     },
+    /// Walk the log's hash chain and report the first position where it breaks (exit 1),
+    /// or the last link, to record elsewhere: a rewrite of history changes it.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// First position to check; the link recorded just before it is trusted.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Counts of the log: head position, events, streams, per event type, size.
     Stats {
         #[command(flatten)]
@@ -44,6 +56,7 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<()> {
             tail(store, from, follow, event_type, limit, raw).await
         }
         EventsCommand::Stats { store, json } => stats(store, json).await,
+        EventsCommand::Verify { store, from, json } => verify(store, from, json).await,
     }
 }
 
@@ -109,6 +122,46 @@ async fn tail(
         printed += 1;
     }
     Ok(())
+}
+
+async fn verify(store: StoreArgs, from: u64, as_json: bool) -> anyhow::Result<()> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use perfect21_events::chain::{self, VerifyError};
+    let store = store.open_existing().await?;
+    let head = store.head_position().await?;
+    let progress = ProgressBar::with_draw_target(Some(head), ProgressDrawTarget::stderr());
+    progress.set_style(
+        ProgressStyle::with_template("verifying {bar:40} {pos}/{len} events ({per_sec}, {eta} left)")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let outcome = chain::verify(&*store, from, |p| progress.set_position(p)).await;
+    progress.finish_and_clear();
+    match outcome {
+        Ok(v) => {
+            if as_json {
+                let report = json!({
+                    "ok": true, "from": v.from, "through": v.through,
+                    "last_link": chain::hex(&v.last_link), "redacted": v.redacted,
+                });
+                println!("{report}");
+            } else {
+                println!("chain verified: positions {}..={} ({} events)", v.from, v.through, v.through + 1 - v.from);
+                println!("last link      {}", chain::hex(&v.last_link));
+                if v.redacted > 0 {
+                    println!("redacted       {} events rewritten in place by erasure, checked against the digests they were appended with", v.redacted);
+                }
+            }
+            Ok(())
+        }
+        Err(VerifyError::Break(b)) => {
+            if as_json {
+                println!("{}", json!({"ok": false, "broken_at": b.position, "reason": b.reason}));
+            }
+            anyhow::bail!("{b}; every event from there on is unproven")
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn stats(store: StoreArgs, as_json: bool) -> anyhow::Result<()> {

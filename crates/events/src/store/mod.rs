@@ -15,6 +15,7 @@ pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use subscription::Subscription;
 
+use crate::chain::ChainRecord;
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use crate::limits::MAX_EVENTS_PER_APPEND;
@@ -54,6 +55,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// append-only log, for erasing personal data. All or nothing; returns how
     /// many events were rewritten.
     async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError>;
+
+    /// The tamper-evident chain of events with `position >= from_position`, at most
+    /// `limit`, in position order: each event's content digest computed from its bytes as
+    /// stored, the link recorded with it, and for an event redacted in place the digest it
+    /// had before (see [`crate::chain`]).
+    async fn read_chain(&self, from_position: u64, limit: usize) -> Result<Vec<ChainRecord>, StoreError>;
 
     /// The position of the last committed event (0 for an empty log).
     async fn head_position(&self) -> Result<u64, StoreError>;

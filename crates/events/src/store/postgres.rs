@@ -16,7 +16,10 @@
 
 use super::queue::{gather, submit, AppendRequest};
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
-use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
+use crate::chain::{self, ChainRecord, Digest};
+use crate::envelope::{
+    from_micros, to_micros, AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId,
+};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -118,6 +121,7 @@ impl PostgresStore {
             .await
             .map_err(db_err)?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await.map_err(db_err)?;
+        link_unchained(&pool).await.map_err(db_err)?;
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&pool).await.map_err(db_err)?;
         let (head_tx, head_rx) = watch::channel(head as u64);
         let channel = format!("perfect21_{}", config.schema.as_deref().unwrap_or("log"));
@@ -148,6 +152,61 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Links the events a log recorded before it had a chain, in position order, under the
+/// head lock (once, after the migration that adds the chain; a no-op afterwards).
+async fn link_unchained(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let unlinked: bool = sqlx::query_scalar("SELECT chain_hash IS NULL FROM log_head WHERE id").fetch_one(pool).await?;
+    if !unlinked {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    let still: bool =
+        sqlx::query_scalar("SELECT chain_hash IS NULL FROM log_head WHERE id FOR UPDATE").fetch_one(&mut *tx).await?;
+    if !still {
+        return Ok(());
+    }
+    let mut previous = chain::GENESIS;
+    let mut from = 1i64;
+    loop {
+        let rows = sqlx::query(&format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT 10000"))
+            .bind(from)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        from = last.get::<i64, _>(0) + 1;
+        let (mut positions, mut links) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        for row in &rows {
+            let (position, content) = row_content(row)?;
+            previous = chain::link(&previous, position, &content);
+            positions.push(position as i64);
+            links.push(previous.to_vec());
+        }
+        sqlx::query("UPDATE events e SET chain_hash = u.h FROM UNNEST($1::bigint[], $2::bytea[]) AS u(p, h) WHERE e.position = u.p")
+            .bind(&positions)
+            .bind(&links)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE log_head SET chain_hash = $1 WHERE id").bind(previous.to_vec()).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// A row of [`SELECT`]'s columns: its position and its content digest over the bytes as stored.
+fn row_content(row: &PgRow) -> Result<(u64, Digest), sqlx::Error> {
+    let position = row.try_get::<i64, _>(0)? as u64;
+    let content = chain::content_digest(
+        &row.try_get::<Uuid, _>(1)?,
+        row.try_get::<&str, _>(2)?,
+        row.try_get::<i64, _>(3)? as u64,
+        row.try_get::<&str, _>(4)?,
+        row.try_get::<i16, _>(5)? as u16,
+        row.try_get::<DateTime<Utc>, _>(6)?,
+        row.try_get::<&[u8], _>(7)?,
+        row.try_get::<&[u8], _>(8)?,
+    );
+    Ok((position, content))
 }
 
 fn advance(head_tx: &watch::Sender<u64>, head: u64) {
@@ -228,6 +287,8 @@ struct Columns {
     recorded_at: Vec<DateTime<Utc>>,
     metadata: Vec<Vec<u8>>,
     payload: Vec<Vec<u8>>,
+    /// Each row's content digest, which its link covers (see [`chain`]).
+    digest: Vec<Vec<u8>>,
 }
 
 type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64);
@@ -262,7 +323,7 @@ async fn commit_batch(
     channel: &str,
     cache: &mut VersionCache,
 ) -> Result<BatchOutcome, sqlx::Error> {
-    let now = Utc::now();
+    let now = now_micros();
     let outcome = match plan_from_cache(batch, cache, now) {
         Some(planned) => insert_planned(pool, &planned, 0, channel).await.map(|start| (planned, 0, start)),
         None => {
@@ -348,10 +409,17 @@ async fn read_known<'c>(conn: impl sqlx::PgExecutor<'c>, batch: &[AppendRequest]
     Ok((known, head))
 }
 
-/// One statement: take positions after the head it finds (locking it until the commit
-/// is visible), insert the planned rows there (`o` is each row's offset past that head),
-/// move the head, notify listeners. Returns the head it found. On the pool it commits on
-/// its own: `fetch_all` reads up to ReadyForQuery, so the implicit transaction has committed.
+/// The time an append records, at the microseconds PostgreSQL keeps (so that the digest
+/// computed before the insert is the one a read computes).
+fn now_micros() -> DateTime<Utc> {
+    from_micros(to_micros(Utc::now()))
+}
+
+/// One statement (`perfect21_append`, migrations/postgres/0002_chain.sql): take positions
+/// after the head it finds (locking it until the commit is visible), link and insert the
+/// planned rows there (`o` is each row's offset past that head), move the head and its
+/// link, notify listeners. Returns the head it found. On the pool it commits on its own:
+/// `fetch_all` reads up to ReadyForQuery, so the implicit transaction has committed.
 async fn insert_planned<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     planned: &Plan,
@@ -360,15 +428,8 @@ async fn insert_planned<'c>(
 ) -> Result<u64, sqlx::Error> {
     let offsets: Vec<i64> = planned.cols.position.iter().map(|p| p - base as i64).collect();
     let rows = sqlx::query(
-        "WITH moved AS (UPDATE log_head SET position = position + $10 WHERE id \
-         RETURNING position - $10 AS start, position AS head), \
-         inserted AS (INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-         schema_version, recorded_at, metadata, payload) SELECT moved.start + u.o, u.event_id, u.stream_id, \
-         u.stream_version, u.event_type, u.schema_version, u.recorded_at, u.metadata, u.payload FROM moved, \
-         UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::smallint[], \
-         $7::timestamptz[], $8::bytea[], $9::bytea[]) AS u(o, event_id, stream_id, stream_version, event_type, \
-         schema_version, recorded_at, metadata, payload)) \
-         SELECT moved.start, pg_notify($11, moved.head::text) FROM moved",
+        "SELECT perfect21_append($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], \
+         $6::smallint[], $7::timestamptz[], $8::bytea[], $9::bytea[], $10::bytea[], $11)",
     )
     .bind(&offsets)
     .bind(&planned.cols.event_id)
@@ -379,7 +440,7 @@ async fn insert_planned<'c>(
     .bind(&planned.cols.recorded_at)
     .bind(&planned.cols.metadata)
     .bind(&planned.cols.payload)
-    .bind(offsets.len() as i64)
+    .bind(&planned.cols.digest)
     .bind(channel)
     .fetch_all(conn)
     .await?;
@@ -445,6 +506,17 @@ fn plan(batch: &[AppendRequest], mut head: u64, known: &mut Known, recorded_at: 
             for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
                 let (position, version) = (head + 1 + i as u64, first_version + i as u64);
                 known.events.insert(event.event_id, (request.stream.to_string(), version, position));
+                let content = chain::content_digest(
+                    &event.event_id,
+                    request.stream.as_str(),
+                    version,
+                    &event.event_type,
+                    event.schema_version,
+                    recorded_at,
+                    metadata,
+                    &event.payload,
+                );
+                cols.digest.push(content.to_vec());
                 cols.position.push(position as i64);
                 cols.event_id.push(event.event_id);
                 cols.stream_id.push(request.stream.to_string());
@@ -476,7 +548,7 @@ async fn commit_locked(
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id FOR UPDATE").fetch_one(&mut *tx).await?;
     let head = head as u64;
     let (mut known, _) = read_known(&mut *tx, batch).await?;
-    let planned = plan(batch, head, &mut known, Utc::now());
+    let planned = plan(batch, head, &mut known, now_micros());
     if planned.cols.position.is_empty() {
         tx.rollback().await?;
         return Ok((planned.results, head));
@@ -592,6 +664,26 @@ impl EventStore for PostgresStore {
         let metadata = validate_redactions(&redactions)?;
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for (r, metadata) in redactions.iter().zip(&metadata) {
+            // The digest the event's link covers, kept on its first redaction.
+            let original = sqlx::query(&format!("{SELECT} WHERE position = $1 AND stream_id = $2"))
+                .bind(r.position as i64)
+                .bind(stream.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let Some(original) = original else {
+                return Err(StoreError::NotInStream { stream: stream.to_string(), position: r.position });
+            };
+            let (_, original) = row_content(&original).map_err(db_err)?;
+            sqlx::query(
+                "INSERT INTO redactions (position, content_digest, redacted_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (position) DO NOTHING",
+            )
+            .bind(r.position as i64)
+            .bind(original.to_vec())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
             // Nothing is committed unless every redaction fits its event.
             let replaced: Option<(String, i16)> = sqlx::query_as(
                 "UPDATE events SET payload = $1, metadata = $2 WHERE position = $3 AND stream_id = $4 \
@@ -611,6 +703,33 @@ impl EventStore for PostgresStore {
         }
         tx.commit().await.map_err(db_err)?;
         Ok(redactions.len())
+    }
+
+    async fn read_chain(&self, from_position: u64, limit: usize) -> Result<Vec<ChainRecord>, StoreError> {
+        let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
+        sqlx::query(
+            "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, e.schema_version, \
+             e.recorded_at, e.metadata, e.payload, e.chain_hash, r.content_digest \
+             FROM events e LEFT JOIN redactions r ON r.position = e.position \
+             WHERE e.position >= $1 ORDER BY e.position LIMIT $2",
+        )
+        .bind(from_position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|row| {
+            let (position, content) = row_content(row)?;
+            Ok(ChainRecord {
+                position,
+                content,
+                link: chain::as_digest(row.try_get::<Option<&[u8]>, _>(9)?),
+                redacted_from: chain::as_digest(row.try_get::<Option<&[u8]>, _>(10)?),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_err)
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

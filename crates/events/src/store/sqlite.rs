@@ -9,6 +9,7 @@
 
 use super::queue::{gather, submit, AppendRequest};
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
+use crate::chain::{self, ChainRecord, Digest};
 use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use async_trait::async_trait;
@@ -21,8 +22,12 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 const BACKEND: &str = "sqlite";
-const SCHEMA: &str = include_str!("../../../../migrations/sqlite/0001_events.sql");
-const SCHEMA_VERSION: i64 = 1;
+/// The schema, one migration per `user_version` step.
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../../../../migrations/sqlite/0001_events.sql"),
+    include_str!("../../../../migrations/sqlite/0002_chain.sql"),
+];
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to open a [`SqliteStore`].
@@ -165,8 +170,16 @@ fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
         )));
     }
     if version < SCHEMA_VERSION {
-        conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"))
-            .map_err(db_err)?;
+        let mut conn = conn;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        for migration in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(migration).map_err(db_err)?;
+        }
+        link_unchained(&tx).map_err(db_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        let head = query_head(&conn).map_err(db_err)?;
+        return Ok((conn, head));
     }
     let head = query_head(&conn).map_err(db_err)?;
     Ok((conn, head))
@@ -182,6 +195,82 @@ fn query_head(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get::<_, i64>(0)).map(|h| h as u64)
 }
 
+/// The link recorded at `position` ([`chain::GENESIS`] for 0, the start of the log).
+fn link_at(conn: &Connection, position: u64) -> rusqlite::Result<Digest> {
+    if position == 0 {
+        return Ok(chain::GENESIS);
+    }
+    let link: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT chain_hash FROM events WHERE position = ?1")?
+        .query_row([position as i64], |r| r.get(0))
+        .optional()?
+        .flatten();
+    chain::as_digest(link.as_deref()).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            9,
+            rusqlite::types::Type::Blob,
+            Box::new(StoreError::Corrupt { position, reason: "the event has no 32-byte link".into() }),
+        )
+    })
+}
+
+/// Links the events a file recorded before it had a chain, in position order (run once,
+/// by the migration that adds the chain).
+fn link_unchained(conn: &Connection) -> rusqlite::Result<()> {
+    let mut previous = chain::GENESIS;
+    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY position"))?;
+    let mut rows = stmt.query([])?;
+    let mut update = conn.prepare("UPDATE events SET chain_hash = ?1 WHERE position = ?2")?;
+    while let Some(row) = rows.next()? {
+        let (position, content) = row_content(row)?;
+        previous = chain::link(&previous, position, &content);
+        update.execute(params![previous.as_slice(), position as i64])?;
+    }
+    Ok(())
+}
+
+/// A row of [`SELECT`]'s columns: its position and its content digest over the bytes as
+/// stored. A row whose columns no longer hold the types the schema gives them (an edit
+/// such as `payload || x'00'`, which SQLite makes TEXT) gets a digest no link matches, so
+/// the walk reports a break at its position rather than failing to read.
+fn row_content(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Digest)> {
+    use rusqlite::types::ValueRef;
+    let position = r.get::<_, i64>(0)? as u64;
+    let (id, stream, version, event_type, schema_version, recorded_at, metadata, payload) = (
+        r.get_ref(1)?,
+        r.get_ref(2)?,
+        r.get_ref(3)?,
+        r.get_ref(4)?,
+        r.get_ref(5)?,
+        r.get_ref(6)?,
+        r.get_ref(7)?,
+        r.get_ref(8)?,
+    );
+    let content = match (id, stream, version, event_type, schema_version, recorded_at, metadata, payload) {
+        (
+            ValueRef::Blob(id),
+            ValueRef::Text(stream),
+            ValueRef::Integer(version),
+            ValueRef::Text(event_type),
+            ValueRef::Integer(schema_version),
+            ValueRef::Integer(recorded_at),
+            ValueRef::Blob(metadata),
+            ValueRef::Blob(payload),
+        ) if id.len() == 16 && u16::try_from(schema_version).is_ok() => chain::content_digest(
+            &Uuid::from_slice(id).expect("16 bytes"),
+            &String::from_utf8_lossy(stream),
+            version as u64,
+            &String::from_utf8_lossy(event_type),
+            schema_version as u16,
+            from_micros(recorded_at),
+            metadata,
+            payload,
+        ),
+        _ => chain::unmatchable(position),
+    };
+    Ok((position, content))
+}
+
 /// The writer thread's state: the write connection and what it knows of the log.
 struct Writer {
     conn: Connection,
@@ -189,6 +278,8 @@ struct Writer {
     /// (another process appending to the same file moves the head, which clears it).
     versions: HashMap<String, u64>,
     known_head: u64,
+    /// The link at `known_head`.
+    known_link: Digest,
 }
 
 /// Stream versions remembered at most, to bound the writer's memory.
@@ -202,7 +293,12 @@ fn run_writer(
     tail: Arc<Tail>,
 ) {
     let known_head = *head_tx.borrow();
-    let mut writer = Writer { conn, versions: HashMap::new(), known_head };
+    // Read again in the first transaction if this fails (the head then differs).
+    let (known_head, known_link) = match link_at(&conn, known_head) {
+        Ok(link) => (known_head, link),
+        Err(_) => (u64::MAX, chain::GENESIS),
+    };
+    let mut writer = Writer { conn, versions: HashMap::new(), known_head, known_link };
     let mut carried = None;
     loop {
         let first = match carried.take() {
@@ -290,13 +386,14 @@ impl From<rusqlite::Error> for BatchError {
 
 impl Writer {
     fn commit_batch(&mut self, batch: &[AppendRequest]) -> Result<BatchOutcome, BatchError> {
-        let Writer { conn, versions, known_head } = self;
+        let Writer { conn, versions, known_head, known_link } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read the head inside the write lock: another process may have appended.
         let mut head = query_head(&tx)?;
         if head != *known_head || versions.len() > MAX_CACHED_STREAMS {
             versions.clear();
         }
+        let mut link = if head == *known_head { *known_link } else { link_at(&tx, head)? };
         let recorded_at = to_micros(chrono::Utc::now());
         let mut results = Vec::with_capacity(batch.len());
         let mut fresh = Vec::new();
@@ -306,7 +403,8 @@ impl Writer {
             if savepoint {
                 tx.prepare_cached("SAVEPOINT append")?.execute([])?;
             }
-            let outcome = append_one(&tx, request, head, recorded_at, versions);
+            let before = link;
+            let outcome = append_one(&tx, request, head, recorded_at, versions, &mut link);
             // Some errors make SQLite roll back the whole transaction: going on would write
             // the next appends in autocommit at positions counted from a head that no
             // longer exists. Abort the batch instead.
@@ -320,6 +418,9 @@ impl Writer {
                 head = result.position;
                 versions.insert(request.stream.to_string(), result.stream_version);
             }
+            if !written {
+                link = before;
+            }
             if savepoint {
                 if !written {
                     tx.prepare_cached("ROLLBACK TO append")?.execute([])?;
@@ -330,6 +431,7 @@ impl Writer {
         }
         tx.commit().map_err(BatchError::Commit)?;
         *known_head = head;
+        *known_link = link;
         Ok((results, head, fresh))
     }
 }
@@ -340,6 +442,7 @@ fn append_one(
     head: u64,
     recorded_at: i64,
     versions: &HashMap<String, u64>,
+    link: &mut Digest,
 ) -> Result<AppendResult, StoreError> {
     let events = &request.events;
     let stream = &request.stream;
@@ -366,12 +469,24 @@ fn append_one(
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
-             recorded_at, metadata, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             recorded_at, metadata, payload, chain_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(db_err)?;
     for (i, (event, metadata)) in events.iter().zip(&request.metadata).enumerate() {
+        let position = head + 1 + i as u64;
+        let content = chain::content_digest(
+            &event.event_id,
+            stream.as_str(),
+            first_version + i as u64,
+            &event.event_type,
+            event.schema_version,
+            from_micros(recorded_at),
+            metadata,
+            &event.payload,
+        );
+        *link = chain::link(link, position, &content);
         let inserted = insert.execute(params![
-            (head + 1 + i as u64) as i64,
+            position as i64,
             event.event_id.as_bytes().as_slice(),
             stream.as_str(),
             (first_version + i as u64) as i64,
@@ -380,6 +495,7 @@ fn append_one(
             recorded_at,
             metadata,
             event.payload,
+            link.as_slice(),
         ]);
         if let Err(e) = inserted {
             if e.sqlite_error_code() != Some(rusqlite::ErrorCode::ConstraintViolation) {
@@ -502,6 +618,29 @@ impl EventStore for SqliteStore {
         result
     }
 
+    async fn read_chain(&self, from_position: u64, limit: usize) -> Result<Vec<ChainRecord>, StoreError> {
+        let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT e.position, e.event_id, e.stream_id, e.stream_version, e.event_type, e.schema_version, \
+                 e.recorded_at, e.metadata, e.payload, e.chain_hash, r.content_digest \
+                 FROM events e LEFT JOIN redactions r ON r.position = e.position \
+                 WHERE e.position >= ?1 ORDER BY e.position LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![from_position, limit], |r| {
+                let (position, content) = row_content(r)?;
+                Ok(ChainRecord {
+                    position,
+                    content,
+                    link: chain::as_digest(r.get::<_, Option<Vec<u8>>>(9)?.as_deref()),
+                    redacted_from: chain::as_digest(r.get::<_, Option<Vec<u8>>>(10)?.as_deref()),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn head_position(&self) -> Result<u64, StoreError> {
         self.with_reader(query_head).await
     }
@@ -560,7 +699,25 @@ impl SqliteStore {
             conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
             conn.execute_batch("PRAGMA synchronous=FULL;").map_err(db_err)?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+            let now = to_micros(chrono::Utc::now());
             for (r, metadata) in redactions.iter().zip(&metadata) {
+                // The digest the event's link covers, kept on its first redaction.
+                let original = tx
+                    .query_row(
+                        &format!("{SELECT} WHERE position = ?1 AND stream_id = ?2"),
+                        params![r.position as i64, stream],
+                        row_content,
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                let Some((_, original)) = original else {
+                    return Err(StoreError::NotInStream { stream: stream.clone(), position: r.position });
+                };
+                tx.execute(
+                    "INSERT OR IGNORE INTO redactions (position, content_digest, redacted_at) VALUES (?1, ?2, ?3)",
+                    params![r.position as i64, original.as_slice(), now],
+                )
+                .map_err(db_err)?;
                 // Nothing is committed unless every redaction fits its event.
                 let replaced: Option<(String, u16)> = tx
                     .query_row(

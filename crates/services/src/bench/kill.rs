@@ -3,6 +3,8 @@
 //! opened directly and checked:
 //! - every registration the server acknowledged (HTTP 201) is in the log;
 //! - the log holds exactly positions 1..=head and every event decodes;
+//! - the hash chain verifies from the first event to the head, and the links of the
+//!   last check are unchanged (a commit cut off by the kill left no half-linked event);
 //! - the read-model snapshot the server left (written atomically) plus catch-up
 //!   gives the same digest as a full replay.
 //!
@@ -83,11 +85,27 @@ async fn register_until_gone(http: String, writer: usize, acked: Arc<Mutex<Vec<U
 struct Checked {
     lost: usize,
     snapshot_compared: bool,
+    /// The position and link the chain walk ended on.
+    chain: (u64, perfect21_events::chain::Digest),
 }
 
 /// Opens the log the killed server left and checks it (see the module docs).
-async fn check(store: Arc<dyn EventStore>, data_dir: &std::path::Path, acked: &[Uuid]) -> anyhow::Result<Checked> {
+async fn check(
+    store: Arc<dyn EventStore>,
+    data_dir: &std::path::Path,
+    acked: &[Uuid],
+    before: Option<(u64, perfect21_events::chain::Digest)>,
+) -> anyhow::Result<Checked> {
     let head = store.head_position().await?;
+    let verified = perfect21_events::chain::verify(&*store, 1, |_| {}).await?;
+    anyhow::ensure!(verified.through == head, "the chain ends at {}, the head is {head}", verified.through);
+    if let Some((position, link)) = before {
+        let then = store.read_chain(position, 1).await?;
+        anyhow::ensure!(
+            position == 0 || then.first().and_then(|r| r.link) == Some(link),
+            "the link at position {position} changed since the last check"
+        );
+    }
     let all = store.read_all(1, usize::MAX).await?;
     anyhow::ensure!(all.len() as u64 == head, "the log holds {} events but its head is {head}", all.len());
     let mut registered = HashSet::new();
@@ -112,7 +130,7 @@ async fn check(store: Arc<dyn EventStore>, data_dir: &std::path::Path, acked: &[
         crate::replay::Verdict::NoSnapshot(_) => false,
         crate::replay::Verdict::Differs(detail) => anyhow::bail!("replay is not reproducible after a kill: {detail}"),
     };
-    Ok(Checked { lost, snapshot_compared })
+    Ok(Checked { lost, snapshot_compared, chain: (verified.through, verified.last_link) })
 }
 
 /// `cycles` kills of `serve` on SQLite (or `postgres`, in a scratch schema).
@@ -136,7 +154,7 @@ pub async fn kill_loop(scratch: &Scratch, postgres: Option<&str>, cycles: usize)
         None => format!("sqlite://{}", data_dir.join("events.db").display()),
     };
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let (mut lost, mut compared) = (0, 0);
+    let (mut lost, mut compared, mut chain) = (0, 0, None);
     for cycle in 0..cycles {
         let (serving, http) = start(&data_dir, &url)?;
         let writers: Vec<_> =
@@ -149,13 +167,16 @@ pub async fn kill_loop(scratch: &Scratch, postgres: Option<&str>, cycles: usize)
         }
         let store = perfect21_events::store::open(&url).await?;
         let acked = acked.lock().expect("acknowledged").clone();
-        let checked = check(store, &data_dir, &acked).await.with_context(|| format!("after kill {}", cycle + 1))?;
+        let checked =
+            check(store, &data_dir, &acked, chain).await.with_context(|| format!("after kill {}", cycle + 1))?;
         lost = checked.lost;
+        chain = Some(checked.chain);
         compared += usize::from(checked.snapshot_compared);
         eprintln!(
-            "kill {:>3}/{cycles}: {} registrations acknowledged so far, {lost} lost; snapshot {}",
+            "kill {:>3}/{cycles}: {} registrations acknowledged so far, {lost} lost; chain verified to {}; snapshot {}",
             cycle + 1,
             acked.len(),
+            checked.chain.0,
             if checked.snapshot_compared { "+ catch-up = full replay" } else { "not written yet" }
         );
     }
@@ -164,7 +185,9 @@ pub async fn kill_loop(scratch: &Scratch, postgres: Option<&str>, cycles: usize)
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await?;
     }
     let acknowledged = acked.lock().expect("acknowledged").len();
-    eprintln!("{cycles} kills, {acknowledged} acknowledged registrations, {lost} lost, {compared} snapshot checks");
+    eprintln!(
+        "{cycles} kills, {acknowledged} acknowledged registrations, {lost} lost, {compared} snapshot checks, chain verified after every kill"
+    );
     Ok(vec![
         // Lost acknowledged events: the goal is 0 (ratio: kept / acknowledged).
         Measurement::rate(

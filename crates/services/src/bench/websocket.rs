@@ -69,8 +69,8 @@ pub async fn websocket_with(
     let hub = Hub::start(store.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let service =
-        router(RestState { app, hub, relay: None }, None).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service = router(RestState { app, hub, relay: None, chain: None }, None)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, service).await });
 
     let tokens_file = scratch.file("tokens.txt");

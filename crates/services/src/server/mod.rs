@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod app;
+pub mod chain;
 pub mod grpc;
 pub mod grpc_admin;
 mod grpc_guard;
@@ -200,6 +201,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tls = args.tls()?;
     let app = open_app(&args).await?;
     let hub = hub::Hub::start(app.identity.store().clone()).await?;
+    let chain = chain::ChainWatch::start(app.identity.store().clone());
     if let Some(url) = args.amqp_url.clone() {
         tokio::spawn(hub::consume_pushes(url, hub.clone()));
     }
@@ -229,7 +231,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let grpc_tls = tls.as_ref().map(|t| t.grpc_config());
     let grpc = tokio::spawn(serve_grpc_with(app.clone(), grpc_listener, stop_rx.clone(), args.only, grpc_tls));
-    let router = rest::router(rest::RestState { app: app.clone(), hub, relay: relay_status }, args.only);
+    let router =
+        rest::router(rest::RestState { app: app.clone(), hub, relay: relay_status, chain: Some(chain) }, args.only);
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let mut http_stop = stop_rx.clone();
     let http = match tls {

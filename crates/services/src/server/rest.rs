@@ -31,6 +31,8 @@ pub struct RestState {
     pub hub: Arc<Hub>,
     /// The relay's progress, when this process runs one.
     pub relay: Option<Arc<crate::relay::RelayStatus>>,
+    /// How far the log's hash chain is verified, when this process watches it.
+    pub chain: Option<Arc<super::chain::ChainWatch>>,
 }
 
 /// An RFC 9457 problem.
@@ -633,6 +635,7 @@ async fn status(State(s): State<RestState>) -> ApiResult {
         "head_position": head,
         "read_models": {"checkpoint": models, "lag": head.saturating_sub(models)},
         "relay": relay,
+        "chain": s.chain.as_ref().map(|c| c.status()),
     })))
 }
 

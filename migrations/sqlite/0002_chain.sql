@@ -1,0 +1,11 @@
+-- The tamper-evident chain (crates/events/src/chain.rs): each event's link.
+-- Rows recorded before this migration are linked by the store when it opens the file.
+ALTER TABLE events ADD COLUMN chain_hash BLOB;
+
+-- Events rewritten in place by the legacy redaction: the content digest each had when
+-- it was appended, which its link covers.
+CREATE TABLE IF NOT EXISTS redactions (
+    position       INTEGER PRIMARY KEY,
+    content_digest BLOB    NOT NULL,
+    redacted_at    INTEGER NOT NULL -- microseconds since the Unix epoch, UTC
+);
