@@ -893,3 +893,82 @@ fn security_md_states_the_rule_of_every_grpc_method() {
         assert!(stated, "SECURITY.md states another rule for {path}: {line}");
     }
 }
+
+/// Bytes that are not protobuf of any message: a varint that never ends, a
+/// length-delimited field longer than the message, wire type 7, a group never closed.
+const MALFORMED: &[&[u8]] =
+    &[&[0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], &[0x0A, 0x7F, 0x01], &[0x0F], &[0x0B]];
+
+/// Invalid UTF-8 in field 1: malformed where field 1 is a string.
+const BAD_UTF8: &[u8] = &[0x0A, 0x02, 0xC3, 0x28];
+
+/// Methods (`/package.Service/Method`) whose request has a string field 1.
+fn string_field_one() -> std::collections::HashSet<String> {
+    let mut sets = vec![prost_types::FileDescriptorSet::decode(perfect21_proto::FILE_DESCRIPTOR_SET).unwrap()];
+    sets.push(prost_types::FileDescriptorSet::decode(tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap());
+    let files: Vec<_> = sets.into_iter().flat_map(|s| s.file).collect();
+    let mut strings = std::collections::HashSet::new();
+    for f in &files {
+        for m in &f.message_type {
+            let first = m.field.iter().find(|x| x.number() == 1);
+            if first.is_some_and(|x| x.r#type() == prost_types::field_descriptor_proto::Type::String) {
+                strings.insert(format!(".{}.{}", f.package(), m.name()));
+            }
+        }
+    }
+    let mut methods = std::collections::HashSet::new();
+    for f in &files {
+        for service in &f.service {
+            for method in &service.method {
+                if strings.contains(method.input_type()) {
+                    methods.insert(format!("/{}.{}/{}", f.package(), service.name(), method.name()));
+                }
+            }
+        }
+    }
+    methods
+}
+
+/// Malformed and oversized messages to every unary and server-streaming method, by a
+/// caller the access layer lets through: never a panic or INTERNAL, always
+/// INVALID_ARGUMENT or RESOURCE_EXHAUSTED; and the server answers afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_refused_by_every_method() {
+    let server = start();
+    let http = reqwest::Client::new();
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let gateway = gateway_token(&http, &server).await;
+    let root = login_root(&http, &server).await;
+    let oversized = {
+        // A valid field 15 (bytes) of 5 MiB: over the 4 MB limit whatever the message.
+        let mut m = vec![0x7A];
+        prost::encoding::encode_varint(5 * 1024 * 1024, &mut m);
+        m.resize(m.len() + 5 * 1024 * 1024, 0);
+        m
+    };
+    let strings = string_field_one();
+    assert!(strings.contains("/perfect21.auth.AuthService/ValidateToken"), "{strings:?}");
+    let mut checked = 0;
+    for (path, rule, _) in grpc_methods() {
+        let token = if rule == Rule::User { root.as_str() } else { gateway.as_str() };
+        let utf8 = strings.contains(path).then_some(BAD_UTF8);
+        for (i, body) in MALFORMED.iter().copied().chain(utf8).enumerate() {
+            let s = call(&channel, path, body.to_vec(), Some(token)).await;
+            assert_eq!(s.code(), Code::InvalidArgument, "{path} with malformed input #{i}: {}", s.message());
+            checked += 1;
+        }
+        let s = call(&channel, path, oversized.clone(), Some(token)).await;
+        assert_eq!(s.code(), Code::ResourceExhausted, "{path} with 5 MiB: {}", s.message());
+        checked += 1;
+    }
+    assert!(checked > 200, "{checked}");
+    // Still serving.
+    let s = call(
+        &channel,
+        "/grpc.health.v1.Health/Check",
+        tonic_health::pb::HealthCheckRequest { service: String::new() }.encode_to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(s.code(), Code::Ok, "{}", s.message());
+}

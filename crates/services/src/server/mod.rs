@@ -6,6 +6,7 @@ pub mod chain;
 pub mod grpc;
 pub mod grpc_admin;
 mod grpc_guard;
+mod grpc_input;
 mod grpc_metrics;
 pub mod hub;
 pub mod oauth2;
@@ -348,6 +349,7 @@ pub async fn serve_grpc_with(
     }
     builder
         .layer(tower::layer::layer_fn(grpc_metrics::Measured))
+        .layer(tower::layer::layer_fn(grpc_input::InputStatus))
         .layer(tower::layer::layer_fn(move |inner| grpc_guard::Guarded { inner, app: guard_app.clone() }))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
