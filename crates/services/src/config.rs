@@ -53,6 +53,28 @@ const FILE_KEYS: &[(&str, &str)] = &[
     ("only", "PERFECT21_ONLY"),
 ];
 
+/// The settings a config file's text holds, as (environment variable, value): TOML
+/// with only the keys of [`FILE_KEYS`], each a string, integer or boolean.
+fn settings(text: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let table: toml::Table = text.parse().context("not valid TOML")?;
+    table
+        .iter()
+        .map(|(key, value)| {
+            let Some((_, var)) = FILE_KEYS.iter().find(|(k, _)| k == key) else {
+                let known: Vec<_> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
+                anyhow::bail!("unknown setting '{key}'; settings are {}", known.join(", "));
+            };
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => anyhow::bail!("'{key}' must be a string, integer or boolean, not {}", other.type_str()),
+            };
+            Ok((*var, value))
+        })
+        .collect()
+}
+
 /// Reads the TOML config file named by `--config FILE` or `PERFECT21_CONFIG`, if any.
 /// Precedence: flags, then environment variables, then the file, then defaults — the
 /// file's values become environment variables only where none is set.
@@ -65,25 +87,62 @@ pub fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
         .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(String::from)));
     let Some(path) = from_flag.or_else(|| std::env::var("PERFECT21_CONFIG").ok()) else { return Ok(()) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
-    let table: toml::Table = text.parse().with_context(|| format!("config file {path} is not valid TOML"))?;
-    for (key, value) in &table {
-        let Some((_, var)) = FILE_KEYS.iter().find(|(k, _)| k == key) else {
-            let known: Vec<_> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
-            anyhow::bail!("config file {path}: unknown setting '{key}'; settings are {}", known.join(", "));
-        };
-        let value = match value {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => anyhow::bail!(
-                "config file {path}: '{key}' must be a string, integer or boolean, not {}",
-                other.type_str()
-            ),
-        };
+    for (var, value) in settings(&text).with_context(|| format!("config file {path}"))? {
         if std::env::var_os(var).is_none() {
             // SAFETY: called once at start-up, before any other thread exists.
             unsafe { std::env::set_var(var, value) };
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_file_sets_known_settings_and_names_what_is_wrong() {
+        let set = settings("data_dir = \"/var/lib/p21\"\nsnapshot_every = 500\ndev = true").unwrap();
+        assert_eq!(
+            set,
+            vec![
+                ("PERFECT21_DATA_DIR", "/var/lib/p21".to_string()),
+                ("PERFECT21_DEV", "true".to_string()),
+                ("PERFECT21_SNAPSHOT_EVERY", "500".to_string()),
+            ]
+        );
+        let err = settings("datadir = 1").unwrap_err().to_string();
+        assert!(err.contains("unknown setting 'datadir'") && err.contains("data_dir"), "{err}");
+        let err = settings("dev = [1]").unwrap_err().to_string();
+        assert!(err.contains("'dev' must be a string, integer or boolean, not array"), "{err}");
+        assert!(format!("{:#}", settings("dev = ").unwrap_err()).contains("not valid TOML"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any text is settings or a named refusal, never a panic.
+        #[test]
+        fn any_text_is_read_or_refused(text in "\\PC{0,200}") {
+            let _ = settings(&text);
+        }
+
+        /// Files of the known keys with any scalar values read back what they say.
+        #[test]
+        fn known_keys_read_back(entries in prop::collection::btree_map(
+            prop::sample::select(FILE_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>()),
+            prop_oneof![any::<i64>().prop_map(|i| i.to_string()), "[a-zA-Z0-9 /:._-]{0,20}".prop_map(|s| format!("{s:?}"))],
+            0..6,
+        )) {
+            let text: String = entries.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            let read = settings(&text).unwrap();
+            prop_assert_eq!(read.len(), entries.len());
+            for ((key, raw), (var, value)) in entries.iter().zip(&read) {
+                let expected = FILE_KEYS.iter().find(|(k, _)| k == key).unwrap().1;
+                prop_assert_eq!(*var, expected);
+                prop_assert_eq!(value, &raw.trim_matches('"').to_string());
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! message (email, SMS, push) is remembered by message id, so a redelivery never
 //! sends twice; `send_at` is honoured by keeping the message until then.
 
+mod plan;
 mod store;
 mod templates;
 
@@ -19,6 +20,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use plan::{Action, SmsText};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -253,16 +255,16 @@ impl Notifier {
     /// One delivery from the broker: deduplicated, scheduled if `send_at` is ahead, else handled.
     async fn receive(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
         let msg: Value = serde_json::from_slice(body).context("the message is not JSON")?;
-        let id = msg["message_id"].as_str().context("the message has no message_id")?.to_string();
+        let id = plan::message_id(&msg)?.to_string();
         metrics::counter!("perfect21_notifications_total", "channel" => "any", "outcome" => "received").increment(1);
         if self.store.was_handled(&id)? {
             metrics::counter!("perfect21_notifications_total", "channel" => "any", "outcome" => "duplicate")
                 .increment(1);
             return Ok(());
         }
-        if let Some(at) = msg["data"]["send_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
-            if at.timestamp_millis() > chrono::Utc::now().timestamp_millis() {
-                return self.store.schedule(&id, at.timestamp_millis(), routing_key, body);
+        if let Some(at) = plan::send_at(&msg) {
+            if at > chrono::Utc::now().timestamp_millis() {
+                return self.store.schedule(&id, at, routing_key, body);
             }
         }
         self.handle_with_retries(&id, &msg).await
@@ -300,65 +302,24 @@ impl Notifier {
     }
 
     async fn handle(&self, id: &str, msg: &Value) -> anyhow::Result<()> {
-        let data = &msg["data"];
-        let mut ctx = data.clone();
-        if let Some(m) = ctx.as_object_mut() {
-            m.insert("timestamp".into(), msg["timestamp"].clone());
+        let now = chrono::Utc::now().timestamp();
+        for action in plan::plan(msg, &self.args.public_url, now)? {
+            let step = action.step();
+            match action {
+                Action::Email { to, template, context, subject } => {
+                    self.once(id, step, self.email(&to, &template, &context, subject.as_deref())).await?
+                }
+                Action::Sms { to, text } => {
+                    let text = match text {
+                        SmsText::Given(text) => text,
+                        SmsText::Template { name, context } => self.templates.render(&name, &context)?.body,
+                    };
+                    self.once(id, step, self.sms(id, &to, text.trim())).await?
+                }
+                Action::Push { data } => self.once(id, step, self.push(id, &data)).await?,
+            }
         }
-        match msg["message_type"].as_str().unwrap_or_default() {
-            "user.registered" => {
-                let email = data["email"].as_str().context("user.registered without email")?;
-                let token =
-                    data["verification_token"].as_str().context("user.registered without verification_token")?;
-                ctx["verification_link"] =
-                    json!(format!("{}/verify-email?token={token}", self.args.public_url.trim_end_matches('/')));
-                let left = data["verification_expires_at"].as_i64().unwrap_or(0) - chrono::Utc::now().timestamp();
-                ctx["expires_in"] = json!(in_words(left));
-                self.once(id, "email", self.email(email, "welcome", &ctx, None)).await
-            }
-            "user.registration_attempted" => match data["email"].as_str() {
-                Some(email) => self.once(id, "email", self.email(email, "registration_attempt", &ctx, None)).await,
-                None => Ok(()),
-            },
-            "user.login" => {
-                let risky = data["risk_score"].as_f64().unwrap_or(0.0) > 0.7;
-                match data["email"].as_str() {
-                    Some(email) if data["login_successful"] == false || risky => {
-                        self.once(id, "email", self.email(email, "login_notice", &ctx, None)).await
-                    }
-                    _ => Ok(()),
-                }
-            }
-            "security.alert" => {
-                if let Some(email) = data["email"].as_str() {
-                    self.once(id, "email", self.email(email, "security_alert", &ctx, None)).await?;
-                }
-                let severe = matches!(data["severity"].as_str(), Some("high" | "critical"));
-                if let (true, Some(phone)) = (severe, data["phone_number"].as_str()) {
-                    let text = self.templates.render("security_alert_sms", &ctx)?.body;
-                    self.once(id, "sms", self.sms(id, phone, text.trim())).await?;
-                }
-                Ok(())
-            }
-            "notification.email.send" => {
-                let to = data["recipient"].as_str().context("notification.email.send without recipient")?;
-                let template =
-                    data["template_name"].as_str().context("notification.email.send without template_name")?;
-                self.once(id, "email", self.email(to, template, &data["template_data"], data["subject"].as_str())).await
-            }
-            "notification.sms.send" => {
-                let to = data["phone_number"].as_str().context("notification.sms.send without phone_number")?;
-                let text = match (data["message"].as_str(), data["template_name"].as_str()) {
-                    (Some(m), _) => m.to_string(),
-                    (None, Some(t)) => self.templates.render(t, &data["template_data"])?.body,
-                    _ => anyhow::bail!("notification.sms.send needs message or template_name"),
-                };
-                self.once(id, "sms", self.sms(id, to, text.trim())).await
-            }
-            "notification.push.send" => self.once(id, "push", self.push(id, data)).await,
-            // Other events are not this service's business.
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     async fn email(&self, to: &str, template: &str, ctx: &Value, subject: Option<&str>) -> anyhow::Result<()> {
@@ -390,31 +351,5 @@ impl Notifier {
         let res = self.http.post(url).json(&body).send().await?;
         anyhow::ensure!(res.status().is_success(), "push webhook answered {}", res.status());
         Ok(())
-    }
-}
-
-/// A duration in words for people ("24 hours", "30 minutes", "2 days"), rounded up.
-pub fn in_words(seconds: i64) -> String {
-    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
-    let seconds = seconds.max(0);
-    let up = |unit: i64| (seconds + unit - 1) / unit;
-    if seconds <= 60 * 60 {
-        plural(up(60).max(1), "minute")
-    } else if seconds <= 48 * 3600 {
-        plural(up(3600), "hour")
-    } else {
-        plural(up(86_400), "day")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_read_as_words() {
-        assert_eq!(super::in_words(24 * 3600 - 3), "24 hours");
-        assert_eq!(super::in_words(30 * 60), "30 minutes");
-        assert_eq!(super::in_words(1), "1 minute");
-        assert_eq!(super::in_words(3 * 86_400), "3 days");
-        assert_eq!(super::in_words(-5), "1 minute");
     }
 }

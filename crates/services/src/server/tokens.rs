@@ -403,4 +403,51 @@ mod tests {
         let foreign = KeySet::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
         assert!(matches!(foreign.verify(&good, false), Err(TokenError::UnknownKey(_))));
     }
+
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn keys() -> &'static (KeySet, String) {
+            static KEYS: std::sync::OnceLock<(KeySet, String)> = std::sync::OnceLock::new();
+            KEYS.get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let keys = KeySet::load_or_create(dir.path()).unwrap();
+                let good = keys.sign(&claims(600)).unwrap();
+                (keys, good)
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any text presented as a bearer token is refused with a reason, never a panic.
+            #[test]
+            fn any_text_is_refused(text in "\\PC{0,300}") {
+                let (keys, _) = keys();
+                prop_assert!(keys.verify(&text, false).is_err());
+                prop_assert!(keys.verify(&text, true).is_err());
+                prop_assert!(keys.verify_id_token(&text, ISSUER).is_err());
+            }
+
+            /// A signed token with any one character changed, or cut short, is never accepted
+            /// as anything but itself.
+            #[test]
+            fn a_changed_token_is_refused(at in any::<prop::sample::Index>(), to in any::<char>(), cut in any::<bool>()) {
+                let (keys, good) = keys();
+                let i = at.index(good.len());
+                let changed: String = if cut {
+                    good[..i].to_string()
+                } else {
+                    good.char_indices().map(|(j, c)| if j == i { to } else { c }).collect()
+                };
+                prop_assume!(&changed != good);
+                // Base64url ignores the padding bits of a segment's last character: a change
+                // there can leave the decoded bytes, and so the signature, intact.
+                if let Ok(claims) = keys.verify(&changed, false) {
+                    prop_assert_eq!(claims, keys.verify(good, false).unwrap());
+                }
+            }
+        }
+    }
 }
