@@ -27,9 +27,51 @@ pub struct LoginRecord {
 
 /// Log positions, ascending, stored as varint deltas (a few bytes each).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "StoredPositions")]
 struct PositionList {
     bytes: Vec<u8>,
     last: u64,
+}
+
+/// A [`PositionList`] as a snapshot holds it, before it is checked.
+#[derive(serde::Deserialize)]
+struct StoredPositions {
+    bytes: Vec<u8>,
+    last: u64,
+}
+
+impl TryFrom<StoredPositions> for PositionList {
+    type Error = String;
+
+    /// A snapshot's list must be what `push` writes: whole varints of at most 64 bits,
+    /// positions strictly ascending, the last one `last`. Anything else is a damaged
+    /// snapshot, refused (the models then replay from the log).
+    fn try_from(s: StoredPositions) -> Result<Self, String> {
+        let (mut at, mut delta, mut shift, mut open) = (0u64, 0u64, 0u32, false);
+        for &b in &s.bytes {
+            let part = u64::from(b & 0x7f);
+            if shift > 63 || (shift == 63 && part > 1) {
+                return Err("an audit position does not fit in 64 bits".into());
+            }
+            delta |= part << shift;
+            shift += 7;
+            open = b & 0x80 != 0;
+            if !open {
+                if delta == 0 {
+                    return Err("audit positions are not strictly ascending".into());
+                }
+                at = at.checked_add(delta).ok_or("an audit position does not fit in 64 bits")?;
+                (delta, shift) = (0, 0);
+            }
+        }
+        if open {
+            return Err("the audit positions end inside a number".into());
+        }
+        if at != s.last {
+            return Err(format!("the audit positions end at {at}, but the list says {}", s.last));
+        }
+        Ok(PositionList { bytes: s.bytes, last: s.last })
+    }
 }
 
 impl PositionList {
@@ -177,5 +219,32 @@ impl Audit {
                 d.opt_str(l.failure_reason.as_deref());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(bytes: &[u8], last: u64) -> Result<PositionList, String> {
+        PositionList::try_from(StoredPositions { bytes: bytes.to_vec(), last })
+    }
+
+    #[test]
+    fn a_written_list_reads_back_and_a_damaged_one_is_refused() {
+        let mut list = PositionList::default();
+        for p in [1, 2, 300, 70_000, u64::MAX / 2] {
+            list.push(p);
+        }
+        let again = stored(&list.bytes, list.last).unwrap();
+        assert_eq!(again.iter().collect::<Vec<_>>(), [1, 2, 300, 70_000, u64::MAX / 2]);
+        assert!(stored(&[0xff; 11], 0).unwrap_err().contains("64 bits"), "an overlong varint");
+        assert!(stored(&[0x81], 1).unwrap_err().contains("inside a number"));
+        assert!(stored(&[0x01, 0x00], 1).unwrap_err().contains("ascending"));
+        assert!(stored(&[0x01], 2).unwrap_err().contains("the list says 2"));
+        assert!(
+            stored(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x01], 0).is_err(),
+            "sum overflows"
+        );
     }
 }
