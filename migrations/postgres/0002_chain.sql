@@ -23,7 +23,12 @@ CREATE TABLE IF NOT EXISTS redactions (
 CREATE OR REPLACE FUNCTION perfect21_append(
     o bigint[], ids uuid[], streams text[], versions bigint[], types text[], schemas smallint[],
     times timestamptz[], metas bytea[], payloads bytea[], digests bytea[], channel text
-) RETURNS bigint LANGUAGE plpgsql AS $$
+) RETURNS bigint LANGUAGE plpgsql
+-- The store's connections plan every statement for its parameters (force_custom_plan, for
+-- lookups by event id); the statements in here look nothing up by value, and a generic
+-- plan saves planning four statements on every append.
+SET plan_cache_mode = auto
+AS $$
 DECLARE
     start bigint;
     h bytea;
