@@ -42,6 +42,8 @@ fn describe() {
     describe_gauge!("perfect21_log_position", "Position of the last event in the log");
     describe_gauge!("perfect21_projection_lag_events", "Events the read models are behind the log");
     describe_gauge!("perfect21_relay_lag_events", "Events the relay is behind the log");
+    describe_gauge!("perfect21_chain_verified_position", "Last log position whose hash chain this server has verified");
+    describe_gauge!("perfect21_chain_broken", "1 once the log's hash chain no longer verifies (the log was edited)");
     describe_counter!("perfect21_notifications_total", "Notifications by channel and outcome");
 }
 
