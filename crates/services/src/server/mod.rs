@@ -349,7 +349,7 @@ pub async fn serve_grpc_with(
     }
     builder
         .layer(tower::layer::layer_fn(grpc_metrics::Measured))
-        .layer(tower::layer::layer_fn(grpc_input::InputStatus))
+        .layer(tower::util::MapResponseLayer::new(grpc_input::input_status::<tonic::body::Body>))
         .layer(tower::layer::layer_fn(move |inner| grpc_guard::Guarded { inner, app: guard_app.clone() }))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
