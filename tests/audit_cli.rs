@@ -17,7 +17,13 @@ async fn audit_and_replay_read_what_the_commands_wrote() {
     let live = LiveModels::start(store.clone());
     let config =
         IdentityConfig { password_cost: PasswordCost::TEST, allow_unverified_login: true, ..Default::default() };
-    let id = Identity::new(store.clone(), live, SecretBox::random(), config).unwrap();
+    // The server secret in <dir>/keys, where `serve` keeps it: it keys the reservation
+    // streams the CLI finds users by.
+    let key = [9u8; 32];
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/secret.key"), key).unwrap();
+    let keys = dir.path().join("keys").display().to_string();
+    let id = Identity::new(store.clone(), live, SecretBox::new(key), config).unwrap();
     let ctx = RequestContext { client_ip: Some("203.0.113.5".into()), ..Default::default() };
     let reg = id
         .register(
@@ -41,24 +47,43 @@ async fn audit_and_replay_read_what_the_commands_wrote() {
     .await
     .unwrap();
 
-    let out = perfect21(&["audit", "user", "cli@example.com", "--store", &url]);
+    // Without the secret only the user's id finds the user, and the error says why.
+    let out = perfect21(&["audit", "user", "cli@example.com", "--store", &url, "--keys-dir", "/nonexistent"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no server secret at /nonexistent/secret.key"), "{err}");
+    let out = perfect21(&["audit", "user", &reg.user_id.to_string(), "--store", &url, "--keys-dir", "/nonexistent"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = perfect21(&["audit", "user", "cli@example.com", "--store", &url, "--keys-dir", &keys]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&reg.user_id.to_string()));
     assert!(text.contains("user.login_failed") && text.contains("203.0.113.5") && text.contains("bad_password"));
     assert!(!text.contains("argon2"), "no hashes in the audit output");
 
-    let out = perfect21(&["audit", "user", "cli_user", "--store", &url, "--type", "user.login", "--json"]);
+    let out = perfect21(&[
+        "audit",
+        "user",
+        "cli_user",
+        "--store",
+        &url,
+        "--keys-dir",
+        &keys,
+        "--type",
+        "user.login",
+        "--json",
+    ]);
     let lines: Vec<serde_json::Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["event_type"], "user.login_failed");
     assert_eq!(lines[1]["client_ip"], "203.0.113.5");
 
-    let out = perfect21(&["audit", "user", "ghost@example.com", "--store", &url]);
+    let out = perfect21(&["audit", "user", "ghost@example.com", "--store", &url, "--keys-dir", &keys]);
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("no user is registered as 'ghost@example.com'"));
-    let out = perfect21(&["audit", "user", "cli_user", "--store", &url, "--since", "yesterday"]);
+    let out = perfect21(&["audit", "user", "cli_user", "--store", &url, "--keys-dir", &keys, "--since", "yesterday"]);
     assert!(String::from_utf8(out.stderr).unwrap().contains("expected RFC 3339 or a duration"));
 
     // Replay prints the same digest as the live read models.

@@ -3,8 +3,10 @@
 //! authoritative and never behind.
 
 use crate::error::{DomainError, Result};
+use crate::secrets::SecretBox;
 use crate::state::{ReservationState, StreamState};
 use crate::stream;
+use crate::users::Reservation;
 use chrono::{DateTime, Utc};
 use perfect21_events::{Event, EventStore, RecordedEvent, StreamId};
 use perfect21_projections::audit::audited_user;
@@ -37,8 +39,23 @@ pub struct AuditEntry {
     pub correlation_id: Option<Uuid>,
 }
 
-/// The user an email address, username or id names (reservation streams are authoritative).
-pub async fn resolve_user(store: &dyn EventStore, identifier: &str) -> Result<Option<Uuid>> {
+/// The reservation streams of a value, keyed first: both with the server secret, only
+/// the legacy one without it (a tool reading a log whose secret it does not have).
+fn reservation_streams(secrets: Option<&SecretBox>, kind: &str, value: &str) -> Result<Vec<StreamId>> {
+    Ok(match secrets {
+        Some(secrets) => Reservation::of(secrets, kind, value)?.streams().into_iter().cloned().collect(),
+        None => vec![Reservation::legacy(kind, value)?],
+    })
+}
+
+/// The user an email address, username or id names (reservation streams are
+/// authoritative); `secrets` is the server secret that keys their ids, if the caller
+/// has it (see [`Reservation`]).
+pub async fn resolve_user(
+    store: &dyn EventStore,
+    secrets: Option<&SecretBox>,
+    identifier: &str,
+) -> Result<Option<Uuid>> {
     if let Ok(id) = Uuid::parse_str(identifier) {
         return Ok(Some(id));
     }
@@ -47,8 +64,13 @@ pub async fn resolve_user(store: &dyn EventStore, identifier: &str) -> Result<Op
     } else {
         ("username", normalize_username(identifier))
     };
-    let state: ReservationState = load(store, &crate::users::reservation_stream(kind, &value)?).await?;
-    Ok(state.owner.map(|(o, _)| o))
+    for s in reservation_streams(secrets, kind, &value)? {
+        let state: ReservationState = load(store, &s).await?;
+        if let Some((owner, _)) = state.owner {
+            return Ok(Some(owner));
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) async fn load<S: StreamState>(store: &dyn EventStore, s: &StreamId) -> Result<S> {
@@ -72,7 +94,12 @@ async fn read_stream(store: &dyn EventStore, s: &StreamId) -> Result<Vec<Recorde
 }
 
 /// The security history of `user_id` (a user or a service account), oldest first.
-pub async fn audit_trail(store: &dyn EventStore, user_id: Uuid, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+pub async fn audit_trail(
+    store: &dyn EventStore,
+    secrets: Option<&SecretBox>,
+    user_id: Uuid,
+    filter: &AuditFilter,
+) -> Result<Vec<AuditEntry>> {
     let mut own = read_stream(store, &stream("user", user_id)?).await?;
     if own.is_empty() {
         own = read_stream(store, &stream(crate::service_accounts::CATEGORY, user_id)?).await?;
@@ -98,11 +125,12 @@ pub async fn audit_trail(store: &dyn EventStore, user_id: Uuid, filter: &AuditFi
     }
     // Attempts to register with the user's address are on its reservation stream.
     for email in emails.iter().filter(|e| !e.is_empty()) {
-        let s = crate::users::reservation_stream("email", &normalize_email(email))?;
-        for recorded in read_stream(store, &s).await? {
-            let event = recorded.decode()?;
-            if matches!(event, Event::UserRegistrationAttempted(_)) {
-                decoded.push((recorded, event));
+        for s in reservation_streams(secrets, "email", &normalize_email(email))? {
+            for recorded in read_stream(store, &s).await? {
+                let event = recorded.decode()?;
+                if matches!(event, Event::UserRegistrationAttempted(_)) {
+                    decoded.push((recorded, event));
+                }
             }
         }
     }
@@ -140,9 +168,9 @@ pub async fn audit_trail(store: &dyn EventStore, user_id: Uuid, filter: &AuditFi
 impl crate::Identity {
     /// The security history of a user (by id, email or username).
     pub async fn audit(&self, identifier: &str, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        let user = resolve_user(self.store.as_ref(), identifier)
+        let user = resolve_user(self.store.as_ref(), Some(&self.secrets), identifier)
             .await?
             .ok_or_else(|| DomainError::NotFound { what: "user", id: identifier.into() })?;
-        audit_trail(self.store.as_ref(), user, filter).await
+        audit_trail(self.store.as_ref(), Some(&self.secrets), user, filter).await
     }
 }

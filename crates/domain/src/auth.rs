@@ -115,7 +115,7 @@ impl Identity {
         if Uuid::parse_str(identifier).is_ok() {
             return Ok(None); // log in by email or username only
         }
-        crate::audit::resolve_user(self.store.as_ref(), identifier).await
+        crate::audit::resolve_user(self.store.as_ref(), Some(&self.secrets), identifier).await
     }
 
     /// Logs in. Unknown users, wrong passwords and locked accounts all cost one

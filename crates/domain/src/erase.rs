@@ -7,7 +7,8 @@
 //! password and MFA material blanked and the client IP and user agent dropped from
 //! the metadata. Replaying afterwards yields the same read models as before (they
 //! forget the same data when they fold `user.deleted`), so digests still agree.
-//! Email and username reservations hold only hashes; their metadata is redacted too.
+//! Email and username reservations hold only keyed hashes (and, from before keyed
+//! ids, bare ones, whose stream ids cannot be rewritten); their metadata is redacted too.
 
 use crate::error::Result;
 use crate::Identity;

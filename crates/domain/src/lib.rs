@@ -33,7 +33,7 @@ pub use error::{DomainError, Result};
 pub use live::{LiveModels, SnapshotPolicy};
 pub use mfa::MfaEnrollment;
 pub use service_accounts::CreatedServiceAccount;
-pub use users::{ProfileUpdate, Registered, Registration, VerificationState};
+pub use users::{ProfileUpdate, Registered, Registration, Reservation, VerificationState};
 
 use password::{PasswordCost, Passwords};
 use perfect21_events::{AppendResult, Event, EventData, EventStore, ExpectedVersion, StoreError, StreamId};

@@ -13,7 +13,7 @@
 use crate::error::{DomainError, Result};
 use crate::secrets::{constant_time_eq, random_token, token_hash};
 use crate::state::ServiceAccountState;
-use crate::users::reservation_stream;
+use crate::users::Reservation;
 use crate::{stream, Identity, RequestContext};
 use perfect21_events::catalog::*;
 use perfect21_events::{Event, ExpectedVersion};
@@ -79,7 +79,7 @@ impl Identity {
             self.live_role(role).await?;
         }
         let id = Uuid::now_v7();
-        let name_stream = reservation_stream(NAME_KIND, name)?;
+        let name_stream = Reservation::of(&self.secrets, NAME_KIND, name)?;
         self.claim(ctx, &name_stream, NAME_KIND, id, CATEGORY).await.map_err(|e| match e {
             DomainError::AlreadyRegistered { .. } => {
                 DomainError::FailedPrecondition(format!("a service account named '{name}' already exists"))
@@ -135,7 +135,7 @@ impl Identity {
         let (state, s) = self.live_service_account(id).await?;
         let event = Event::ServiceAccountDeleted(ServiceAccountDeleted { service_account_id: id });
         let appended = self.append(ctx, &s, ExpectedVersion::from_current(state.version), &[event]).await?;
-        self.release(ctx, &reservation_stream(NAME_KIND, &state.name)?, NAME_KIND, id).await?;
+        self.release(ctx, &Reservation::of(&self.secrets, NAME_KIND, &state.name)?, NAME_KIND, id).await?;
         Ok(appended.position)
     }
 

@@ -2,7 +2,7 @@
 //! profile, password, status, delete.
 
 use crate::error::{DomainError, Result};
-use crate::secrets::{constant_time_eq, token_hash};
+use crate::secrets::{constant_time_eq, token_hash, SecretBox};
 use crate::state::{ReservationState, UserState};
 use crate::{stream, Identity, RequestContext};
 use perfect21_events::catalog::*;
@@ -93,10 +93,37 @@ fn optional_text(field: &'static str, value: &Option<String>, max: usize) -> Res
     }
 }
 
-/// The reservation stream of a unique value; the value itself is hashed, so no
-/// personal data appears in stream ids.
-pub(crate) fn reservation_stream(kind: &str, normalized: &str) -> Result<perfect21_events::StreamId> {
-    stream(kind, &token_hash(normalized)[..40])
+/// The reservation streams of a unique value (an email address, a username, a service
+/// account's name).
+///
+/// Claims are made on the **keyed** stream, named by an HMAC of the value under the
+/// server secret: without the secret, a stream id says nothing about the value (a bare
+/// hash of an email address can be reversed by hashing candidate addresses). Logs
+/// written before keyed ids named the stream by a bare SHA-256 of the value: that
+/// **legacy** stream is still read, so a value reserved there stays taken and its owner
+/// is still found, but nothing new is claimed on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub keyed: perfect21_events::StreamId,
+    pub legacy: perfect21_events::StreamId,
+}
+
+impl Reservation {
+    /// The streams of `normalized` (see [`normalize_email`], [`normalize_username`]).
+    pub fn of(secrets: &SecretBox, kind: &str, normalized: &str) -> Result<Self> {
+        let mac = secrets.derive("reservation-stream", &[kind.as_bytes(), normalized.as_bytes()]);
+        Ok(Reservation { keyed: stream(kind, &mac[..40])?, legacy: Self::legacy(kind, normalized)? })
+    }
+
+    /// The legacy stream alone, for readers without the server secret.
+    pub fn legacy(kind: &str, normalized: &str) -> Result<perfect21_events::StreamId> {
+        stream(kind, &token_hash(normalized)[..40])
+    }
+
+    /// Both streams, keyed first.
+    pub fn streams(&self) -> [&perfect21_events::StreamId; 2] {
+        [&self.keyed, &self.legacy]
+    }
 }
 
 impl Identity {
@@ -118,8 +145,8 @@ impl Identity {
         let password_hash = self.passwords.hash(r.password.clone()).await?;
         let verification_expires_at = self.now() + self.config.verification_ttl.as_secs() as i64;
 
-        let email_stream = reservation_stream("email", &normalize_email(&r.email))?;
-        let username_stream = reservation_stream("username", &normalize_username(&r.username))?;
+        let email_stream = Reservation::of(&self.secrets, "email", &normalize_email(&r.email))?;
+        let username_stream = Reservation::of(&self.secrets, "username", &normalize_username(&r.username))?;
         match self.claim(ctx, &email_stream, "email", user_id, "user").await {
             Ok(()) => {}
             // A taken email answers like a new registration (no enumeration of addresses);
@@ -158,19 +185,22 @@ impl Identity {
     async fn registration_attempted(
         &self,
         ctx: &RequestContext,
-        email_stream: &perfect21_events::StreamId,
+        email: &Reservation,
         unused_id: Uuid,
         expires_at: i64,
     ) -> Result<Registered> {
-        let state: ReservationState = self.load(email_stream).await?;
-        let position = match state.owner {
-            Some((owner, _)) => {
+        let mut position = None;
+        // On the stream that holds the owner (the legacy one for an address reserved there).
+        for s in email.streams() {
+            let state: ReservationState = self.load(s).await?;
+            if let Some((owner, _)) = state.owner {
                 let event = Event::UserRegistrationAttempted(UserRegistrationAttempted { user_id: owner });
-                self.append(ctx, email_stream, ExpectedVersion::Any, &[event]).await?.position
+                position = Some(self.append(ctx, s, ExpectedVersion::Any, &[event]).await?.position);
+                break;
             }
-            // Released meanwhile: nothing to tell anyone.
-            None => self.last_write(),
-        };
+        }
+        // Released meanwhile: nothing to tell anyone.
+        let position = position.unwrap_or_else(|| self.last_write());
         metrics::counter!("perfect21_auth_events_total", "event" => "register", "outcome" => "email_taken")
             .increment(1);
         Ok(Registered {
@@ -180,23 +210,25 @@ impl Identity {
         })
     }
 
-    /// Claims the unique value of reservation stream `s` for `owner`, whose own stream
-    /// is `<owner_category>-<owner>`.
+    /// Claims the unique value of `reservation` for `owner`, whose own stream is
+    /// `<owner_category>-<owner>`: on its keyed stream, unless its legacy stream holds it.
     pub(crate) async fn claim(
         &self,
         ctx: &RequestContext,
-        s: &perfect21_events::StreamId,
+        reservation: &Reservation,
         kind: &'static str,
         owner: Uuid,
         owner_category: &str,
     ) -> Result<()> {
+        // Claims on legacy streams ended with keyed ids, so this reading cannot go stale.
+        let legacy: ReservationState = self.load(&reservation.legacy).await?;
+        if self.holds(&legacy, owner_category).await? {
+            return Err(DomainError::AlreadyRegistered { kind });
+        }
+        let s = &reservation.keyed;
         let state: ReservationState = self.load(s).await?;
-        if let Some((holder, since)) = state.owner {
-            // A claim whose owner never got created (a crash between the steps) is abandoned.
-            let holder_state: crate::state::Existence = self.load(&stream(owner_category, holder)?).await?;
-            if holder_state.exists || self.now() - since < ABANDONED_CLAIM_SECS {
-                return Err(DomainError::AlreadyRegistered { kind });
-            }
+        if self.holds(&state, owner_category).await? {
+            return Err(DomainError::AlreadyRegistered { kind });
         }
         let event = Event::ReservationClaimed(ReservationClaimed { owner, kind: kind.into() });
         match self.append(ctx, s, ExpectedVersion::from_current(state.version), &[event]).await {
@@ -205,17 +237,28 @@ impl Identity {
         }
     }
 
+    /// Whether a reservation's holder still holds it. A claim whose owner never got
+    /// created (a crash between the steps) is abandoned after a while.
+    async fn holds(&self, state: &ReservationState, owner_category: &str) -> Result<bool> {
+        let Some((holder, since)) = state.owner else { return Ok(false) };
+        let holder_state: crate::state::Existence = self.load(&stream(owner_category, holder)?).await?;
+        Ok(holder_state.exists || self.now() - since < ABANDONED_CLAIM_SECS)
+    }
+
+    /// Releases `owner`'s claim of `reservation`, on whichever of its streams holds it.
     pub(crate) async fn release(
         &self,
         ctx: &RequestContext,
-        s: &perfect21_events::StreamId,
+        reservation: &Reservation,
         kind: &str,
         owner: Uuid,
     ) -> Result<()> {
-        let state: ReservationState = self.load(s).await?;
-        if state.owner.map(|(o, _)| o) == Some(owner) {
-            let event = Event::ReservationReleased(ReservationReleased { owner, kind: kind.into() });
-            self.append(ctx, s, ExpectedVersion::from_current(state.version), &[event]).await?;
+        for s in reservation.streams() {
+            let state: ReservationState = self.load(s).await?;
+            if state.owner.map(|(o, _)| o) == Some(owner) {
+                let event = Event::ReservationReleased(ReservationReleased { owner, kind: kind.into() });
+                self.append(ctx, s, ExpectedVersion::from_current(state.version), &[event]).await?;
+            }
         }
         Ok(())
     }
@@ -353,15 +396,13 @@ impl Identity {
         let event = Event::UserDeleted(UserDeleted { user_id, reason: reason.into() });
         let r =
             self.append(ctx, &stream("user", user_id)?, ExpectedVersion::from_current(state.version), &[event]).await?;
-        self.release(ctx, &reservation_stream("email", &normalize_email(&state.email))?, "email", user_id).await?;
-        self.release(ctx, &reservation_stream("username", &normalize_username(&state.username))?, "username", user_id)
-            .await?;
+        let email = Reservation::of(&self.secrets, "email", &normalize_email(&state.email))?;
+        let username = Reservation::of(&self.secrets, "username", &normalize_username(&state.username))?;
+        self.release(ctx, &email, "email", user_id).await?;
+        self.release(ctx, &username, "username", user_id).await?;
         let revoked = self.revoke_all_sessions(ctx, user_id, "user_deleted", Some(r.position)).await?;
-        let mut streams = vec![
-            stream("user", user_id)?,
-            reservation_stream("email", &normalize_email(&state.email))?,
-            reservation_stream("username", &normalize_username(&state.username))?,
-        ];
+        let mut streams = vec![stream("user", user_id)?];
+        streams.extend(email.streams().into_iter().chain(username.streams()).cloned());
         for session in &state.sessions {
             streams.push(stream("session", session)?);
         }

@@ -587,3 +587,83 @@ async fn erasing_a_user_registered_in_v1_keeps_the_record_in_v1() {
     };
     assert_eq!(first.payload, postcard::to_stdvec(&blank).unwrap(), "v1 bytes, not v2 bytes under a v1 label");
 }
+
+/// Reservation stream ids are an HMAC of the value under the server secret: the log
+/// holds no bare hash of an address, and another secret names other streams.
+#[tokio::test]
+async fn reservation_streams_are_keyed_by_the_server_secret() {
+    let w = world().await;
+    w.id.register(&ctx("198.51.100.7"), registration("Keyed@Example.com", "keyed")).await.unwrap();
+    let streams: Vec<String> = events_of(w.id.store()).await.into_iter().map(|(s, _, _)| s).collect();
+    let email = Reservation::of(&w.secrets, "email", "keyed@example.com").unwrap();
+    let username = Reservation::of(&w.secrets, "username", "keyed").unwrap();
+    for r in [&email, &username] {
+        assert!(streams.contains(&r.keyed.to_string()), "{} claimed: {streams:?}", r.keyed);
+        assert!(!streams.contains(&r.legacy.to_string()), "no bare hash of the value: {streams:?}");
+    }
+    let other = Reservation::of(&SecretBox::random(), "email", "keyed@example.com").unwrap();
+    assert_ne!(other.keyed, email.keyed);
+    assert_eq!(other.legacy, email.legacy);
+}
+
+/// A log written before keyed ids (its reservations on bare-hash streams): what it
+/// reserved stays taken and findable, its owner is told of attempts, and deleting the
+/// owner frees the value.
+#[tokio::test]
+async fn values_reserved_before_keyed_ids_stay_taken_until_released() {
+    // Log A as this build writes it; log B the same events with every keyed reservation
+    // stream renamed to its legacy id, as a log written before keyed ids holds them.
+    let a = world().await;
+    let c = ctx("198.51.100.8");
+    let old = a.id.register(&c, registration("Old@Example.com", "old_timer")).await.unwrap();
+    a.id.verify_email(&c, &old.verification_token).await.unwrap();
+    let b = world().await;
+    let renamed: std::collections::HashMap<String, perfect21_events::StreamId> = [
+        Reservation::of(&a.secrets, "email", "old@example.com").unwrap(),
+        Reservation::of(&a.secrets, "username", "old_timer").unwrap(),
+    ]
+    .into_iter()
+    .map(|r| (r.keyed.to_string(), r.legacy))
+    .collect();
+    for e in a.id.store().read_all(1, usize::MAX).await.unwrap() {
+        let s = renamed
+            .get(&e.stream_id)
+            .cloned()
+            .unwrap_or_else(|| perfect21_events::StreamId::new(&e.stream_id).unwrap());
+        let data = perfect21_events::EventData {
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+            schema_version: e.schema_version,
+            metadata: e.metadata.clone(),
+            payload: e.payload.clone(),
+        };
+        b.id.store().append(&s, perfect21_events::ExpectedVersion::Any, vec![data]).await.unwrap();
+    }
+    let c = ctx("198.51.100.9");
+    // The owner is found through the legacy stream.
+    b.id.login(&c, login("old@example.com", "correct horse battery")).await.expect("the old owner logs in by email");
+    assert!(matches!(
+        b.id.register(&c, registration("someone@example.com", "old_timer")).await,
+        Err(DomainError::AlreadyRegistered { kind: "username" })
+    ));
+    // A taken address answers like a registration, creates no user, and tells the owner.
+    b.id.register(&c, registration("OLD@example.com", "newcomer")).await.unwrap();
+    let events = events_of(b.id.store()).await;
+    let registered = events.iter().filter(|(_, e, _)| matches!(e, Event::UserRegistered(_))).count();
+    assert_eq!(registered, 1, "no second user for a legacy-reserved address");
+    let legacy_email = Reservation::legacy("email", "old@example.com").unwrap().to_string();
+    assert!(
+        events.iter().any(|(s, e, _)| *s == legacy_email
+            && matches!(e, Event::UserRegistrationAttempted(x) if x.user_id == old.user_id)),
+        "the attempt is recorded where the owner's claim is"
+    );
+    let trail = b.id.audit("old@example.com", &audit::AuditFilter::default()).await.unwrap();
+    assert!(trail.iter().any(|t| t.event_type == "user.registration_attempted"), "the audit trail shows it");
+
+    // Deleting the owner releases the legacy claim; the address is free for a keyed claim.
+    b.id.delete_user(&c, old.user_id, "asked to leave").await.unwrap();
+    let again = b.id.register(&c, registration("old@example.com", "old_timer")).await.unwrap();
+    assert_ne!(again.user_id, old.user_id);
+    let streams: Vec<String> = events_of(b.id.store()).await.into_iter().map(|(s, _, _)| s).collect();
+    assert!(streams.contains(&Reservation::of(&b.secrets, "email", "old@example.com").unwrap().keyed.to_string()));
+}

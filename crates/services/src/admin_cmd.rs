@@ -370,7 +370,10 @@ async fn export_user(serve: ServeArgs, user: &str, output: Option<std::path::Pat
     let app = open_app(&serve).await?;
     let id = match uuid::Uuid::parse_str(user) {
         Ok(id) => Some(id),
-        Err(_) => perfect21_domain::audit::resolve_user(app.identity.store().as_ref(), user).await?,
+        Err(_) => {
+            perfect21_domain::audit::resolve_user(app.identity.store().as_ref(), Some(app.identity.secrets()), user)
+                .await?
+        }
     };
     let head = app.identity.store().head_position().await?;
     app.identity.live().wait_for(head, Duration::from_secs(30)).await?;

@@ -25,7 +25,24 @@ pub enum AuditCommand {
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Directory of the server secret that keys reservation stream ids (default:
+        /// `<data-dir>/keys`); without it, only reservations from before keyed ids are found.
+        #[arg(long, env = "PERFECT21_KEYS_DIR")]
+        keys_dir: Option<std::path::PathBuf>,
     },
+}
+
+/// The server secret, if the keys directory has one (this command only reads: it
+/// creates nothing).
+fn server_secret(keys_dir: &std::path::Path) -> anyhow::Result<Option<perfect21_domain::secrets::SecretBox>> {
+    let path = keys_dir.join("secret.key");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let key: [u8; 32] =
+        bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?;
+    Ok(Some(perfect21_domain::secrets::SecretBox::new(key)))
 }
 
 fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
@@ -46,12 +63,20 @@ fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
 }
 
 pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
-    let AuditCommand::User { user, store, since, types, limit, json } = command;
+    let AuditCommand::User { user, store, since, types, limit, json, keys_dir } = command;
+    let keys_dir = keys_dir.unwrap_or_else(|| store.data_dir.join("keys"));
+    let secrets = server_secret(&keys_dir)?;
     let filter = AuditFilter { since: since.as_deref().map(parse_since).transpose()?, types, limit };
     let store = store.open_existing().await?;
-    let user_id =
-        resolve_user(store.as_ref(), &user).await?.with_context(|| format!("no user is registered as '{user}'"))?;
-    let trail = audit_trail(store.as_ref(), user_id, &filter).await?;
+    let user_id = resolve_user(store.as_ref(), secrets.as_ref(), &user).await?.with_context(|| match &secrets {
+        Some(_) => format!("no user is registered as '{user}'"),
+        None => format!(
+            "no user is registered as '{user}' in reservations from before keyed ids, and there is no server \
+             secret at {}/secret.key to find newer ones: pass the server's --keys-dir, or the user's id",
+            keys_dir.display()
+        ),
+    })?;
+    let trail = audit_trail(store.as_ref(), secrets.as_ref(), user_id, &filter).await?;
     if json {
         for e in &trail {
             println!("{}", crate::server::views::audit_entry(e));

@@ -363,7 +363,14 @@ impl App {
     /// write; `None` when there is no such user.
     pub async fn export_user(&self, id: Uuid) -> Result<Option<serde_json::Value>, DomainError> {
         let filter = perfect21_domain::audit::AuditFilter::default();
-        let history = match perfect21_domain::audit::audit_trail(self.identity.store().as_ref(), id, &filter).await {
+        let history = match perfect21_domain::audit::audit_trail(
+            self.identity.store().as_ref(),
+            Some(self.identity.secrets()),
+            id,
+            &filter,
+        )
+        .await
+        {
             Ok(h) => h,
             Err(DomainError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
