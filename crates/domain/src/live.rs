@@ -32,7 +32,11 @@ fn update_span(batch: &[RecordedEvent]) -> tracing::Span {
 /// Events folded under one write lock at most, so readers are never held off long.
 const MAX_FOLD_BATCH: usize = 1000;
 
-/// Where and how often the live models save snapshots.
+/// The event after which the snapshot is rewritten at once (see [`SnapshotPolicy`]).
+const ERASES: &str = "user.deleted";
+
+/// Where and how often the live models save snapshots: every `every_events` new
+/// events, and at once after a user's deletion.
 #[derive(Debug, Clone)]
 pub struct SnapshotPolicy {
     pub path: PathBuf,
@@ -255,7 +259,10 @@ async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>, p
             models.checkpoint()
         };
         live.checkpoint.send_replace(checkpoint);
-        if let Some(p) = policy.as_ref().filter(|p| checkpoint - saved_at >= p.every_events) {
+        // A deleted user's data leaves the models when they fold `user.deleted`: rewrite the
+        // snapshot then, so the file on disk does not keep it until the next periodic save.
+        let erased = batch.iter().any(|e| e.event_type == ERASES);
+        if let Some(p) = policy.as_ref().filter(|p| erased || checkpoint - saved_at >= p.every_events) {
             match live.save_snapshot(&p.path).await {
                 Ok(at) => saved_at = at,
                 Err(e) => tracing::warn!(path = %p.path.display(), error = %e, "cannot save snapshot"),

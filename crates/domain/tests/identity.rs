@@ -667,3 +667,30 @@ async fn values_reserved_before_keyed_ids_stay_taken_until_released() {
     let streams: Vec<String> = events_of(b.id.store()).await.into_iter().map(|(s, _, _)| s).collect();
     assert!(streams.contains(&Reservation::of(&b.secrets, "email", "old@example.com").unwrap().keyed.to_string()));
 }
+
+/// The snapshot on disk is rewritten when a user is deleted: it no longer holds the
+/// user's data, without waiting for the next periodic save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_user_rewrites_the_snapshot_without_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("events.db").display())).await.unwrap();
+    let path = dir.path().join("read-models.snap");
+    let policy = SnapshotPolicy { path: path.clone(), every_events: 1_000_000 };
+    let live = LiveModels::open(store.clone(), Some(policy)).await;
+    let id = Identity::new(store, live.clone(), SecretBox::random(), test_config()).unwrap();
+    let c = ctx("198.51.100.10");
+    let reg = id.register(&c, registration("Forget.Me@Example.com", "forget_me")).await.unwrap();
+    live.wait_for(reg.position, Duration::from_secs(10)).await.unwrap();
+    live.save_snapshot(&path).await.unwrap();
+    let holds = |needle: &str| std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(holds("forget_me") && holds("Forget.Me@Example.com"), "the snapshot holds the user before");
+    let deleted = id.delete_user(&c, reg.user_id, "asked to leave").await.unwrap();
+    live.wait_for(deleted, Duration::from_secs(10)).await.unwrap();
+    // Saved off the fold's path: wait for the file, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while holds("forget_me") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!holds("forget_me") && !holds("Forget.Me@Example.com"), "the rewritten snapshot forgets the user");
+}
