@@ -7,6 +7,9 @@
 //! password and MFA material blanked and the client IP and user agent dropped from
 //! the metadata. Replaying afterwards yields the same read models as before (they
 //! forget the same data when they fold `user.deleted`), so digests still agree.
+//! What the user did on other streams (an administrator's role changes) keeps its
+//! payload and loses its client IP and user agent. Device ids and free-text reasons
+//! are blanked too.
 //! Email and username reservations hold only keyed hashes (and, from before keyed
 //! ids, bare ones, whose stream ids cannot be rewritten); their metadata is redacted too.
 
@@ -44,6 +47,15 @@ pub fn redacted(event: &Event) -> Option<Event> {
             ..e.clone()
         }),
         Event::SuspiciousActivity(e) => Event::SuspiciousActivity(SuspiciousActivity { details: vec![], ..e.clone() }),
+        // Devices and free-text reasons say something about the person too.
+        Event::UserLoginSucceeded(e) => Event::UserLoginSucceeded(UserLoginSucceeded { device_id: None, ..e.clone() }),
+        Event::SessionStarted(e) => Event::SessionStarted(SessionStarted { device_id: None, ..e.clone() }),
+        Event::UserLoginFailed(e) => Event::UserLoginFailed(UserLoginFailed { reason: String::new(), ..e.clone() }),
+        Event::UserStatusChanged(e) => {
+            Event::UserStatusChanged(UserStatusChanged { reason: String::new(), ..e.clone() })
+        }
+        Event::UserDeleted(e) => Event::UserDeleted(UserDeleted { reason: String::new(), ..e.clone() }),
+        Event::SessionRevoked(e) => Event::SessionRevoked(SessionRevoked { reason: String::new(), ..e.clone() }),
         _ => return None,
     })
 }
@@ -59,6 +71,41 @@ impl Identity {
         let mut changed = 0;
         for s in streams {
             changed += self.redact_stream(s).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Drops the client address and user agent from the metadata of what `user_id` did
+    /// on streams other than `erased` (e.g. an administrator's role changes): one pass
+    /// over the log. Returns how many events changed.
+    pub(crate) async fn erase_actions_elsewhere(&self, user_id: uuid::Uuid, erased: &[StreamId]) -> Result<usize> {
+        let actor = format!("user:{user_id}");
+        let mut by_stream: std::collections::BTreeMap<String, Vec<Redaction>> = Default::default();
+        let mut from = 1;
+        loop {
+            let page = self.store.read_all(from, 1000).await?;
+            let Some(last) = page.last() else { break };
+            from = last.position + 1;
+            for recorded in page {
+                let m = &recorded.metadata;
+                let theirs = m.actor.as_deref() == Some(actor.as_str());
+                if !theirs || (m.client_ip.is_none() && m.user_agent.is_none()) {
+                    continue;
+                }
+                if erased.iter().any(|s| s.as_str() == recorded.stream_id) {
+                    continue;
+                }
+                let redaction = Redaction {
+                    position: recorded.position,
+                    payload: recorded.payload.clone(),
+                    metadata: redacted_metadata(m),
+                };
+                by_stream.entry(recorded.stream_id).or_default().push(redaction);
+            }
+        }
+        let mut changed = 0;
+        for (s, redactions) in by_stream {
+            changed += self.store.redact(&StreamId::new(s)?, redactions).await?;
         }
         Ok(changed)
     }

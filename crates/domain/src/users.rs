@@ -407,6 +407,7 @@ impl Identity {
             streams.push(stream("session", session)?);
         }
         self.erase_personal_data(&streams).await?;
+        self.erase_actions_elsewhere(user_id, &streams).await?;
         Ok(revoked.max(r.position))
     }
 

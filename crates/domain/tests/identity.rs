@@ -431,8 +431,23 @@ async fn deleting_a_user_frees_its_names_ends_its_sessions_and_forgets_its_data(
     let w = world().await;
     let c = ctx("10.0.0.1");
     let reg = w.id.register(&c, registration("gone@example.com", "gone")).await.unwrap();
-    let grant = w.id.login(&c, login("gone", "correct horse battery")).await.unwrap();
-    let position = w.id.delete_user(&RequestContext::service("admin"), reg.user_id, "user request").await.unwrap();
+    let _ = w.id.login(&c, login("gone", "not the password")).await;
+    let on_device = LoginRequest { device_id: Some("device-of-gone".into()), ..login("gone", "correct horse battery") };
+    let grant = w.id.login(&c, on_device).await.unwrap();
+    // What the user did elsewhere (as an administrator would) carries where they were.
+    let own = c.clone().as_user(reg.user_id);
+    let role = RoleSpec {
+        role_id: "gone_made_this".into(),
+        display_name: "Made by gone".into(),
+        description: String::new(),
+        priority: 0,
+    };
+    w.id.create_role(&own, role).await.unwrap();
+    w.id.set_status(&RequestContext::service("admin"), reg.user_id, UserStatus::Suspended, "note: moved to Lyon")
+        .await
+        .unwrap();
+    let position =
+        w.id.delete_user(&RequestContext::service("admin"), reg.user_id, "user request: moved to Lyon").await.unwrap();
     let (by_email, view, sessions_active) =
         w.id.read(Some(position), |m| {
             (
@@ -453,7 +468,17 @@ async fn deleting_a_user_frees_its_names_ends_its_sessions_and_forgets_its_data(
     ));
     // Nothing personal is left in the log: not in payloads, not in metadata.
     let log = format!("{:?}", events_of(w.id.store()).await);
-    for secret in ["gone@example.com", "\"gone\"", "Ada", "$argon2id", "10.0.0.1", "identity-test/1"] {
+    for secret in [
+        "gone@example.com",
+        "\"gone\"",
+        "Ada",
+        "$argon2id",
+        "10.0.0.1",
+        "identity-test/1",
+        "device-of-gone",
+        "Lyon",
+        "bad_password",
+    ] {
         assert!(!log.contains(secret), "{secret} is still in the log");
     }
     // Replaying the redacted log gives the same read models as following it live.

@@ -181,10 +181,12 @@ impl Audit {
             Event::UserLoginSucceeded(e) => (true, e.risk_score, None),
             Event::UserLoginFailed(e) => (false, e.risk_score, Some(intern(&mut self.interned, &e.reason))),
             Event::UserDeleted(_) => {
-                // Where a deleted user logged in from is personal data: forget it (the log forgets it too).
+                // Where a deleted user logged in from, and why logins failed, are personal
+                // data: forget them (the log forgets them too).
                 for login in &mut audit.logins {
                     login.client_ip = None;
                     login.user_agent = None;
+                    login.failure_reason = None;
                 }
                 return;
             }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 const MAGIC: &[u8; 8] = b"P21SNAP\0";
-/// Bump when any read-model struct changes shape: older snapshots are then discarded.
-pub const SNAPSHOT_FORMAT: u16 = 3;
+/// Bump when any read-model struct changes shape or a fold changes what it keeps: older
+/// snapshots are then discarded (and the models replay once).
+pub const SNAPSHOT_FORMAT: u16 = 4;
 
 /// Why a snapshot could not be used. Never fatal: the caller replays instead.
 #[derive(Debug, thiserror::Error)]
