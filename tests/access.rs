@@ -264,6 +264,27 @@ async fn call(channel: &tonic::transport::Channel, path: &str, body: Vec<u8>, to
     result.err().unwrap_or_else(|| Status::ok(""))
 }
 
+/// Sends one message on a bidirectional stream: the status the stream ends with, and
+/// how many replies came before it.
+async fn call_streaming(channel: &tonic::transport::Channel, path: &str, body: Vec<u8>) -> (Status, usize) {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
+    let request = tonic::Request::new(tokio_stream::once(body));
+    let mut stream = match grpc.streaming(request, path, Raw).await {
+        Ok(response) => response.into_inner(),
+        Err(s) => return (s, 0),
+    };
+    let mut replies = 0;
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => replies += 1,
+            Ok(None) => return (Status::ok(""), replies),
+            Err(s) => return (s, replies),
+        }
+    }
+}
+
 /// Refused by the access layer (rather than answered by the method).
 fn refused(s: &Status) -> bool {
     matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
@@ -960,6 +981,31 @@ async fn malformed_and_oversized_messages_are_refused_by_every_method() {
         let s = call(&channel, path, oversized.clone(), Some(token)).await;
         assert_eq!(s.code(), Code::ResourceExhausted, "{path} with 5 MiB: {}", s.message());
         checked += 1;
+    }
+    // A well-formed reflection request is answered, so the replies counted below are real.
+    let list = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let (s, replies) = call_streaming(&channel, ALSO_PUBLIC[1], list.encode_to_vec()).await;
+    assert_eq!((s.code(), replies), (Code::Ok, 1), "{}", s.message());
+    // The reflection services (tonic-reflection's, not ours) stream both ways and drop a
+    // request that does not decode: the stream ends, OK, with no reply (tonic-reflection
+    // does not pass the decode error on). Never a reply to garbage, never INTERNAL.
+    for path in &ALSO_PUBLIC[1..] {
+        for (i, body) in MALFORMED.iter().map(|b| b.to_vec()).chain([oversized.clone()]).enumerate() {
+            let (s, replies) = call_streaming(&channel, path, body).await;
+            assert_eq!(replies, 0, "{path} answered malformed input #{i}");
+            assert!(
+                matches!(s.code(), Code::Ok | Code::InvalidArgument | Code::ResourceExhausted),
+                "{path} with input #{i}: {:?} {}",
+                s.code(),
+                s.message()
+            );
+            checked += 1;
+        }
     }
     assert!(checked > 200, "{checked}");
     // Still serving.
