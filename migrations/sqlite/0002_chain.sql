@@ -9,3 +9,12 @@ CREATE TABLE IF NOT EXISTS redactions (
     content_digest BLOB    NOT NULL,
     redacted_at    INTEGER NOT NULL -- microseconds since the Unix epoch, UTC
 );
+
+-- The last position and its link, as the writer recorded them with its commit (the
+-- position alone is max(position), which deleting the last events would move back): a
+-- walk that ends before it, or a writer that finds the log shorter, reports the cut.
+CREATE TABLE IF NOT EXISTS chain_head (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    position INTEGER NOT NULL,
+    link     BLOB    NOT NULL
+);

@@ -212,8 +212,10 @@ pub async fn verify(
     mut progress: impl FnMut(u64),
 ) -> Result<Verified, VerifyError> {
     let from = from.max(1);
-    // Events may only be added while the walk runs: everything up to this head must be there.
-    let head = store.head_position().await?;
+    // Events may only be added while the walk runs: everything up to this head must be
+    // there, and the head's link must be the one its writer recorded.
+    let recorded = store.chain_head().await?;
+    let head = store.head_position().await?.max(recorded.map_or(0, |(p, _)| p));
     let mut verifier = if from == 1 {
         Verifier::new()
     } else {
@@ -240,6 +242,17 @@ pub async fn verify(
         let page = store.read_chain(verifier.next_position(), PAGE).await?;
         for record in &page {
             verifier.check(record)?;
+            if let Some((position, link)) = recorded.filter(|(p, _)| *p == record.position) {
+                if record.link != Some(link) {
+                    return Err(ChainBreak {
+                        position,
+                        reason: "the link differs from the one the writer recorded for the head: the events \
+                                 up to here were replaced and their links recomputed"
+                            .into(),
+                    }
+                    .into());
+                }
+            }
         }
         progress(verifier.next_position() - 1);
         if page.len() < PAGE {

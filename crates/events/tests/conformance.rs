@@ -929,6 +929,8 @@ mod chain_tampering {
         let (at, reason) = broken_at(&*db(), "DELETE FROM events WHERE position = 2", |_| vec![]).await;
         assert_eq!(at, 2, "a deleted event");
         assert!(reason.contains("found 3"), "{reason}");
+        let (at, reason) = broken_at(&*db(), "DELETE FROM events WHERE position = 6", |_| vec![]).await;
+        assert_eq!(at, 6, "the last event deleted: {reason}");
         let (at, _) =
             broken_at(&*db(), "UPDATE events SET chain_hash = $1 WHERE position = 5", |_| vec![7u8; 32]).await;
         assert_eq!(at, 5, "a replaced link");
@@ -940,6 +942,60 @@ mod chain_tampering {
         )
         .await;
         assert_eq!(at, 3, "a forged redaction record");
+    }
+
+    /// The last event replaced and its link recomputed, as someone who knows the scheme
+    /// would: the link the writer recorded for the head gives it away.
+    async fn a_recomputed_last_link_is_found(db: &dyn Database) {
+        let store = db.store().await;
+        store.append(&stream("user"), ExpectedVersion::Any, batch(3)).await.unwrap();
+        let mut last = store.read_all(3, 1).await.unwrap().remove(0);
+        let before = store.read_chain(2, 1).await.unwrap().remove(0).link.unwrap();
+        last.payload = EventData::new(&Event::UserEmailVerified(UserEmailVerified { user_id: Uuid::nil() }), meta())
+            .unwrap()
+            .payload;
+        let content = chain::content_digest(
+            &last.event_id,
+            &last.stream_id,
+            last.stream_version,
+            &last.event_type,
+            last.schema_version,
+            last.recorded_at,
+            &last.metadata.encode(),
+            &last.payload,
+        );
+        db.execute("UPDATE events SET payload = $1 WHERE position = 3", last.payload.clone()).await;
+        db.execute("UPDATE events SET chain_hash = $1 WHERE position = 3", chain::link(&before, 3, &content).to_vec())
+            .await;
+        match chain::verify(&*db.store().await, 1, |_| {}).await {
+            Err(VerifyError::Break(b)) => assert_eq!(b.position, 3, "{b}"),
+            other => panic!("expected a break at the head, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_a_recomputed_last_link_is_found() {
+        a_recomputed_last_link_is_found(&Sqlite(tempfile::tempdir().unwrap())).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_a_recomputed_last_link_is_found() {
+        a_recomputed_last_link_is_found(&Postgres(format!("p21t_{}", Uuid::new_v4().simple()))).await
+    }
+
+    /// A writer does not append to a SQLite log whose last events were deleted behind its
+    /// back (it would chain new events onto the cut and hide it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_refuses_to_append_to_a_log_cut_short() {
+        let db = Sqlite(tempfile::tempdir().unwrap());
+        let store = db.store().await;
+        store.append(&stream("user"), ExpectedVersion::Any, batch(3)).await.unwrap();
+        drop(store);
+        db.execute("DELETE FROM events WHERE position = 3", vec![]).await;
+        let store = db.store().await;
+        let err = store.append(&stream("user"), ExpectedVersion::Any, batch(1)).await.unwrap_err();
+        assert!(err.to_string().contains("events were removed from its end"), "{err}");
+        assert_eq!(store.head_position().await.unwrap(), 2, "nothing was appended");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

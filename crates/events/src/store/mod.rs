@@ -62,6 +62,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// had before (see [`crate::chain`]).
     async fn read_chain(&self, from_position: u64, limit: usize) -> Result<Vec<ChainRecord>, StoreError>;
 
+    /// The last position and its link as the log's writer recorded them with its commit
+    /// (`None` for an empty log): a walk of the chain that ends before it, or finds
+    /// another link there, has found events removed from the end or replaced.
+    async fn chain_head(&self) -> Result<Option<(u64, crate::chain::Digest)>, StoreError>;
+
     /// The position of the last committed event (0 for an empty log).
     async fn head_position(&self) -> Result<u64, StoreError>;
 

@@ -732,6 +732,19 @@ impl EventStore for PostgresStore {
         .map_err(db_err)
     }
 
+    async fn chain_head(&self) -> Result<Option<(u64, Digest)>, StoreError> {
+        let (position, link): (i64, Option<Vec<u8>>) =
+            sqlx::query_as("SELECT position, chain_hash FROM log_head").fetch_one(&self.pool).await.map_err(db_err)?;
+        let position = position as u64;
+        if position == 0 {
+            return Ok(None);
+        }
+        match chain::as_digest(link.as_deref()) {
+            Some(link) => Ok(Some((position, link))),
+            None => Err(StoreError::Corrupt { position, reason: "the recorded head has no 32-byte link".into() }),
+        }
+    }
+
     async fn head_position(&self) -> Result<u64, StoreError> {
         let head: i64 =
             sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&self.pool).await.map_err(db_err)?;

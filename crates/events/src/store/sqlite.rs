@@ -214,6 +214,24 @@ fn link_at(conn: &Connection, position: u64) -> rusqlite::Result<Digest> {
     })
 }
 
+/// The head the writer last recorded with its link (`None` before the first event).
+fn recorded_head(conn: &Connection) -> rusqlite::Result<Option<(u64, Option<Digest>)>> {
+    conn.prepare_cached("SELECT position, link FROM chain_head WHERE id = 1")?
+        .query_row([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, chain::as_digest(r.get::<_, Option<Vec<u8>>>(1)?.as_deref())))
+        })
+        .optional()
+}
+
+fn record_head(conn: &Connection, position: u64, link: &Digest) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO chain_head (id, position, link) VALUES (1, ?1, ?2) \
+         ON CONFLICT (id) DO UPDATE SET position = excluded.position, link = excluded.link",
+    )?
+    .execute(params![position as i64, link.as_slice()])
+    .map(|_| ())
+}
+
 /// Links the events a file recorded before it had a chain, in position order (run once,
 /// by the migration that adds the chain).
 fn link_unchained(conn: &Connection) -> rusqlite::Result<()> {
@@ -225,6 +243,10 @@ fn link_unchained(conn: &Connection) -> rusqlite::Result<()> {
         let (position, content) = row_content(row)?;
         previous = chain::link(&previous, position, &content);
         update.execute(params![previous.as_slice(), position as i64])?;
+    }
+    let head = query_head(conn)?;
+    if head > 0 {
+        record_head(conn, head, &previous)?;
     }
     Ok(())
 }
@@ -292,12 +314,9 @@ fn run_writer(
     group: bool,
     tail: Arc<Tail>,
 ) {
-    let known_head = *head_tx.borrow();
-    // Read again in the first transaction if this fails (the head then differs).
-    let (known_head, known_link) = match link_at(&conn, known_head) {
-        Ok(link) => (known_head, link),
-        Err(_) => (u64::MAX, chain::GENESIS),
-    };
+    // Unknown until the first group reads them in its transaction (and checks the log
+    // against the head its last writer recorded).
+    let (known_head, known_link) = (u64::MAX, chain::GENESIS);
     let mut writer = Writer { conn, versions: HashMap::new(), known_head, known_link };
     let mut carried = None;
     loop {
@@ -334,6 +353,7 @@ fn run_writer(
                     BatchError::Commit(e) => format!(
                         "commit failed ({e}); the events may be recorded: retry with the same event ids, which is idempotent"
                     ),
+                    BatchError::Damaged(reason) => format!("nothing was written: {reason}"),
                 };
                 for request in batch {
                     let _ = request.reply.send(Err(db_err(&message)));
@@ -376,6 +396,8 @@ enum BatchError {
     RolledBack(String),
     /// The COMMIT itself failed: the batch may or may not be on disk.
     Commit(rusqlite::Error),
+    /// The log was changed behind the store's back; nothing is appended to it.
+    Damaged(String),
 }
 
 impl From<rusqlite::Error> for BatchError {
@@ -394,6 +416,17 @@ impl Writer {
             versions.clear();
         }
         let mut link = if head == *known_head { *known_link } else { link_at(&tx, head)? };
+        if head != *known_head {
+            // Another writer, or this writer's first group: the log must not be shorter than the head
+            // its last writer recorded (events deleted from the end behind the store's back).
+            if let Some((recorded, _)) = recorded_head(&tx)?.filter(|(p, _)| *p > head) {
+                return Err(BatchError::Damaged(format!(
+                    "the log ends at position {head}, but its writer recorded position {recorded}: \
+                     events were removed from its end (perfect21 events verify names the break)"
+                )));
+            }
+        }
+        let start = head;
         let recorded_at = to_micros(chrono::Utc::now());
         let mut results = Vec::with_capacity(batch.len());
         let mut fresh = Vec::new();
@@ -428,6 +461,9 @@ impl Writer {
                 tx.prepare_cached("RELEASE append")?.execute([])?;
             }
             results.push(outcome);
+        }
+        if head != start {
+            record_head(&tx, head, &link)?;
         }
         tx.commit().map_err(BatchError::Commit)?;
         *known_head = head;
@@ -639,6 +675,17 @@ impl EventStore for SqliteStore {
             rows.collect()
         })
         .await
+    }
+
+    async fn chain_head(&self) -> Result<Option<(u64, Digest)>, StoreError> {
+        let recorded = self.with_reader(recorded_head).await?;
+        match recorded {
+            None => Ok(None),
+            Some((position, Some(link))) => Ok(Some((position, link))),
+            Some((position, None)) => {
+                Err(StoreError::Corrupt { position, reason: "the recorded head has no 32-byte link".into() })
+            }
+        }
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
