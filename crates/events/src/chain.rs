@@ -201,7 +201,7 @@ pub enum VerifyError {
 }
 
 /// Events one read of a walk takes.
-const PAGE: usize = 2000;
+pub const PAGE: usize = 2000;
 
 /// Checks every link from `from` (1: the start of the log) up to the head as it is when
 /// the walk reaches it; `progress` is called with the last position checked after each

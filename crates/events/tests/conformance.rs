@@ -46,9 +46,13 @@ async fn sqlite_log() -> TestLog {
     }
 }
 
+/// The PostgreSQL server the suite uses.
+fn postgres_url() -> String {
+    std::env::var("PERFECT21_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
 async fn postgres_log() -> TestLog {
-    let url = std::env::var("PERFECT21_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let url = postgres_url();
     let schema = format!("p21t_{}", Uuid::new_v4().simple());
     TestLog {
         open: Box::new(move || {
@@ -675,7 +679,7 @@ mod postgres_settings {
     use super::*;
 
     fn url() -> String {
-        std::env::var("PERFECT21_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+        postgres_url()
     }
 
     fn with_query(url: &str, query: &str) -> String {
@@ -875,8 +879,7 @@ mod chain_tampering {
 
     impl Postgres {
         fn url() -> String {
-            std::env::var("PERFECT21_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+            postgres_url()
         }
     }
 

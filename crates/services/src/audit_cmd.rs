@@ -32,19 +32,6 @@ pub enum AuditCommand {
     },
 }
 
-/// The server secret, if the keys directory has one (this command only reads: it
-/// creates nothing).
-fn server_secret(keys_dir: &std::path::Path) -> anyhow::Result<Option<perfect21_domain::secrets::SecretBox>> {
-    let path = keys_dir.join("secret.key");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let key: [u8; 32] =
-        bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?;
-    Ok(Some(perfect21_domain::secrets::SecretBox::new(key)))
-}
-
 fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -65,7 +52,7 @@ fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
 pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     let AuditCommand::User { user, store, since, types, limit, json, keys_dir } = command;
     let keys_dir = keys_dir.unwrap_or_else(|| store.data_dir.join("keys"));
-    let secrets = server_secret(&keys_dir)?;
+    let secrets = crate::server::tokens::read_secret(&keys_dir)?.map(perfect21_domain::secrets::SecretBox::new);
     let filter = AuditFilter { since: since.as_deref().map(parse_since).transpose()?, types, limit };
     let store = store.open_existing().await?;
     let user_id = resolve_user(store.as_ref(), secrets.as_ref(), &user).await?.with_context(|| match &secrets {

@@ -2,14 +2,12 @@
 //! start-up, then follows the head, so `/status` can say how far the log is proven
 //! unedited and `/metrics` can alert on a break.
 
-use perfect21_events::chain::{self, ChainBreak, Verifier};
+use perfect21_events::chain::{self, ChainBreak, Verifier, PAGE};
 use perfect21_events::EventStore;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Events one read of the walk takes.
-const PAGE: usize = 2000;
 /// The walk follows the head at most this often, so that a burst of appends costs one read.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// The walk looks for commits the head watch did not announce this often.

@@ -315,15 +315,25 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// The server's 32-byte secret (seals TOTP secrets, derives verification tokens):
 /// `<keys>/secret.key`, created on first start. Every replica needs the same one.
 pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    if let Some(key) = read_secret(dir)? {
+        return Ok(key);
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    write_private(&dir.join("secret.key"), &key)?;
+    Ok(key)
+}
+
+/// The server secret in `dir`, if there is one (commands that only read create nothing).
+pub fn read_secret(dir: &Path) -> anyhow::Result<Option<[u8; 32]>> {
     let path = dir.join("secret.key");
     if !path.exists() {
-        std::fs::create_dir_all(dir)?;
-        let mut key = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-        write_private(&path, &key)?;
+        return Ok(None);
     }
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))
+    let key = bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?;
+    Ok(Some(key))
 }
 
 #[cfg(test)]
