@@ -28,7 +28,29 @@ fn start_writers(url: &str, n: usize) -> Vec<Child> {
         .collect()
 }
 
-async fn follow_while_writing(store: Arc<dyn EventStore>, url: &str) {
+/// Waits for whatever the killed writers left behind to settle before the head is read. `None` on
+/// SQLite, where a killed writer's transaction dies with it; on PostgreSQL, a COMMIT the server
+/// already received completes after the client is gone, so the test waits until every server
+/// session of the writers (named by `application_name`) has ended.
+type Settle = Option<(sqlx::PgPool, String)>;
+
+async fn settle(settle: &Settle) {
+    let Some((pool, name)) = settle else { return };
+    for _ in 0..200 {
+        let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(name)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the killed writers' PostgreSQL sessions did not end");
+}
+
+async fn follow_while_writing(store: Arc<dyn EventStore>, url: &str, after_kill: Settle) {
     let mut sub = subscribe_all(store.clone(), 1);
     let mut writers = start_writers(url, 3);
     let mut seen = Vec::new();
@@ -41,6 +63,7 @@ async fn follow_while_writing(store: Arc<dyn EventStore>, url: &str) {
         w.kill().unwrap();
         w.wait().unwrap();
     }
+    settle(&after_kill).await;
     let head = store.head_position().await.unwrap();
     while (seen.len() as u64) < head {
         let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("stalled").unwrap();
@@ -58,8 +81,9 @@ async fn postgres_subscriber_sees_every_event_of_racing_processes() {
     let schema = format!("p21t_{}", Uuid::new_v4().simple());
     let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema)).await.unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    follow_while_writing(Arc::new(store), &url).await;
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
+    let watcher = sqlx::PgPool::connect(&base).await.unwrap();
+    follow_while_writing(Arc::new(store), &url, Some((watcher, schema))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,5 +91,5 @@ async fn sqlite_subscriber_sees_every_event_of_racing_processes() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("events.db").display());
     let store = perfect21_events::store::open(&url).await.unwrap();
-    follow_while_writing(store, &url).await;
+    follow_while_writing(store, &url, None).await;
 }
