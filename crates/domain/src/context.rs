@@ -81,6 +81,7 @@ impl RequestContext {
             client_ip: self.client_ip.clone(),
             user_agent: self.user_agent.clone(),
             traceparent: self.traceparent.clone(),
+            sealed: None,
         }
     }
 }

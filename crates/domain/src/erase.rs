@@ -1,84 +1,72 @@
-//! Erasing a deleted user's personal data from the log.
+//! Erasing a deleted user's personal data.
 //!
-//! The log is append-only with one exception: after `user.deleted`, every event
-//! of the user's stream and of its sessions is rewritten in place
+//! Events are sealed as they are appended ([`perfect21_events::seal`]): the user's
+//! names, email, username, phone, device ids, free-text reasons, password and MFA
+//! material, and the client address and user agent of what they did, are encrypted
+//! with their data key. Erasing deletes that key and records `user.erased`: from then
+//! on every copy of the log reads as the tombstone (those fields blanked), and no
+//! recorded byte changes, so the chain still verifies without a redaction.
+//!
+//! Events recorded before sealing hold personal fields in clear. For those (only),
+//! the erasure falls back to rewriting them in place
 //! ([`EventStore::redact`](perfect21_events::EventStore::redact)) with the same
-//! type, version, id and position, but with names, email, username, phone,
-//! password and MFA material blanked and the client IP and user agent dropped from
-//! the metadata. Replaying afterwards yields the same read models as before (they
-//! forget the same data when they fold `user.deleted`), so digests still agree.
-//! What the user did on other streams (an administrator's role changes) keeps its
-//! payload and loses its client IP and user agent. Device ids and free-text reasons
-//! are blanked too.
+//! type, version, id and position and the same fields blanked; a backend that cannot
+//! rewrite refuses the erasure with an error that says so. Replaying afterwards yields
+//! the same read models as before (they forget the same data when they fold
+//! `user.deleted`), so digests still agree.
 //! Email and username reservations hold only keyed hashes (and, from before keyed
-//! ids, bare ones, whose stream ids cannot be rewritten); their metadata is redacted too.
+//! ids, bare ones, whose stream ids cannot be rewritten).
 
 use crate::error::Result;
 use crate::Identity;
-use perfect21_events::catalog::*;
-use perfect21_events::{Event, Metadata, RecordedEvent, Redaction, StreamId};
-
-/// The event with its personal data blanked; `None` if it holds none.
-pub fn redacted(event: &Event) -> Option<Event> {
-    Some(match event {
-        Event::UserRegistered(e) => Event::UserRegistered(UserRegistered {
-            email: String::new(),
-            username: String::new(),
-            first_name: None,
-            last_name: None,
-            phone_number: None,
-            password_hash: String::new(),
-            verification_token_hash: String::new(),
-            ..e.clone()
-        }),
-        Event::UserProfileUpdated(e) => Event::UserProfileUpdated(UserProfileUpdated {
-            user_id: e.user_id,
-            first_name: None,
-            last_name: None,
-            phone_number: None,
-            profile: vec![],
-        }),
-        Event::UserPasswordChanged(e) => {
-            Event::UserPasswordChanged(UserPasswordChanged { password_hash: String::new(), ..e.clone() })
-        }
-        Event::UserMfaEnabled(e) => Event::UserMfaEnabled(UserMfaEnabled {
-            secret_ciphertext: vec![],
-            recovery_code_hashes: vec![],
-            ..e.clone()
-        }),
-        Event::SuspiciousActivity(e) => Event::SuspiciousActivity(SuspiciousActivity { details: vec![], ..e.clone() }),
-        // Devices and free-text reasons say something about the person too.
-        Event::UserLoginSucceeded(e) => Event::UserLoginSucceeded(UserLoginSucceeded { device_id: None, ..e.clone() }),
-        Event::SessionStarted(e) => Event::SessionStarted(SessionStarted { device_id: None, ..e.clone() }),
-        Event::UserLoginFailed(e) => Event::UserLoginFailed(UserLoginFailed { reason: String::new(), ..e.clone() }),
-        Event::UserStatusChanged(e) => {
-            Event::UserStatusChanged(UserStatusChanged { reason: String::new(), ..e.clone() })
-        }
-        Event::UserDeleted(e) => Event::UserDeleted(UserDeleted { reason: String::new(), ..e.clone() }),
-        Event::SessionRevoked(e) => Event::SessionRevoked(SessionRevoked { reason: String::new(), ..e.clone() }),
-        _ => return None,
-    })
-}
+use perfect21_events::catalog::personal::blanked;
+use perfect21_events::{Metadata, RecordedEvent, Redaction, StreamId};
 
 fn redacted_metadata(m: &Metadata) -> Metadata {
     Metadata { client_ip: None, user_agent: None, ..m.clone() }
 }
 
 impl Identity {
-    /// Rewrites the personal data out of the streams of a deleted user (its own,
-    /// its reservations', its sessions'); returns how many events changed.
-    pub(crate) async fn erase_personal_data(&self, streams: &[StreamId]) -> Result<usize> {
-        let mut changed = 0;
+    /// Erases a deleted user: deletes their data key, records `user.erased`, and
+    /// rewrites in place what of their streams (their own, their reservations', their
+    /// sessions') and of their actions elsewhere was recorded before sealing.
+    pub(crate) async fn erase_user(
+        &self,
+        ctx: &crate::RequestContext,
+        user_id: uuid::Uuid,
+        streams: &[StreamId],
+    ) -> Result<u64> {
+        self.store.erase_subject(user_id).await?;
+        let erased = perfect21_events::Event::UserErased(perfect21_events::catalog::UserErased { user_id });
+        let r = self.append(ctx, &streams[0], perfect21_events::ExpectedVersion::StreamExists, &[erased]).await?;
+        let mut plan = Vec::new();
         for s in streams {
-            changed += self.redact_stream(s).await?;
+            plan.push((s.clone(), self.stream_redactions(s).await?));
         }
-        Ok(changed)
+        plan.extend(self.redactions_elsewhere(user_id, streams).await?);
+        plan.retain(|(_, redactions)| !redactions.is_empty());
+        if !plan.is_empty() && !self.store.rewrites_in_place() {
+            let events: usize = plan.iter().map(|(_, r)| r.len()).sum();
+            return Err(crate::DomainError::FailedPrecondition(format!(
+                "user {user_id} was erased for every event sealed with their key, but {events} events recorded \
+                 before sealing hold their data in clear and the {} log cannot rewrite events in place",
+                self.store.backend()
+            )));
+        }
+        for (s, redactions) in plan {
+            self.store.redact(&s, redactions).await?;
+        }
+        Ok(r.position)
     }
 
-    /// Drops the client address and user agent from the metadata of what `user_id` did
-    /// on streams other than `erased` (e.g. an administrator's role changes): one pass
-    /// over the log. Returns how many events changed.
-    pub(crate) async fn erase_actions_elsewhere(&self, user_id: uuid::Uuid, erased: &[StreamId]) -> Result<usize> {
+    /// What drops the client address and user agent from the metadata of what `user_id`
+    /// did on streams other than `erased` (e.g. an administrator's role changes), where it
+    /// was recorded in clear: one pass over the log.
+    async fn redactions_elsewhere(
+        &self,
+        user_id: uuid::Uuid,
+        erased: &[StreamId],
+    ) -> Result<Vec<(StreamId, Vec<Redaction>)>> {
         let actor = format!("user:{user_id}");
         let mut by_stream: std::collections::BTreeMap<String, Vec<Redaction>> = Default::default();
         let mut from = 1;
@@ -103,14 +91,16 @@ impl Identity {
                 by_stream.entry(recorded.stream_id).or_default().push(redaction);
             }
         }
-        let mut changed = 0;
+        let mut out = Vec::new();
         for (s, redactions) in by_stream {
-            changed += self.store.redact(&StreamId::new(s)?, redactions).await?;
+            out.push((StreamId::new(s)?, redactions));
         }
-        Ok(changed)
+        Ok(out)
     }
 
-    async fn redact_stream(&self, s: &StreamId) -> Result<usize> {
+    /// What rewrites the personal data recorded in clear out of one stream: nothing for
+    /// sealed events, which read as blanked once the key is gone.
+    async fn stream_redactions(&self, s: &StreamId) -> Result<Vec<Redaction>> {
         let mut redactions = Vec::new();
         let mut from = 0;
         loop {
@@ -119,18 +109,17 @@ impl Identity {
             from = last.stream_version + 1;
             for recorded in &page {
                 let metadata = redacted_metadata(&recorded.metadata);
-                let payload = match redacted(&recorded.decode()?) {
+                let payload = match blanked(&recorded.decode()?) {
                     // Written back in the record's own schema version.
                     Some(event) => perfect21_events::catalog::legacy::encode_as(&event, recorded.schema_version)?,
-                    None if metadata == recorded.metadata => continue,
                     None => recorded.payload.clone(),
                 };
+                if payload == recorded.payload && metadata == recorded.metadata {
+                    continue;
+                }
                 redactions.push(Redaction { position: recorded.position, payload, metadata });
             }
         }
-        if redactions.is_empty() {
-            return Ok(0);
-        }
-        Ok(self.store.redact(s, redactions).await?)
+        Ok(redactions)
     }
 }

@@ -388,7 +388,7 @@ impl Identity {
     }
 
     /// Deletes a user: records `user.deleted`, frees its email and username, ends its
-    /// sessions, and erases its personal data from the log (see [`crate::erase`]).
+    /// sessions, and erases its personal data (see [`crate::erase`]).
     #[tracing::instrument(name = "command", skip_all, fields(command = "delete_user"))]
     pub async fn delete_user(&self, ctx: &RequestContext, user_id: Uuid, reason: &str) -> Result<u64> {
         crate::context::bounded("reason", reason, crate::context::MAX_REASON)?;
@@ -406,9 +406,8 @@ impl Identity {
         for session in &state.sessions {
             streams.push(stream("session", session)?);
         }
-        self.erase_personal_data(&streams).await?;
-        self.erase_actions_elsewhere(user_id, &streams).await?;
-        Ok(revoked.max(r.position))
+        let erased = self.erase_user(ctx, user_id, &streams).await?;
+        Ok(revoked.max(erased))
     }
 
     /// Records a login that happened elsewhere (single sign-on, another system) in the user's history.

@@ -139,16 +139,34 @@ pub struct Metadata {
     pub user_agent: Option<String>,
     /// W3C `traceparent` of the request that caused the event, if any.
     pub traceparent: Option<String>,
+    /// The client address and user agent, sealed with a user's data key (see
+    /// [`crate::seal`]); only as stored: readers of a sealing store see them opened.
+    #[serde(skip)]
+    pub sealed: Option<crate::seal::Seal>,
 }
+
+/// First byte of metadata that carries a seal. Metadata without one starts with an
+/// option tag (0 or 1), as released first; its bytes never change.
+const SEALED_METADATA: u8 = 0xff;
 
 impl Metadata {
     pub fn encode(&self) -> Vec<u8> {
-        // Encoding plain strings and options into a Vec cannot fail.
-        postcard::to_stdvec(self).expect("metadata encodes")
+        // Encoding plain strings, options and byte arrays into a Vec cannot fail.
+        let fields = postcard::to_stdvec(self).expect("metadata encodes");
+        let Some(seal) = &self.sealed else { return fields };
+        let mut out = vec![SEALED_METADATA];
+        out.extend(fields);
+        out.extend(postcard::to_stdvec(seal).expect("seal encodes"));
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        postcard::from_bytes(bytes).map_err(CodecError::Metadata)
+        let Some(rest) = bytes.strip_prefix(&[SEALED_METADATA]) else {
+            return postcard::from_bytes(bytes).map_err(CodecError::Metadata);
+        };
+        let (mut metadata, seal): (Metadata, _) = postcard::take_from_bytes(rest).map_err(CodecError::Metadata)?;
+        metadata.sealed = Some(postcard::from_bytes(seal).map_err(CodecError::Metadata)?);
+        Ok(metadata)
     }
 }
 

@@ -51,6 +51,10 @@ pub enum StoreError {
     /// A redaction named a position that does not hold an event of the stream.
     #[error("position {position} does not hold an event of stream '{stream}'; nothing was redacted")]
     NotInStream { stream: String, position: u64 },
+    /// An event of a type with personal fields whose payload does not decode as its
+    /// type and version: its fields cannot be sealed, and it is not appended.
+    #[error("event {event_id} is not a valid {event_type} v{schema_version} ({reason}); its personal fields cannot be sealed, and nothing was appended")]
+    Unsealable { event_id: uuid::Uuid, event_type: String, schema_version: u16, reason: String },
     /// A store URL that this build cannot open.
     #[error("cannot open event store '{url}': {reason}")]
     InvalidUrl { url: String, reason: String },

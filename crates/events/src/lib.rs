@@ -22,6 +22,7 @@ pub mod chain;
 pub mod envelope;
 pub mod error;
 pub mod limits;
+pub mod seal;
 pub mod store;
 
 pub use catalog::Event;

@@ -9,6 +9,7 @@
 
 use perfect21_events::catalog::legacy::{UserLoginSucceededV1, UserRegisteredV1};
 use perfect21_events::catalog::*;
+use perfect21_events::seal::{Binding, DataKey, Part, Seal};
 use proptest::prelude::*;
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -200,6 +201,7 @@ fn samples() -> Vec<Event> {
         ServiceAccountDisabled { service_account_id: uid(5), reason: "decommissioned".into() }.into(),
         ServiceAccountDeleted { service_account_id: uid(5) }.into(),
         UserRegistrationAttempted { user_id: u }.into(),
+        UserErased { user_id: u }.into(),
         ClientRegistered {
             client_id: uid(6),
             name: "Wiki".into(),
@@ -270,7 +272,65 @@ fn expected() -> Vec<(&'static str, u16, Vec<u8>, Event)> {
         totp_step: None,
     };
     out.push(("user.login_succeeded", 1, postcard::to_stdvec(&login_v1).unwrap(), Event::UserLoginSucceeded(login_v2)));
+    // Sealed versions read, without their key, as the sample with its personal fields blanked.
+    for (event_type, version, bytes, sample) in sealed() {
+        out.push((event_type, version, bytes, personal::blanked(&sample).unwrap()));
+    }
     out
+}
+
+/// The key, event id and nonce the sealed fixtures were made with.
+const FIXTURE_KEY: [u8; 32] = [7; 32];
+const FIXTURE_NONCE: [u8; 24] = [9; 24];
+
+fn fixture_event_id() -> Uuid {
+    uid(0xe0)
+}
+
+fn payload_binding(event_type: &str, version: u16) -> Binding<'_> {
+    Binding { part: Part::Payload, event_id: fixture_event_id(), event_type, schema_version: version }
+}
+
+/// Every sealed version's bytes, made from the sample of the plain version it carries.
+fn sealed() -> Vec<(&'static str, u16, Vec<u8>, Event)> {
+    let key = DataKey::from_bytes(FIXTURE_KEY);
+    samples()
+        .into_iter()
+        // The session sample of v1 has no device; the sealed one has one to seal.
+        .map(|e| match e {
+            Event::SessionStarted(s) => Event::SessionStarted(SessionStarted { device_id: Some("dev-1".into()), ..s }),
+            e => e,
+        })
+        .filter_map(|e| {
+            let version = personal::sealed_version_of(e.event_type(), e.schema_version())?;
+            let plain = e.encode_payload().unwrap();
+            let binding = payload_binding(e.event_type(), version);
+            let seal = Seal::close_with_nonce(&key, e.subject().unwrap(), binding, &plain, FIXTURE_NONCE);
+            let clear = personal::blanked(&e).unwrap().encode_payload().unwrap();
+            Some((e.event_type(), version, personal::SealedPayload { clear, seal }.encode(), e))
+        })
+        .collect()
+}
+
+#[test]
+fn sealed_fixtures_open_with_their_key_to_the_whole_sample_and_hold_none_of_it_in_clear() {
+    let key = DataKey::from_bytes(FIXTURE_KEY);
+    let sealed = sealed();
+    assert_eq!(sealed.len(), personal::SEALED_VERSIONS.len(), "a sample for every sealed version");
+    for (t, v, _, sample) in sealed {
+        let golden = std::fs::read(fixture_path(t, v)).unwrap();
+        let stored = personal::SealedPayload::decode(t, v, &golden).unwrap();
+        let plain_version = personal::plain_version_of(t, v).unwrap();
+        let opened = stored.seal.open(&key, payload_binding(t, v)).expect("the fixture opens with its key");
+        assert_eq!(Event::decode(t, plain_version, &opened).unwrap(), sample, "{t} v{v}");
+        assert!(stored.seal.open(&key, payload_binding(t, plain_version)).is_none(), "bound to its version");
+        let tombstone = Event::decode(t, plain_version, &stored.clear).unwrap();
+        assert_ne!(tombstone, sample, "{t} v{v}: a sealed type has personal fields to blank");
+        for personal_value in ["ada@example.com", "Lovelace", "dev-1", "$argon2id"] {
+            let found = golden.windows(personal_value.len()).any(|w| w == personal_value.as_bytes());
+            assert!(!found, "{t} v{v} holds {personal_value} in clear");
+        }
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@
 pub mod authz;
 pub mod client;
 pub mod legacy;
+pub mod personal;
 pub mod reservation;
 pub mod security;
 pub mod service_account;
@@ -80,7 +81,9 @@ macro_rules! catalog {
                     $( ($name, $version) => return decode_as(event_type, schema_version, bytes).map(Event::$variant), )*
                     _ => {}
                 }
-                legacy::upcast(event_type, schema_version, bytes).unwrap_or_else(|| {
+                legacy::upcast(event_type, schema_version, bytes)
+                    .or_else(|| personal::read_clear(event_type, schema_version, bytes))
+                    .unwrap_or_else(|| {
                     Err(CodecError::UnknownEventType {
                         event_type: event_type.to_string(),
                         schema_version,
@@ -141,11 +144,13 @@ catalog! {
     ClientDeleted = "client.deleted" v 1,
     AuthorizationCodeIssued = "authorization_code.issued" v 1,
     AuthorizationCodeRedeemed = "authorization_code.redeemed" v 1,
+    UserErased = "user.erased" v 1,
 }
 
-/// Every (event_type, schema_version) this build can read: current and legacy.
+/// Every (event_type, schema_version) this build can read: current, legacy and sealed.
 pub fn readable_versions() -> impl Iterator<Item = (&'static str, u16)> {
-    Event::CURRENT_VERSIONS.iter().chain(legacy::LEGACY_VERSIONS).copied()
+    let sealed = personal::SEALED_VERSIONS.iter().map(|(t, s, _)| (*t, *s));
+    Event::CURRENT_VERSIONS.iter().chain(legacy::LEGACY_VERSIONS).copied().chain(sealed)
 }
 
 fn known_versions_of(event_type: &str) -> String {

@@ -143,3 +143,10 @@ pub struct UserRecoveryCodeUsed {
 pub struct UserRegistrationAttempted {
     pub user_id: Uuid,
 }
+
+/// The user's data key was deleted: every personal field sealed with it is unreadable
+/// from now on, in every copy of the log. Carries nothing personal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserErased {
+    pub user_id: Uuid,
+}

@@ -33,6 +33,7 @@ impl Event {
             | Event::UserLoginFailed(_)
             | Event::UserLoggedOut(_)
             | Event::UserDeleted(_)
+            | Event::UserErased(_)
             | Event::SessionRevoked(_)
             | Event::SessionExpired(_)
             | Event::SessionTokenRevoked(_)

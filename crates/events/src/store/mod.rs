@@ -87,6 +87,24 @@ pub trait EventStore: Send + Sync + 'static {
     fn recent(&self, _from_position: u64, _limit: usize) -> Option<Vec<RecordedEvent>> {
         None
     }
+
+    /// Deletes `subject`'s data key (see [`crate::seal`]): every field sealed with it is
+    /// unreadable from now on, in every copy of the log, with nothing rewritten. Returns
+    /// whether a key was deleted; a store that does not seal has none to delete.
+    async fn erase_subject(&self, _subject: uuid::Uuid) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Whether this store seals personal fields as it appends them.
+    fn seals(&self) -> bool {
+        false
+    }
+
+    /// Whether [`EventStore::redact`] can rewrite recorded events (an append-only
+    /// engine cannot): erasing a user whose events were recorded before sealing needs it.
+    fn rewrites_in_place(&self) -> bool {
+        true
+    }
 }
 
 /// Catch-up-then-live subscription to the whole log from `from_position` (inclusive).
@@ -155,17 +173,20 @@ pub struct StoreStats {
     pub size_bytes: Option<u64>,
 }
 
-/// Opens a store from a URL: `sqlite://<path to file>` or `postgres://…`.
+/// Opens a store from a URL: `sqlite://<path to file>` or `postgres://…`, sealing
+/// personal fields with keys kept beside it (see [`crate::seal`]).
 pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(StoreError::InvalidUrl { url: url.into(), reason: "no file path after sqlite://".into() });
         }
         let store = SqliteStore::open(SqliteConfig::new(path)).await?;
-        Ok(Arc::new(store))
+        let keys = crate::seal::SqliteKeys::open(crate::seal::SqliteKeys::path_for(store.path())).await?;
+        Ok(Arc::new(crate::seal::SealingStore::new(Arc::new(store), Arc::new(keys))))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = PostgresStore::connect(PostgresConfig::new(url)).await?;
-        Ok(Arc::new(store))
+        let keys = store.keys();
+        Ok(Arc::new(crate::seal::SealingStore::new(Arc::new(store), Arc::new(keys))))
     } else {
         Err(StoreError::InvalidUrl {
             url: url.into(),

@@ -82,6 +82,11 @@ fn valid_schema(schema: &str) -> bool {
 }
 
 impl PostgresStore {
+    /// The key store of this log's schema (see [`crate::seal`]).
+    pub fn keys(&self) -> crate::seal::PostgresKeys {
+        crate::seal::PostgresKeys::new(self.pool.clone())
+    }
+
     /// Connects, creates the schema if asked, and runs the migrations in `migrations/postgres`.
     pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl { url: redact(&config.url), reason };

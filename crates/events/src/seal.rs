@@ -1,0 +1,169 @@
+//! Crypto-shredding: personal fields are sealed with a per-subject data key when they
+//! are appended, and erasing a subject deletes its key.
+//!
+//! - A *subject* is a user ([`Event::subject`](crate::Event::subject)). Its 256-bit data
+//!   key is made with its first sealed event and kept in a [`KeyStore`], never in the log.
+//! - Payloads of types with personal fields are stored in their sealed version
+//!   ([`crate::catalog::personal`]): the plain payload encrypted with XChaCha20-Poly1305
+//!   under the subject's key, beside a copy with the personal fields blanked.
+//! - The client address and user agent in an event's metadata are sealed with the key of
+//!   the user who acted (or, when no user acted, of the event's subject).
+//! - The associated data binds each seal to its event id, type and version: a sealed
+//!   field cannot be moved onto another event.
+//!
+//! [`SealingStore`] does all of this at the store seam: writers hand it plain events
+//! and readers get plain events back (or tombstones, for erased subjects); the bytes in
+//! the log, which the chain covers, are never rewritten by an erasure.
+
+mod keys;
+mod store;
+
+pub use keys::{KeyState, KeyStore, PostgresKeys, SqliteKeys};
+pub use store::SealingStore;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A subject's 256-bit data key. Its bytes are wiped when it is dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DataKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl DataKey {
+    /// A fresh key from the operating system's random source.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        DataKey(zeroize::Zeroizing::new(bytes))
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        DataKey(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// `None` unless `bytes` is exactly 32 long.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self::from_bytes(bytes.try_into().ok()?))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(…)")
+    }
+}
+
+/// Bytes encrypted with one subject's data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// Whose key opens it.
+    pub subject: Uuid,
+    pub nonce: [u8; 24],
+    /// The plaintext encrypted, with its 16-byte tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// What a seal is bound to: the part of the event it holds, and the event.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    pub part: Part,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub schema_version: u16,
+}
+
+/// The part of an event a seal holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Payload,
+    Metadata,
+}
+
+impl Binding<'_> {
+    fn associated_data(&self) -> Vec<u8> {
+        let part: &[u8] = match self.part {
+            Part::Payload => b"perfect21 sealed payload v1\0",
+            Part::Metadata => b"perfect21 sealed metadata v1\0",
+        };
+        let mut aad = Vec::with_capacity(part.len() + 16 + 2 + self.event_type.len() + 1);
+        aad.extend_from_slice(part);
+        aad.extend_from_slice(self.event_id.as_bytes());
+        aad.extend_from_slice(&self.schema_version.to_be_bytes());
+        aad.extend_from_slice(self.event_type.as_bytes());
+        aad
+    }
+}
+
+impl Seal {
+    /// Encrypts `plaintext` for `subject` with a random nonce.
+    pub fn close(key: &DataKey, subject: Uuid, binding: Binding<'_>, plaintext: &[u8]) -> Seal {
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        Self::close_with_nonce(key, subject, binding, plaintext, nonce)
+    }
+
+    /// Encrypts with a given nonce: for fixtures only (a nonce must never repeat under one key).
+    pub fn close_with_nonce(
+        key: &DataKey,
+        subject: Uuid,
+        binding: Binding<'_>,
+        plaintext: &[u8],
+        nonce: [u8; 24],
+    ) -> Seal {
+        let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+        let aad = binding.associated_data();
+        let ciphertext = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+            // Encryption fails only for plaintexts beyond 256 GiB.
+            .expect("XChaCha20-Poly1305 encrypts");
+        Seal { subject, nonce, ciphertext }
+    }
+
+    /// The plaintext, or `None` if this key does not open the seal for this binding
+    /// (another key, another event, or altered bytes).
+    pub fn open(&self, key: &DataKey, binding: Binding<'_>) -> Option<Vec<u8>> {
+        let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+        let aad = binding.associated_data();
+        cipher.decrypt(XNonce::from_slice(&self.nonce), Payload { msg: &self.ciphertext, aad: &aad }).ok()
+    }
+}
+
+/// The sealed part of an event's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SealedMetadata {
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(event_id: Uuid) -> Binding<'static> {
+        Binding { part: Part::Payload, event_id, event_type: "user.registered", schema_version: 3 }
+    }
+
+    #[test]
+    fn a_seal_opens_only_with_its_key_for_its_event() {
+        let key = DataKey::random();
+        let id = Uuid::now_v7();
+        let seal = Seal::close(&key, Uuid::nil(), binding(id), b"ada@example.com");
+        assert_eq!(seal.open(&key, binding(id)).as_deref(), Some(&b"ada@example.com"[..]));
+        assert!(!seal.ciphertext.windows(3).any(|w| w == b"ada"));
+        assert_eq!(seal.open(&DataKey::random(), binding(id)), None, "another key");
+        assert_eq!(seal.open(&key, binding(Uuid::now_v7())), None, "another event");
+        let as_metadata = Binding { part: Part::Metadata, ..binding(id) };
+        assert_eq!(seal.open(&key, as_metadata), None, "another part");
+        let mut altered = seal.clone();
+        altered.ciphertext[0] ^= 1;
+        assert_eq!(altered.open(&key, binding(id)), None, "altered bytes");
+        let again = Seal::close(&key, Uuid::nil(), binding(id), b"ada@example.com");
+        assert_ne!(again.nonce, seal.nonce, "a fresh nonce each time");
+    }
+}

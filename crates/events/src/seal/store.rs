@@ -1,0 +1,335 @@
+//! [`SealingStore`]: seals personal fields on the way into the log and opens them on
+//! the way out.
+
+use super::{Binding, DataKey, KeyState, KeyStore, Part, Seal, SealedMetadata};
+use crate::catalog::personal::{blanked, plain_version_of, sealed_version_of, SealedPayload};
+use crate::chain::{ChainRecord, Digest};
+use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use crate::store::{EventStore, Redaction, StoreStats};
+use crate::Event;
+use async_trait::async_trait;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// An [`EventStore`] that seals personal fields with their subjects' keys from a
+/// [`KeyStore`] (see [`crate::seal`]). Readers see plain events, or tombstones (the
+/// personal fields blanked) for subjects that were erased.
+pub struct SealingStore {
+    inner: Arc<dyn EventStore>,
+    keys: Arc<dyn KeyStore>,
+    /// Keys of live subjects and the erased ones this process knows of. A subject erased
+    /// by another process is learnt from its `user.erased` event.
+    cache: Mutex<HashMap<Uuid, KeyState>>,
+}
+
+/// Whose keys seal one event: its payload's subject (if its type has personal
+/// fields) and its metadata's (if it carries a client address or user agent).
+struct Plan {
+    payload: Option<(Uuid, u16)>,
+    metadata: Option<Uuid>,
+}
+
+fn actor_user(metadata: &Metadata) -> Option<Uuid> {
+    metadata.actor.as_deref()?.strip_prefix("user:")?.parse().ok()
+}
+
+impl SealingStore {
+    pub fn new(inner: Arc<dyn EventStore>, keys: Arc<dyn KeyStore>) -> Self {
+        SealingStore { inner, keys, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The log as stored, sealed bytes and all.
+    pub fn inner(&self) -> &Arc<dyn EventStore> {
+        &self.inner
+    }
+
+    pub fn key_store(&self) -> &Arc<dyn KeyStore> {
+        &self.keys
+    }
+
+    fn plan(&self, e: &EventData) -> Result<Option<Plan>, StoreError> {
+        let sealed_version = sealed_version_of(&e.event_type, e.schema_version);
+        let identifies = e.metadata.client_ip.is_some() || e.metadata.user_agent.is_some();
+        if sealed_version.is_none() && !identifies {
+            return Ok(None);
+        }
+        let event = Event::decode(&e.event_type, e.schema_version, &e.payload);
+        let subject = match (&event, sealed_version) {
+            (Ok(event), _) => event.subject(),
+            (Err(err), Some(_)) => {
+                return Err(StoreError::Unsealable {
+                    event_id: e.event_id,
+                    event_type: e.event_type.clone(),
+                    schema_version: e.schema_version,
+                    reason: err.to_string(),
+                })
+            }
+            // A type this build does not know: its metadata is sealed for the user who acted, if one did.
+            (Err(_), None) => None,
+        };
+        Ok(Some(Plan {
+            payload: sealed_version.zip(subject).map(|(v, s)| (s, v)),
+            metadata: identifies.then(|| actor_user(&e.metadata).or(subject)).flatten(),
+        }))
+    }
+
+    /// Each subject's key state, asking the key store for those the cache lacks
+    /// (`for_append`: making keys for subjects that have none).
+    async fn resolve(&self, subjects: BTreeSet<Uuid>, for_append: bool) -> Result<HashMap<Uuid, KeyState>, StoreError> {
+        let mut known = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.cache.lock().expect("key cache");
+            for s in subjects {
+                match cache.get(&s) {
+                    Some(state) => {
+                        known.insert(s, state.clone());
+                    }
+                    None => missing.push(s),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(known);
+        }
+        let states =
+            if for_append { self.keys.keys_for_append(&missing).await? } else { self.keys.keys(&missing).await? };
+        let mut cache = self.cache.lock().expect("key cache");
+        for (s, state) in missing.into_iter().zip(states) {
+            if state != KeyState::Unknown {
+                cache.insert(s, state.clone());
+            }
+            known.insert(s, state);
+        }
+        Ok(known)
+    }
+
+    async fn seal_all(&self, events: Vec<EventData>) -> Result<Vec<EventData>, StoreError> {
+        let plans: Vec<Option<Plan>> = events.iter().map(|e| self.plan(e)).collect::<Result<_, _>>()?;
+        let subjects: BTreeSet<Uuid> =
+            plans.iter().flatten().flat_map(|p| p.payload.map(|(s, _)| s).into_iter().chain(p.metadata)).collect();
+        if subjects.is_empty() {
+            return Ok(events);
+        }
+        let keys = self.resolve(subjects, true).await?;
+        Ok(events
+            .into_iter()
+            .zip(plans)
+            .map(|(e, plan)| match plan {
+                Some(plan) => seal_one(e, &plan, &keys),
+                None => e,
+            })
+            .collect())
+    }
+
+    /// Opens what this process can from its cache; `None` if a seal needs a key it has not looked up.
+    fn open_cached(&self, records: Vec<RecordedEvent>) -> Option<Vec<RecordedEvent>> {
+        let cache = self.cache.lock().expect("key cache");
+        let mut needed = BTreeSet::new();
+        for r in &records {
+            seal_subjects(r, &mut needed);
+        }
+        if needed.iter().any(|s| !cache.contains_key(s)) {
+            return None;
+        }
+        Some(records.into_iter().map(|r| open_one(r, &cache)).collect())
+    }
+
+    async fn open_all(&self, records: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>, StoreError> {
+        // A subject erased elsewhere is erased here from its `user.erased` on.
+        for r in records.iter().filter(|r| r.event_type == "user.erased") {
+            if let Ok(Event::UserErased(e)) = r.decode() {
+                self.cache.lock().expect("key cache").insert(e.user_id, KeyState::Erased);
+            }
+        }
+        let mut needed = BTreeSet::new();
+        for r in &records {
+            seal_subjects(r, &mut needed);
+        }
+        if needed.is_empty() {
+            return Ok(records);
+        }
+        let keys = self.resolve(needed, false).await?;
+        Ok(records.into_iter().map(|r| open_one(r, &keys)).collect())
+    }
+}
+
+fn live<'a>(keys: &'a HashMap<Uuid, KeyState>, subject: &Uuid) -> Option<&'a DataKey> {
+    match keys.get(subject) {
+        Some(KeyState::Live(key)) => Some(key),
+        _ => None,
+    }
+}
+
+fn seal_one(mut e: EventData, plan: &Plan, keys: &HashMap<Uuid, KeyState>) -> EventData {
+    if let Some((subject, sealed_version)) = plan.payload {
+        // The plan decoded this payload already; a sealable type always has a blanked form.
+        let event = Event::decode(&e.event_type, e.schema_version, &e.payload).expect("planned payload decodes");
+        let clear = blanked(&event).unwrap_or(event).encode_payload().expect("a decoded payload encodes");
+        match live(keys, &subject) {
+            Some(key) => {
+                let binding = Binding {
+                    part: Part::Payload,
+                    event_id: e.event_id,
+                    event_type: &e.event_type,
+                    schema_version: sealed_version,
+                };
+                let seal = Seal::close(key, subject, binding, &e.payload);
+                e.payload = SealedPayload { clear, seal }.encode();
+                e.schema_version = sealed_version;
+            }
+            // An erased subject: nothing personal is recorded about it any more.
+            None => e.payload = clear,
+        }
+    }
+    if let Some(subject) = plan.metadata {
+        let personal =
+            SealedMetadata { client_ip: e.metadata.client_ip.take(), user_agent: e.metadata.user_agent.take() };
+        if let Some(key) = live(keys, &subject) {
+            let binding = Binding {
+                part: Part::Metadata,
+                event_id: e.event_id,
+                event_type: &e.event_type,
+                schema_version: e.schema_version,
+            };
+            let plaintext = postcard::to_stdvec(&personal).expect("metadata fields encode");
+            e.metadata.sealed = Some(Seal::close(key, subject, binding, &plaintext));
+        }
+    }
+    e
+}
+
+fn seal_subjects(r: &RecordedEvent, into: &mut BTreeSet<Uuid>) {
+    if plain_version_of(&r.event_type, r.schema_version).is_some() {
+        if let Ok(sealed) = SealedPayload::decode(&r.event_type, r.schema_version, &r.payload) {
+            into.insert(sealed.seal.subject);
+        }
+    }
+    if let Some(seal) = &r.metadata.sealed {
+        into.insert(seal.subject);
+    }
+}
+
+fn open_one(mut r: RecordedEvent, keys: &HashMap<Uuid, KeyState>) -> RecordedEvent {
+    if let Some(seal) = r.metadata.sealed.take() {
+        let binding = Binding {
+            part: Part::Metadata,
+            event_id: r.event_id,
+            event_type: &r.event_type,
+            schema_version: r.schema_version,
+        };
+        let opened = live(keys, &seal.subject).and_then(|key| seal.open(key, binding));
+        match opened.map(|bytes| postcard::from_bytes::<SealedMetadata>(&bytes)) {
+            Some(Ok(personal)) => {
+                r.metadata.client_ip = personal.client_ip;
+                r.metadata.user_agent = personal.user_agent;
+            }
+            Some(Err(_)) => tracing::warn!(position = r.position, "sealed metadata opened but does not decode"),
+            None => {}
+        }
+    }
+    let Some(plain) = plain_version_of(&r.event_type, r.schema_version) else { return r };
+    let Ok(sealed) = SealedPayload::decode(&r.event_type, r.schema_version, &r.payload) else {
+        // Left as stored: decoding it reports what is wrong.
+        return r;
+    };
+    let binding = Binding {
+        part: Part::Payload,
+        event_id: r.event_id,
+        event_type: &r.event_type,
+        schema_version: r.schema_version,
+    };
+    r.payload = match live(keys, &sealed.seal.subject) {
+        Some(key) => match sealed.seal.open(key, binding) {
+            Some(payload) => payload,
+            None => {
+                tracing::warn!(
+                    position = r.position,
+                    "a sealed payload does not open with its subject's key; read as erased"
+                );
+                sealed.clear
+            }
+        },
+        None => sealed.clear,
+    };
+    r.schema_version = plain;
+    r
+}
+
+#[async_trait]
+impl EventStore for SealingStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let sealed = self.seal_all(events).await?;
+        self.inner.append(stream, expected, sealed).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let records = self.inner.read_stream(stream, from_version, limit).await?;
+        self.open_all(records).await
+    }
+
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let records = self.inner.read_all(from_position, limit).await?;
+        self.open_all(records).await
+    }
+
+    async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {
+        self.inner.redact(stream, redactions).await
+    }
+
+    async fn read_chain(&self, from_position: u64, limit: usize) -> Result<Vec<ChainRecord>, StoreError> {
+        self.inner.read_chain(from_position, limit).await
+    }
+
+    async fn chain_head(&self) -> Result<Option<(u64, Digest)>, StoreError> {
+        self.inner.chain_head().await
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        self.inner.head_position().await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.inner.stats().await
+    }
+
+    fn head_watch(&self) -> watch::Receiver<u64> {
+        self.inner.head_watch()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn recent(&self, from_position: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        let records = self.inner.recent(from_position, limit)?;
+        if records.iter().any(|r| r.event_type == "user.erased") {
+            // Let the async path learn of the erasure first.
+            return None;
+        }
+        self.open_cached(records)
+    }
+
+    async fn erase_subject(&self, subject: Uuid) -> Result<bool, StoreError> {
+        let erased = self.keys.erase(subject).await?;
+        self.cache.lock().expect("key cache").insert(subject, KeyState::Erased);
+        Ok(erased)
+    }
+
+    fn seals(&self) -> bool {
+        true
+    }
+}

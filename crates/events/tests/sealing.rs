@@ -1,0 +1,235 @@
+//! Crypto-shredding at the store seam, on SQLite and on PostgreSQL: personal fields
+//! are stored sealed and read back opened; erasing a subject turns every reader's view
+//! of them into the tombstone (this instance's, another instance's once it reads
+//! `user.erased`, and a fresh one's) without rewriting a byte of the log.
+//!
+//! The PostgreSQL cases need the server named by `PERFECT21_TEST_POSTGRES`
+//! (`scripts/test` starts it).
+
+use perfect21_events::catalog::*;
+use perfect21_events::seal::{KeyState, KeyStore, PostgresKeys, SealingStore, SqliteKeys};
+use perfect21_events::store::{PostgresConfig, PostgresStore, SqliteConfig, SqliteStore};
+use perfect21_events::{EventData, EventStore, ExpectedVersion, Metadata, StoreError, StreamId};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// One log, opened as often as a test likes: each opening is another instance.
+struct Log {
+    raw: Arc<dyn EventStore>,
+    keys: Arc<dyn KeyStore>,
+    /// Files to grep for what must not be on disk (SQLite only).
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Log {
+    fn instance(&self) -> SealingStore {
+        SealingStore::new(self.raw.clone(), self.keys.clone())
+    }
+}
+
+async fn sqlite_log() -> Log {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let raw = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+    let keys = SqliteKeys::open(SqliteKeys::path_for(&path)).await.unwrap();
+    assert_eq!(SqliteKeys::path_for(&path), dir.path().join("events.keys.db"));
+    Log { raw: Arc::new(raw), keys: Arc::new(keys), dir: Some(dir) }
+}
+
+async fn postgres_log() -> Log {
+    let url =
+        std::env::var("PERFECT21_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("p21t_{}", Uuid::new_v4().simple());
+    let raw = PostgresStore::connect(PostgresConfig::new(url).with_schema(schema)).await.expect("PostgreSQL reachable");
+    let keys: PostgresKeys = raw.keys();
+    Log { raw: Arc::new(raw), keys: Arc::new(keys), dir: None }
+}
+
+const EMAIL: &str = "ada@example.com";
+const IP: &str = "198.51.100.7";
+const AGENT: &str = "sealing-test/1";
+
+fn registered(user_id: Uuid) -> Event {
+    UserRegistered {
+        user_id,
+        email: EMAIL.into(),
+        username: "ada_l".into(),
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+        phone_number: Some("+15555550100".into()),
+        locale: "en".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        verification_token_hash: "f00d".into(),
+        verification_expires_at: 1_767_225_600,
+    }
+    .into()
+}
+
+fn from_client(actor: &str) -> Metadata {
+    Metadata {
+        actor: Some(actor.into()),
+        client_ip: Some(IP.into()),
+        user_agent: Some(AGENT.into()),
+        ..Metadata::default()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+async fn registration_of(store: &dyn EventStore, user: &StreamId) -> (UserRegistered, Metadata) {
+    let recorded = store.read_stream(user, 0, 1).await.unwrap().remove(0);
+    let Event::UserRegistered(e) = recorded.decode().unwrap() else { panic!("not a registration") };
+    (e, recorded.metadata)
+}
+
+async fn seals_then_erases_without_rewriting(log: Log) {
+    let one = log.instance();
+    let other = log.instance();
+    let user_id = Uuid::now_v7();
+    let user = StreamId::of("user", user_id).unwrap();
+    let role = StreamId::of("role", "made_by_ada").unwrap();
+    let events = vec![
+        EventData::new(&registered(user_id), from_client("anonymous")).unwrap(),
+        EventData::new(
+            &UserLoginSucceeded {
+                user_id,
+                session_id: Uuid::now_v7(),
+                mfa_used: false,
+                risk_score: 0.0,
+                device_id: Some("ada-phone".into()),
+                totp_step: None,
+            }
+            .into(),
+            from_client("anonymous"),
+        )
+        .unwrap(),
+    ];
+    one.append(&user, ExpectedVersion::NoStream, events).await.unwrap();
+    // What the user did elsewhere: sealed with their key, as the one who acted.
+    let made = RoleCreated {
+        role_id: "made_by_ada".into(),
+        name: "made_by_ada".into(),
+        display_name: "Made by Ada".into(),
+        description: String::new(),
+        priority: 0,
+    };
+    one.append(
+        &role,
+        ExpectedVersion::NoStream,
+        vec![EventData::new(&made.into(), from_client(&format!("user:{user_id}"))).unwrap()],
+    )
+    .await
+    .unwrap();
+
+    // Stored sealed: the sealed version, nothing personal in the payload or the metadata.
+    let stored = log.raw.read_all(1, 100).await.unwrap();
+    assert_eq!((stored[0].event_type.as_str(), stored[0].schema_version), ("user.registered", 3));
+    assert_eq!((stored[1].event_type.as_str(), stored[1].schema_version), ("user.login_succeeded", 3));
+    assert_eq!(stored[2].schema_version, 1, "a role has no personal fields: only its metadata is sealed");
+    for r in &stored {
+        assert!(
+            !contains(&r.payload, EMAIL) && !contains(&r.payload, "ada-phone") && !contains(&r.payload, "Lovelace")
+        );
+        assert_eq!((&r.metadata.client_ip, &r.metadata.user_agent), (&None, &None));
+        let sealed = r.metadata.sealed.as_ref().expect("metadata sealed");
+        assert_eq!(sealed.subject, user_id);
+        let bytes = r.metadata.encode();
+        assert!(!contains(&bytes, IP) && !contains(&bytes, AGENT));
+        assert_eq!(perfect21_events::Metadata::decode(&bytes).unwrap(), r.metadata);
+    }
+    // Read opened, by this instance and by another that never saw the key made.
+    for store in [&one, &other] {
+        let (e, m) = registration_of(store, &user).await;
+        assert_eq!((e.email.as_str(), e.last_name.as_deref()), (EMAIL, Some("Lovelace")));
+        assert_eq!((m.client_ip.as_deref(), m.user_agent.as_deref(), &m.sealed), (Some(IP), Some(AGENT), &None));
+        assert_eq!(store.read_all(1, 100).await.unwrap()[0].schema_version, 2, "readers see the plain version");
+    }
+    let KeyState::Live(key) = log.keys.keys(&[user_id]).await.unwrap().remove(0) else { panic!("no key made") };
+
+    let chain_before = log.raw.read_chain(1, 100).await.unwrap();
+    assert!(one.erase_subject(user_id).await.unwrap());
+    assert!(!one.erase_subject(user_id).await.unwrap(), "a second erasure has no key to delete");
+    assert_eq!(log.keys.keys(&[user_id]).await.unwrap(), vec![KeyState::Erased]);
+    // This instance reads the tombstone at once.
+    let (e, m) = registration_of(&one, &user).await;
+    assert_eq!((e.email.as_str(), e.username.as_str(), e.last_name, e.password_hash.as_str()), ("", "", None, ""));
+    assert_eq!((e.user_id, e.locale.as_str()), (user_id, "en"), "what is not personal stays");
+    assert_eq!((m.client_ip, m.user_agent), (None, None));
+    // The other instance still holds the key it looked up, until it reads `user.erased`.
+    let erased = EventData::new(&UserErased { user_id }.into(), Metadata::default()).unwrap();
+    one.append(&user, ExpectedVersion::StreamExists, vec![erased]).await.unwrap();
+    let all = other.read_all(1, 100).await.unwrap();
+    let Event::UserRegistered(e) = all[0].decode().unwrap() else { panic!() };
+    assert_eq!(e.email, "", "another instance forgets once it reads user.erased");
+    assert_eq!(registration_of(&log.instance(), &user).await.0.email, "", "and a fresh one never knew");
+    let role_meta = &other.read_stream(&role, 0, 1).await.unwrap()[0].metadata;
+    assert_eq!((&role_meta.client_ip, &role_meta.actor), (&None, &Some(format!("user:{user_id}"))));
+
+    // Nothing recorded changed: the chain is the same, byte for byte.
+    let chain_after = log.raw.read_chain(1, 100).await.unwrap();
+    assert_eq!(chain_after[..chain_before.len()], chain_before[..]);
+    // An erased subject gets no new key: what is appended about it now is recorded blanked.
+    let again =
+        EventData::new(&UserDeleted { user_id, reason: "moved to Lyon".into() }.into(), from_client("anonymous"))
+            .unwrap();
+    one.append(&user, ExpectedVersion::StreamExists, vec![again]).await.unwrap();
+    let last = log.raw.read_stream(&user, 3, 1).await.unwrap().remove(0);
+    assert_eq!(last.schema_version, 1);
+    assert!(!contains(&last.payload, "Lyon") && last.metadata.client_ip.is_none() && last.metadata.sealed.is_none());
+    assert_eq!(log.keys.keys_for_append(&[user_id]).await.unwrap(), vec![KeyState::Erased]);
+
+    // On disk: neither the personal fields nor the deleted key, in any file.
+    if let Some(dir) = &log.dir {
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let path = file.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in [EMAIL, "ada-phone", "Lovelace", IP, AGENT, "Lyon"] {
+                assert!(!contains(&bytes, secret), "{secret} is in {} in clear", path.display());
+            }
+            let key_found = bytes.windows(32).any(|w| w == key.as_bytes());
+            assert!(!key_found, "the erased key is still in {}", path.display());
+        }
+    }
+}
+
+async fn refuses_a_payload_it_cannot_seal(log: Log) {
+    let store = log.instance();
+    let user = StreamId::of("user", Uuid::now_v7()).unwrap();
+    let mut bad = EventData::new(&registered(Uuid::now_v7()), Metadata::default()).unwrap();
+    bad.payload.truncate(10);
+    let err = store.append(&user, ExpectedVersion::Any, vec![bad]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsealable { .. }), "{err}");
+    assert!(err.to_string().contains("user.registered v2"), "{err}");
+    assert_eq!(store.head_position().await.unwrap(), 0, "nothing appended");
+}
+
+#[tokio::test]
+async fn sqlite_seals_then_erases_without_rewriting() {
+    seals_then_erases_without_rewriting(sqlite_log().await).await;
+}
+
+#[tokio::test]
+async fn postgres_seals_then_erases_without_rewriting() {
+    seals_then_erases_without_rewriting(postgres_log().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_payload_it_cannot_seal() {
+    refuses_a_payload_it_cannot_seal(sqlite_log().await).await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_payload_it_cannot_seal() {
+    refuses_a_payload_it_cannot_seal(postgres_log().await).await;
+}
+
+#[tokio::test]
+async fn a_store_opened_by_url_seals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        perfect21_events::store::open(&format!("sqlite://{}", dir.path().join("log.db").display())).await.unwrap();
+    assert!(store.seals());
+    assert!(dir.path().join("log.keys.db").exists());
+}
