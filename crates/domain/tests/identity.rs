@@ -740,3 +740,115 @@ async fn deleting_a_user_rewrites_the_snapshot_without_their_data() {
     }
     assert!(!holds("forget_me") && !holds("Forget.Me@Example.com"), "the rewritten snapshot forgets the user");
 }
+
+/// A log that cannot rewrite recorded events (as an append-only engine).
+struct AppendOnly(Arc<dyn EventStore>);
+
+#[async_trait::async_trait]
+impl EventStore for AppendOnly {
+    async fn append(
+        &self,
+        stream: &perfect21_events::StreamId,
+        expected: perfect21_events::ExpectedVersion,
+        events: Vec<perfect21_events::EventData>,
+    ) -> Result<perfect21_events::AppendResult, perfect21_events::StoreError> {
+        self.0.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &perfect21_events::StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<perfect21_events::RecordedEvent>, perfect21_events::StoreError> {
+        self.0.read_stream(stream, from, limit).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<perfect21_events::RecordedEvent>, perfect21_events::StoreError> {
+        self.0.read_all(from, limit).await
+    }
+    async fn redact(
+        &self,
+        _: &perfect21_events::StreamId,
+        _: Vec<perfect21_events::Redaction>,
+    ) -> Result<usize, perfect21_events::StoreError> {
+        panic!("an append-only log was asked to rewrite events")
+    }
+    async fn read_chain(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<perfect21_events::chain::ChainRecord>, perfect21_events::StoreError> {
+        self.0.read_chain(from, limit).await
+    }
+    async fn chain_head(&self) -> Result<Option<(u64, perfect21_events::chain::Digest)>, perfect21_events::StoreError> {
+        self.0.chain_head().await
+    }
+    async fn head_position(&self) -> Result<u64, perfect21_events::StoreError> {
+        self.0.head_position().await
+    }
+    async fn stats(&self) -> Result<perfect21_events::StoreStats, perfect21_events::StoreError> {
+        self.0.stats().await
+    }
+    fn head_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.head_watch()
+    }
+    fn backend(&self) -> &'static str {
+        "append-only"
+    }
+    async fn erase_subject(&self, subject: Uuid) -> Result<bool, perfect21_events::StoreError> {
+        self.0.erase_subject(subject).await
+    }
+    fn rewrites_in_place(&self) -> bool {
+        false
+    }
+}
+
+/// Events recorded before sealing hold personal data in clear: erasing their user
+/// rewrites those (and only those) in place, and a log that cannot rewrite says so.
+#[tokio::test]
+async fn events_recorded_before_sealing_are_rewritten_in_place_where_the_log_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let secrets = SecretBox::random();
+    let identity = |store: Arc<dyn EventStore>| {
+        let live = LiveModels::start(store.clone());
+        Identity::new(store, live, secrets.clone(), test_config()).unwrap()
+    };
+    // Before sealing: the log as older builds wrote it.
+    let unsealed: Arc<dyn EventStore> = Arc::new(
+        perfect21_events::store::SqliteStore::open(perfect21_events::store::SqliteConfig::new(&path)).await.unwrap(),
+    );
+    let old = identity(unsealed.clone());
+    let c = ctx("10.0.0.9");
+    let early = old.register(&c, registration("early@example.com", "early_one")).await.unwrap();
+    let stuck = old.register(&c, registration("stuck@example.com", "stuck_one")).await.unwrap();
+    drop(old);
+    drop(unsealed);
+    let mut in_clear = std::fs::read(&path).unwrap();
+    in_clear.extend(std::fs::read(dir.path().join("events.db-wal")).unwrap_or_default());
+    assert!(in_clear.windows(17).any(|w| w == b"early@example.com"), "the old log holds the email in clear");
+
+    let sealing = perfect21_events::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    let now = identity(sealing.clone());
+    let admin = RequestContext::service("admin");
+    let position = now.delete_user(&admin, early.user_id, "user request").await.unwrap();
+    now.read(Some(position), |_| ()).await.unwrap();
+    let mut verifier = perfect21_events::chain::Verifier::new();
+    for record in sealing.read_chain(1, 100_000).await.unwrap() {
+        verifier.check(&record).unwrap();
+    }
+    assert!(verifier.redacted() > 0, "the events recorded in clear were rewritten");
+    let log = format!("{:?}", events_of(&sealing).await);
+    assert!(!log.contains("early@example.com") && log.contains("stuck@example.com"));
+    drop(now);
+
+    // On a log that cannot rewrite, the erasure stops with an error that says why.
+    let append_only: Arc<dyn EventStore> = Arc::new(AppendOnly(sealing.clone()));
+    let err = identity(append_only).delete_user(&admin, stuck.user_id, "user request").await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{message}");
+    assert!(message.contains("before sealing") && message.contains("cannot rewrite"), "{message}");
+}

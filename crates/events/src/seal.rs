@@ -4,8 +4,12 @@
 //! - A *subject* is a user ([`Event::subject`](crate::Event::subject)). Its 256-bit data
 //!   key is made with its first sealed event and kept in a [`KeyStore`], never in the log.
 //! - Payloads of types with personal fields are stored in their sealed version
-//!   ([`crate::catalog::personal`]): the plain payload encrypted with XChaCha20-Poly1305
-//!   under the subject's key, beside a copy with the personal fields blanked.
+//!   ([`crate::catalog::personal`]): the plain payload encrypted with AES-256-GCM under
+//!   the subject's key (a random 96-bit nonce each time: a subject's key seals a few
+//!   thousand events, far below the 2^32 a GCM key may take), beside a copy with the
+//!   personal fields blanked. AES-256-GCM runs on the processor's AES instructions: on
+//!   short payloads it is several times faster here than XChaCha20-Poly1305, and every
+//!   replay opens every sealed event.
 //! - The client address and user agent in an event's metadata are sealed with the key of
 //!   the user who acted (or, when no user acted, of the event's subject).
 //! - The associated data binds each seal to its event id, type and version: a sealed
@@ -21,8 +25,8 @@ mod store;
 pub use keys::{KeyState, KeyStore, PostgresKeys, SqliteKeys};
 pub use store::SealingStore;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -64,7 +68,7 @@ impl std::fmt::Debug for DataKey {
 pub struct Seal {
     /// Whose key opens it.
     pub subject: Uuid,
-    pub nonce: [u8; 24],
+    pub nonce: [u8; 12],
     /// The plaintext encrypted, with its 16-byte tag.
     pub ciphertext: Vec<u8>,
 }
@@ -101,10 +105,11 @@ impl Binding<'_> {
 }
 
 impl Seal {
-    /// Encrypts `plaintext` for `subject` with a random nonce.
+    /// Encrypts `plaintext` for `subject` with a random nonce (from the thread's
+    /// cryptographically secure generator, seeded by the operating system).
     pub fn close(key: &DataKey, subject: Uuid, binding: Binding<'_>, plaintext: &[u8]) -> Seal {
-        let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
         Self::close_with_nonce(key, subject, binding, plaintext, nonce)
     }
 
@@ -114,23 +119,23 @@ impl Seal {
         subject: Uuid,
         binding: Binding<'_>,
         plaintext: &[u8],
-        nonce: [u8; 24],
+        nonce: [u8; 12],
     ) -> Seal {
-        let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+        let cipher = Aes256Gcm::new(key.as_bytes().into());
         let aad = binding.associated_data();
         let ciphertext = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
-            // Encryption fails only for plaintexts beyond 256 GiB.
-            .expect("XChaCha20-Poly1305 encrypts");
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+            // Encryption fails only for plaintexts beyond 64 GiB.
+            .expect("AES-256-GCM encrypts");
         Seal { subject, nonce, ciphertext }
     }
 
     /// The plaintext, or `None` if this key does not open the seal for this binding
     /// (another key, another event, or altered bytes).
     pub fn open(&self, key: &DataKey, binding: Binding<'_>) -> Option<Vec<u8>> {
-        let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+        let cipher = Aes256Gcm::new(key.as_bytes().into());
         let aad = binding.associated_data();
-        cipher.decrypt(XNonce::from_slice(&self.nonce), Payload { msg: &self.ciphertext, aad: &aad }).ok()
+        cipher.decrypt(Nonce::from_slice(&self.nonce), Payload { msg: &self.ciphertext, aad: &aad }).ok()
     }
 }
 

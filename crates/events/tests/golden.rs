@@ -281,7 +281,7 @@ fn expected() -> Vec<(&'static str, u16, Vec<u8>, Event)> {
 
 /// The key, event id and nonce the sealed fixtures were made with.
 const FIXTURE_KEY: [u8; 32] = [7; 32];
-const FIXTURE_NONCE: [u8; 24] = [9; 24];
+const FIXTURE_NONCE: [u8; 12] = [9; 12];
 
 fn fixture_event_id() -> Uuid {
     uid(0xe0)

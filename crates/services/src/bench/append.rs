@@ -12,9 +12,19 @@ use uuid::Uuid;
 const APPENDERS: usize = 64;
 const BATCH: usize = 100;
 
+/// Users the sample events are about: logins of known users, whose data keys exist
+/// after their first (as a registration would have made them).
+const USERS: usize = 1000;
+
+fn some_user() -> Uuid {
+    static USERS_POOL: std::sync::OnceLock<Vec<Uuid>> = std::sync::OnceLock::new();
+    let pool = USERS_POOL.get_or_init(|| (0..USERS).map(|_| Uuid::now_v7()).collect());
+    pool[rand::random::<usize>() % pool.len()]
+}
+
 /// A representative event: a successful login with full request metadata.
 fn sample_event() -> EventData {
-    let user_id = Uuid::now_v7();
+    let user_id = some_user();
     let event = Event::UserLoginSucceeded(UserLoginSucceeded {
         user_id,
         session_id: Uuid::now_v7(),
@@ -219,7 +229,8 @@ pub async fn processes(url: &str, scratch: &Scratch, duration: Duration) -> anyh
 
 pub async fn batch(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     const S: &str = "append-batch";
-    let store = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("ours.db"))).await?);
+    // As `serve` opens it: chained and sealing.
+    let store = perfect21_events::store::open(&format!("sqlite://{}", scratch.file("ours.db").display())).await?;
     let ours = drive(store, 1, BATCH, duration).await?;
     let raw_path = scratch.file("raw.db");
     let base = tokio::task::spawn_blocking(move || raw_sqlite(&raw_path, 1, duration)).await??;

@@ -4,7 +4,6 @@ use super::{Measurement, Scratch};
 use crate::replay::rebuild;
 use indicatif::ProgressBar;
 use perfect21_events::catalog::*;
-use perfect21_events::store::{SqliteConfig, SqliteStore};
 use perfect21_events::{Event, EventData, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 use perfect21_projections::ReadModels;
 use std::sync::Arc;
@@ -108,9 +107,14 @@ async fn populate(store: Arc<dyn EventStore>, events: u64) -> anyhow::Result<()>
 pub async fn replay(scratch: &Scratch, events: u64) -> anyhow::Result<Vec<Measurement>> {
     const S: &str = "replay";
     let path = scratch.file("replay.db");
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).await?);
+    // As `serve` opens it: chained and sealing.
+    let url = format!("sqlite://{}", path.display());
+    let store = perfect21_events::store::open(&url).await?;
     eprintln!("writing {events} events to a scratch log…");
     populate(store.clone(), events).await?;
+    drop(store);
+    // Replayed as after a restart: no key in memory yet.
+    let store = perfect21_events::store::open(&url).await?;
     let ours = rebuild(store.clone(), &ProgressBar::hidden()).await?;
     let base = tokio::task::spawn_blocking(move || raw_scan(&path)).await??;
     let ours_rate = ours.events as f64 / ours.seconds;
