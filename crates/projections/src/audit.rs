@@ -138,6 +138,7 @@ pub fn audited_user(event: &Event) -> Option<Uuid> {
         Event::UserLoginFailed(e) => e.user_id,
         Event::UserLoggedOut(e) => e.user_id,
         Event::UserDeleted(e) => e.user_id,
+        Event::UserErased(e) => e.user_id,
         Event::SessionRevoked(e) => e.user_id,
         Event::SessionTokenRevoked(e) => e.user_id,
         Event::RoleAssigned(e) => e.user_id,
