@@ -268,3 +268,30 @@ pub(crate) fn to_micros(t: DateTime<Utc>) -> i64 {
 pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_with_a_seal_is_marked_and_metadata_without_keeps_its_released_bytes() {
+        let plain =
+            Metadata { actor: Some("user:0191".into()), client_ip: Some("198.51.100.4".into()), ..Metadata::default() };
+        let bytes = plain.encode();
+        assert!(bytes[0] <= 1, "an option tag first, as released");
+        assert_eq!(bytes, postcard::to_stdvec(&plain).unwrap());
+        assert_eq!(Metadata::decode(&bytes).unwrap(), plain);
+
+        let seal = crate::seal::Seal { subject: Uuid::from_u128(5), nonce: [3; 12], ciphertext: vec![9; 20] };
+        let sealed = Metadata { client_ip: None, sealed: Some(seal), ..plain };
+        let bytes = sealed.encode();
+        assert_eq!(bytes[0], 0xff);
+        assert_eq!(Metadata::decode(&bytes).unwrap(), sealed);
+        // The fuzzing seed is well formed.
+        let seed = include_bytes!("../../../fuzz/seeds/metadata/sealed");
+        assert!(Metadata::decode(seed).unwrap().sealed.is_some());
+        for cut in 1..bytes.len() {
+            assert!(Metadata::decode(&bytes[..cut]).is_err(), "decoded from {cut} of {} bytes", bytes.len());
+        }
+    }
+}
