@@ -133,9 +133,28 @@ impl Seal {
     /// The plaintext, or `None` if this key does not open the seal for this binding
     /// (another key, another event, or altered bytes).
     pub fn open(&self, key: &DataKey, binding: Binding<'_>) -> Option<Vec<u8>> {
-        let cipher = Aes256Gcm::new(key.as_bytes().into());
-        let aad = binding.associated_data();
-        cipher.decrypt(Nonce::from_slice(&self.nonce), Payload { msg: &self.ciphertext, aad: &aad }).ok()
+        open(key, &self.nonce, &self.ciphertext, binding)
+    }
+}
+
+fn open(key: &DataKey, nonce: &[u8; 12], ciphertext: &[u8], binding: Binding<'_>) -> Option<Vec<u8>> {
+    let cipher = Aes256Gcm::new(key.as_bytes().into());
+    let aad = binding.associated_data();
+    cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad }).ok()
+}
+
+/// A [`Seal`] read in place from the bytes that hold it (the same encoding).
+#[derive(Debug, Deserialize)]
+pub(crate) struct SealRef<'a> {
+    pub subject: Uuid,
+    pub nonce: [u8; 12],
+    #[serde(borrow)]
+    pub ciphertext: &'a [u8],
+}
+
+impl SealRef<'_> {
+    pub fn open(&self, key: &DataKey, binding: Binding<'_>) -> Option<Vec<u8>> {
+        open(key, &self.nonce, self.ciphertext, binding)
     }
 }
 

@@ -59,6 +59,21 @@ impl SealedPayload {
     }
 }
 
+/// A [`SealedPayload`] read in place from the bytes that hold it (the same encoding).
+#[derive(Debug, Deserialize)]
+pub(crate) struct SealedPayloadRef<'a> {
+    #[serde(borrow)]
+    pub clear: &'a [u8],
+    #[serde(borrow)]
+    pub seal: crate::seal::SealRef<'a>,
+}
+
+impl<'a> SealedPayloadRef<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Option<Self> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
 impl Event {
     /// The user this event is about, if any: whose key seals its personal fields, and
     /// (when no user acted) the client address in its metadata.

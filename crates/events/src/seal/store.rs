@@ -2,7 +2,7 @@
 //! the way out.
 
 use super::{Binding, DataKey, KeyState, KeyStore, Part, Seal, SealedMetadata};
-use crate::catalog::personal::{blanked, plain_version_of, sealed_version_of, SealedPayload};
+use crate::catalog::personal::{blanked, plain_version_of, sealed_version_of, SealedPayload, SealedPayloadRef};
 use crate::chain::{ChainRecord, Digest};
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 use crate::error::StoreError;
@@ -204,7 +204,7 @@ fn seal_one(mut e: EventData, plan: &Plan, keys: &HashMap<Uuid, KeyState>) -> Ev
 
 fn seal_subjects(r: &RecordedEvent, into: &mut BTreeSet<Uuid>) {
     if plain_version_of(&r.event_type, r.schema_version).is_some() {
-        if let Ok(sealed) = SealedPayload::decode(&r.event_type, r.schema_version, &r.payload) {
+        if let Some(sealed) = SealedPayloadRef::decode(&r.payload) {
             into.insert(sealed.seal.subject);
         }
     }
@@ -232,7 +232,7 @@ fn open_one(mut r: RecordedEvent, keys: &HashMap<Uuid, KeyState>) -> RecordedEve
         }
     }
     let Some(plain) = plain_version_of(&r.event_type, r.schema_version) else { return r };
-    let Ok(sealed) = SealedPayload::decode(&r.event_type, r.schema_version, &r.payload) else {
+    let Some(sealed) = SealedPayloadRef::decode(&r.payload) else {
         // Left as stored: decoding it reports what is wrong.
         return r;
     };
@@ -242,19 +242,18 @@ fn open_one(mut r: RecordedEvent, keys: &HashMap<Uuid, KeyState>) -> RecordedEve
         event_type: &r.event_type,
         schema_version: r.schema_version,
     };
-    r.payload = match live(keys, &sealed.seal.subject) {
-        Some(key) => match sealed.seal.open(key, binding) {
-            Some(payload) => payload,
-            None => {
-                tracing::warn!(
-                    position = r.position,
-                    "a sealed payload does not open with its subject's key; read as erased"
-                );
-                sealed.clear
-            }
-        },
-        None => sealed.clear,
-    };
+    let opened = live(keys, &sealed.seal.subject).and_then(|key| {
+        let opened = sealed.seal.open(key, binding);
+        if opened.is_none() {
+            tracing::warn!(
+                position = r.position,
+                "a sealed payload does not open with its subject's key; read as erased"
+            );
+        }
+        opened
+    });
+    let payload = opened.unwrap_or_else(|| sealed.clear.to_vec());
+    r.payload = payload;
     r.schema_version = plain;
     r
 }
