@@ -39,7 +39,7 @@ pub trait KeyStore: Send + Sync + 'static {
 }
 
 fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+    crate::envelope::to_micros(chrono::Utc::now())
 }
 
 fn state(key: Option<Option<Vec<u8>>>, backend: &'static str) -> Result<KeyState, StoreError> {

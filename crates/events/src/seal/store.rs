@@ -25,11 +25,18 @@ pub struct SealingStore {
     cache: Mutex<HashMap<Uuid, KeyState>>,
 }
 
-/// Whose keys seal one event: its payload's subject (if its type has personal
-/// fields) and its metadata's (if it carries a client address or user agent).
+/// Whose keys seal one event: its payload's (if its type has personal fields) and its
+/// metadata's (if it carries a client address or user agent).
 struct Plan {
-    payload: Option<(Uuid, u16)>,
+    payload: Option<PayloadPlan>,
     metadata: Option<Uuid>,
+}
+
+/// A payload to seal: whose it is, the version it is stored in, and its blanked form.
+struct PayloadPlan {
+    subject: Uuid,
+    sealed_version: u16,
+    clear: Vec<u8>,
 }
 
 fn actor_user(metadata: &Metadata) -> Option<Uuid> {
@@ -41,39 +48,34 @@ impl SealingStore {
         SealingStore { inner, keys, cache: Mutex::new(HashMap::new()) }
     }
 
-    /// The log as stored, sealed bytes and all.
-    pub fn inner(&self) -> &Arc<dyn EventStore> {
-        &self.inner
-    }
-
-    pub fn key_store(&self) -> &Arc<dyn KeyStore> {
-        &self.keys
-    }
-
     fn plan(&self, e: &EventData) -> Result<Option<Plan>, StoreError> {
         let sealed_version = sealed_version_of(&e.event_type, e.schema_version);
         let identifies = e.metadata.client_ip.is_some() || e.metadata.user_agent.is_some();
         if sealed_version.is_none() && !identifies {
             return Ok(None);
         }
-        let event = Event::decode(&e.event_type, e.schema_version, &e.payload);
-        let subject = match (&event, sealed_version) {
-            (Ok(event), _) => event.subject(),
-            (Err(err), Some(_)) => {
-                return Err(StoreError::Unsealable {
-                    event_id: e.event_id,
-                    event_type: e.event_type.clone(),
-                    schema_version: e.schema_version,
-                    reason: err.to_string(),
-                })
-            }
-            // A type this build does not know: its metadata is sealed for the user who acted, if one did.
-            (Err(_), None) => None,
+        let actor = actor_user(&e.metadata);
+        let Some(sealed_version) = sealed_version else {
+            // Only the metadata: sealed for the user who acted, else the one the event is about
+            // (a type this build does not know is about no one).
+            let about = || Event::decode(&e.event_type, e.schema_version, &e.payload).ok()?.subject();
+            return Ok(Some(Plan { payload: None, metadata: actor.or_else(about) }));
         };
-        Ok(Some(Plan {
-            payload: sealed_version.zip(subject).map(|(v, s)| (s, v)),
-            metadata: identifies.then(|| actor_user(&e.metadata).or(subject)).flatten(),
-        }))
+        let event =
+            Event::decode(&e.event_type, e.schema_version, &e.payload).map_err(|err| StoreError::Unsealable {
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                reason: err.to_string(),
+            })?;
+        let subject = event.subject();
+        let payload = subject.map(|subject| PayloadPlan {
+            subject,
+            sealed_version,
+            // A type with a sealed version always has a blanked form.
+            clear: blanked(&event).unwrap_or(event).encode_payload().expect("a decoded payload encodes"),
+        });
+        Ok(Some(Plan { payload, metadata: identifies.then(|| actor.or(subject)).flatten() }))
     }
 
     /// Each subject's key state, asking the key store for those the cache lacks
@@ -109,8 +111,11 @@ impl SealingStore {
 
     async fn seal_all(&self, events: Vec<EventData>) -> Result<Vec<EventData>, StoreError> {
         let plans: Vec<Option<Plan>> = events.iter().map(|e| self.plan(e)).collect::<Result<_, _>>()?;
-        let subjects: BTreeSet<Uuid> =
-            plans.iter().flatten().flat_map(|p| p.payload.map(|(s, _)| s).into_iter().chain(p.metadata)).collect();
+        let subjects: BTreeSet<Uuid> = plans
+            .iter()
+            .flatten()
+            .flat_map(|p| p.payload.as_ref().map(|p| p.subject).into_iter().chain(p.metadata))
+            .collect();
         if subjects.is_empty() {
             return Ok(events);
         }
@@ -119,7 +124,7 @@ impl SealingStore {
             .into_iter()
             .zip(plans)
             .map(|(e, plan)| match plan {
-                Some(plan) => seal_one(e, &plan, &keys),
+                Some(plan) => seal_one(e, plan, &keys),
                 None => e,
             })
             .collect())
@@ -164,11 +169,8 @@ fn live<'a>(keys: &'a HashMap<Uuid, KeyState>, subject: &Uuid) -> Option<&'a Dat
     }
 }
 
-fn seal_one(mut e: EventData, plan: &Plan, keys: &HashMap<Uuid, KeyState>) -> EventData {
-    if let Some((subject, sealed_version)) = plan.payload {
-        // The plan decoded this payload already; a sealable type always has a blanked form.
-        let event = Event::decode(&e.event_type, e.schema_version, &e.payload).expect("planned payload decodes");
-        let clear = blanked(&event).unwrap_or(event).encode_payload().expect("a decoded payload encodes");
+fn seal_one(mut e: EventData, plan: Plan, keys: &HashMap<Uuid, KeyState>) -> EventData {
+    if let Some(PayloadPlan { subject, sealed_version, clear }) = plan.payload {
         match live(keys, &subject) {
             Some(key) => {
                 let binding = Binding {
