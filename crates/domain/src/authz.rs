@@ -42,8 +42,8 @@ pub fn validate_permission(p: &PermissionSpec) -> Result<()> {
     validate_name("permission.resource", &p.resource, true)?;
     validate_name("permission.action", &p.action, true)?;
     validate_name("permission.scope", &p.scope, true)?;
-    if p.name.len() > 200 || p.description.len() > 1000 {
-        return Err(invalid("permission", "name at most 200 bytes, description at most 1000"));
+    if p.name.chars().count() > 200 || p.description.chars().count() > 1000 {
+        return Err(invalid("permission", "name at most 200 characters, description at most 1000"));
     }
     Ok(())
 }
@@ -62,8 +62,8 @@ impl Identity {
     #[tracing::instrument(name = "command", skip_all, fields(command = "create_role"))]
     pub async fn create_role(&self, ctx: &RequestContext, spec: RoleSpec) -> Result<u64> {
         validate_name("role_id", &spec.role_id, false)?;
-        if spec.display_name.len() > 200 || spec.description.len() > 1000 {
-            return Err(invalid("role", "display name at most 200 bytes, description at most 1000"));
+        if spec.display_name.chars().count() > 200 || spec.description.chars().count() > 1000 {
+            return Err(invalid("role", "display name at most 200 characters, description at most 1000"));
         }
         let s = stream("role", &spec.role_id)?;
         let state: RoleState = self.load(&s).await?;
@@ -145,10 +145,8 @@ impl Identity {
             return Err(DomainError::FailedPrecondition(format!("{user_id} already has role '{role_id}'")));
         }
         if expires_at.is_some_and(|at| at <= self.now()) {
-            return Err(DomainError::InvalidArgument {
-                field: "expires_at",
-                reason: "must be in the future (Unix seconds)".into(),
-            });
+            // Well formed, but past by the server's clock: a precondition, not a malformed request.
+            return Err(DomainError::FailedPrecondition("expires_at must be in the future (Unix seconds)".into()));
         }
         let event = Event::RoleAssigned(RoleAssigned { user_id, role_id: role_id.into(), expires_at });
         Ok(self
@@ -208,6 +206,11 @@ impl Identity {
         scope: &str,
         min_position: Option<u64>,
     ) -> Result<Decision> {
+        for (field, value) in [("resource", resource), ("action", action), ("scope", scope)] {
+            if value.is_empty() {
+                return Err(invalid(field, "must not be empty (a permission names a resource, an action and a scope)"));
+            }
+        }
         let decision = self
             .read(min_position, |m| {
                 let status = m.principal_status(user_id);

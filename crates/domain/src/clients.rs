@@ -100,23 +100,55 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
 /// A redirect URI must be absolute, without a fragment, and either `https`, `http` on
 /// a loopback host (development, native apps), or a private-use scheme of a native
 /// app (`com.example.app:/callback`).
+/// What a redirect URI may be: `https` on a DNS name, `http` on a loopback host, or a
+/// reverse-domain app scheme (`com.example.app:/callback`); an optional port, path and
+/// query; no fragment, no userinfo. The OpenAPI document states the same pattern.
+pub const REDIRECT_URI_PATTERN: &str = concat!(
+    r"^(https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    r"|http://(localhost|127\.0\.0\.1|\[::1\])(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    r"|[a-z][a-z0-9-]*(\.[a-z0-9-]+)+:)",
+    r"(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?",
+    r"(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$",
+);
+/// Longest redirect URI (ASCII, so bytes and characters agree).
+pub const MAX_REDIRECT_URI: usize = 2048;
+
+fn redirect_uri_shape() -> &'static regex::Regex {
+    static SHAPE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    SHAPE.get_or_init(|| regex::Regex::new(REDIRECT_URI_PATTERN).expect("the redirect URI pattern compiles"))
+}
+
 pub fn check_redirect_uri(field: &'static str, uri: &str) -> Result<()> {
+    if uri.len() > MAX_REDIRECT_URI {
+        return Err(invalid(field, format!("must be at most {MAX_REDIRECT_URI} characters")));
+    }
     let parsed = url::Url::parse(uri).map_err(|e| invalid(field, format!("'{uri}' is not an absolute URL: {e}")))?;
     if parsed.fragment().is_some() {
         return Err(invalid(field, format!("'{uri}' must not have a fragment")));
     }
-    if uri.len() > 2048 {
-        return Err(invalid(field, "must be at most 2048 bytes"));
-    }
     let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     match parsed.scheme() {
+        "https" | "http" if !parsed.username().is_empty() || parsed.password().is_some() => {
+            Err(invalid(field, format!("'{uri}' must not carry a user name or password")))
+        }
         "https" => Ok(()),
         "http" if loopback => Ok(()),
         "http" => Err(invalid(field, format!("'{uri}': plain http is allowed for loopback hosts only; use https"))),
         "javascript" | "data" | "file" | "vbscript" => Err(invalid(field, format!("'{uri}': scheme not allowed"))),
         s if s.contains('.') => Ok(()),
         _ => Err(invalid(field, format!("'{uri}': use https, http on loopback, or a reverse-domain app scheme"))),
+    }?;
+    if !redirect_uri_shape().is_match(uri) {
+        return Err(invalid(
+            field,
+            format!(
+                "'{uri}' is not a plain redirect URI: https://host[:port][/path][?query] (host a DNS name), \
+                 http:// on localhost, 127.0.0.1 or [::1], or an app scheme such as com.example.app:/callback; \
+                 path and query in unreserved, sub-delim, ':', '@', '/', '?' and '%' characters"
+            ),
+        ));
     }
+    Ok(())
 }
 
 fn check_settings(s: &ClientSettings) -> Result<()> {
@@ -132,9 +164,12 @@ fn check_settings(s: &ClientSettings) -> Result<()> {
     if s.grant_types.is_empty() {
         return Err(invalid("grant_types", format!("name at least one of {}", GRANT_TYPES.join(", "))));
     }
-    for g in &s.grant_types {
+    for (i, g) in s.grant_types.iter().enumerate() {
         if !GRANT_TYPES.contains(&g.as_str()) {
             return Err(invalid("grant_types", format!("'{g}' is not one of {}", GRANT_TYPES.join(", "))));
+        }
+        if s.grant_types[..i].contains(g) {
+            return Err(invalid("grant_types", format!("'{g}' is listed twice")));
         }
     }
     let has = |g: &str| s.grant_types.iter().any(|x| x == g);
@@ -144,9 +179,12 @@ fn check_settings(s: &ClientSettings) -> Result<()> {
     if has("authorization_code") && s.redirect_uris.is_empty() {
         return Err(invalid("redirect_uris", "the authorization_code grant needs at least one redirect URI"));
     }
-    for scope in &s.scopes {
+    for (i, scope) in s.scopes.iter().enumerate() {
         if !SCOPES.contains(&scope.as_str()) {
             return Err(invalid("scopes", format!("'{scope}' is not one of {}", SCOPES.join(", "))));
+        }
+        if s.scopes[..i].contains(scope) {
+            return Err(invalid("scopes", format!("'{scope}' is listed twice")));
         }
     }
     if !ID_TOKEN_ALGS.contains(&s.id_token_signed_response_alg.as_str()) {
@@ -426,5 +464,54 @@ impl Identity {
             Err(DomainError::FailedPrecondition(_) | DomainError::NotFound { .. }) => Ok(last),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_are_the_documented_pattern_and_parse() {
+        for ok in [
+            "https://app.example.com/cb",
+            "https://wiki.example.com/cb?",
+            "https://a-b.example:8443/x/y?state=1&z=%41",
+            "http://127.0.0.1:65535/callback",
+            "http://localhost",
+            "http://[::1]:3000/cb",
+            "com.example.app:/oauth",
+        ] {
+            check_redirect_uri("redirect_uris", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "https://wiki.example.com/cb#frag",
+            "http://wiki.example.com/cb",
+            "https://user@app.example.com/cb",
+            "https://app.example.com:65536/cb",
+            "https://app.1/cb",
+            "https://app.example.com/a b",
+            "javascript:alert(1)",
+            "app:/cb",
+            "",
+        ] {
+            assert!(check_redirect_uri("redirect_uris", bad).is_err(), "{bad} is refused");
+        }
+    }
+
+    #[test]
+    fn a_grant_type_or_scope_listed_twice_is_refused() {
+        let settings = |grants: &[&str], scopes: &[&str]| ClientSettings {
+            redirect_uris: vec!["https://app.example.com/cb".into()],
+            post_logout_redirect_uris: vec![],
+            grant_types: grants.iter().map(|g| g.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            id_token_signed_response_alg: DEFAULT_ID_TOKEN_ALG.into(),
+        };
+        check_settings(&settings(&["authorization_code", "refresh_token"], &["openid", "email"])).unwrap();
+        let twice = check_settings(&settings(&["authorization_code", "authorization_code"], &["openid"]));
+        assert!(twice.unwrap_err().to_string().contains("listed twice"));
+        let twice = check_settings(&settings(&["authorization_code"], &["openid", "openid"]));
+        assert!(twice.unwrap_err().to_string().contains("listed twice"));
     }
 }

@@ -16,19 +16,21 @@ pub struct RequestContext {
     pub traceparent: Option<String>,
 }
 
-/// Longest user agent recorded (bytes).
+/// Longest user agent recorded (characters).
 pub const MAX_USER_AGENT: usize = 512;
-/// Longest device id (bytes).
+/// Longest device id (characters).
 pub const MAX_DEVICE_ID: usize = 128;
-/// Longest free-text reason (bytes).
+/// Longest free-text reason (characters).
 pub const MAX_REASON: usize = 1024;
 
-/// Refuses a text longer than `max` bytes or holding control characters.
+/// Refuses a text longer than `max` characters or holding control characters.
+/// (Characters, not bytes, so that the bound is the one the OpenAPI document states.)
 pub fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), DomainError> {
-    if value.len() > max {
+    let n = value.chars().count();
+    if n > max {
         return Err(DomainError::InvalidArgument {
             field,
-            reason: format!("must be at most {max} bytes, got {}", value.len()),
+            reason: format!("must be at most {max} characters, got {n}"),
         });
     }
     if value.chars().any(char::is_control) {
@@ -40,7 +42,7 @@ pub fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), Domai
 impl RequestContext {
     /// Checks what the caller said about itself before any of it reaches the log:
     /// the client IP must be an IP address, the user agent at most
-    /// [`MAX_USER_AGENT`] bytes.
+    /// [`MAX_USER_AGENT`] characters.
     pub fn validate(&self) -> Result<(), DomainError> {
         if let Some(ip) = &self.client_ip {
             if ip.parse::<std::net::IpAddr>().is_err() {

@@ -238,6 +238,16 @@ impl Identity {
         min_position: Option<u64>,
         f: impl FnOnce(&perfect21_projections::ReadModels) -> T,
     ) -> Result<T> {
+        if let Some(wanted) = min_position.filter(|p| *p > self.live.checkpoint()) {
+            // A position the log has not reached is no write's token: say so now (409)
+            // rather than after the consistency timeout.
+            let head = self.store().head_position().await?;
+            if wanted > head {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "consistency token {wanted} is beyond the log's head ({head}): pass the token a write answered"
+                )));
+            }
+        }
         self.live.read_at(min_position, self.config.consistency_timeout, f).await
     }
 }
