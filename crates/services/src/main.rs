@@ -56,6 +56,9 @@ enum Command {
     /// Check the configured store, keys, TLS files, broker and SMTP server; print what is
     /// reachable and, for what is not, the fix. Exits 1 if anything failed.
     Doctor(doctor::DoctorArgs),
+    /// Print the OpenAPI 3.1 document of the REST API (what `/api/v1/openapi.json` serves),
+    /// to generate clients without a running server.
+    Openapi,
     /// Measure against a baseline run in the same process (docs/benchmarks.md).
     Bench(bench::BenchArgs),
     /// The client side of `bench websocket` (a process of its own).
@@ -127,6 +130,10 @@ fn main() -> ExitCode {
             Command::Audit { command } => audit_cmd::run(command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Openapi => {
+                println!("{:#}", server::rest::document(None));
+                Ok(())
+            }
             Command::BenchWsClients(args) => bench::websocket::clients(args).await,
             Command::BenchAppendWorker(args) => bench::append::worker(args).await,
             Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,

@@ -1,10 +1,11 @@
 //! WebSocket push: one subscription to the log fans each user's events out to
 //! that user's open connections.
 
-use super::rest::{Authenticated, RestState};
+use super::rest::{Authenticated, Problem, RestState};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use perfect21_events::{subscribe_all, Event, EventStore};
 use perfect21_projections::audit::audited_user;
 use serde::Deserialize;
@@ -112,9 +113,61 @@ pub fn query_token(query: &str) -> Option<String> {
     serde_urlencoded::from_str::<WsQuery>(query).ok().and_then(|q| q.access_token)
 }
 
+/// The query of `GET /api/v1/ws`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct WsParams {
+    /// The access token, for clients (browsers) that cannot set `Authorization` on an upgrade.
+    access_token: Option<String>,
+}
+
+/// The headers of a WebSocket upgrade (RFC 6455 §4.1).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct UpgradeHeaders {
+    /// `websocket`, in any case.
+    #[param(rename = "Upgrade", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$")]
+    upgrade: String,
+    /// A list holding the token `Upgrade`, in any case.
+    #[param(rename = "Connection", pattern = r"^(.*,)?[ \t]*[Uu][Pp][Gg][Rr][Aa][Dd][Ee][ \t]*(,.*)?$")]
+    connection: String,
+    /// Base64 of 16 random bytes.
+    #[param(rename = "Sec-WebSocket-Key", pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$")]
+    sec_websocket_key: String,
+    #[param(rename = "Sec-WebSocket-Version", pattern = "^13$")]
+    sec_websocket_version: String,
+}
+
 /// `GET /api/v1/ws`: a signed-in user (`Authorization: Bearer` or `?access_token=`,
 /// checked by the access middleware) receives their own events.
-pub async fn websocket(State(s): State<RestState>, a: Authenticated, ws: WebSocketUpgrade) -> Response {
+#[utoipa::path(get, path = "/ws", tag = "sessions",
+    summary = "WebSocket: the caller's own events, pushed (Bearer header or access_token query)",
+    description = "A WebSocket upgrade (RFC 6455). After `101` the server sends text frames: first         `{\"type\":\"hello\",\"user_id\",\"session_id\"}`, then each of the caller's events as the seed         envelope, with pings every 30 s; it closes with 4001 when the session or token is revoked and 4002 when         the token expires. A request that is not an upgrade gets 400.",
+    params(WsParams, UpgradeHeaders),
+    responses((status = 101, description = "Switching Protocols: the connection is a WebSocket")))]
+pub async fn websocket(
+    State(s): State<RestState>,
+    a: Authenticated,
+    headers: axum::http::HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    const EXPECTED: &str =
+        "send a WebSocket upgrade: Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version: 13";
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            let detail = format!("{} ({EXPECTED})", e.body_text());
+            return Problem::new(e.status(), "not a websocket upgrade", detail).into_response();
+        }
+    };
+    // RFC 6455 §4.1: the key is 16 bytes, base64-encoded.
+    let key = headers.get("sec-websocket-key").map(|k| k.as_bytes()).unwrap_or_default();
+    if base64::engine::general_purpose::STANDARD.decode(key).map_or(true, |k| k.len() != 16) {
+        let detail = format!("Sec-WebSocket-Key must be the base64 of 16 bytes ({EXPECTED})");
+        return Problem::new(axum::http::StatusCode::BAD_REQUEST, "not a websocket upgrade", detail).into_response();
+    }
     let hub = s.hub.clone();
     ws.on_upgrade(move |socket| connection(socket, hub, a.user, a.session, a.jti, a.exp))
 }

@@ -49,9 +49,18 @@ impl OAuthError {
     }
 }
 
+/// An OAuth 2.0 error answer (RFC 6749 §5.2).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = OAuthError)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`, `unsupported_grant_type`, ...
+    error: String,
+    error_description: String,
+}
+
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.code, "error_description": self.description});
+        let body = OAuthErrorBody { error: self.code.into(), error_description: self.description };
         let mut r = (self.status, no_store(), axum::Json(body)).into_response();
         if self.basic && self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"perfect21\""));
@@ -129,6 +138,20 @@ pub(super) fn client_auth(
     }
 }
 
+/// The parameters of the back-channel endpoints (token, introspection, revocation).
+const PARAMETERS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "scope",
+    "token",
+    "token_type_hint",
+];
+
 /// A back-channel request body: `application/x-www-form-urlencoded`, no parameter repeated.
 pub(super) fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
@@ -141,15 +164,49 @@ pub(super) fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, S
         .map_err(|e| OAuthError::invalid_request(format!("the body is not form-urlencoded: {e}")))?;
     let mut form = HashMap::new();
     for (k, v) in pairs {
-        // RFC 6749 §3.2: parameters must not be repeated.
-        if form.insert(k.clone(), v).is_some() {
-            return Err(OAuthError::invalid_request(format!("parameter '{k}' is repeated")));
+        // RFC 6749 §3.1: a parameter of the protocol must not be repeated; others are ignored.
+        let known = PARAMETERS.contains(&k.as_str());
+        if form.contains_key(&k) {
+            if known {
+                return Err(OAuthError::invalid_request(format!("parameter '{k}' is repeated")));
+            }
+            continue;
         }
+        form.insert(k, v);
     }
+    // RFC 6749 §3.1: a parameter sent without a value is treated as omitted.
+    form.retain(|_, v| !v.is_empty());
     Ok(form)
 }
 
+/// The form of `POST /oauth2/token`; the client authenticates with HTTP Basic
+/// (`client_secret_basic`) or with `client_id` and `client_secret` here.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TokenRequest {
+    #[schema(pattern = "^(client_credentials|authorization_code|refresh_token)$")]
+    grant_type: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    /// `authorization_code`: the code, the redirect URI it was issued for, the PKCE verifier.
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    /// `refresh_token`.
+    refresh_token: Option<String>,
+    scope: Option<String>,
+}
+
 /// `POST /oauth2/token`.
+#[utoipa::path(post, path = "/oauth2/token", tag = "oidc",
+    summary = "OAuth 2.0 token endpoint (RFC 6749): client_credentials, authorization_code or refresh_token",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The tokens", content_type = "application/json", body = Object),
+        (status = 400, description = "A malformed request or an unusable grant", content_type = "application/json", body = OAuthErrorBody),
+        (status = 401, description = "Client authentication failed", content_type = "application/json", body = OAuthErrorBody),
+        (status = 503, description = "Try again", content_type = "application/json", body = OAuthErrorBody)),
+    security((), ("client_basic" = [])))]
 pub async fn token(
     State(s): State<RestState>,
     Origin(ctx): Origin,

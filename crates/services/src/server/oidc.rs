@@ -18,6 +18,7 @@
 
 use super::access::TOKENS_VALIDATE;
 use super::app::App;
+use super::oauth2::OAuthErrorBody;
 use super::oauth2::{self, OAuthError};
 use super::pages;
 use super::rest::{Origin, RestState};
@@ -44,14 +45,19 @@ pub const CSRF_COOKIE: &str = "p21_csrf";
 const ID_TOKEN_TTL: i64 = 15 * 60;
 
 /// The parameters of an authorization request (OpenID Connect Core §3.1.2.1).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuthorizeParams {
+    /// `code`.
     #[serde(default)]
     pub response_type: String,
+    /// A registered client's id.
     #[serde(default)]
     pub client_id: String,
+    /// One of the client's registered redirect URIs, exactly.
     #[serde(default)]
     pub redirect_uri: String,
+    /// Space-separated, holding `openid`.
     #[serde(default)]
     pub scope: String,
     pub state: Option<String>,
@@ -377,6 +383,13 @@ fn no_repeats(pairs: Vec<(String, String)>) -> Result<(), String> {
 
 /// `GET /oauth2/authorize`: signs the browser in (or reuses its session) and sends it
 /// back to the client with a code.
+#[utoipa::path(get, path = "/oauth2/authorize", tag = "oidc",
+    summary = "OpenID Connect authorization endpoint: the login page, or a redirect to the client",
+    params(AuthorizeParams),
+    responses(
+        (status = 200, description = "The sign-in page", content_type = "text/html", body = String),
+        (status = 303, description = "Back to the client's redirect URI with a code (or an error)"),
+        (status = 400, description = "A malformed request, an unknown client or an unregistered redirect URI: a page, never a redirect (RFC 6749 §4.1.2.1)", content_type = "text/html", body = String)))]
 pub async fn authorize(
     State(s): State<RestState>,
     Origin(ctx): Origin,
@@ -422,7 +435,8 @@ pub async fn authorize(
     with_cookies(login_page(StatusCode::OK, &auth, &token, &hint, ""), set)
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The sign-in forms of `POST /oauth2/authorize`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 struct LoginForm {
     #[serde(default)]
     request: String,
@@ -466,6 +480,15 @@ fn expired_form() -> Response {
 
 /// `POST /oauth2/authorize`: the sign-in form (`step=password`) and the second-factor
 /// form (`step=mfa`).
+#[utoipa::path(post, path = "/oauth2/authorize", tag = "oidc",
+    summary = "Login form target: password step or second-factor step",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The second-factor page", content_type = "text/html", body = String),
+        (status = 303, description = "Signed in: back to the client with a code"),
+        (status = 400, description = "The form could not be read", content_type = "text/html", body = String),
+        (status = 401, description = "Wrong credentials: the page again", content_type = "text/html", body = String),
+        (status = 403, description = "The form is not this site's or has expired (CSRF)", content_type = "text/html", body = String)))]
 pub async fn authorize_submit(
     State(s): State<RestState>,
     Origin(ctx): Origin,
@@ -798,6 +821,25 @@ async fn introspector(
 }
 
 /// `POST /oauth2/introspect` (RFC 7662).
+/// The form of `POST /oauth2/introspect` (RFC 7662) and `POST /oauth2/revoke` (RFC 7009);
+/// the client authenticates with HTTP Basic or with `client_id` and `client_secret` here.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TokenForm {
+    token: String,
+    token_type_hint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+#[utoipa::path(post, path = "/oauth2/introspect", tag = "oidc",
+    summary = "Token introspection (RFC 7662); client authentication",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`active`, and the token's claims when it is", content_type = "application/json", body = Object),
+        (status = 400, description = "A malformed request", content_type = "application/json", body = OAuthErrorBody),
+        (status = 401, description = "Client authentication failed", content_type = "application/json", body = OAuthErrorBody)),
+    security((), ("client_basic" = [])))]
 pub async fn introspect(State(s): State<RestState>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthError> {
     let app = &s.app;
     let form = oauth2::form(&headers, &body)?;
@@ -869,6 +911,14 @@ fn unless_broken(result: Result<u64, DomainError>) -> Result<(), OAuthError> {
 
 /// `POST /oauth2/revoke` (RFC 7009): a client revokes one of its own access or
 /// refresh tokens. Unknown tokens and tokens of other clients answer 200 too.
+#[utoipa::path(post, path = "/oauth2/revoke", tag = "oidc",
+    summary = "Token revocation (RFC 7009); client authentication",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked (or not a token of this client: nothing to do)", content_type = "application/json", body = Object),
+        (status = 400, description = "A malformed request", content_type = "application/json", body = OAuthErrorBody),
+        (status = 401, description = "Client authentication failed", content_type = "application/json", body = OAuthErrorBody)),
+    security((), ("client_basic" = [])))]
 pub async fn revoke(
     State(s): State<RestState>,
     Origin(ctx): Origin,
@@ -897,6 +947,12 @@ pub async fn revoke(
 
 /// `GET|POST /oauth2/userinfo` (OpenID Connect Core §5.3), with an access token that
 /// was granted the `openid` scope.
+#[utoipa::path(method(get, post), path = "/oauth2/userinfo", tag = "oidc",
+    summary = "OpenID Connect userinfo: claims of the token's user, by granted scope",
+    responses(
+        (status = 200, description = "The claims", content_type = "application/json", body = Object),
+        (status = 401, description = "The token is invalid (WWW-Authenticate says why)", content_type = "application/json", body = OAuthErrorBody),
+        (status = 403, description = "The token lacks the openid scope", content_type = "application/json", body = OAuthErrorBody)))]
 pub async fn userinfo(State(s): State<RestState>, headers: HeaderMap) -> Response {
     let app = &s.app;
     let refuse = |error: &str, description: &str| {
@@ -921,7 +977,10 @@ pub async fn userinfo(State(s): State<RestState>, headers: HeaderMap) -> Respons
         .into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0); `csrf` only in the
+/// confirmation form.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
+#[into_params(parameter_in = Query)]
 struct LogoutParams {
     id_token_hint: Option<String>,
     post_logout_redirect_uri: Option<String>,
@@ -992,6 +1051,13 @@ fn hinted_client(app: &App, hint: Option<&str>) -> Result<Option<Uuid>, ()> {
 
 /// `GET /oauth2/logout` (RP-initiated logout): with a valid `id_token_hint` the
 /// browser is signed out at once; without one, a confirmation page asks first.
+#[utoipa::path(get, path = "/oauth2/logout", tag = "oidc",
+    summary = "RP-initiated logout (id_token_hint, post_logout_redirect_uri, state)",
+    params(LogoutParams),
+    responses(
+        (status = 200, description = "The confirmation page (or: signed out)", content_type = "text/html", body = String),
+        (status = 303, description = "Signed out: to the registered post-logout URI"),
+        (status = 400, description = "The hint or the return address cannot be used", content_type = "text/html", body = String)))]
 pub async fn logout(
     State(s): State<RestState>,
     Origin(ctx): Origin,
@@ -1033,6 +1099,14 @@ pub async fn logout(
 }
 
 /// `POST /oauth2/logout`: the confirmation form.
+#[utoipa::path(post, path = "/oauth2/logout", tag = "oidc",
+    summary = "Logout confirmation form target",
+    request_body(content = LogoutParams, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Signed out", content_type = "text/html", body = String),
+        (status = 303, description = "Signed out: to the registered post-logout URI"),
+        (status = 400, description = "The form or the return address cannot be used", content_type = "text/html", body = String),
+        (status = 403, description = "The form is not this site's or has expired (CSRF)", content_type = "text/html", body = String)))]
 pub async fn logout_submit(
     State(s): State<RestState>,
     Origin(ctx): Origin,
@@ -1053,6 +1127,9 @@ pub async fn logout_submit(
 }
 
 /// `GET /.well-known/openid-configuration` (OpenID Connect Discovery 1.0).
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oidc",
+    summary = "OpenID Connect discovery document",
+    responses((status = 200, description = "The provider's metadata", content_type = "application/json", body = Object)))]
 pub async fn discovery(State(s): State<RestState>) -> Response {
     let issuer = s.app.issuer.trim_end_matches('/').to_string();
     let at = |path: &str| format!("{issuer}{path}");

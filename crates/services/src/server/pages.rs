@@ -122,13 +122,23 @@ fn page_for(state: VerificationState, token: &str) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
+#[into_params(parameter_in = Query)]
 pub struct TokenParam {
+    /// The token of the welcome email's link.
     #[serde(default)]
     token: String,
 }
 
 /// `GET /verify-email?token=…`: what the link would do, and a button to do it.
+#[utoipa::path(get, path = "/verify-email", tag = "pages",
+    summary = "HTML page of the welcome email's link: shows a button that confirms",
+    params(TokenParam),
+    responses(
+        (status = 200, description = "The button (or: already verified)", content_type = "text/html", body = String),
+        (status = 404, description = "Not a valid link", content_type = "text/html", body = String),
+        (status = 410, description = "The link has expired", content_type = "text/html", body = String),
+        (status = 503, description = "Try again", content_type = "text/html", body = String)))]
 pub async fn verify_email_page(State(s): State<RestState>, Query(q): Query<TokenParam>) -> Response {
     match s.app.identity.verification_state(&q.token).await {
         Ok(state) => page_for(state, &q.token),
@@ -137,11 +147,19 @@ pub async fn verify_email_page(State(s): State<RestState>, Query(q): Query<Token
 }
 
 /// `POST /verify-email` (form field `token`): verifies, then shows the outcome.
-pub async fn verify_email_submit(
-    State(s): State<RestState>,
-    Origin(ctx): Origin,
-    axum::Form(q): axum::Form<TokenParam>,
-) -> Response {
+#[utoipa::path(post, path = "/verify-email", tag = "pages",
+    summary = "HTML form target: verifies the address",
+    request_body(content = TokenParam, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Verified (or already verified)", content_type = "text/html", body = String),
+        (status = 400, description = "The form could not be read", content_type = "text/html", body = String),
+        (status = 404, description = "Not a valid link", content_type = "text/html", body = String),
+        (status = 410, description = "The link has expired", content_type = "text/html", body = String),
+        (status = 503, description = "Try again", content_type = "text/html", body = String)))]
+pub async fn verify_email_submit(State(s): State<RestState>, Origin(ctx): Origin, body: axum::body::Bytes) -> Response {
+    let Ok(q) = serde_urlencoded::from_bytes::<TokenParam>(&body) else {
+        return message(StatusCode::BAD_REQUEST, "error", "Invalid form", "The form could not be read.");
+    };
     match s.app.identity.verify_email(&ctx, &q.token).await {
         Ok(_) => render(StatusCode::OK, "verified", "Email address verified", ""),
         Err(_) => match s.app.identity.verification_state(&q.token).await {
@@ -152,6 +170,9 @@ pub async fn verify_email_submit(
 }
 
 /// `GET /assets/perfect21.css`.
+#[utoipa::path(get, path = "/assets/perfect21.css", tag = "pages",
+    summary = "Stylesheet of the HTML pages",
+    responses((status = 200, description = "CSS", content_type = "text/css", body = String)))]
 pub async fn stylesheet() -> Response {
     let css = pages().stylesheet;
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], css)

@@ -6,18 +6,19 @@ use super::hub::Hub;
 use super::rest_admin;
 use super::views;
 use super::{runs, Service};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use perfect21_domain::{DomainError, LoginRequest, Registration, RequestContext};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 /// Largest accepted request body.
@@ -53,15 +54,32 @@ impl Problem {
     }
 }
 
+/// The body of every error answer (`application/problem+json`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemBody<'a> {
+    /// `https://perfect21.dev/problems/<title with dashes>`.
+    #[serde(rename = "type")]
+    #[schema(format = "uri")]
+    kind: String,
+    /// What went wrong, in a few words: `invalid argument`, `unauthenticated`, ...
+    title: &'a str,
+    /// The HTTP status code.
+    status: u16,
+    /// What was wrong and what was expected.
+    detail: &'a str,
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("https://perfect21.dev/problems/{}", self.title.replace(' ', "-")),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+        let body = ProblemBody {
+            kind: format!("https://perfect21.dev/problems/{}", self.title.replace(' ', "-")),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        };
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], text).into_response()
     }
 }
 
@@ -106,6 +124,62 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
             Err(e) => Err(Problem::new(e.status(), "invalid body", e.body_text())),
         }
     }
+}
+
+/// A path parameter, with a problem (not plain text) when it does not parse.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(Problem::new(e.status(), "invalid path", e.body_text())),
+        }
+    }
+}
+
+/// The query string, with a problem (not plain text) when it does not parse.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(Problem::new(e.status(), "invalid query", e.body_text())),
+        }
+    }
+}
+
+/// Deserializes an integer that JSON may spell `7` or `7.0` (JSON Schema's `integer`
+/// admits both), refusing fractions and values out of range.
+pub fn integral<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => Some(i),
+        (None, Some(f)) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Some(f as i64),
+        _ => None,
+    };
+    whole
+        .and_then(|i| T::try_from(i).ok())
+        .ok_or_else(|| D::Error::custom(format!("{n} is not an integer in range ({})", std::any::type_name::<T>())))
+}
+
+/// [`integral`], for an optional field (`null` or absent: `None`).
+pub fn integral_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    #[derive(Deserialize)]
+    struct Wrap<T: TryFrom<i64>>(#[serde(deserialize_with = "integral")] T);
+    Ok(Option::<Wrap<T>>::deserialize(d)?.map(|w| w.0))
 }
 
 /// Where a request comes from: the peer (or the client a trusted proxy names), the
@@ -224,6 +298,17 @@ async fn authorize(
     }
 }
 
+/// The `x-consistency-token` header of reads.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct Consistency {
+    /// Answer only once the read models have reached this log position (a write's
+    /// `consistency_token`).
+    #[param(rename = "x-consistency-token", minimum = 0, nullable = false)]
+    x_consistency_token: Option<u64>,
+}
+
 pub fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     match headers.get("x-consistency-token") {
         None => Ok(None),
@@ -236,74 +321,15 @@ pub fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     }
 }
 
-/// The REST routes; with `only`, just that service's.
+/// The REST routes; with `only`, just that service's. Each handler's `#[utoipa::path]`
+/// states its path, parameters, body and answers: the router and the OpenAPI document
+/// are built from the same list, so neither can name a route the other lacks.
 pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
-    let mut api = Router::new().route("/openapi.json", get(|| async { Json(super::openapi::document()) }));
-    if runs(only, Service::Auth) {
-        api = api
-            .route("/auth/register", post(register))
-            .route("/auth/verify-email", post(verify_email))
-            .route("/auth/login", post(login))
-            .route("/auth/logout", post(logout))
-            .route("/auth/validate", post(validate))
-            .route("/auth/revoke", post(revoke_token))
-            .route("/auth/mfa/enroll", post(mfa_enroll))
-            .route("/auth/mfa/confirm", post(mfa_confirm))
-            .route("/auth/mfa/disable", post(mfa_disable));
-    }
-    if runs(only, Service::Session) {
-        api = api
-            .route("/auth/refresh", post(refresh))
-            .route("/sessions", get(list_sessions))
-            .route("/sessions/{id}", delete(revoke_session))
-            .route("/ws", get(super::hub::websocket));
-    }
-    if runs(only, Service::User) {
-        api = api
-            .route("/users/me", get(me))
-            .route("/users/{id}", get(get_user))
-            .route("/audit/users/{id}", get(rest_admin::audit))
-            .route("/users/{id}/export", get(rest_admin::export_user));
-    }
-    if runs(only, Service::Permission) {
-        api = api
-            .route("/permissions/users/{id}", get(user_permissions))
-            .route("/permissions/check", post(check_permission))
-            .route("/roles", post(rest_admin::create_role))
-            .route("/roles/{id}/permissions", post(rest_admin::grant_to_role))
-            .route("/users/{id}/roles", post(rest_admin::assign_role))
-            .route("/users/{id}/roles/{role}", delete(rest_admin::revoke_role));
-    }
-    if runs(only, Service::Auth) {
-        api = api
-            .route("/service-accounts", get(rest_admin::list_service_accounts).post(rest_admin::create_service_account))
-            .route("/service-accounts/{id}/secret", post(rest_admin::rotate_service_account_secret))
-            .route("/service-accounts/{id}/disable", post(rest_admin::disable_service_account))
-            .route("/service-accounts/{id}", delete(rest_admin::delete_service_account))
-            .route("/clients", get(rest_admin::list_clients).post(rest_admin::register_client))
-            .route("/clients/{id}", axum::routing::put(rest_admin::update_client).delete(rest_admin::delete_client))
-            .route("/clients/{id}/secret", post(rest_admin::rotate_client_secret));
-    }
-    let mut root = Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/status", get(status))
-        .route("/readyz", get(readyz));
-    if runs(only, Service::Auth) {
-        root = root
-            .route("/.well-known/jwks.json", get(jwks))
-            .route("/.well-known/openid-configuration", get(super::oidc::discovery))
-            .route("/oauth2/token", post(super::oauth2::token))
-            .route("/oauth2/authorize", get(super::oidc::authorize).post(super::oidc::authorize_submit))
-            .route("/oauth2/userinfo", get(super::oidc::userinfo).post(super::oidc::userinfo))
-            .route("/oauth2/introspect", post(super::oidc::introspect))
-            .route("/oauth2/revoke", post(super::oidc::revoke))
-            .route("/oauth2/logout", get(super::oidc::logout).post(super::oidc::logout_submit))
-            .route("/verify-email", get(super::pages::verify_email_page).post(super::pages::verify_email_submit))
-            .route("/assets/perfect21.css", get(super::pages::stylesheet));
-    }
-    root.route("/metrics", get(metrics_text))
+    let (routes, document) = routes(only).split_for_parts();
+    let document = Arc::new(super::openapi::finish(document));
+    routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
+        .layer(axum::Extension(document))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -311,22 +337,133 @@ pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
         .with_state(state)
 }
 
-#[derive(Deserialize)]
+/// The OpenAPI document of the routes `only` serves.
+pub fn document(only: Option<Service>) -> Value {
+    super::openapi::finish(routes(only).split_for_parts().1)
+}
+
+fn routes(only: Option<Service>) -> OpenApiRouter<RestState> {
+    let mut api = OpenApiRouter::new().routes(routes!(openapi_json));
+    if runs(only, Service::Auth) {
+        api = api
+            .routes(routes!(register))
+            .routes(routes!(verify_email))
+            .routes(routes!(login))
+            .routes(routes!(logout))
+            .routes(routes!(validate))
+            .routes(routes!(revoke_token))
+            .routes(routes!(mfa_enroll))
+            .routes(routes!(mfa_confirm))
+            .routes(routes!(mfa_disable));
+    }
+    if runs(only, Service::Session) {
+        api = api
+            .routes(routes!(refresh))
+            .routes(routes!(list_sessions))
+            .routes(routes!(revoke_session))
+            .routes(routes!(super::hub::websocket));
+    }
+    if runs(only, Service::User) {
+        api = api
+            .routes(routes!(me))
+            .routes(routes!(get_user))
+            .routes(routes!(rest_admin::audit))
+            .routes(routes!(rest_admin::export_user));
+    }
+    if runs(only, Service::Permission) {
+        api = api
+            .routes(routes!(user_permissions))
+            .routes(routes!(check_permission))
+            .routes(routes!(rest_admin::create_role))
+            .routes(routes!(rest_admin::grant_to_role))
+            .routes(routes!(rest_admin::assign_role))
+            .routes(routes!(rest_admin::revoke_role));
+    }
+    if runs(only, Service::Auth) {
+        api = api
+            .routes(routes!(rest_admin::list_service_accounts, rest_admin::create_service_account))
+            .routes(routes!(rest_admin::rotate_service_account_secret))
+            .routes(routes!(rest_admin::disable_service_account))
+            .routes(routes!(rest_admin::delete_service_account))
+            .routes(routes!(rest_admin::list_clients, rest_admin::register_client))
+            .routes(routes!(rest_admin::update_client, rest_admin::delete_client))
+            .routes(routes!(rest_admin::rotate_client_secret));
+    }
+    let mut root = OpenApiRouter::with_openapi(super::openapi::base())
+        .nest("/api/v1", api)
+        .routes(routes!(healthz))
+        .routes(routes!(status))
+        .routes(routes!(readyz));
+    if runs(only, Service::Auth) {
+        root = root
+            .routes(routes!(jwks))
+            .routes(routes!(super::oidc::discovery))
+            .routes(routes!(super::oauth2::token))
+            .routes(routes!(super::oidc::authorize, super::oidc::authorize_submit))
+            .routes(routes!(super::oidc::userinfo))
+            .routes(routes!(super::oidc::introspect))
+            .routes(routes!(super::oidc::revoke))
+            .routes(routes!(super::oidc::logout, super::oidc::logout_submit))
+            .routes(routes!(super::pages::verify_email_page, super::pages::verify_email_submit))
+            .routes(routes!(super::pages::stylesheet));
+    }
+    root.routes(routes!(metrics_text))
+}
+
+/// `GET /api/v1/openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the routes this process serves", content_type = "application/json", body = Object)))]
+async fn openapi_json(axum::Extension(document): axum::Extension<Arc<Value>>) -> Json<Value> {
+    Json(Value::clone(&document))
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain", example = "ok")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Deserialize, ToSchema)]
 struct RegisterBody {
+    /// Unused by any other user; compared without case.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// Unused by any other user; compared without case.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{3,32}$", min_length = 3, max_length = 32)]
     username: String,
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
+    #[schema(max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     first_name: Option<String>,
+    #[schema(max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     last_name: Option<String>,
+    #[schema(max_length = 32, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     phone_number: Option<String>,
+    /// A BCP 47 tag such as `en-GB`.
+    #[schema(max_length = 35, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     locale: Option<String>,
 }
 
+/// `201` answer of a registration.
+#[derive(Serialize, ToSchema)]
+struct Registered {
+    user_id: Uuid,
+    /// Pass as `x-consistency-token` to read your own write.
+    consistency_token: u64,
+    /// Only in `--dev` mode: the token the welcome email carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verification_token: Option<String>,
+}
+
+#[utoipa::path(post, path = "/auth/register", tag = "auth",
+    summary = "Register a user (email and username must be unused)",
+    request_body = RegisterBody,
+    responses((status = 201, description = "Registered; a verification email is on its way", body = Registered)))]
 async fn register(
     State(s): State<RestState>,
     Origin(ctx): Origin,
     Body(b): Body<RegisterBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Registered>)> {
     let r = Registration {
         email: b.email,
         username: b.username,
@@ -337,72 +474,134 @@ async fn register(
         locale: b.locale,
     };
     let reg = s.app.identity.register(&ctx, r).await?;
-    let mut body = json!({"user_id": reg.user_id, "consistency_token": reg.position});
-    if s.app.dev_mode {
-        body["verification_token"] = json!(reg.verification_token);
-    }
+    let body = Registered {
+        user_id: reg.user_id,
+        consistency_token: reg.position,
+        verification_token: s.app.dev_mode.then_some(reg.verification_token),
+    };
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct TokenBody {
     token: String,
 }
 
+#[utoipa::path(post, path = "/auth/verify-email", tag = "auth",
+    summary = "Verify an email address with the single-use token",
+    request_body = TokenBody,
+    responses((status = 200, description = "The address is verified", content_type = "application/json", body = Object)))]
 async fn verify_email(State(s): State<RestState>, Origin(ctx): Origin, Body(b): Body<TokenBody>) -> ApiResult {
     let position = s.app.identity.verify_email(&ctx, &b.token).await?;
     Ok(Json(json!({"verified": true, "consistency_token": position})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LoginBody {
     /// Email address or username.
+    #[schema(min_length = 1)]
     identifier: String,
+    #[schema(min_length = 1)]
     password: String,
+    /// A TOTP code or a recovery code, when the first answer said `mfa required`.
     mfa_code: Option<String>,
+    /// The client's own name for the device, kept with the session.
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     device_id: Option<String>,
 }
 
-fn grant_json(app: &App, grant: &perfect21_domain::LoginGrant) -> ApiResult {
+/// The tokens of a login or a refresh.
+#[derive(Serialize, ToSchema)]
+struct Grant {
+    user_id: Uuid,
+    session_id: Uuid,
+    /// A JWT (EdDSA), sent as `Authorization: Bearer`.
+    access_token: String,
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Unix seconds.
+    expires_at: i64,
+    /// Single use: `/auth/refresh` answers a new one.
+    refresh_token: String,
+    /// Unix seconds.
+    refresh_expires_at: i64,
+    risk_score: f32,
+    consistency_token: u64,
+}
+
+fn grant_json(app: &App, grant: &perfect21_domain::LoginGrant) -> ApiResult<Json<Grant>> {
     let access_token = app
         .access_token(grant)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error", e.to_string()))?;
-    Ok(Json(json!({
-        "user_id": grant.user_id,
-        "session_id": grant.session_id,
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "expires_at": grant.access_expires_at,
-        "refresh_token": grant.refresh_token,
-        "refresh_expires_at": grant.refresh_expires_at,
-        "risk_score": grant.risk_score,
-        "consistency_token": grant.position,
-    })))
+    Ok(Json(Grant {
+        user_id: grant.user_id,
+        session_id: grant.session_id,
+        access_token,
+        token_type: "Bearer",
+        expires_at: grant.access_expires_at,
+        refresh_token: grant.refresh_token.clone(),
+        refresh_expires_at: grant.refresh_expires_at,
+        risk_score: grant.risk_score,
+        consistency_token: grant.position,
+    }))
 }
 
-async fn login(State(s): State<RestState>, Origin(ctx): Origin, Body(b): Body<LoginBody>) -> ApiResult {
+#[utoipa::path(post, path = "/auth/login", tag = "auth",
+    summary = "Log in (send mfa_code when the answer says mfa required)",
+    request_body = LoginBody,
+    responses((status = 200, description = "Signed in", body = Grant)))]
+async fn login(State(s): State<RestState>, Origin(ctx): Origin, Body(b): Body<LoginBody>) -> ApiResult<Json<Grant>> {
     let req =
         LoginRequest { identifier: b.identifier, password: b.password, mfa_code: b.mfa_code, device_id: b.device_id };
     let grant = s.app.identity.login(&ctx, req).await?;
     grant_json(&s.app, &grant)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RefreshBody {
+    #[schema(min_length = 1)]
     refresh_token: String,
 }
 
-async fn refresh(State(s): State<RestState>, Origin(ctx): Origin, Body(b): Body<RefreshBody>) -> ApiResult {
+#[utoipa::path(post, path = "/auth/refresh", tag = "sessions",
+    summary = "Rotate a refresh token",
+    request_body = RefreshBody,
+    responses((status = 200, description = "New tokens; the refresh token sent is spent", body = Grant)))]
+async fn refresh(
+    State(s): State<RestState>,
+    Origin(ctx): Origin,
+    Body(b): Body<RefreshBody>,
+) -> ApiResult<Json<Grant>> {
     let grant = s.app.identity.refresh(&ctx, &b.refresh_token).await?;
     grant_json(&s.app, &grant)
 }
 
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    summary = "End the caller's session",
+    responses((status = 200, description = "The session is revoked", content_type = "application/json", body = Object)))]
 async fn logout(State(s): State<RestState>, a: Authenticated) -> ApiResult {
     let position = s.app.identity.logout(&a.ctx, a.session).await?;
     Ok(Json(json!({"logged_out": true, "consistency_token": position})))
 }
 
-async fn validate(State(s): State<RestState>, a: Admitted, Body(b): Body<TokenBody>) -> ApiResult {
+/// The answer of a validation.
+#[derive(Serialize, ToSchema)]
+struct Validation {
+    valid: bool,
+    user_id: Option<Uuid>,
+    permissions: Vec<String>,
+    /// Unix seconds (0 when not valid).
+    expires_at: i64,
+    /// Why the token is not valid (empty when it is).
+    error_message: String,
+    warnings: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/auth/validate", tag = "auth",
+    summary = "Validate an access token (signature, expiry, revocation, user status)",
+    request_body = TokenBody,
+    responses((status = 200, description = "The verdict (an invalid token is a 200 with valid: false)", body = Validation)))]
+async fn validate(State(s): State<RestState>, a: Admitted, Body(b): Body<TokenBody>) -> ApiResult<Json<Validation>> {
     let c = s.app.validate(&b.token, a.ctx.client_ip.as_deref()).await;
     // Without perfect21.tokens:validate a caller may validate its own tokens only.
     if !a.caller.privileged && c.user_id != Some(a.caller.principal.id()) {
@@ -412,21 +611,28 @@ async fn validate(State(s): State<RestState>, a: Admitted, Body(b): Body<TokenBo
             format!("{} is required to validate tokens of others", access::TOKENS_VALIDATE),
         ));
     }
-    Ok(Json(json!({
-        "valid": c.valid,
-        "user_id": c.user_id,
-        "permissions": c.permissions,
-        "expires_at": c.expires_at,
-        "error_message": c.error.unwrap_or_default(),
-        "warnings": c.warnings,
-    })))
+    Ok(Json(Validation {
+        valid: c.valid,
+        user_id: c.user_id,
+        permissions: c.permissions,
+        expires_at: c.expires_at,
+        error_message: c.error.unwrap_or_default(),
+        warnings: c.warnings,
+    }))
 }
 
+#[utoipa::path(post, path = "/auth/revoke", tag = "auth",
+    summary = "Revoke the caller's access token",
+    responses((status = 200, description = "The token is revoked", content_type = "application/json", body = Object)))]
 async fn revoke_token(State(s): State<RestState>, a: Authenticated) -> ApiResult {
     let position = s.app.identity.revoke_token(&a.ctx, a.session, &a.jti, a.exp).await?;
     Ok(Json(json!({"revoked": true, "consistency_token": position})))
 }
 
+#[utoipa::path(post, path = "/auth/mfa/enroll", tag = "auth",
+    summary = "Start TOTP enrollment (needs the current password; the enrollment expires after 10 minutes)",
+    request_body = PasswordBody,
+    responses((status = 200, description = "The secret, its otpauth URL and the enrollment token", content_type = "application/json", body = Object)))]
 async fn mfa_enroll(State(s): State<RestState>, a: Authenticated, Body(b): Body<PasswordBody>) -> ApiResult {
     let e = s.app.identity.begin_mfa(&a.ctx, a.user, &b.password).await?;
     Ok(Json(json!({
@@ -437,29 +643,47 @@ async fn mfa_enroll(State(s): State<RestState>, a: Authenticated, Body(b): Body<
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct MfaConfirmBody {
+    #[schema(min_length = 1)]
     enrollment_token: String,
+    /// The first code the authenticator shows.
+    #[schema(min_length = 1)]
     code: String,
+    #[schema(min_length = 1)]
     password: String,
 }
 
+#[utoipa::path(post, path = "/auth/mfa/confirm", tag = "auth",
+    summary = "Confirm TOTP enrollment with a first code; returns recovery codes",
+    request_body = MfaConfirmBody,
+    responses((status = 200, description = "TOTP is on; the recovery codes are shown once", content_type = "application/json", body = Object)))]
 async fn mfa_confirm(State(s): State<RestState>, a: Authenticated, Body(b): Body<MfaConfirmBody>) -> ApiResult {
     let (codes, position) =
         s.app.identity.confirm_mfa(&a.ctx, a.user, &b.enrollment_token, &b.code, &b.password).await?;
     Ok(Json(json!({"mfa_enabled": true, "recovery_codes": codes, "consistency_token": position})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct PasswordBody {
+    /// The caller's current password.
+    #[schema(min_length = 1)]
     password: String,
 }
 
+#[utoipa::path(post, path = "/auth/mfa/disable", tag = "auth",
+    summary = "Turn TOTP off (needs the password)",
+    request_body = PasswordBody,
+    responses((status = 200, description = "TOTP is off", content_type = "application/json", body = Object)))]
 async fn mfa_disable(State(s): State<RestState>, a: Authenticated, Body(b): Body<PasswordBody>) -> ApiResult {
     let position = s.app.identity.disable_mfa(&a.ctx, a.user, &b.password).await?;
     Ok(Json(json!({"mfa_enabled": false, "consistency_token": position})))
 }
 
+#[utoipa::path(get, path = "/sessions", tag = "sessions",
+    summary = "The caller's active sessions",
+    params(Consistency),
+    responses((status = 200, description = "Each session, `current` marking the caller's", content_type = "application/json", body = Object)))]
 async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: HeaderMap) -> ApiResult {
     let sessions = s
         .app
@@ -479,6 +703,10 @@ async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: He
     Ok(Json(json!({ "sessions": sessions })))
 }
 
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions",
+    summary = "Revoke a session (another user's needs perfect21.sessions:revoke)",
+    params(("id" = Uuid, Path, description = "The session")),
+    responses((status = 200, description = "The session is revoked", content_type = "application/json", body = Object)))]
 async fn revoke_session(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>) -> ApiResult {
     // A session this process just started must count as the caller's own.
     let owner =
@@ -489,10 +717,18 @@ async fn revoke_session(State(s): State<RestState>, a: Admitted, Path(id): Path<
     Ok(Json(json!({"revoked": true, "consistency_token": position})))
 }
 
+#[utoipa::path(get, path = "/users/me", tag = "users",
+    summary = "The caller",
+    params(Consistency),
+    responses((status = 200, description = "The caller's record", content_type = "application/json", body = Object)))]
 async fn me(State(s): State<RestState>, a: Authenticated, headers: HeaderMap) -> ApiResult {
     user_json(&s, a.user, consistency(&headers)?).await
 }
 
+#[utoipa::path(get, path = "/users/{id}", tag = "users",
+    summary = "A user (another user's needs perfect21.users:read)",
+    params(("id" = Uuid, Path, description = "The user"), Consistency),
+    responses((status = 200, description = "The user's record", content_type = "application/json", body = Object)))]
 async fn get_user(State(s): State<RestState>, a: Admitted, Path(id): Path<Uuid>, headers: HeaderMap) -> ApiResult {
     a.caller.require_self_or_privileged(id)?;
     user_json(&s, id, consistency(&headers)?).await
@@ -504,6 +740,10 @@ async fn user_json(s: &RestState, id: Uuid, min: Option<u64>) -> ApiResult {
     Ok(Json(serde_json::to_value(u).unwrap_or(Value::Null)))
 }
 
+#[utoipa::path(get, path = "/permissions/users/{id}", tag = "permissions",
+    summary = "A user's effective permissions and roles",
+    params(("id" = Uuid, Path, description = "The user"), Consistency),
+    responses((status = 200, description = "Permissions with their source, and roles", content_type = "application/json", body = Object)))]
 async fn user_permissions(
     State(s): State<RestState>,
     a: Admitted,
@@ -533,25 +773,42 @@ async fn user_permissions(
     Ok(Json(json!({"user_id": id, "permissions": permissions, "roles": roles})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct CheckBody {
     user_id: Uuid,
+    #[schema(min_length = 1)]
     resource: String,
+    #[schema(min_length = 1)]
     action: String,
+    /// `*` when absent.
     #[serde(default)]
+    #[schema(min_length = 1)]
     scope: Option<String>,
 }
 
+/// A permission decision.
+#[derive(Serialize, ToSchema)]
+struct Decision {
+    allowed: bool,
+    reason: String,
+    applied_policies: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/permissions/check", tag = "permissions",
+    summary = "Check a permission: allowed, reason, applied policies",
+    params(Consistency),
+    request_body = CheckBody,
+    responses((status = 200, description = "The decision", body = Decision)))]
 async fn check_permission(
     State(s): State<RestState>,
     a: Admitted,
     headers: HeaderMap,
     Body(b): Body<CheckBody>,
-) -> ApiResult {
+) -> ApiResult<Json<Decision>> {
     a.caller.require_self_or_privileged(b.user_id)?;
     let scope = b.scope.unwrap_or_else(|| "*".into());
     let d = s.app.identity.check_permission(b.user_id, &b.resource, &b.action, &scope, consistency(&headers)?).await?;
-    Ok(Json(json!({"allowed": d.allowed, "reason": d.reason, "applied_policies": d.applied_policies})))
+    Ok(Json(Decision { allowed: d.allowed, reason: d.reason, applied_policies: d.applied_policies }))
 }
 
 /// Counts and times every request by route template (never the raw path, so label values stay few).
@@ -584,6 +841,11 @@ async fn positions(s: &RestState) -> Result<(u64, u64, Option<u64>), Problem> {
 const READY_MAX_LAG: u64 = 1000;
 
 /// Readiness: the store answers, the read models are caught up, the broker (if any) is connected.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    summary = "Readiness: store reachable, read models caught up, broker connected",
+    responses(
+        (status = 200, description = "Ready", content_type = "application/json", body = Object, example = json!({"ready": true})),
+        (status = 503, description = "Not ready, and why", content_type = "application/problem+json", body = ProblemBody)))]
 async fn readyz(State(s): State<RestState>) -> Response {
     let mut problems = Vec::new();
     match positions(&s).await {
@@ -609,6 +871,9 @@ async fn readyz(State(s): State<RestState>) -> Response {
 }
 
 /// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The Prometheus text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(s): State<RestState>) -> Result<Response, Problem> {
     let (head, models, relay) = positions(&s).await?;
     metrics::gauge!("perfect21_log_position").set(head as f64);
@@ -621,6 +886,9 @@ async fn metrics_text(State(s): State<RestState>) -> Result<Response, Problem> {
 }
 
 /// Positions for operators: the log head, the read models' checkpoint, the relay's confirmed position and lag.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    summary = "Log head, read-model checkpoint and lag, relay confirmed position and lag, verified chain",
+    responses((status = 200, description = "Positions", content_type = "application/json", body = Object)))]
 async fn status(State(s): State<RestState>) -> ApiResult {
     let (head, models, confirmed) = positions(&s).await?;
     let relay = s.relay.as_ref().zip(confirmed).map(|(r, confirmed)| {
@@ -639,6 +907,9 @@ async fn status(State(s): State<RestState>) -> ApiResult {
     })))
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oidc",
+    summary = "Public keys of access and ID tokens (JWKS)",
+    responses((status = 200, description = "A JSON Web Key Set", content_type = "application/json", body = Object)))]
 async fn jwks(State(s): State<RestState>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "public, max-age=300")], Json(s.app.keys.jwks()))
 }
