@@ -68,23 +68,14 @@ pub fn describe(rule: Rule) -> String {
     }
 }
 
-/// The problem answer of an error status.
-fn problem(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    })
-}
-
-/// Adds to a response the problem content (keeping what the handler declared).
+/// Adds to a response the problem content, keeping what the handler declared (and
+/// its description, if it has one).
 fn add_problem(responses: &mut Value, status: &str, description: &str) {
     let entry = &mut responses[status];
     if entry.is_null() {
-        *entry = problem(description);
-    } else {
-        entry["content"]["application/problem+json"] =
-            problem(description)["content"]["application/problem+json"].clone();
+        *entry = json!({ "description": description });
     }
+    entry["content"]["application/problem+json"] = json!({"schema": {"$ref": "#/components/schemas/Problem"}});
 }
 
 /// The served document: `generated` with each operation's access rule (`x-access`, its

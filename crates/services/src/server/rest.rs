@@ -34,6 +34,8 @@ pub struct RestState {
     pub relay: Option<Arc<crate::relay::RelayStatus>>,
     /// How far the log's hash chain is verified, when this process watches it.
     pub chain: Option<Arc<super::chain::ChainWatch>>,
+    /// The OpenAPI document of this router, serialized once ([`router`] sets it).
+    pub openapi: axum::body::Bytes,
 }
 
 /// An RFC 9457 problem.
@@ -324,12 +326,11 @@ pub fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
 /// The REST routes; with `only`, just that service's. Each handler's `#[utoipa::path]`
 /// states its path, parameters, body and answers: the router and the OpenAPI document
 /// are built from the same list, so neither can name a route the other lacks.
-pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
+pub fn router(mut state: RestState, only: Option<Service>) -> Router<()> {
     let (routes, document) = routes(only).split_for_parts();
-    let document = Arc::new(super::openapi::finish(document));
+    state.openapi = super::openapi::finish(document).to_string().into();
     routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
-        .layer(axum::Extension(document))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -413,8 +414,8 @@ fn routes(only: Option<Service>) -> OpenApiRouter<RestState> {
 /// `GET /api/v1/openapi.json`.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
     responses((status = 200, description = "The OpenAPI 3.1 document of the routes this process serves", content_type = "application/json", body = Object)))]
-async fn openapi_json(axum::Extension(document): axum::Extension<Arc<Value>>) -> Json<Value> {
-    Json(Value::clone(&document))
+async fn openapi_json(State(s): State<RestState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], s.openapi).into_response()
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
