@@ -55,6 +55,11 @@ pub enum StoreError {
     /// type and version: its fields cannot be sealed, and it is not appended.
     #[error("event {event_id} is not a valid {event_type} v{schema_version} ({reason}); its personal fields cannot be sealed, and nothing was appended")]
     Unsealable { event_id: uuid::Uuid, event_type: String, schema_version: u16, reason: String },
+    /// This instance may no longer append: another writer of the same log took over
+    /// (Kafka fences the older holder of a transactional id). Nothing of the append was
+    /// written; send it to the current writer.
+    #[error("event store ({backend}) refused the append: {message}")]
+    Fenced { backend: &'static str, message: String },
     /// A store URL that this build cannot open.
     #[error("cannot open event store '{url}': {reason}")]
     InvalidUrl { url: String, reason: String },

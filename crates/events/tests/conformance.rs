@@ -65,6 +65,29 @@ async fn postgres_log() -> TestLog {
     }
 }
 
+/// The Kafka broker the suite uses (`scripts/kafka` starts one).
+#[cfg(feature = "kafka")]
+fn kafka_bootstrap() -> String {
+    std::env::var("PERFECT21_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// A fresh topic; the first instance opened becomes its writer, the others forward to it.
+#[cfg(feature = "kafka")]
+async fn kafka_log() -> TestLog {
+    use perfect21_events::store::{KafkaConfig, KafkaStore};
+    let mut config = KafkaConfig::new(kafka_bootstrap(), format!("p21t-{}", Uuid::new_v4().simple()));
+    config.forward_secret = Some(rand::random::<[u8; 32]>().to_vec());
+    TestLog {
+        open: Box::new(move || {
+            let config = config.clone();
+            Box::pin(async move {
+                Arc::new(KafkaStore::open(config).await.expect("Kafka reachable")) as Arc<dyn EventStore>
+            })
+        }),
+        _dir: None,
+    }
+}
+
 fn stream(category: &str) -> StreamId {
     StreamId::of(category, Uuid::new_v4()).unwrap()
 }
@@ -605,6 +628,25 @@ mod redaction {
         assert_eq!((verified.through, verified.redacted), (2, 1));
     }
 
+    /// An append-only log refuses a redaction with an error that says why, and every
+    /// event reads back as it was appended.
+    pub async fn redaction_is_refused_and_changes_nothing(log: TestLog) {
+        let store = log.open().await;
+        assert!(!store.rewrites_in_place());
+        let s = stream("user");
+        store.append(&s, ExpectedVersion::NoStream, batch(2)).await.unwrap();
+        let before = store.read_stream(&s, 0, 10).await.unwrap();
+        let blank = Redaction {
+            position: 1,
+            payload: Event::UserEmailVerified(UserEmailVerified { user_id: Uuid::nil() }).encode_payload().unwrap(),
+            metadata: Metadata::default(),
+        };
+        let err = store.redact(&s, vec![blank]).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+        assert_eq!(store.read_stream(&s, 0, 10).await.unwrap(), before);
+        assert_eq!(chain::verify(&*store, 1, |_| {}).await.unwrap().through, 2);
+    }
+
     /// What a live subscriber is given is exactly what a read returns (a backend may serve
     /// its own recent commits from memory).
     pub async fn subscribers_get_exactly_what_a_read_returns(log: TestLog) {
@@ -638,6 +680,13 @@ mod redaction {
 
 macro_rules! suite {
     ($backend:ident, $log:path) => {
+        suite!(@backend $backend, $log, redaction_rewrites_content_and_keeps_the_envelope);
+    };
+    // A log that cannot rewrite what it recorded.
+    ($backend:ident, $log:path, append_only) => {
+        suite!(@backend $backend, $log, redaction_is_refused_and_changes_nothing);
+    };
+    (@backend $backend:ident, $log:path, $redaction:ident) => {
         mod $backend {
             use super::*;
             suite!(@case $log, append_and_read_back, expected_version_is_enforced,
@@ -652,8 +701,8 @@ macro_rules! suite {
                 a_bad_append_in_a_group_fails_alone,
                 the_chain_links_every_event_in_order_under_concurrent_writers);
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn redaction_rewrites_content_and_keeps_the_envelope() {
-                redaction::redaction_rewrites_content_and_keeps_the_envelope($log().await).await
+            async fn $redaction() {
+                redaction::$redaction($log().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn subscribers_get_exactly_what_a_read_returns() {
@@ -673,6 +722,8 @@ macro_rules! suite {
 
 suite!(sqlite, sqlite_log);
 suite!(postgres, postgres_log);
+#[cfg(feature = "kafka")]
+suite!(kafka, kafka_log, append_only);
 
 /// PostgreSQL-only settings the store must not depend on.
 mod postgres_settings {

@@ -6,11 +6,16 @@
 //! - an append is acknowledged only after its commit is durable;
 //! - an append that fails wrote nothing.
 
+#[cfg(feature = "kafka")]
+mod kafka;
 mod postgres;
 mod queue;
 mod sqlite;
 mod subscription;
+mod tail;
 
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaStore, Role as KafkaRole};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use subscription::Subscription;
@@ -187,12 +192,43 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
         let store = PostgresStore::connect(PostgresConfig::new(url)).await?;
         let keys = store.keys();
         Ok(Arc::new(crate::seal::SealingStore::new(Arc::new(store), Arc::new(keys))))
+    } else if url.starts_with("kafka://") {
+        open_kafka(url).await
     } else {
         Err(StoreError::InvalidUrl {
             url: url.into(),
-            reason: "expected sqlite://<file> or postgres://user@host/db".into(),
+            reason: "expected sqlite://<file>, postgres://user@host/db or kafka://host:port/topic".into(),
         })
     }
+}
+
+/// A Kafka log, sealing with keys in the SQLite file or PostgreSQL database its `keys`
+/// option names (a key store must be able to delete, which a topic cannot).
+#[cfg(feature = "kafka")]
+async fn open_kafka(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+    let config = KafkaConfig::from_url(url)?;
+    let keys: Arc<dyn crate::seal::KeyStore> = match config.keys.as_deref() {
+        None => {
+            return Err(StoreError::InvalidUrl {
+                url: url.into(),
+                reason: "a Kafka log needs a key store for personal fields: keys=<SQLite file> or keys=postgres://…".into(),
+            })
+        }
+        Some(pg) if pg.starts_with("postgres://") || pg.starts_with("postgresql://") => {
+            Arc::new(PostgresStore::connect(PostgresConfig::new(pg)).await?.keys())
+        }
+        Some(path) => Arc::new(crate::seal::SqliteKeys::open(path.strip_prefix("sqlite://").unwrap_or(path)).await?),
+    };
+    let store = KafkaStore::open(config).await?;
+    Ok(Arc::new(crate::seal::SealingStore::new(Arc::new(store), keys)))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn open_kafka(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+    Err(StoreError::InvalidUrl {
+        url: url.into(),
+        reason: "this build has no Kafka backend: build perfect21 with `--features kafka`".into(),
+    })
 }
 
 /// A read's start (position or stream version) and limit as the backends store them:

@@ -8,6 +8,7 @@
 //! own connections on the blocking pool.
 
 use super::queue::{gather, submit, AppendRequest};
+use super::tail::Tail;
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
 use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
@@ -54,43 +55,6 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     head: watch::Receiver<u64>,
     tail: Arc<Tail>,
-}
-
-/// Events this store's writer committed last, in position order without a gap, so that
-/// live subscribers get them without reading the file. A commit by another process on
-/// the same file leaves a gap, and the tail starts over after it.
-#[derive(Default)]
-struct Tail(Mutex<std::collections::VecDeque<RecordedEvent>>);
-
-/// Events the tail keeps at most.
-const TAIL_EVENTS: usize = 4096;
-
-impl Tail {
-    fn push(&self, events: Vec<RecordedEvent>) {
-        let Some(first) = events.first().map(|e| e.position) else { return };
-        let mut tail = self.0.lock().expect("tail");
-        if tail.back().is_some_and(|last| last.position + 1 != first) {
-            tail.clear();
-        }
-        // Positions index the tail: anything but a gap-free run (an event left out) empties it.
-        if !events.windows(2).all(|w| w[1].position == w[0].position + 1) {
-            tail.clear();
-            return;
-        }
-        tail.extend(events);
-        let excess = tail.len().saturating_sub(TAIL_EVENTS);
-        tail.drain(..excess);
-    }
-
-    fn from(&self, position: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
-        let tail = self.0.lock().expect("tail");
-        let start = position.checked_sub(tail.front()?.position)? as usize;
-        (start < tail.len()).then(|| tail.range(start..).take(limit).cloned().collect())
-    }
-
-    fn clear(&self) {
-        self.0.lock().expect("tail").clear();
-    }
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {

@@ -32,7 +32,9 @@ pub fn status(e: DomainError) -> Status {
         | DomainError::EmailNotVerified => Status::failed_precondition(message),
         DomainError::PermissionDenied(_) => Status::permission_denied(message),
         DomainError::ConsistencyTimeout { .. } => Status::unavailable(message),
-        DomainError::Store(perfect21_events::StoreError::Unavailable { .. }) => Status::unavailable(message),
+        DomainError::Store(
+            perfect21_events::StoreError::Unavailable { .. } | perfect21_events::StoreError::Fenced { .. },
+        ) => Status::unavailable(message),
         DomainError::Store(_) | DomainError::Internal(_) => Status::internal(message),
     }
 }

@@ -104,9 +104,9 @@ impl From<DomainError> for Problem {
             DomainError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission denied"),
             DomainError::EmailNotVerified => (StatusCode::FORBIDDEN, "email not verified"),
             DomainError::ConsistencyTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "consistency timeout"),
-            DomainError::Store(perfect21_events::StoreError::Unavailable { .. }) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-            }
+            DomainError::Store(
+                perfect21_events::StoreError::Unavailable { .. } | perfect21_events::StoreError::Fenced { .. },
+            ) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
             DomainError::Store(_) | DomainError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         };
         Problem::new(status, title, detail)
