@@ -11,7 +11,10 @@ pub struct StoreArgs {
     /// Data directory of the embedded (SQLite) log.
     #[arg(long, env = "PERFECT21_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Event store URL: `sqlite://<file>` or `postgres://user@host/db`. Default: `<data-dir>/events.db`.
+    /// Event store URL: `sqlite://<file>`, `postgres://user@host/db` or (built with the
+    /// `kafka` feature) `kafka://host:port/topic`, whose data keys default to
+    /// `<data-dir>/<topic>.keys.db` (`?keys=` names another file or a `postgres://` URL).
+    /// Default: `<data-dir>/events.db`.
     #[arg(long, env = "PERFECT21_STORE")]
     pub store: Option<String>,
 }
@@ -19,7 +22,16 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// The store URL these options name.
     pub fn url(&self) -> String {
-        self.store.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("events.db").display()))
+        match &self.store {
+            Some(url) if url.starts_with("kafka://") && !has_option(url, "keys") => {
+                let topic = url.split('/').nth(3).unwrap_or_default().split('?').next().unwrap_or_default();
+                let keys = self.data_dir.join(format!("{topic}.keys.db"));
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}keys={}", keys.display())
+            }
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("events.db").display()),
+        }
     }
 
     pub async fn open(&self) -> anyhow::Result<Arc<dyn EventStore>> {
@@ -39,6 +51,10 @@ impl StoreArgs {
         }
         self.open().await
     }
+}
+
+fn has_option(url: &str, name: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| query.split('&').any(|kv| kv.split('=').next() == Some(name)))
 }
 
 /// Settings a config file may hold, and the environment variable each one feeds.

@@ -188,26 +188,39 @@ async fn stats(store: StoreArgs, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends single events from `writers` tasks until killed, printing `<position> <event_id>`
-/// for every acknowledged append. Crash tests kill it with SIGKILL and check the log.
-pub async fn append_forever(store: StoreArgs, writers: usize) -> anyhow::Result<()> {
+/// Appends `batch` events at a time from `writers` tasks until killed, printing
+/// `<position> <event_id>` for every event of every acknowledged append. Crash tests kill
+/// it with SIGKILL and check the log.
+pub async fn append_forever(store: StoreArgs, writers: usize, batch: usize) -> anyhow::Result<()> {
     let store = store.open().await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for w in 0..writers {
         let (store, tx) = (store.clone(), tx.clone());
         tokio::spawn(async move {
-            let stream = StreamId::of("crash", format!("{}-{w}", std::process::id())).expect("valid stream id");
-            loop {
-                let user_id = uuid::Uuid::now_v7();
-                let event = perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
-                    user_id,
-                });
-                let data = EventData::new(&event, Metadata::default()).expect("encodes");
-                let id = data.event_id;
-                match store.append(&stream, ExpectedVersion::Any, vec![data]).await {
+            let shared = StreamId::of("crash", format!("{}-{w}", std::process::id())).expect("valid stream id");
+            for n in 0u64.. {
+                let stream = if batch == 1 {
+                    shared.clone()
+                } else {
+                    StreamId::of("crash", format!("{}-{w}-{n}", std::process::id())).expect("valid stream id")
+                };
+                let data: Vec<EventData> = (0..batch)
+                    .map(|_| {
+                        let user_id = uuid::Uuid::now_v7();
+                        let event =
+                            perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
+                                user_id,
+                            });
+                        EventData::new(&event, Metadata::default()).expect("encodes")
+                    })
+                    .collect();
+                let ids: Vec<uuid::Uuid> = data.iter().map(|d| d.event_id).collect();
+                match store.append(&stream, ExpectedVersion::Any, data).await {
                     Ok(r) => {
-                        if tx.send((r.position, id)).is_err() {
-                            return;
+                        for (i, id) in ids.into_iter().enumerate() {
+                            if tx.send((r.first_position + i as u64, id)).is_err() {
+                                return;
+                            }
                         }
                     }
                     Err(e) => eprintln!("append failed: {e}"),

@@ -75,6 +75,10 @@ enum Command {
         /// Concurrent appenders.
         #[arg(long, default_value_t = 8)]
         writers: usize,
+        /// Events per append. Above 1, each append goes to a stream of its own, so that a
+        /// crash test can tell a partial append (a stream with fewer events).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        batch: u16,
     },
 }
 
@@ -136,7 +140,9 @@ fn main() -> ExitCode {
             }
             Command::BenchWsClients(args) => bench::websocket::clients(args).await,
             Command::BenchAppendWorker(args) => bench::append::worker(args).await,
-            Command::AppendForever { store, writers } => events_cmd::append_forever(store, writers).await,
+            Command::AppendForever { store, writers, batch } => {
+                events_cmd::append_forever(store, writers, batch.into()).await
+            }
         }
     });
     if let Some(provider) = tracer {

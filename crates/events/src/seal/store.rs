@@ -333,4 +333,8 @@ impl EventStore for SealingStore {
     fn seals(&self) -> bool {
         true
     }
+
+    fn rewrites_in_place(&self) -> bool {
+        self.inner.rewrites_in_place()
+    }
 }

@@ -211,7 +211,8 @@ async fn open_kafka(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
         None => {
             return Err(StoreError::InvalidUrl {
                 url: url.into(),
-                reason: "a Kafka log needs a key store for personal fields: keys=<SQLite file> or keys=postgres://…".into(),
+                reason: "a Kafka log needs a key store for personal fields: keys=<SQLite file> or keys=postgres://…"
+                    .into(),
             })
         }
         Some(pg) if pg.starts_with("postgres://") || pg.starts_with("postgresql://") => {

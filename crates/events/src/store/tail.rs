@@ -39,4 +39,3 @@ impl Tail {
         self.0.lock().expect("tail").clear();
     }
 }
-

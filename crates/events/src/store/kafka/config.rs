@@ -66,9 +66,7 @@ impl KafkaConfig {
     /// `advertise`, `secret_file` (a file holding the forwarding secret), `keys`.
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl { url: url.into(), reason };
-        let rest = url
-            .strip_prefix("kafka://")
-            .ok_or_else(|| invalid("expected kafka://host:port/topic".into()))?;
+        let rest = url.strip_prefix("kafka://").ok_or_else(|| invalid("expected kafka://host:port/topic".into()))?;
         let (bootstrap, rest) =
             rest.split_once('/').ok_or_else(|| invalid("no topic: expected kafka://host:port/topic".into()))?;
         let (topic, query) = rest.split_once('?').unwrap_or((rest, ""));

@@ -86,9 +86,10 @@ impl WireError {
             WireError::Unavailable(message) => {
                 StoreError::Unavailable { backend: BACKEND, message: format!("the writer at {writer}: {message}") }
             }
-            WireError::Refused(message) => {
-                StoreError::Unavailable { backend: BACKEND, message: format!("the writer at {writer} refused: {message}") }
-            }
+            WireError::Refused(message) => StoreError::Unavailable {
+                backend: BACKEND,
+                message: format!("the writer at {writer} refused: {message}"),
+            },
         }
     }
 }
@@ -254,7 +255,8 @@ impl Forwarder {
             .await
             .map_err(|_| bad("connecting timed out".into()))??;
         stream.set_nodelay(true)?;
-        let mut conn = Conn { stream, secret: self.secret.clone(), nonce: [0; NONCE_BYTES], sent: 0, received: 0, side: b'c' };
+        let mut conn =
+            Conn { stream, secret: self.secret.clone(), nonce: [0; NONCE_BYTES], sent: 0, received: 0, side: b'c' };
         let handshake = async {
             conn.stream.read_exact(&mut conn.nonce).await?;
             let mine = proof(&conn.secret, b"client", &conn.nonce).finalize().into_bytes();
@@ -265,7 +267,9 @@ impl Forwarder {
                 .verify_slice(&answer)
                 .map_err(|_| bad("the writer does not hold the forwarding secret".into()))
         };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| bad("the handshake timed out".into()))??;
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| bad("the handshake timed out".into()))??;
         Ok(conn)
     }
 
@@ -318,13 +322,15 @@ impl Forwarder {
         let (reply, conn) = match pooled {
             Some(conn) => match self.call(conn, &body).await {
                 Ok(done) => done,
-                Err(_) => self.call(self.connect(writer).await.map_err(unreachable)?, &body).await.map_err(unreachable)?,
+                Err(_) => {
+                    self.call(self.connect(writer).await.map_err(unreachable)?, &body).await.map_err(unreachable)?
+                }
             },
             None => self.call(self.connect(writer).await.map_err(unreachable)?, &body).await.map_err(unreachable)?,
         };
         self.idle.lock().expect("forwarder pool").push((writer.to_string(), conn));
-        let reply: Result<AppendResult, WireError> =
-            postcard::from_bytes(&reply).map_err(|e| unreachable(bad(format!("an answer that does not decode: {e}"))))?;
+        let reply: Result<AppendResult, WireError> = postcard::from_bytes(&reply)
+            .map_err(|e| unreachable(bad(format!("an answer that does not decode: {e}"))))?;
         reply.map_err(|e| e.into_store_error(writer))
     }
 

@@ -28,7 +28,9 @@ use super::queue::{gather, submit, AppendRequest};
 use super::tail::Tail;
 use super::{classify_existing, read_bounds, validate_append, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
-use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
+use crate::envelope::{
+    from_micros, to_micros, AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId,
+};
 use crate::error::StoreError;
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -378,23 +380,19 @@ async fn ensure_topic(config: &KafkaConfig) -> Result<(), StoreError> {
     let metadata = {
         let probe = consumer(config)?;
         let topic = topic.clone();
-        tokio::task::spawn_blocking(move || probe.fetch_metadata(Some(&topic), timeout)).await.map_err(err)?.map_err(
-            |e| err(format!("cannot reach the Kafka brokers at {}: {e}", config.bootstrap)),
-        )?
+        tokio::task::spawn_blocking(move || probe.fetch_metadata(Some(&topic), timeout))
+            .await
+            .map_err(err)?
+            .map_err(|e| err(format!("cannot reach the Kafka brokers at {}: {e}", config.bootstrap)))?
     };
     let found = metadata.topics().iter().find(|t| t.name() == topic);
     let missing = found.is_none_or(|t| {
-        matches!(
-            t.error(),
-            Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-        ) || t.partitions().is_empty()
+        matches!(t.error(), Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART))
+            || t.partitions().is_empty()
     });
     let options = AdminOptions::new().operation_timeout(Some(timeout));
-    let (replication, min_insync, max_bytes) = (
-        config.replication_factor.to_string(),
-        config.min_insync_replicas.to_string(),
-        MAX_RECORD_BYTES.to_string(),
-    );
+    let (replication, min_insync, max_bytes) =
+        (config.replication_factor.to_string(), config.min_insync_replicas.to_string(), MAX_RECORD_BYTES.to_string());
     if missing {
         let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(config.replication_factor))
             .set("min.insync.replicas", &min_insync)
@@ -416,9 +414,7 @@ async fn ensure_topic(config: &KafkaConfig) -> Result<(), StoreError> {
         return Ok(());
     }
     let found = found.expect("not missing");
-    let misconfigured = |what: String| {
-        err(format!("topic '{topic}' cannot hold a perfect21 log: {what}"))
-    };
+    let misconfigured = |what: String| err(format!("topic '{topic}' cannot hold a perfect21 log: {what}"));
     if found.partitions().len() != 1 {
         return Err(misconfigured(format!(
             "it has {} partitions; a log needs exactly 1, so that its order is global",
@@ -508,12 +504,20 @@ impl KafkaStore {
         let forwarder = config.forward_secret.clone().map(forward::Forwarder::new);
         let forward = match (config.role, target, forwarder) {
             (Role::Writer, _, _) => None,
-            (Role::Forwarder, Some(_), Some(f)) => Some(f),
+            (Role::Forwarder, Some(address), Some(f)) => {
+                if !f.reaches(&address).await {
+                    return Err(err(format!(
+                        "cannot forward to the log's writer at {address}: it does not answer, or does not hold \
+                         the same forwarding secret"
+                    )));
+                }
+                Some(f)
+            }
             (Role::Forwarder, None, _) => {
                 return Err(err(format!(
-                    "topic '{}' names no writer that takes forwarded appends: start one (role=writer with secret_file=…)",
-                    config.topic
-                )))
+                "topic '{}' names no writer that takes forwarded appends: start one (role=writer with secret_file=…)",
+                config.topic
+            )))
             }
             (Role::Forwarder, Some(_), None) => {
                 return Err(err("role=forwarder needs the forwarding secret (secret_file=…)"))
@@ -600,7 +604,10 @@ impl KafkaStore {
                                         if restarts > 3 {
                                             return Err(StoreError::Corrupt {
                                                 position: next,
-                                                reason: format!("offset {} holds position {position}", message.offset()),
+                                                reason: format!(
+                                                    "offset {} holds position {position}",
+                                                    message.offset()
+                                                ),
                                             });
                                         }
                                         let at = shared.index.read().expect("index").offsets[(next - 1) as usize];
@@ -699,9 +706,8 @@ async fn become_writer(shared: &Arc<Shared>) -> Result<mpsc::Sender<AppendReques
     };
     let announcement = Announcement { writer_id: Uuid::now_v7(), address, started_at: to_micros(chrono::Utc::now()) };
     let mut writer = Writer { shared: shared.clone(), producer, failed: None };
-    let writer = tokio::task::spawn_blocking(move || writer.announce(announcement).map(|()| writer))
-        .await
-        .map_err(err)??;
+    let writer =
+        tokio::task::spawn_blocking(move || writer.announce(announcement).map(|()| writer)).await.map_err(err)??;
     std::thread::Builder::new()
         .name("perfect21-kafka-writer".into())
         .spawn(move || writer.run(requests))
@@ -753,9 +759,12 @@ impl Writer {
         let value = postcard::to_stdvec(&announcement).map_err(err)?;
         let headers = OwnedHeaders::new().insert(Header { key: KIND, value: Some(WRITER) });
         self.producer.begin_transaction().map_err(err)?;
-        let record = FutureRecord::<[u8], [u8]>::to(&self.shared.config.topic).partition(0).payload(&value).headers(headers);
+        let record =
+            FutureRecord::<[u8], [u8]>::to(&self.shared.config.topic).partition(0).payload(&value).headers(headers);
         let delivery = self.producer.send_result(record).map_err(|(e, _)| err(e))?;
-        self.producer.commit_transaction(self.shared.config.timeout).map_err(|e| err(format!("announcing the writer: {e}")))?;
+        self.producer
+            .commit_transaction(self.shared.config.timeout)
+            .map_err(|e| err(format!("announcing the writer: {e}")))?;
         let offset = match futures::executor::block_on(delivery) {
             Ok(Ok(d)) => d.offset,
             Ok(Err((e, _))) => return Err(err(e)),
@@ -781,7 +790,11 @@ impl Writer {
                 .events
                 .iter()
                 .filter_map(|e| {
-                    pending.get(&e.event_id).cloned().or_else(|| index.locate(&e.event_id)).map(|(s, v, p)| (e.event_id, s, v, p))
+                    pending
+                        .get(&e.event_id)
+                        .cloned()
+                        .or_else(|| index.locate(&e.event_id))
+                        .map(|(s, v, p)| (e.event_id, s, v, p))
                 })
                 .collect();
             let existing = classify_existing(&request.stream, &request.events, &found);
@@ -790,11 +803,13 @@ impl Writer {
                 Ok(Existing::Replay(result)) if result.position <= index.head() => Planned::Done(Ok(result)),
                 Ok(Existing::Replay(result)) => Planned::Written(result),
                 Err(e) => Planned::Done(Err(e)),
-                Ok(Existing::New) if !request.expected.admits(actual) => Planned::Done(Err(StoreError::WrongExpectedVersion {
-                    stream: stream.to_string(),
-                    expected: request.expected,
-                    actual,
-                })),
+                Ok(Existing::New) if !request.expected.admits(actual) => {
+                    Planned::Done(Err(StoreError::WrongExpectedVersion {
+                        stream: stream.to_string(),
+                        expected: request.expected,
+                        actual,
+                    }))
+                }
                 Ok(Existing::New) => {
                     let mut seen = HashSet::with_capacity(request.events.len());
                     if let Some((i, e)) = request.events.iter().enumerate().find(|(_, e)| !seen.insert(e.event_id)) {
@@ -824,8 +839,11 @@ impl Writer {
                         records.push((position, Stored { link, ..stored }));
                     }
                     let n = request.events.len() as u64;
-                    let result =
-                        AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 };
+                    let result = AppendResult {
+                        first_position: head + 1,
+                        position: head + n,
+                        stream_version: first_version + n - 1,
+                    };
                     head += n;
                     versions.insert(stream, result.stream_version);
                     Planned::Written(result)
@@ -1018,9 +1036,8 @@ impl EventStore for KafkaStore {
             Appender::Writer { queue } => submit(queue, BACKEND, stream, expected, events).await,
             Appender::Forwarder(forwarder) => {
                 validate_append(&events)?;
-                let writer = self
-                    .writer_address()
-                    .ok_or_else(|| err("the log names no writer that takes forwarded appends"))?;
+                let writer =
+                    self.writer_address().ok_or_else(|| err("the log names no writer that takes forwarded appends"))?;
                 let result = forwarder.append(&writer, stream, expected, &events).await?;
                 // Read-your-writes: answered once this instance's reads include it.
                 self.wait_for(result.position).await?;
@@ -1039,9 +1056,7 @@ impl EventStore for KafkaStore {
         let positions: Vec<u64> = {
             let index = self.shared.index.read().expect("index");
             match index.streams.get(stream.as_str()) {
-                Some((_, positions)) => {
-                    positions.iter().skip(from as usize).take(limit as usize).copied().collect()
-                }
+                Some((_, positions)) => positions.iter().skip(from as usize).take(limit as usize).copied().collect(),
                 None => Vec::new(),
             }
         };
