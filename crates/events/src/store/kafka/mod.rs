@@ -951,14 +951,16 @@ impl Writer {
         }
         let committed = match failure {
             Some(e) => Err(e),
-            None => self.producer.commit_transaction(timeout),
+            // While the brokers are away (a restart), the commit times out and may be tried
+            // again: the appenders wait rather than fail.
+            None => retrying(|| self.producer.commit_transaction(timeout)),
         };
         if let Err(e) = committed {
             if is_fenced(&e) {
                 return Err(self.fail(e));
             }
             // Nothing of an aborted transaction is ever visible: the appends failed whole.
-            return match self.producer.abort_transaction(timeout) {
+            return match retrying(|| self.producer.abort_transaction(timeout)) {
                 Ok(()) => Err(err(format!(
                     "the Kafka transaction failed and was aborted, nothing of these appends was written: {e}"
                 ))),
@@ -999,6 +1001,24 @@ impl Writer {
         let out = copy_error(&e);
         self.failed = Some(e);
         out
+    }
+}
+
+/// Attempts of a transaction's end that time out before the writer gives up on it.
+const END_ATTEMPTS: usize = 10;
+
+/// Runs `end` (a commit or an abort) again while it fails with an error Kafka calls
+/// retriable, [`END_ATTEMPTS`] times at most.
+fn retrying(mut end: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let mut attempt = 1;
+    loop {
+        match end() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < END_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "a Kafka transaction did not end in time; trying again");
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 
