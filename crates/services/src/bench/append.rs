@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const APPENDERS: usize = 64;
-const BATCH: usize = 100;
+pub(super) const APPENDERS: usize = 64;
+pub(super) const BATCH: usize = 100;
 
 /// Users the sample events are about: logins of known users, whose data keys exist
 /// after their first (as a registration would have made them).
@@ -23,7 +23,7 @@ fn some_user() -> Uuid {
 }
 
 /// A representative event: a successful login with full request metadata.
-fn sample_event() -> EventData {
+pub(super) fn sample_event() -> EventData {
     let user_id = some_user();
     let event = Event::UserLoginSucceeded(UserLoginSucceeded {
         user_id,
@@ -48,15 +48,20 @@ fn batch_of(n: usize) -> Vec<EventData> {
     (0..n).map(|_| sample_event()).collect()
 }
 
-struct Run {
-    events: usize,
-    events_per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(super) struct Run {
+    pub events: usize,
+    pub events_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 /// `tasks` appenders, each appending `per_append` events at a time to its own stream, for `duration`.
-async fn drive(store: Arc<dyn EventStore>, tasks: usize, per_append: usize, duration: Duration) -> anyhow::Result<Run> {
+pub(super) async fn drive(
+    store: Arc<dyn EventStore>,
+    tasks: usize,
+    per_append: usize,
+    duration: Duration,
+) -> anyhow::Result<Run> {
     let start = Instant::now();
     let deadline = start + duration;
     let handles: Vec<_> = (0..tasks)

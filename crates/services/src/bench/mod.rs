@@ -4,6 +4,7 @@
 
 pub mod append;
 mod grpc;
+mod kafka;
 mod kill;
 mod login;
 mod oauth;
@@ -31,6 +32,9 @@ pub struct BenchArgs {
     /// RabbitMQ for `relay`.
     #[arg(long, env = "PERFECT21_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp: String,
+    /// Kafka brokers for `append-kafka` (a scratch topic is created).
+    #[arg(long, env = "PERFECT21_BENCH_KAFKA", default_value = "127.0.0.1:19092")]
+    pub kafka: String,
     /// Seconds to run each side (ours, then the baseline).
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
@@ -58,6 +62,10 @@ pub enum Scenario {
     AppendBatch,
     /// PostgreSQL store, 100-event appends vs raw batched INSERT through sqlx.
     AppendPostgres,
+    /// The Kafka log (built with `--features kafka`; broker `--kafka`): 100-event appends and
+    /// 64 concurrent single-event appenders vs a raw transactional rdkafka producer writing
+    /// records of the same size, 100 per transaction.
+    AppendKafka,
     /// 4 processes × 16 single-event appenders on one PostgreSQL log (the multi-replica
     /// layout) vs raw 100-row batched INSERTs over 64 streams; checks the log for holes.
     AppendProcesses,
@@ -129,6 +137,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::AppendConcurrent => append::concurrent(&args, &scratch, duration).await?,
         Scenario::AppendBatch => append::batch(&scratch, duration).await?,
         Scenario::AppendPostgres => append::postgres(&args.postgres, duration).await?,
+        Scenario::AppendKafka => kafka::append(&args.kafka, duration).await?,
         Scenario::AppendProcesses => append::processes(&args.postgres, &scratch, duration).await?,
         Scenario::GrpcValidate => grpc::validate(&scratch, duration).await?,
         Scenario::GrpcCheck => grpc::check(&scratch, duration).await?,

@@ -671,6 +671,10 @@ async fn become_writer(shared: &Arc<Shared>) -> Result<mpsc::Sender<AppendReques
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("transaction.timeout.ms", "60000")
+        // A transaction begun while the last one's markers are still being written is refused
+        // (CONCURRENT_TRANSACTIONS) and retried after this back-off: the default 100 ms would
+        // cap a writer at a few transactions a second.
+        .set("retry.backoff.ms", "5")
         .create()
         .map_err(|e| err(format!("cannot make a Kafka producer for {}: {e}", config.bootstrap)))?;
     let producer = {
@@ -949,6 +953,31 @@ impl Writer {
                 break;
             }
         }
+        // Wait for every record's acknowledgement before the commit: rust-rdkafka's commit
+        // flushes first and, with anything still queued, polls in steps of 100 ms.
+        let mut offsets = Vec::with_capacity(deliveries.len());
+        if failure.is_none() {
+            for delivery in deliveries {
+                match futures::executor::block_on(delivery) {
+                    Ok(Ok(d)) => offsets.push(d.offset),
+                    Ok(Err((e, _))) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    Err(_) => {
+                        failure = Some(KafkaError::Canceled);
+                        break;
+                    }
+                }
+            }
+            let settle = Instant::now();
+            while failure.is_none()
+                && self.producer.in_flight_count() > 0
+                && settle.elapsed() < Duration::from_millis(50)
+            {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
         let committed = match failure {
             Some(e) => Err(e),
             // While the brokers are away (a restart), the commit times out and may be tried
@@ -969,15 +998,6 @@ impl Writer {
                      recorded, and this writer stops; restart it to resume from the topic"
                 )))),
             };
-        }
-        let mut offsets = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            match futures::executor::block_on(delivery) {
-                Ok(Ok(d)) => offsets.push(d.offset),
-                // Committed, so delivered: an answer lost is a bug, and this writer's view is unsure.
-                Ok(Err((e, _))) => return Err(self.fail_with(err(format!("committed, but a delivery reported {e}")))),
-                Err(e) => return Err(self.fail_with(err(format!("committed, but a delivery was lost: {e}")))),
-            }
         }
         Ok(offsets)
     }
