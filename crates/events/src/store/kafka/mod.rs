@@ -127,6 +127,17 @@ enum Record {
     Foreign,
 }
 
+/// The position an event record's header gives, without decoding the record.
+fn position_of(message: &impl Message) -> Option<u64> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == POSITION)
+        .and_then(|h| h.value)
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map(u64::from_be_bytes)
+}
+
 fn parse(message: &impl Message) -> Result<Record, StoreError> {
     let Some(headers) = message.headers() else { return Ok(Record::Foreign) };
     let header = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value);
@@ -350,6 +361,10 @@ fn follow(consumer: BaseConsumer, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // This instance's own commits, indexed when they were made, need no decoding.
+        if position_of(&message).is_some_and(|p| p <= shared.index.read().expect("index").head()) {
+            continue;
+        }
         let taken = parse(&message).and_then(|r| shared.index.write().expect("index").take(message.offset(), r));
         match taken {
             Ok(Some((position, stored))) => {
