@@ -125,4 +125,5 @@ async def main() -> None:
     await connection.close()
 
 
-asyncio.run(asyncio.wait_for(main(), 60))
+if __name__ == "__main__":
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -129,7 +129,7 @@ pub async fn relay(scratch: &Scratch, amqp: &str) -> anyhow::Result<Vec<Measurem
         }
         let status = Arc::new(RelayStatus::default());
         let checkpoint = scratch.file(&format!("relay-{round}.checkpoint"));
-        let config = RelayConfig { amqp_url: amqp.to_string(), checkpoint };
+        let config = RelayConfig { sink: crate::relay::SinkConfig::Amqp { url: amqp.to_string() }, checkpoint };
         let start = Instant::now();
         relay =
             Some(tokio::spawn(crate::relay::run(config, store.clone(), live.clone(), secrets.clone(), status.clone())));

@@ -1,24 +1,25 @@
-//! The relay: log → RabbitMQ topic exchange `perfect21.events`, at least once.
+//! The relay: log → a broker, at least once: the RabbitMQ topic exchange
+//! `perfect21.events`, or a Kafka topic ([`sink`]).
 //!
-//! It follows the log from its checkpoint, publishes each event with publisher
-//! confirms and a bounded window of unconfirmed messages, and moves its
-//! checkpoint only past events the broker confirmed. Everything goes out on one
-//! channel in log order, so no consumer sees a user's events reordered. On any
-//! broker error it reconnects and resumes from the checkpoint: messages
-//! published but not confirmed go out again (consumers dedupe on message_id).
+//! It follows the log from its checkpoint, publishes each event with a bounded
+//! window of messages the broker has not confirmed yet, and moves its checkpoint
+//! only past events the broker confirmed. Everything goes out on one channel (one
+//! producer) in log order, so no consumer sees a user's events reordered. On any
+//! broker error it reconnects and resumes from the checkpoint: messages published
+//! but not confirmed go out again (consumers dedupe on message_id).
 
 pub mod message;
+pub mod sink;
 
 use anyhow::Context;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
-use message::{outgoing, Contact, Outgoing, EXCHANGE};
+use message::{outgoing, Contact, Outgoing};
 use perfect21_domain::secrets::SecretBox;
 use perfect21_domain::LiveModels;
 use perfect21_events::{subscribe_all, EventStore, RecordedEvent};
+pub(crate) use sink::publish;
+pub use sink::SinkConfig;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// Where the relay publishes and keeps its place.
 #[derive(Clone)]
 pub struct RelayConfig {
-    pub amqp_url: String,
+    pub sink: SinkConfig,
+    /// One per sink: each relay moves its own.
     pub checkpoint: PathBuf,
 }
 
@@ -105,33 +107,6 @@ async fn save_checkpoints(path: PathBuf, mut confirmed: tokio::sync::watch::Rece
             }
         }
     }
-}
-
-/// The AMQP properties and headers of a message (docs/wire.md).
-fn properties(m: &Outgoing, traceparent: Option<&str>) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    let mut put = |k: &str, v: Option<&str>| {
-        headers.insert(k.into(), v.map_or(AMQPValue::Void, |v| AMQPValue::LongString(v.into())));
-    };
-    put("message_type", Some(&m.message_type));
-    put("source_service", Some(&m.source_service));
-    put("user_id", m.user_id.as_deref());
-    put("correlation_id", m.correlation_id.as_deref());
-    if traceparent.is_some() {
-        put("traceparent", traceparent);
-    }
-    let mut p = BasicProperties::default()
-        .with_content_type(ShortString::from("application/json"))
-        .with_delivery_mode(2)
-        .with_priority(m.priority)
-        .with_message_id(ShortString::from(m.message_id.as_str()))
-        .with_timestamp(m.timestamp)
-        .with_type(ShortString::from(m.message_type.as_str()))
-        .with_headers(headers);
-    if let Some(c) = &m.correlation_id {
-        p = p.with_correlation_id(ShortString::from(c.as_str()));
-    }
-    p
 }
 
 /// One message ready to publish.
@@ -215,14 +190,8 @@ async fn relay_once(
     status: &RelayStatus,
     confirmed_tx: &tokio::sync::watch::Sender<u64>,
 ) -> anyhow::Result<()> {
-    let conn = Connection::connect(&config.amqp_url, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("connecting to {}", redact(&config.amqp_url)))?;
-    let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut sink = config.sink.connect().await?;
     status.connected.store(true, Ordering::Relaxed);
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
 
     let confirmed = status.confirmed.load(Ordering::Relaxed);
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(WINDOW / CHUNK);
@@ -239,7 +208,7 @@ async fn relay_once(
     loop {
         while in_flight.len() < WINDOW {
             let Some(Prepared { position, message: m, traceparent, span }) = waiting.pop_front() else { break };
-            let confirm = publish(&channel, &m, traceparent.as_deref()).await?;
+            let confirm = sink.publish(&m, traceparent.as_deref()).await?;
             drop(span);
             status.published.fetch_add(1, Ordering::Relaxed);
             in_flight.push_back(async move { (position, confirm.await) });
@@ -251,10 +220,8 @@ async fn relay_once(
                 let mut done = Some(first);
                 let mut position = 0;
                 while let Some((p, confirm)) = done {
-                    let confirm: lapin::Result<lapin::Confirmation> = confirm;
-                    if let lapin::Confirmation::Nack(_) = confirm? {
-                        anyhow::bail!("the broker refused (nack) position {p}");
-                    }
+                    let confirm: anyhow::Result<()> = confirm;
+                    confirm.with_context(|| format!("position {p}"))?;
                     position = p;
                     done = in_flight.next().now_or_never().flatten();
                 }
@@ -275,56 +242,43 @@ async fn relay_once(
     }
 }
 
-/// Publishes one message to the exchange, with its properties and headers; the
-/// returned confirmation resolves when the broker has it.
-pub(crate) async fn publish(
-    channel: &lapin::Channel,
-    m: &Outgoing,
-    traceparent: Option<&str>,
-) -> lapin::Result<lapin::PublisherConfirm> {
-    let props = properties(m, traceparent);
-    channel
-        .basic_publish(EXCHANGE.into(), m.routing_key.as_str().into(), BasicPublishOptions::default(), &m.body, props)
-        .await
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
-    }
-}
-
 /// `perfect21 relay`: only the relay, reporting its lag every ten seconds.
 pub async fn run_alone(args: crate::server::ServeArgs) -> anyhow::Result<()> {
-    let config = args.relay().context("the relay needs --amqp-url or PERFECT21_AMQP_URL")?;
+    let configs = args.relays();
+    anyhow::ensure!(
+        !configs.is_empty(),
+        "the relay needs a broker: --amqp-url (PERFECT21_AMQP_URL) or --kafka-brokers (PERFECT21_KAFKA_BROKERS)"
+    );
     let app = crate::server::open_app(&args).await?;
     let store = app.identity.store().clone();
-    let status = Arc::new(RelayStatus::default());
-    let reporter = {
-        let (store, status) = (store.clone(), status.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tick.tick().await;
-                let head = store.head_position().await.unwrap_or(0);
-                let confirmed = status.confirmed.load(Ordering::Relaxed);
-                tracing::info!(
-                    confirmed,
-                    head,
-                    lag = head.saturating_sub(confirmed),
-                    reconnects = status.reconnects.load(Ordering::Relaxed),
-                    "relay progress"
-                );
-            }
-        })
-    };
-    let relay = run(config, store, app.identity.live().clone(), app.identity.secrets().clone(), status);
+    let mut relays = tokio::task::JoinSet::new();
+    let mut reporters = Vec::new();
+    for config in configs {
+        let status = Arc::new(RelayStatus::default());
+        let sink = config.sink.kind();
+        reporters.push({
+            let (store, status) = (store.clone(), status.clone());
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tick.tick().await;
+                    let head = store.head_position().await.unwrap_or(0);
+                    let confirmed = status.confirmed.load(Ordering::Relaxed);
+                    tracing::info!(
+                        sink,
+                        confirmed,
+                        head,
+                        lag = head.saturating_sub(confirmed),
+                        reconnects = status.reconnects.load(Ordering::Relaxed),
+                        "relay progress"
+                    );
+                }
+            }))
+        });
+        relays.spawn(run(config, store.clone(), app.identity.live().clone(), app.identity.secrets().clone(), status));
+    }
     tokio::select! {
-        r = relay => r,
-        _ = tokio::signal::ctrl_c() => {
-            reporter.abort();
-            Ok(())
-        }
+        Some(r) = relays.join_next() => r?,
+        _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

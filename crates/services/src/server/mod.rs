@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// RabbitMQ URL; when set, the relay publishes the log to the `perfect21.events` exchange.
     #[arg(long, env = "PERFECT21_AMQP_URL")]
     pub amqp_url: Option<String>,
+    /// Kafka brokers (`host:port,…`); when set, a relay publishes the log to `--kafka-topic`,
+    /// the same envelope as on RabbitMQ, keyed by user (built with the `kafka` feature).
+    #[arg(long, env = "PERFECT21_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// The Kafka topic of the event stream.
+    #[arg(long, env = "PERFECT21_KAFKA_TOPIC", default_value = "perfect21.events")]
+    pub kafka_topic: String,
     /// Reverse proxies (CIDRs, comma-separated) whose `X-Forwarded-For` / `Forwarded`
     /// headers name the client; from any other peer those headers are ignored.
     #[arg(long, env = "PERFECT21_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -133,12 +140,23 @@ impl ServeArgs {
         self.http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.only.map_or(8080, Service::port))))
     }
 
-    /// The relay's configuration, if a broker is configured.
-    pub fn relay(&self) -> Option<crate::relay::RelayConfig> {
-        self.amqp_url.clone().map(|amqp_url| crate::relay::RelayConfig {
-            amqp_url,
-            checkpoint: self.store.data_dir.join("relay.checkpoint"),
-        })
+    /// One relay per broker configured: RabbitMQ (`relay.checkpoint`) and Kafka
+    /// (`relay-kafka.checkpoint`).
+    pub fn relays(&self) -> Vec<crate::relay::RelayConfig> {
+        let mut relays = Vec::new();
+        if let Some(url) = &self.amqp_url {
+            relays.push(crate::relay::RelayConfig {
+                sink: crate::relay::SinkConfig::Amqp { url: url.clone() },
+                checkpoint: self.store.data_dir.join("relay.checkpoint"),
+            });
+        }
+        if let Some(brokers) = &self.kafka_brokers {
+            relays.push(crate::relay::RelayConfig {
+                sink: crate::relay::SinkConfig::Kafka { brokers: brokers.clone(), topic: self.kafka_topic.clone() },
+                checkpoint: self.store.data_dir.join("relay-kafka.checkpoint"),
+            });
+        }
+        relays
     }
 
     pub fn keys_dir(&self) -> PathBuf {
@@ -207,14 +225,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(hub::consume_pushes(url, hub.clone()));
     }
     let mut relay_status = None;
-    if let Some(relay) = args.relay() {
+    for relay in args.relays() {
         let (store, live, secrets) =
             (app.identity.store().clone(), app.identity.live().clone(), app.identity.secrets().clone());
         let status = Arc::new(crate::relay::RelayStatus::default());
-        relay_status = Some(status.clone());
+        // `/status` reports the RabbitMQ relay when there is one, else the Kafka one.
+        if relay_status.is_none() {
+            relay_status = Some(status.clone());
+        }
+        let sink = relay.sink.kind();
         tokio::spawn(async move {
             if let Err(e) = crate::relay::run(relay, store, live, secrets, status).await {
-                tracing::error!(error = %format!("{e:#}"), "relay stopped");
+                tracing::error!(sink, error = %format!("{e:#}"), "relay stopped");
             }
         });
     }
