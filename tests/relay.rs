@@ -104,6 +104,26 @@ impl Tap {
         }
     }
 
+    /// Reads whatever arrives within `window` (nothing more is expected).
+    async fn read_for(&self, seen: &mut Vec<Received>, window: Duration) {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut consumer =
+            ch.basic_consume(self.queue.as_str().into(), "tap".into(), opts, FieldTable::default()).await.unwrap();
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(window, consumer.next()).await {
+            seen.push(Received {
+                routing_key: d.routing_key.to_string(),
+                priority: *d.properties.priority(),
+                delivery_mode: *d.properties.delivery_mode(),
+                message_id: d.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                headers: HashMap::new(),
+                body: serde_json::from_slice(&d.data).unwrap(),
+            });
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+
     async fn delete(self) {
         let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -329,4 +349,60 @@ async fn a_python_aio_pika_consumer_accepts_the_envelope_as_the_seeds_pydantic_m
     assert!(status.success(), "the python consumer refused a message");
     let types: Vec<String> = serde_json::from_str(validated.trim()).unwrap();
     assert_eq!(types, ["security.account_locked", "security.alert", "user.login", "user.registered"]);
+}
+
+/// Two relays on one log: one publishes (every message once), the other stands by;
+/// `kill -9` the active one and the standby takes the lease over and goes on from the
+/// checkpoint: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
+    let world = DataDir::new(IdentityConfig::default()).await;
+    let (data, store) = (world.path(), world.store.clone());
+    let tap = Tap::declare().await;
+    let mut first = start_relay(&data);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _second = start_relay(&data);
+    let mut ours = std::collections::HashSet::new();
+    let append = |n: usize, ours: &mut std::collections::HashSet<String>| {
+        let users: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+        ours.extend(users.iter().map(|u| u.to_string()));
+        let store = store.clone();
+        async move {
+            for user_id in users {
+                let e = perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
+                    user_id,
+                });
+                let data = perfect21_events::EventData::new(&e, perfect21_events::Metadata::default()).unwrap();
+                let s = perfect21_events::StreamId::of("user", user_id).unwrap();
+                store.append(&s, perfect21_events::ExpectedVersion::Any, vec![data]).await.unwrap();
+            }
+        }
+    };
+    let mine = |seen: &[Received], ours: &std::collections::HashSet<String>| -> Vec<Received> {
+        seen.iter()
+            .filter(|r| r.body["user_id"].as_str().is_some_and(|u| ours.contains(u)))
+            .map(|r| Received {
+                routing_key: r.routing_key.clone(),
+                priority: r.priority,
+                delivery_mode: r.delivery_mode,
+                message_id: r.message_id.clone(),
+                headers: r.headers.clone(),
+                body: r.body.clone(),
+            })
+            .collect()
+    };
+    append(50, &mut ours).await;
+    let mut seen = Vec::new();
+    tap.read_until(&mut seen, |s| positions(&mine(s, &ours)).len() >= 50).await;
+    // Give a second publisher (there must be none) time to show.
+    tap.read_for(&mut seen, Duration::from_secs(2)).await;
+    let received = mine(&seen, &ours);
+    assert_eq!(received.len(), 50, "one relay publishes; the other stands by (no message twice)");
+
+    first.kill();
+    append(50, &mut ours).await;
+    let head = store.head_position().await.unwrap();
+    tap.read_until(&mut seen, |s| positions(&mine(s, &ours)).len() as u64 >= head).await;
+    assert_eq!(sorted(positions(&mine(&seen, &ours))), (1..=head).collect::<Vec<_>>(), "the standby went on");
+    tap.delete().await;
 }

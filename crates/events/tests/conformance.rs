@@ -146,6 +146,33 @@ mod cases {
         assert_eq!(store.head_position().await.unwrap(), 1 + 38 * 2);
     }
 
+    /// A lease is held by one instance at a time (instances stand for processes), and
+    /// given up when its holder drops it; a store without leases never grants one.
+    pub async fn leases_are_exclusive_and_end_with_their_holder(log: TestLog) {
+        let (a, b) = (log.open().await, log.open().await);
+        if !a.leases() {
+            assert!(a.try_lease("relay-amqp").await.unwrap().is_none());
+            return;
+        }
+        let held = a.try_lease("relay-amqp").await.unwrap().expect("a free lease is granted");
+        assert!(b.try_lease("relay-amqp").await.unwrap().is_none(), "held by a");
+        assert!(a.try_lease("relay-amqp").await.unwrap().is_none(), "held, even by the same instance's other caller");
+        let other = b.try_lease("relay-kafka").await.unwrap().expect("another name is another lease");
+        drop(held);
+        let again = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(l) = b.try_lease("relay-amqp").await.unwrap() {
+                    return l;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("a lease given up is free again");
+        drop((again, other));
+        assert!(a.try_lease("Relay AMQP").await.is_err(), "names are checked");
+    }
+
     pub async fn reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all(log: TestLog) {
         let store = log.open().await;
         let s = stream("user");
@@ -698,7 +725,7 @@ macro_rules! suite {
                 bad_input_gets_typed_errors_and_writes_nothing,
                 unknown_event_types_fail_on_read_with_a_typed_error,
                 reads_beyond_the_range_of_positions_are_refused_and_huge_limits_mean_all,
-                a_bad_append_in_a_group_fails_alone,
+                a_bad_append_in_a_group_fails_alone, leases_are_exclusive_and_end_with_their_holder,
                 the_chain_links_every_event_in_order_under_concurrent_writers);
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $redaction() {

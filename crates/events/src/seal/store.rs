@@ -337,4 +337,12 @@ impl EventStore for SealingStore {
     fn rewrites_in_place(&self) -> bool {
         self.inner.rewrites_in_place()
     }
+
+    fn leases(&self) -> bool {
+        self.inner.leases()
+    }
+
+    async fn try_lease(&self, name: &str) -> Result<Option<crate::store::Lease>, StoreError> {
+        self.inner.try_lease(name).await
+    }
 }

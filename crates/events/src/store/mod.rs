@@ -110,6 +110,68 @@ pub trait EventStore: Send + Sync + 'static {
     fn rewrites_in_place(&self) -> bool {
         true
     }
+
+    /// Whether [`EventStore::try_lease`] gives leases every process of this log sees.
+    fn leases(&self) -> bool {
+        false
+    }
+
+    /// Takes the lease `name` (e.g. `relay-amqp`) if no process of this log holds it: it
+    /// is held while the returned [`Lease`] lives, and ends with the process that holds
+    /// it, however it ends. `None`: another holds it (or the store has no leases).
+    async fn try_lease(&self, _name: &str) -> Result<Option<Lease>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A lease taken with [`EventStore::try_lease`]; dropping it gives the lease up.
+pub struct Lease {
+    _held: Box<dyn std::any::Any + Send>,
+}
+
+impl Lease {
+    pub(crate) fn new(held: impl std::any::Any + Send) -> Self {
+        Lease { _held: Box::new(held) }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+/// Lease names are short lower-case words: `relay-amqp`.
+pub(crate) fn check_lease_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable {
+            backend: "lease",
+            message: format!("lease name '{name}' is not 1 to 64 characters of [a-z0-9-]"),
+        })
+    }
+}
+
+/// A lease on one machine: an exclusive `flock` of the file at `path` (made if
+/// missing), which the kernel releases when the process ends. `None`: another process
+/// holds it.
+pub fn file_lease(path: &std::path::Path) -> std::io::Result<Option<Lease>> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(Lease::new(file)));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(None)
+    } else {
+        Err(e)
+    }
 }
 
 /// Catch-up-then-live subscription to the whole log from `from_position` (inclusive).

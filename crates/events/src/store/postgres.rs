@@ -59,6 +59,8 @@ impl PostgresConfig {
 /// The PostgreSQL event store. Many instances (in many processes) may share one log.
 pub struct PostgresStore {
     pool: PgPool,
+    /// What leases are scoped to: the schema (advisory locks are database-wide).
+    lease_scope: String,
     writer: mpsc::Sender<AppendRequest>,
     head: watch::Receiver<u64>,
     listener: JoinHandle<()>,
@@ -136,7 +138,8 @@ impl PostgresStore {
         let listener = tokio::spawn(listen(listen_pool, channel.clone(), head_tx.clone()));
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run_writer(pool.clone(), rx, head_tx, channel, config.group_commit));
-        Ok(PostgresStore { pool, writer: tx, head: head_rx, listener })
+        let lease_scope = config.schema.clone().unwrap_or_else(|| "public".into());
+        Ok(PostgresStore { pool, lease_scope, writer: tx, head: head_rx, listener })
     }
 
     /// The connection pool (for tools and benchmarks that share it).
@@ -790,5 +793,23 @@ impl EventStore for PostgresStore {
 
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    fn leases(&self) -> bool {
+        true
+    }
+
+    /// A session advisory lock on a connection of its own, taken out of the pool: the
+    /// server releases it when that connection ends, with the process or its network.
+    async fn try_lease(&self, name: &str) -> Result<Option<super::Lease>, StoreError> {
+        super::check_lease_name(name)?;
+        let mut conn = self.pool.acquire().await.map_err(db_err)?.detach();
+        let key = format!("perfect21.lease.{}.{name}", self.lease_scope);
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&key)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db_err)?;
+        Ok(taken.then(|| super::Lease::new(conn)))
     }
 }

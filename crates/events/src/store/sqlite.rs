@@ -697,6 +697,19 @@ impl EventStore for SqliteStore {
     fn recent(&self, from_position: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
         self.tail.from(from_position, limit)
     }
+
+    fn leases(&self) -> bool {
+        true
+    }
+
+    /// A lock file beside the log (`events.db.<name>.lease`): every process of a SQLite
+    /// log runs on its machine.
+    async fn try_lease(&self, name: &str) -> Result<Option<super::Lease>, StoreError> {
+        super::check_lease_name(name)?;
+        let mut path = self.path.clone().into_os_string();
+        path.push(format!(".{name}.lease"));
+        super::file_lease(std::path::Path::new(&path)).map_err(db_err)
+    }
 }
 
 impl SqliteStore {

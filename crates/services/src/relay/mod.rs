@@ -47,6 +47,8 @@ pub struct RelayStatus {
     pub reconnects: AtomicU64,
     /// Whether the relay holds a broker connection now.
     pub connected: std::sync::atomic::AtomicBool,
+    /// Whether it waits for another relay of this log to end (which holds the lease).
+    pub standby: std::sync::atomic::AtomicBool,
 }
 
 fn read_checkpoint(path: &std::path::Path) -> anyhow::Result<u64> {
@@ -62,7 +64,42 @@ fn write_checkpoint(path: &std::path::Path, position: u64) -> anyhow::Result<()>
         .with_context(|| format!("writing relay checkpoint {}", path.display()))
 }
 
-/// Relays for ever, reconnecting after broker failures.
+/// How often a standby relay tries the lease.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+
+/// Waits until this relay holds its sink's lease: one relay per sink publishes a log at
+/// a time (a lease in the store when it has them, else a lock file beside the
+/// checkpoint); the others stand by and take over within [`STANDBY_POLL`] of its end.
+async fn take_lease(
+    config: &RelayConfig,
+    store: &Arc<dyn EventStore>,
+    status: &RelayStatus,
+) -> anyhow::Result<perfect21_events::Lease> {
+    let sink = config.sink.kind();
+    let name = format!("relay-{sink}");
+    let mut waiting = false;
+    loop {
+        let lease = if store.leases() {
+            store.try_lease(&name).await.with_context(|| format!("taking the {name} lease"))?
+        } else {
+            let path = config.checkpoint.with_extension("lease");
+            perfect21_events::store::file_lease(&path).with_context(|| format!("locking {}", path.display()))?
+        };
+        if let Some(lease) = lease {
+            status.standby.store(false, Ordering::Relaxed);
+            tracing::info!(sink, "relay active: it holds the {name} lease");
+            return Ok(lease);
+        }
+        if !waiting {
+            status.standby.store(true, Ordering::Relaxed);
+            tracing::info!(sink, "relay on standby: another relay of this log holds the {name} lease");
+            waiting = true;
+        }
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+}
+
+/// Relays for ever (once it holds its lease), reconnecting after broker failures.
 pub async fn run(
     config: RelayConfig,
     store: Arc<dyn EventStore>,
@@ -70,6 +107,8 @@ pub async fn run(
     secrets: SecretBox,
     status: Arc<RelayStatus>,
 ) -> anyhow::Result<()> {
+    let _lease = take_lease(&config, &store, &status).await?;
+    // Read after the lease: the relay that held it before moved the checkpoint last.
     let start = read_checkpoint(&config.checkpoint)?;
     status.confirmed.store(start, Ordering::Relaxed);
     // The checkpoint is saved off the publishing path: a slow fsync never stalls publishing.
@@ -262,6 +301,10 @@ pub async fn run_alone(args: crate::server::ServeArgs) -> anyhow::Result<()> {
                 let mut tick = tokio::time::interval(Duration::from_secs(10));
                 loop {
                     tick.tick().await;
+                    if status.standby.load(Ordering::Relaxed) {
+                        tracing::info!(sink, "relay on standby");
+                        continue;
+                    }
                     let head = store.head_position().await.unwrap_or(0);
                     let confirmed = status.confirmed.load(Ordering::Relaxed);
                     tracing::info!(

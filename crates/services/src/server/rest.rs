@@ -834,7 +834,12 @@ async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> R
 async fn positions(s: &RestState) -> Result<(u64, u64, Option<u64>), Problem> {
     let head = s.app.identity.store().head_position().await.map_err(DomainError::from)?;
     let models = s.app.identity.live().checkpoint();
-    let relay = s.relay.as_ref().map(|r| r.confirmed.load(std::sync::atomic::Ordering::Relaxed));
+    // A relay on standby (another process publishes) has no position of its own to report.
+    let relay = s
+        .relay
+        .as_ref()
+        .filter(|r| !r.standby.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|r| r.confirmed.load(std::sync::atomic::Ordering::Relaxed));
     Ok((head, models, relay))
 }
 
@@ -860,7 +865,8 @@ async fn readyz(State(s): State<RestState>) -> Response {
         problems.push(format!("read models stopped: {error}"));
     }
     if let Some(relay) = &s.relay {
-        if !relay.connected.load(std::sync::atomic::Ordering::Relaxed) {
+        let standby = relay.standby.load(std::sync::atomic::Ordering::Relaxed);
+        if !standby && !relay.connected.load(std::sync::atomic::Ordering::Relaxed) {
             problems.push("the relay has no broker connection".into());
         }
     }
