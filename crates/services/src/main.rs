@@ -6,11 +6,12 @@ mod bench;
 mod config;
 mod doctor;
 mod events_cmd;
-mod notify;
-mod relay;
+use perfect21_notify as notify;
+use perfect21_relay as relay;
+mod relay_cmd;
 mod replay;
 mod server;
-mod telemetry;
+use perfect21_telemetry as telemetry;
 
 use clap::{Parser, Subcommand};
 use config::StoreArgs;
@@ -127,7 +128,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => server::run(args).await,
             Command::Notify(args) => notify::run(args).await,
-            Command::Relay(args) => relay::run_alone(args).await,
+            Command::Relay(args) => relay_cmd::run_alone(args).await,
             Command::Admin { command } => admin_cmd::run(command).await,
             Command::Events { command } => events_cmd::run(command).await,
             Command::Replay(args) => replay::run(args).await,

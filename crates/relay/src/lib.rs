@@ -18,7 +18,7 @@ use message::{outgoing, Contact, Outgoing};
 use perfect21_domain::secrets::SecretBox;
 use perfect21_domain::LiveModels;
 use perfect21_events::{subscribe_all, EventStore, RecordedEvent};
-pub(crate) use sink::publish;
+pub use sink::publish;
 pub use sink::SinkConfig;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -209,11 +209,11 @@ async fn prepare_one(live: &LiveModels, secrets: &SecretBox, recorded: RecordedE
     // With traces exported, its context travels on in the AMQP headers. Without, no span
     // is made: nothing would read it, and formatting its fields costs as much as the
     // rest of the message.
-    let (span, traceparent) = if crate::telemetry::traces_on() {
+    let (span, traceparent) = if perfect21_telemetry::traces_on() {
         let span =
             tracing::info_span!("relay.publish", position = recorded.position, event_type = %recorded.event_type);
-        crate::telemetry::set_parent(&span, recorded.metadata.traceparent.as_deref(), None);
-        let traceparent = span.in_scope(crate::telemetry::current_traceparent);
+        perfect21_telemetry::set_parent(&span, recorded.metadata.traceparent.as_deref(), None);
+        let traceparent = span.in_scope(perfect21_telemetry::current_traceparent);
         (span, traceparent)
     } else {
         (tracing::Span::none(), None)
@@ -278,50 +278,5 @@ async fn relay_once(
                 waiting.extend(chunk);
             }
         }
-    }
-}
-
-/// `perfect21 relay`: only the relay, reporting its lag every ten seconds.
-pub async fn run_alone(args: crate::server::ServeArgs) -> anyhow::Result<()> {
-    let configs = args.relays();
-    anyhow::ensure!(
-        !configs.is_empty(),
-        "the relay needs a broker: --amqp-url (PERFECT21_AMQP_URL) or --kafka-brokers (PERFECT21_KAFKA_BROKERS)"
-    );
-    let app = crate::server::open_app(&args).await?;
-    let store = app.identity.store().clone();
-    let mut relays = tokio::task::JoinSet::new();
-    let mut reporters = Vec::new();
-    for config in configs {
-        let status = Arc::new(RelayStatus::default());
-        let sink = config.sink.kind();
-        reporters.push({
-            let (store, status) = (store.clone(), status.clone());
-            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(10));
-                loop {
-                    tick.tick().await;
-                    if status.standby.load(Ordering::Relaxed) {
-                        tracing::info!(sink, "relay on standby");
-                        continue;
-                    }
-                    let head = store.head_position().await.unwrap_or(0);
-                    let confirmed = status.confirmed.load(Ordering::Relaxed);
-                    tracing::info!(
-                        sink,
-                        confirmed,
-                        head,
-                        lag = head.saturating_sub(confirmed),
-                        reconnects = status.reconnects.load(Ordering::Relaxed),
-                        "relay progress"
-                    );
-                }
-            }))
-        });
-        relays.spawn(run(config, store.clone(), app.identity.live().clone(), app.identity.secrets().clone(), status));
-    }
-    tokio::select! {
-        Some(r) = relays.join_next() => r?,
-        _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

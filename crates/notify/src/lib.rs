@@ -105,7 +105,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(notifier.args.http_addr).await?;
     println!("perfect21 notify listening on {}", listener.local_addr()?);
-    let prometheus = crate::telemetry::install();
+    let prometheus = perfect21_telemetry::install();
     let health = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/metrics", axum::routing::get(move || async move { prometheus.render() }));
@@ -140,7 +140,7 @@ fn dead_letter_queue(service: &str) -> String {
 /// Declares the exchanges, the three queues with their bindings, and the dead-letter queue.
 async fn declare(ch: &Channel, service: &str) -> anyhow::Result<Vec<String>> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(crate::relay::message::EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default())
+    ch.exchange_declare(perfect21_relay::message::EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default())
         .await?;
     let dlx = dead_letter_exchange(service);
     ch.exchange_declare(dlx.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
@@ -165,7 +165,7 @@ async fn declare(ch: &Channel, service: &str) -> anyhow::Result<Vec<String>> {
         ch.queue_declare(name.as_str().into(), durable_queue, queue_args(service)).await?;
         ch.queue_bind(
             name.as_str().into(),
-            crate::relay::message::EXCHANGE.into(),
+            perfect21_relay::message::EXCHANGE.into(),
             key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -203,7 +203,7 @@ async fn consume(notifier: Arc<Notifier>) -> anyhow::Result<()> {
             _ => None,
         });
         let span = tracing::info_span!("notification.handle", routing_key = %routing_key);
-        crate::telemetry::set_parent(&span, traceparent.as_deref(), None);
+        perfect21_telemetry::set_parent(&span, traceparent.as_deref(), None);
         let handled = tracing::Instrument::instrument(notifier.receive(&routing_key, &delivery.data), span).await;
         if let Err(e) = handled {
             // Keeps failing: park it with the reason, so nothing is lost silently.

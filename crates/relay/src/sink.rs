@@ -115,7 +115,7 @@ fn headers_of<'a>(m: &'a Outgoing, traceparent: Option<&'a str>) -> Vec<(&'stati
 
 /// Publishes one message to the exchange, with its properties and headers; the
 /// returned confirmation resolves when the broker has it.
-pub(crate) async fn publish(
+pub async fn publish(
     channel: &lapin::Channel,
     m: &Outgoing,
     traceparent: Option<&str>,
@@ -126,7 +126,7 @@ pub(crate) async fn publish(
         .await
 }
 
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
         _ => url.to_string(),

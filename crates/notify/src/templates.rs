@@ -9,12 +9,12 @@ use std::path::Path;
 
 /// The built-in templates: (name, source).
 pub const DEFAULTS: &[(&str, &str)] = &[
-    ("welcome", include_str!("../../../../templates/notification/welcome.txt")),
-    ("login_notice", include_str!("../../../../templates/notification/login_notice.txt")),
-    ("security_alert", include_str!("../../../../templates/notification/security_alert.txt")),
-    ("security_alert_sms", include_str!("../../../../templates/notification/security_alert_sms.txt")),
-    ("registration_attempt", include_str!("../../../../templates/notification/registration_attempt.txt")),
-    ("notice", include_str!("../../../../templates/notification/notice.txt")),
+    ("welcome", include_str!("../../../templates/notification/welcome.txt")),
+    ("login_notice", include_str!("../../../templates/notification/login_notice.txt")),
+    ("security_alert", include_str!("../../../templates/notification/security_alert.txt")),
+    ("security_alert_sms", include_str!("../../../templates/notification/security_alert_sms.txt")),
+    ("registration_attempt", include_str!("../../../templates/notification/registration_attempt.txt")),
+    ("notice", include_str!("../../../templates/notification/notice.txt")),
 ];
 
 /// Writes the built-in templates into `dir` (created if missing) for editing; an
