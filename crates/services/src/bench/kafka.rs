@@ -8,6 +8,130 @@ pub async fn append(_brokers: &str, _duration: Duration) -> anyhow::Result<Vec<M
     anyhow::bail!("this build has no Kafka backend: build perfect21 with `--features kafka`")
 }
 
+#[cfg(not(feature = "kafka"))]
+pub async fn relay(_scratch: &super::Scratch, _brokers: &str) -> anyhow::Result<Vec<Measurement>> {
+    anyhow::bail!("this build has no Kafka sink: build perfect21 with `--features kafka`")
+}
+
+/// `relay --sink kafka`: the relay to a Kafka topic against a raw idempotent producer
+/// sending the same records (keys, bodies, headers) with the same window, in rounds
+/// alternating with it; medians.
+#[cfg(feature = "kafka")]
+pub async fn relay(scratch: &super::Scratch, brokers: &str) -> anyhow::Result<Vec<Measurement>> {
+    use super::relay::{event, meta, ROUNDS};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    // Five times the RabbitMQ run's events: at this rate 20k would be over before a
+    // topic's first metadata settles.
+    const EVENTS: usize = 100_000;
+    use crate::relay::message::{outgoing, Contact};
+    use crate::relay::{RelayConfig, RelayStatus, SinkConfig};
+    use perfect21_domain::secrets::SecretBox;
+    use perfect21_domain::LiveModels;
+    use perfect21_events::store::{SqliteConfig, SqliteStore};
+    use perfect21_events::{EventData, EventStore, ExpectedVersion, StreamId};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Instant;
+    const S: &str = "relay-kafka";
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("relay-kafka.db"))).await?);
+    for chunk in 0..EVENTS / 100 {
+        let events = (0..100).map(|_| EventData::new(&event(), meta())).collect::<Result<Vec<_>, _>>()?;
+        store.append(&StreamId::of("user", chunk)?, ExpectedVersion::Any, events).await?;
+    }
+    let live = LiveModels::start(store.clone());
+    let secrets = SecretBox::random();
+    let head = store.head_position().await?;
+    live.wait_for(head, Duration::from_secs(30)).await?;
+    let recorded = store.read_all(1, EVENTS).await?;
+    let messages: Vec<_> =
+        recorded.iter().map(|r| outgoing(r, r.decode().ok().as_ref(), &Contact::default(), &secrets)).collect();
+    let messages = Arc::new(messages);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    // Both sides' topics are made before either is timed.
+    let made = |name: &str| {
+        let name = format!("p21bench-{name}-{}", uuid::Uuid::now_v7().simple());
+        let admin = &admin;
+        async move {
+            let topic = NewTopic::new(&name, 1, TopicReplication::Fixed(1));
+            for r in admin.create_topics([&topic], &AdminOptions::new()).await? {
+                r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+            }
+            Ok::<_, anyhow::Error>(name)
+        }
+    };
+    let (mut raw_rates, mut relay_rates) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let topic = made("raw").await?;
+        let relay_topic = made("relay").await?;
+        let (b, m) = (brokers.to_string(), messages.clone());
+        raw_rates.push(tokio::task::spawn_blocking(move || raw_produce(&b, &topic, &m)).await??);
+
+        let status = Arc::new(RelayStatus::default());
+        let sink = SinkConfig::Kafka { brokers: brokers.to_string(), topic: relay_topic };
+        let config = RelayConfig { sink, checkpoint: scratch.file(&format!("relay-kafka-{round}.checkpoint")) };
+        let start = Instant::now();
+        let relay =
+            tokio::spawn(crate::relay::run(config, store.clone(), live.clone(), secrets.clone(), status.clone()));
+        while status.confirmed.load(Ordering::Relaxed) < head {
+            anyhow::ensure!(!relay.is_finished(), "the relay stopped");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        relay_rates.push(head as f64 / start.elapsed().as_secs_f64());
+        relay.abort();
+    }
+    let (raw, ours) = (super::median(&mut raw_rates), super::median(&mut relay_rates));
+    Ok(vec![Measurement::rate(S, "events_published", ours, raw, "msgs/s")])
+}
+
+/// The same records the Kafka sink sends, through an idempotent producer with the
+/// relay's window: messages per second.
+#[cfg(feature = "kafka")]
+fn raw_produce(brokers: &str, topic: &str, messages: &[crate::relay::message::Outgoing]) -> anyhow::Result<f64> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::collections::VecDeque;
+    use std::time::Instant;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()?;
+    let start = Instant::now();
+    let mut in_flight = VecDeque::new();
+    for m in messages {
+        if in_flight.len() >= crate::relay::WINDOW {
+            let d: rdkafka::producer::DeliveryFuture = in_flight.pop_front().expect("in flight");
+            futures::executor::block_on(d)?.map_err(|(e, _)| e)?;
+        }
+        let priority = m.priority.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: "message_type", value: Some(m.message_type.as_str()) })
+            .insert(Header { key: "source_service", value: Some(m.source_service.as_str()) });
+        for (key, value) in [("user_id", &m.user_id), ("correlation_id", &m.correlation_id)] {
+            if let Some(v) = value {
+                headers = headers.insert(Header { key, value: Some(v.as_str()) });
+            }
+        }
+        headers = headers
+            .insert(Header { key: "message_id", value: Some(m.message_id.as_str()) })
+            .insert(Header { key: "routing_key", value: Some(m.routing_key.as_str()) })
+            .insert(Header { key: "priority", value: Some(priority.as_str()) })
+            .insert(Header { key: "content_type", value: Some("application/json") });
+        let key = m.user_id.as_deref().unwrap_or("perfect21");
+        let record =
+            FutureRecord::to(topic).key(key).payload(&m.body).headers(headers).timestamp((m.timestamp * 1000) as i64);
+        in_flight.push_back(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for d in in_flight {
+        futures::executor::block_on(d)?.map_err(|(e, _)| e)?;
+    }
+    Ok(messages.len() as f64 / start.elapsed().as_secs_f64())
+}
+
 #[cfg(feature = "kafka")]
 pub async fn append(brokers: &str, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     use super::append::{drive, sample_event};

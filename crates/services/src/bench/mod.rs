@@ -32,7 +32,10 @@ pub struct BenchArgs {
     /// RabbitMQ for `relay`.
     #[arg(long, env = "PERFECT21_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp: String,
-    /// Kafka brokers for `append-kafka` (a scratch topic is created).
+    /// Where `relay` publishes.
+    #[arg(long, value_enum, default_value = "amqp")]
+    pub sink: Sink,
+    /// Kafka brokers for `append-kafka` and `relay --sink kafka` (scratch topics are created).
     #[arg(long, env = "PERFECT21_BENCH_KAFKA", default_value = "127.0.0.1:19092")]
     pub kafka: String,
     /// Seconds to run each side (ours, then the baseline).
@@ -76,6 +79,7 @@ pub enum Scenario {
     /// ValidateToken p99 during a login flood vs idle (ratio = idle / flood).
     LoginFlood,
     /// Relay throughput vs raw lapin confirmed publish; commit → consumer latency vs publish → consumer.
+    /// With `--sink kafka`: throughput vs a raw idempotent rdkafka producer.
     Relay,
     /// 10k WebSocket connections: push latency from commit vs ping→pong on the same connections.
     Websocket,
@@ -103,6 +107,15 @@ pub enum Scenario {
     /// The seed's four load rows at their stated rates (REST 1k/s, gRPC 5k/s, AMQP 10k
     /// msg/s, 1k WebSockets): achieved rate and p99 against each target.
     SeedMatrix,
+}
+
+/// The broker of `bench relay`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Sink {
+    /// RabbitMQ (`--amqp`), against raw lapin confirmed publishing.
+    Amqp,
+    /// Kafka (`--kafka`, a build with the `kafka` feature), against a raw idempotent rdkafka producer.
+    Kafka,
 }
 
 /// One line of the output contract.
@@ -142,7 +155,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::GrpcValidate => grpc::validate(&scratch, duration).await?,
         Scenario::GrpcCheck => grpc::check(&scratch, duration).await?,
         Scenario::LoginFlood => grpc::login_flood(&scratch, duration).await?,
-        Scenario::Relay => relay::relay(&scratch, &args.amqp).await?,
+        Scenario::Relay => match args.sink {
+            Sink::Amqp => relay::relay(&scratch, &args.amqp).await?,
+            Sink::Kafka => kafka::relay(&scratch, &args.kafka).await?,
+        },
         Scenario::Websocket => websocket::websocket(&scratch, duration).await?,
         Scenario::Login => login::login(&scratch, duration).await?,
         Scenario::Replay => replay::replay(&scratch, args.events).await?,

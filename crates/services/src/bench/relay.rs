@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const EVENTS: usize = 20_000;
+pub(super) const EVENTS: usize = 20_000;
 const LATENCY_SAMPLES: usize = 300;
-const ROUNDS: usize = 3;
+pub(super) const ROUNDS: usize = 3;
 
-fn event() -> Event {
+pub(super) fn event() -> Event {
     Event::UserLoginFailed(UserLoginFailed {
         user_id: Uuid::now_v7(),
         reason: "bad_password".into(),
@@ -33,7 +33,7 @@ fn event() -> Event {
     })
 }
 
-fn meta() -> Metadata {
+pub(super) fn meta() -> Metadata {
     Metadata {
         correlation_id: Some(Uuid::now_v7()),
         client_ip: Some("203.0.113.9".into()),
