@@ -38,6 +38,28 @@ pub(crate) async fn submit(
     answer.await.map_err(|_| gone())?
 }
 
+/// A writer thread's loop: takes the next group of appends waiting on `requests` (see
+/// [`gather`]) and hands it to `commit`, until every sender is gone.
+pub(crate) fn serve_groups(
+    mut requests: mpsc::Receiver<AppendRequest>,
+    group: bool,
+    mut commit: impl FnMut(Vec<AppendRequest>),
+) {
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(request) => request,
+            None => match requests.blocking_recv() {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let (batch, rest) = gather(first, group, || requests.try_recv().ok());
+        carried = rest;
+        commit(batch);
+    }
+}
+
 fn bytes(request: &AppendRequest) -> usize {
     request.events.iter().map(|e| e.payload.len()).sum::<usize>() + request.metadata.iter().map(Vec::len).sum::<usize>()
 }

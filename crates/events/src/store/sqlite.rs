@@ -7,7 +7,7 @@
 //! fsync'd) and only then answers each caller: group commit. Readers use their
 //! own connections on the blocking pool.
 
-use super::queue::{gather, submit, AppendRequest};
+use super::queue::{serve_groups, submit, AppendRequest};
 use super::tail::Tail;
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
@@ -273,7 +273,7 @@ const MAX_CACHED_STREAMS: usize = 100_000;
 
 fn run_writer(
     conn: Connection,
-    mut rx: mpsc::Receiver<AppendRequest>,
+    rx: mpsc::Receiver<AppendRequest>,
     head_tx: watch::Sender<u64>,
     group: bool,
     tail: Arc<Tail>,
@@ -282,17 +282,7 @@ fn run_writer(
     // against the head its last writer recorded).
     let (known_head, known_link) = (u64::MAX, chain::GENESIS);
     let mut writer = Writer { conn, versions: HashMap::new(), known_head, known_link };
-    let mut carried = None;
-    loop {
-        let first = match carried.take() {
-            Some(request) => request,
-            None => match rx.blocking_recv() {
-                Some(request) => request,
-                None => return,
-            },
-        };
-        let (batch, rest) = gather(first, group, || rx.try_recv().ok());
-        carried = rest;
+    serve_groups(rx, group, |batch| {
         match writer.commit_batch(&batch) {
             Ok((results, head, written)) => {
                 // Into the tail before subscribers hear of the new head.
@@ -324,7 +314,7 @@ fn run_writer(
                 }
             }
         }
-    }
+    });
 }
 
 /// Each append's outcome, the head after the batch, and the events it wrote (as a read

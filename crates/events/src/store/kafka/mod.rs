@@ -24,7 +24,7 @@ mod forward;
 
 pub use config::{KafkaConfig, Role};
 
-use super::queue::{gather, submit, AppendRequest};
+use super::queue::{serve_groups, submit, AppendRequest};
 use super::tail::Tail;
 use super::{classify_existing, read_bounds, validate_append, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
@@ -195,20 +195,10 @@ impl Index {
         Some((self.names[self.stream_of[i] as usize].to_string(), self.version_of[i], position))
     }
 
-    /// Records the event at `position` (the next one).
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        position: u64,
-        offset: i64,
-        event_id: Uuid,
-        stream: &str,
-        version: u64,
-        event_type: &str,
-        schema_version: u16,
-        link: Digest,
-    ) {
+    /// Records `stored`, the event at `position` (the next one) and `offset`.
+    fn push(&mut self, position: u64, offset: i64, stored: &Stored) {
         debug_assert_eq!(position, self.head() + 1);
+        let stream = stored.stream_id.as_str();
         let number = match self.streams.get_mut(stream) {
             Some((n, positions)) => {
                 positions.push(position);
@@ -224,10 +214,10 @@ impl Index {
         };
         self.offsets.push(offset);
         self.stream_of.push(number);
-        self.version_of.push(version);
-        self.ids.insert(event_id, position);
-        *self.by_type.entry((event_type.to_string(), schema_version)).or_default() += 1;
-        self.last_link = link;
+        self.version_of.push(stored.stream_version);
+        self.ids.insert(stored.event_id, position);
+        *self.by_type.entry((stored.event_type.clone(), stored.schema_version)).or_default() += 1;
+        self.last_link = stored.link;
         self.next_offset = self.next_offset.max(offset + 1);
     }
 
@@ -248,16 +238,7 @@ impl Index {
                         reason: format!("offset {offset} holds position {position}, after position {head}"),
                     });
                 }
-                self.push(
-                    position,
-                    offset,
-                    stored.event_id,
-                    &stored.stream_id,
-                    stored.stream_version,
-                    &stored.event_type,
-                    stored.schema_version,
-                    stored.link,
-                );
+                self.push(position, offset, &stored);
                 Ok(Some((position, stored)))
             }
             Record::Writer(announcement) => {
@@ -758,20 +739,8 @@ fn copy_error(e: &StoreError) -> StoreError {
 }
 
 impl Writer {
-    fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
-        let mut carried = None;
-        loop {
-            let first = match carried.take() {
-                Some(r) => r,
-                None => match requests.blocking_recv() {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
-            let (batch, rest) = gather(first, true, || requests.try_recv().ok());
-            carried = rest;
-            self.commit(batch);
-        }
+    fn run(mut self, requests: mpsc::Receiver<AppendRequest>) {
+        serve_groups(requests, true, |batch| self.commit(batch));
     }
 
     fn announce(&mut self, announcement: Announcement) -> Result<(), StoreError> {
@@ -893,16 +862,7 @@ impl Writer {
                         if position <= index.head() {
                             continue;
                         }
-                        index.push(
-                            position,
-                            offset,
-                            stored.event_id,
-                            &stored.stream_id,
-                            stored.stream_version,
-                            &stored.event_type,
-                            stored.schema_version,
-                            stored.link,
-                        );
+                        index.push(position, offset, &stored);
                         if let Ok(event) = stored.recorded(position) {
                             fresh.push(event);
                         }
@@ -1008,6 +968,9 @@ impl Writer {
                 Ok(()) => Err(err(format!(
                     "the Kafka transaction failed and was aborted, nothing of these appends was written: {e}"
                 ))),
+                // A fenced producer has its queue purged: the deliveries fail first, and the
+                // abort says why.
+                Err(abort) if is_fenced(&abort) => Err(self.fail(abort)),
                 Err(abort) => Err(self.fail_with(err(format!(
                     "a Kafka transaction failed ({e}) and could not be aborted ({abort}): its appends may be \
                      recorded, and this writer stops; restart it to resume from the topic"
