@@ -118,3 +118,72 @@ async fn the_kafka_sink_publishes_the_seed_envelope_keyed_by_user_and_loses_noth
     let types: Vec<&str> = report["types"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert!(types.contains(&"user.registered") && types.contains(&"user.login"), "{types:?}");
 }
+
+/// The sink's broker killed (SIGKILL) and restarted under a running relay: the relay
+/// waits or reconnects, and every event reaches the topic. Runs a broker of its own
+/// (`scripts/kafka` on another port), so that the suite's broker stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_sink_survives_a_broker_restart_and_loses_nothing() {
+    const PORT: &str = "19292";
+    let kafka = |action: &str| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kafka");
+        let status = Command::new("bash").args([script, action]).env("PERFECT21_KAFKA_PORT", PORT).status().unwrap();
+        assert!(status.success(), "scripts/kafka {action} on port {PORT}");
+    };
+    struct Broker<F: Fn(&str)>(F);
+    impl<F: Fn(&str)> Drop for Broker<F> {
+        fn drop(&mut self) {
+            (self.0)("stop");
+        }
+    }
+    kafka("start");
+    let broker = Broker(kafka);
+    let brokers = format!("127.0.0.1:{PORT}");
+    let world = DataDir::new(IdentityConfig::default()).await;
+    let (data, store) = (world.path(), world.store.clone());
+    let topic = format!("p21t-events-{}", uuid::Uuid::new_v4().simple());
+    let _relay = Relay(
+        Command::new(env!("CARGO_BIN_EXE_perfect21"))
+            .args(["relay", "--data-dir", &data, "--kafka-brokers", &brokers, "--kafka-topic", &topic])
+            .args(["--insecure-fast-passwords"])
+            .spawn()
+            .expect("start the relay"),
+    );
+    let append = |n: usize| {
+        let store = store.clone();
+        async move {
+            for _ in 0..n {
+                let user_id = uuid::Uuid::now_v7();
+                let e = perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
+                    user_id,
+                });
+                let data = EventData::new(&e, Metadata::default()).unwrap();
+                store.append(&StreamId::of("user", user_id).unwrap(), ExpectedVersion::Any, vec![data]).await.unwrap();
+            }
+        }
+    };
+    append(100).await;
+    wait_for_checkpoint(world.dir.path(), 100).await;
+
+    let home = std::env::var("PERFECT21_KAFKA_HOME").unwrap_or_else(|_| {
+        let cache =
+            std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{}/.cache", std::env::var("HOME").unwrap()));
+        format!("{cache}/perfect21/kafka")
+    });
+    let pid = std::fs::read_to_string(format!("{home}/kafka-{PORT}.pid")).unwrap();
+    assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    while std::net::TcpStream::connect(&brokers).is_ok() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    append(100).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (broker.0)("start");
+    wait_for_checkpoint(world.dir.path(), 200).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/kafka_relay_consumer.py");
+    let out = Command::new("python3").args([script, &brokers, &topic]).output().expect("python3");
+    assert!(out.status.success(), "the Python consumer refused the stream: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let positions: Vec<u64> = report["positions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    assert_eq!(positions, (1..=200).collect::<Vec<_>>(), "nothing lost across the broker restart");
+}

@@ -16,8 +16,9 @@ pub enum Role {
     Forwarder,
 }
 
-/// How to open a [`KafkaStore`](super::KafkaStore).
-#[derive(Debug, Clone)]
+/// How to open a [`KafkaStore`](super::KafkaStore). Its `Debug` form leaves the
+/// forwarding secret out.
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]` of the brokers.
     pub bootstrap: String,
@@ -40,6 +41,23 @@ pub struct KafkaConfig {
     pub keys: Option<String>,
     /// How long a broker operation may take before the store calls itself unavailable.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap", &self.bootstrap)
+            .field("topic", &self.topic)
+            .field("replication_factor", &self.replication_factor)
+            .field("min_insync_replicas", &self.min_insync_replicas)
+            .field("role", &self.role)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("forward_secret", &self.forward_secret.as_ref().map(|_| "<redacted>"))
+            .field("keys", &self.keys)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// The shortest forwarding secret accepted.
@@ -168,5 +186,13 @@ mod tests {
             let err = KafkaConfig::from_url(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_debug_form_leaves_the_forwarding_secret_out() {
+        let mut c = KafkaConfig::new("h:1", "log");
+        c.forward_secret = Some(b"0123456789abcdef0123456789abcdef-very-secret".to_vec());
+        let shown = format!("{c:?}");
+        assert!(shown.contains("<redacted>") && !shown.contains("very-secret") && !shown.contains("48, 49"), "{shown}");
     }
 }
