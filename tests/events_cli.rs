@@ -118,7 +118,7 @@ fn bad_store_url_is_a_clear_error() {
     let out = perfect21(&["events", "stats", "--store", "mysql://localhost/x"]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("expected sqlite://<file> or postgres://"), "{err}");
+    assert!(err.contains("expected sqlite://<file>, postgres://user@host/db or kafka://host:port/topic"), "{err}");
 }
 
 #[tokio::test]
@@ -175,7 +175,7 @@ fn logs_are_json_lines_and_never_carry_credentials() {
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(warning["target"], "perfect21::relay");
+    assert_eq!(warning["target"], "perfect21_relay");
 }
 
 /// `events verify` proves a served log unedited, a running server reports how far it has
