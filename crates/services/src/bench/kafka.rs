@@ -18,34 +18,18 @@ pub async fn relay(_scratch: &super::Scratch, _brokers: &str) -> anyhow::Result<
 /// alternating with it; medians.
 #[cfg(feature = "kafka")]
 pub async fn relay(scratch: &super::Scratch, brokers: &str) -> anyhow::Result<Vec<Measurement>> {
-    use super::relay::{event, meta, ROUNDS};
+    use super::relay::ROUNDS;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     // Five times the RabbitMQ run's events: at this rate 20k would be over before a
     // topic's first metadata settles.
     const EVENTS: usize = 100_000;
-    use crate::relay::message::{outgoing, Contact};
     use crate::relay::{RelayConfig, RelayStatus, SinkConfig};
-    use perfect21_domain::secrets::SecretBox;
-    use perfect21_domain::LiveModels;
-    use perfect21_events::store::{SqliteConfig, SqliteStore};
-    use perfect21_events::{EventData, EventStore, ExpectedVersion, StreamId};
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use std::time::Instant;
     const S: &str = "relay-kafka";
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("relay-kafka.db"))).await?);
-    for chunk in 0..EVENTS / 100 {
-        let events = (0..100).map(|_| EventData::new(&event(), meta())).collect::<Result<Vec<_>, _>>()?;
-        store.append(&StreamId::of("user", chunk)?, ExpectedVersion::Any, events).await?;
-    }
-    let live = LiveModels::start(store.clone());
-    let secrets = SecretBox::random();
-    let head = store.head_position().await?;
-    live.wait_for(head, Duration::from_secs(30)).await?;
-    let recorded = store.read_all(1, EVENTS).await?;
-    let messages: Vec<_> =
-        recorded.iter().map(|r| outgoing(r, r.decode().ok().as_ref(), &Contact::default(), &secrets)).collect();
+    let super::relay::Relayable { store, live, secrets, head, messages } =
+        super::relay::relayable(scratch, "relay-kafka.db", EVENTS).await?;
     let messages = Arc::new(messages);
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
@@ -184,7 +168,6 @@ fn raw_transactions(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "0")
-        .set("retry.backoff.ms", "5")
         .create()?;
     producer.init_transactions(Duration::from_secs(30))?;
     let value = vec![0x5au8; bytes];

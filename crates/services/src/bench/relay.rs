@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub(super) const EVENTS: usize = 20_000;
+const EVENTS: usize = 20_000;
 const LATENCY_SAMPLES: usize = 300;
 pub(super) const ROUNDS: usize = 3;
 
-pub(super) fn event() -> Event {
+fn event() -> Event {
     Event::UserLoginFailed(UserLoginFailed {
         user_id: Uuid::now_v7(),
         reason: "bad_password".into(),
@@ -33,7 +33,7 @@ pub(super) fn event() -> Event {
     })
 }
 
-pub(super) fn meta() -> Metadata {
+fn meta() -> Metadata {
     Metadata {
         correlation_id: Some(Uuid::now_v7()),
         client_ip: Some("203.0.113.9".into()),
@@ -83,23 +83,38 @@ async fn wait_arrival(arrivals: &Mutex<HashMap<String, Instant>>, id: &str) -> a
     }
 }
 
-pub async fn relay(scratch: &Scratch, amqp: &str) -> anyhow::Result<Vec<Measurement>> {
-    const S: &str = "relay";
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file("relay.db"))).await?);
-    for chunk in 0..EVENTS / 100 {
-        let events = (0..100).map(|_| EventData::new(&event(), meta())).collect::<Result<Vec<_>, _>>()?;
-        store.append(&StreamId::of("user", chunk)?, ExpectedVersion::Any, events).await?;
+/// A scratch log for a relay benchmark, its read models caught up, and the messages the
+/// relay would make of its events (what a baseline publishes).
+pub(super) struct Relayable {
+    pub store: Arc<dyn EventStore>,
+    pub live: Arc<LiveModels>,
+    pub secrets: SecretBox,
+    pub head: u64,
+    pub messages: Vec<crate::relay::message::Outgoing>,
+}
+
+/// `events` failed logins (100 per append) in the scratch log `file`.
+pub(super) async fn relayable(scratch: &Scratch, file: &str, events: usize) -> anyhow::Result<Relayable> {
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(SqliteConfig::new(scratch.file(file))).await?);
+    for chunk in 0..events / 100 {
+        let batch = (0..100).map(|_| EventData::new(&event(), meta())).collect::<Result<Vec<_>, _>>()?;
+        store.append(&StreamId::of("user", chunk)?, ExpectedVersion::Any, batch).await?;
     }
     let live = LiveModels::start(store.clone());
     let secrets = SecretBox::random();
     let head = store.head_position().await?;
     live.wait_for(head, Duration::from_secs(30)).await?;
+    let recorded = store.read_all(1, events).await?;
+    let messages =
+        recorded.iter().map(|r| outgoing(r, r.decode().ok().as_ref(), &Contact::default(), &secrets)).collect();
+    Ok(Relayable { store, live, secrets, head, messages })
+}
 
+pub async fn relay(scratch: &Scratch, amqp: &str) -> anyhow::Result<Vec<Measurement>> {
+    const S: &str = "relay";
     // Baseline: the same messages (bodies, properties and headers), published with
     // confirms and the same window, nothing else.
-    let recorded = store.read_all(1, EVENTS).await?;
-    let bodies: Vec<_> =
-        recorded.iter().map(|r| outgoing(r, r.decode().ok().as_ref(), &Contact::default(), &secrets)).collect();
+    let Relayable { store, live, secrets, head, messages: bodies } = relayable(scratch, "relay.db", EVENTS).await?;
     let conn = Connection::connect(amqp, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;

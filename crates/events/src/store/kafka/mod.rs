@@ -667,10 +667,6 @@ async fn become_writer(shared: &Arc<Shared>) -> Result<mpsc::Sender<AppendReques
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("transaction.timeout.ms", "60000")
-        // A transaction begun while the last one's markers are still being written is refused
-        // (CONCURRENT_TRANSACTIONS) and retried after this back-off: the default 100 ms would
-        // cap a writer at a few transactions a second.
-        .set("retry.backoff.ms", "5")
         .create()
         .map_err(|e| err(format!("cannot make a Kafka producer for {}: {e}", config.bootstrap)))?;
     let producer = {
