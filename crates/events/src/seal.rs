@@ -55,7 +55,17 @@ impl DataKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The key made ready to seal and open (its AES key schedule and GHASH key).
+    pub(crate) fn cipher(&self) -> Cipher {
+        Cipher(Aes256Gcm::new(self.as_bytes().into()))
+    }
 }
+
+/// A [`DataKey`] made ready to seal and open: its AES key schedule and GHASH key, wiped
+/// when dropped. About a kilobyte, so made for the subjects of one read or append at a
+/// time (every seal of a page of events by one subject shares it), never kept.
+pub(crate) struct Cipher(Aes256Gcm);
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,9 +118,14 @@ impl Seal {
     /// Encrypts `plaintext` for `subject` with a random nonce (from the thread's
     /// cryptographically secure generator, seeded by the operating system).
     pub fn close(key: &DataKey, subject: Uuid, binding: Binding<'_>, plaintext: &[u8]) -> Seal {
+        Self::close_fresh(&key.cipher(), subject, binding, plaintext)
+    }
+
+    /// [`close`](Self::close) with the key made ready.
+    pub(crate) fn close_fresh(cipher: &Cipher, subject: Uuid, binding: Binding<'_>, plaintext: &[u8]) -> Seal {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        Self::close_with_nonce(key, subject, binding, plaintext, nonce)
+        Self::close_with(cipher, subject, binding, plaintext, nonce)
     }
 
     /// Encrypts with a given nonce: for fixtures only (a nonce must never repeat under one key).
@@ -121,9 +136,19 @@ impl Seal {
         plaintext: &[u8],
         nonce: [u8; 12],
     ) -> Seal {
-        let cipher = Aes256Gcm::new(key.as_bytes().into());
+        Self::close_with(&key.cipher(), subject, binding, plaintext, nonce)
+    }
+
+    pub(crate) fn close_with(
+        cipher: &Cipher,
+        subject: Uuid,
+        binding: Binding<'_>,
+        plaintext: &[u8],
+        nonce: [u8; 12],
+    ) -> Seal {
         let aad = binding.associated_data();
         let ciphertext = cipher
+            .0
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
             // Encryption fails only for plaintexts beyond 64 GiB.
             .expect("AES-256-GCM encrypts");
@@ -133,14 +158,17 @@ impl Seal {
     /// The plaintext, or `None` if this key does not open the seal for this binding
     /// (another key, another event, or altered bytes).
     pub fn open(&self, key: &DataKey, binding: Binding<'_>) -> Option<Vec<u8>> {
-        open(key, &self.nonce, &self.ciphertext, binding)
+        self.open_with(&key.cipher(), binding)
+    }
+
+    pub(crate) fn open_with(&self, cipher: &Cipher, binding: Binding<'_>) -> Option<Vec<u8>> {
+        open(cipher, &self.nonce, &self.ciphertext, binding)
     }
 }
 
-fn open(key: &DataKey, nonce: &[u8; 12], ciphertext: &[u8], binding: Binding<'_>) -> Option<Vec<u8>> {
-    let cipher = Aes256Gcm::new(key.as_bytes().into());
+fn open(cipher: &Cipher, nonce: &[u8; 12], ciphertext: &[u8], binding: Binding<'_>) -> Option<Vec<u8>> {
     let aad = binding.associated_data();
-    cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad }).ok()
+    cipher.0.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad }).ok()
 }
 
 /// A [`Seal`] read in place from the bytes that hold it (the same encoding).
@@ -153,8 +181,8 @@ pub(crate) struct SealRef<'a> {
 }
 
 impl SealRef<'_> {
-    pub fn open(&self, key: &DataKey, binding: Binding<'_>) -> Option<Vec<u8>> {
-        open(key, &self.nonce, self.ciphertext, binding)
+    pub fn open_with(&self, cipher: &Cipher, binding: Binding<'_>) -> Option<Vec<u8>> {
+        open(cipher, &self.nonce, self.ciphertext, binding)
     }
 }
 

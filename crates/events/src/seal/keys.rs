@@ -147,7 +147,14 @@ impl KeyStore for SqliteKeys {
 
     async fn keys(&self, subjects: &[Uuid]) -> Result<Vec<KeyState>, StoreError> {
         let subjects = subjects.to_vec();
-        self.with(move |conn| sqlite_lookup(conn, &subjects)).await
+        self.with(move |conn| {
+            // One read transaction for the lot, not one per subject (a replay asks for thousands).
+            let tx = conn.transaction().map_err(sqlite_err)?;
+            let states = sqlite_lookup(&tx, &subjects)?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(states)
+        })
+        .await
     }
 
     async fn erase(&self, subject: Uuid) -> Result<bool, StoreError> {

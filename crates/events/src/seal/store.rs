@@ -1,7 +1,7 @@
 //! [`SealingStore`]: seals personal fields on the way into the log and opens them on
 //! the way out.
 
-use super::{Binding, DataKey, KeyState, KeyStore, Part, Seal, SealedMetadata};
+use super::{Binding, Cipher, KeyState, KeyStore, Part, Seal, SealedMetadata};
 use crate::catalog::personal::{blanked, plain_version_of, sealed_version_of, SealedPayload, SealedPayloadRef};
 use crate::chain::{ChainRecord, Digest};
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
@@ -120,11 +120,12 @@ impl SealingStore {
             return Ok(events);
         }
         let keys = self.resolve(subjects, true).await?;
+        let mut ciphers = Ciphers::new(&keys);
         Ok(events
             .into_iter()
             .zip(plans)
             .map(|(e, plan)| match plan {
-                Some(plan) => seal_one(e, plan, &keys),
+                Some(plan) => seal_one(e, plan, &mut ciphers),
                 None => e,
             })
             .collect())
@@ -140,7 +141,8 @@ impl SealingStore {
         if needed.iter().any(|s| !cache.contains_key(s)) {
             return None;
         }
-        Some(records.into_iter().map(|r| open_one(r, &cache)).collect())
+        let mut ciphers = Ciphers::new(&cache);
+        Some(records.into_iter().map(|r| open_one(r, &mut ciphers)).collect())
     }
 
     async fn open_all(&self, records: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -158,28 +160,59 @@ impl SealingStore {
             return Ok(records);
         }
         let keys = self.resolve(needed, false).await?;
-        Ok(records.into_iter().map(|r| open_one(r, &keys)).collect())
+        let mut ciphers = Ciphers::new(&keys);
+        Ok(records.into_iter().map(|r| open_one(r, &mut ciphers)).collect())
     }
 }
 
-fn live<'a>(keys: &'a HashMap<Uuid, KeyState>, subject: &Uuid) -> Option<&'a DataKey> {
-    match keys.get(subject) {
-        Some(KeyState::Live(key)) => Some(key),
-        _ => None,
+/// The ciphers of the live keys among `keys`, made as they are needed. A subject's
+/// events sit close together in the log, so the last few made are kept (a cipher is
+/// about 2 KiB; they are wiped when dropped) and the rest made again if needed.
+struct Ciphers<'a> {
+    keys: &'a HashMap<Uuid, KeyState>,
+    made: Vec<(Uuid, Cipher)>,
+    /// The slot the next cipher takes once all are used (oldest first).
+    next: usize,
+}
+
+/// How many ciphers a [`Ciphers`] keeps.
+const CIPHERS_KEPT: usize = 16;
+
+impl<'a> Ciphers<'a> {
+    fn new(keys: &'a HashMap<Uuid, KeyState>) -> Self {
+        Ciphers { keys, made: Vec::new(), next: 0 }
+    }
+
+    /// `None` unless the subject's key is live.
+    fn get(&mut self, subject: &Uuid) -> Option<&Cipher> {
+        if let Some(i) = self.made.iter().position(|(s, _)| s == subject) {
+            return Some(&self.made[i].1);
+        }
+        let Some(KeyState::Live(key)) = self.keys.get(subject) else { return None };
+        let slot = if self.made.len() < CIPHERS_KEPT {
+            self.made.push((*subject, key.cipher()));
+            self.made.len() - 1
+        } else {
+            let slot = self.next;
+            self.next = (self.next + 1) % CIPHERS_KEPT;
+            self.made[slot] = (*subject, key.cipher());
+            slot
+        };
+        Some(&self.made[slot].1)
     }
 }
 
-fn seal_one(mut e: EventData, plan: Plan, keys: &HashMap<Uuid, KeyState>) -> EventData {
+fn seal_one(mut e: EventData, plan: Plan, keys: &mut Ciphers<'_>) -> EventData {
     if let Some(PayloadPlan { subject, sealed_version, clear }) = plan.payload {
-        match live(keys, &subject) {
-            Some(key) => {
+        match keys.get(&subject) {
+            Some(cipher) => {
                 let binding = Binding {
                     part: Part::Payload,
                     event_id: e.event_id,
                     event_type: &e.event_type,
                     schema_version: sealed_version,
                 };
-                let seal = Seal::close(key, subject, binding, &e.payload);
+                let seal = Seal::close_fresh(cipher, subject, binding, &e.payload);
                 e.payload = SealedPayload { clear, seal }.encode();
                 e.schema_version = sealed_version;
             }
@@ -190,7 +223,7 @@ fn seal_one(mut e: EventData, plan: Plan, keys: &HashMap<Uuid, KeyState>) -> Eve
     if let Some(subject) = plan.metadata {
         let personal =
             SealedMetadata { client_ip: e.metadata.client_ip.take(), user_agent: e.metadata.user_agent.take() };
-        if let Some(key) = live(keys, &subject) {
+        if let Some(cipher) = keys.get(&subject) {
             let binding = Binding {
                 part: Part::Metadata,
                 event_id: e.event_id,
@@ -198,7 +231,7 @@ fn seal_one(mut e: EventData, plan: Plan, keys: &HashMap<Uuid, KeyState>) -> Eve
                 schema_version: e.schema_version,
             };
             let plaintext = postcard::to_stdvec(&personal).expect("metadata fields encode");
-            e.metadata.sealed = Some(Seal::close(key, subject, binding, &plaintext));
+            e.metadata.sealed = Some(Seal::close_fresh(cipher, subject, binding, &plaintext));
         }
     }
     e
@@ -215,7 +248,7 @@ fn seal_subjects(r: &RecordedEvent, into: &mut BTreeSet<Uuid>) {
     }
 }
 
-fn open_one(mut r: RecordedEvent, keys: &HashMap<Uuid, KeyState>) -> RecordedEvent {
+fn open_one(mut r: RecordedEvent, keys: &mut Ciphers<'_>) -> RecordedEvent {
     if let Some(seal) = r.metadata.sealed.take() {
         let binding = Binding {
             part: Part::Metadata,
@@ -223,7 +256,7 @@ fn open_one(mut r: RecordedEvent, keys: &HashMap<Uuid, KeyState>) -> RecordedEve
             event_type: &r.event_type,
             schema_version: r.schema_version,
         };
-        let opened = live(keys, &seal.subject).and_then(|key| seal.open(key, binding));
+        let opened = keys.get(&seal.subject).and_then(|cipher| seal.open_with(cipher, binding));
         match opened.map(|bytes| postcard::from_bytes::<SealedMetadata>(&bytes)) {
             Some(Ok(personal)) => {
                 r.metadata.client_ip = personal.client_ip;
@@ -244,8 +277,8 @@ fn open_one(mut r: RecordedEvent, keys: &HashMap<Uuid, KeyState>) -> RecordedEve
         event_type: &r.event_type,
         schema_version: r.schema_version,
     };
-    let opened = live(keys, &sealed.seal.subject).and_then(|key| {
-        let opened = sealed.seal.open(key, binding);
+    let opened = keys.get(&sealed.seal.subject).and_then(|cipher| {
+        let opened = sealed.seal.open_with(cipher, binding);
         if opened.is_none() {
             tracing::warn!(
                 position = r.position,
