@@ -530,12 +530,18 @@ fn find_event(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<(String, u
 const SELECT: &str = "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
                       recorded_at, metadata, payload FROM events";
 
-fn read_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<RecordedEvent>> {
+/// Rows read into a vector made once: pages of the log are read back to back on replay.
+fn read_rows(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    limit: i64,
+) -> rusqlite::Result<Vec<RecordedEvent>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, |r| {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(READ_CAPACITY));
+    while let Some(r) = rows.next()? {
         let position = r.get::<_, i64>(0)? as u64;
-        let id: Vec<u8> = r.get(1)?;
-        let metadata: Vec<u8> = r.get(7)?;
         let bad = |reason: String| {
             rusqlite::Error::FromSqlConversionFailure(
                 1,
@@ -543,20 +549,23 @@ fn read_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rus
                 Box::new(StoreError::Corrupt { position, reason }),
             )
         };
-        Ok(RecordedEvent {
+        out.push(RecordedEvent {
             position,
-            event_id: Uuid::from_slice(&id).map_err(|e| bad(format!("event id: {e}")))?,
+            event_id: Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(|e| bad(format!("event id: {e}")))?,
             stream_id: r.get(2)?,
             stream_version: r.get::<_, i64>(3)? as u64,
             event_type: r.get(4)?,
             schema_version: r.get(5)?,
             recorded_at: from_micros(r.get(6)?),
-            metadata: crate::envelope::Metadata::decode(&metadata).map_err(|e| bad(e.to_string()))?,
+            metadata: crate::envelope::Metadata::decode(r.get_ref(7)?.as_blob()?).map_err(|e| bad(e.to_string()))?,
             payload: r.get(8)?,
-        })
-    })?;
-    rows.collect()
+        });
+    }
+    Ok(out)
 }
+
+/// The most rows a read makes room for before it sees them.
+const READ_CAPACITY: usize = 4096;
 
 #[async_trait]
 impl EventStore for SqliteStore {
@@ -582,6 +591,7 @@ impl EventStore for SqliteStore {
                 c,
                 &format!("{SELECT} WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"),
                 params![stream, from_version, limit],
+                limit,
             )
         })
         .await
@@ -594,6 +604,7 @@ impl EventStore for SqliteStore {
                 c,
                 &format!("{SELECT} WHERE position >= ?1 ORDER BY position LIMIT ?2"),
                 params![from_position, limit],
+                limit,
             )
         })
         .await
