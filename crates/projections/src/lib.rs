@@ -69,13 +69,31 @@ impl ReadModels {
 
     /// Folds one recorded event into every model.
     pub fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), ProjectionError> {
+        self.apply_decoded_as(recorded, || recorded.decode())
+    }
+
+    /// [`apply`](Self::apply) with the payload already decoded (`recorded.decode()`), so
+    /// that decoding can run ahead of folding, elsewhere.
+    pub fn apply_predecoded(
+        &mut self,
+        recorded: &RecordedEvent,
+        decoded: Result<Event, CodecError>,
+    ) -> Result<(), ProjectionError> {
+        self.apply_decoded_as(recorded, || decoded)
+    }
+
+    fn apply_decoded_as(
+        &mut self,
+        recorded: &RecordedEvent,
+        decode: impl FnOnce() -> Result<Event, CodecError>,
+    ) -> Result<(), ProjectionError> {
         if recorded.position <= self.checkpoint {
             return Ok(());
         }
         if recorded.position != self.checkpoint + 1 {
             return Err(ProjectionError::OutOfOrder { expected: self.checkpoint + 1, got: recorded.position });
         }
-        match recorded.decode() {
+        match decode() {
             Ok(event) => self.apply_decoded(recorded, &event),
             Err(CodecError::UnknownEventType { .. }) => self.skipped_unknown += 1,
             Err(source) => return Err(ProjectionError::Undecodable { position: recorded.position, source }),

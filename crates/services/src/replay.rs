@@ -4,14 +4,14 @@ use crate::config::StoreArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use perfect21_domain::live::load_snapshot;
-use perfect21_events::EventStore;
+use perfect21_events::{CodecError, Event, EventStore, RecordedEvent};
 use perfect21_projections::ReadModels;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Events read per page while replaying.
-const PAGE: usize = 10_000;
+const PAGE: usize = 1_000;
 
 /// What a replay produced.
 pub struct Replayed {
@@ -20,13 +20,31 @@ pub struct Replayed {
     pub seconds: f64,
 }
 
-/// Folds the whole log into fresh read models. Reading runs ahead of folding
-/// (a few pages in flight), so I/O and decoding overlap.
+/// Folds the whole log into fresh read models.
 pub async fn rebuild(store: Arc<dyn EventStore>, progress: &ProgressBar) -> anyhow::Result<Replayed> {
     fold_into(store, ReadModels::default(), u64::MAX, progress).await
 }
 
+/// A page of events and their payloads decoded, side by side.
+struct Decoded {
+    records: Vec<RecordedEvent>,
+    events: Vec<Result<Event, CodecError>>,
+}
+
+fn decoded(records: Vec<RecordedEvent>) -> Decoded {
+    let events = records.iter().map(RecordedEvent::decode).collect();
+    Decoded { records, events }
+}
+
+/// Pages read (their seals opened, their payloads decoded) side by side while the folder folds the one before.
+const READERS: u64 = 3;
+
 /// Folds the events after `models`' checkpoint, up to position `upto`, into `models`.
+///
+/// Positions are dense, so page `i` starts at a known position: [`READERS`] tasks read
+/// every `READERS`-th page ahead of the folder, which folds them in order. Should a page
+/// not start where the one before ended, or come back short (the end of the log as it
+/// was then), the rest is read one page after the other, so nothing is skipped.
 pub async fn fold_into(
     store: Arc<dyn EventStore>,
     mut models: ReadModels,
@@ -34,31 +52,67 @@ pub async fn fold_into(
     progress: &ProgressBar,
 ) -> anyhow::Result<Replayed> {
     let start = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    let mut from = models.checkpoint() + 1;
-    let reader = tokio::spawn(async move {
-        while from <= upto {
-            let want = usize::try_from(upto - from + 1).unwrap_or(PAGE).min(PAGE);
-            let page = store.read_all(from, want).await?;
-            let Some(last) = page.last() else {
-                return Ok::<_, anyhow::Error>(());
-            };
-            from = last.position + 1;
-            if tx.send(page).await.is_err() {
-                return Ok(());
-            }
-        }
-        Ok(())
-    });
+    let first = models.checkpoint() + 1;
+    let page = PAGE as u64;
+    let mut readers: Vec<_> = (0..READERS)
+        .map(|k| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut i = k;
+                loop {
+                    let Some(from) = i.checked_mul(page).and_then(|o| o.checked_add(first)).filter(|f| *f <= upto)
+                    else {
+                        return;
+                    };
+                    let want = (upto - from).saturating_add(1).min(page) as usize;
+                    let read = store.read_all(from, want).await.map(decoded);
+                    let last = !matches!(&read, Ok(p) if p.records.len() == want);
+                    if tx.send(read).await.is_err() || last {
+                        return;
+                    }
+                    i += READERS;
+                }
+            });
+            rx
+        })
+        .collect();
+    let mut next = first;
     let mut events = 0u64;
-    while let Some(page) = rx.recv().await {
-        for e in &page {
-            models.apply(e).with_context(|| format!("folding position {}", e.position))?;
+    let mut fold = |page: Decoded, models: &mut ReadModels| -> anyhow::Result<u64> {
+        events += page.records.len() as u64;
+        let last = page.records.last().map_or(0, |e| e.position);
+        for (e, event) in page.records.iter().zip(page.events) {
+            models.apply_predecoded(e, event).with_context(|| format!("folding position {}", e.position))?;
         }
-        events += page.len() as u64;
         progress.set_position(models.checkpoint());
+        Ok(last)
+    };
+    let mut i = 0usize;
+    loop {
+        let n = readers.len();
+        let Some(read) = readers[i % n].recv().await else { break };
+        let records = read?;
+        let in_order = records.records.first().is_some_and(|e| e.position == next);
+        let full = records.records.len() == PAGE;
+        if in_order {
+            next = fold(records, &mut models)? + 1;
+        }
+        if !in_order || !full {
+            // Readers may have read past a gap or past the end as it was: the rest in order.
+            readers.clear();
+            while next <= upto {
+                let want = (upto - next).saturating_add(1).min(page) as usize;
+                let records = decoded(store.read_all(next, want).await?);
+                if records.records.is_empty() {
+                    break;
+                }
+                next = fold(records, &mut models)? + 1;
+            }
+            break;
+        }
+        i += 1;
     }
-    reader.await??;
     Ok(Replayed { models, events, seconds: start.elapsed().as_secs_f64() })
 }
 
@@ -187,4 +241,151 @@ pub(crate) async fn verify(
     } else {
         Verdict::Differs(format!("snapshot at position {at} + catch-up gives {other}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use perfect21_events::chain::{ChainRecord, Digest};
+    use perfect21_events::store::{Redaction, StoreStats};
+    use perfect21_events::{AppendResult, EventData, ExpectedVersion, StoreError, StreamId};
+
+    async fn log_of(events: u64) -> (tempfile::TempDir, Arc<dyn EventStore>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        let store = perfect21_events::store::open(&url).await.expect("opens");
+        crate::bench::replay::populate(store.clone(), events).await.expect("populates");
+        (dir, store)
+    }
+
+    /// The reference: one small page after the other, each event applied in turn.
+    async fn fold_slowly(store: &dyn EventStore, upto: u64) -> ReadModels {
+        let mut models = ReadModels::default();
+        loop {
+            let from = models.checkpoint() + 1;
+            if from > upto {
+                return models;
+            }
+            let page = store.read_all(from, 7.min((upto - from + 1) as usize)).await.expect("reads");
+            if page.is_empty() {
+                return models;
+            }
+            for e in &page {
+                models.apply(e).expect("folds");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_read_side_by_side_fold_as_one_event_after_the_other() {
+        // Several full pages, a short last one, and bounds inside and at the end of pages.
+        let (_dir, store) = log_of(2 * PAGE as u64 + 530).await;
+        let head = store.head_position().await.unwrap();
+        for upto in [head, u64::MAX, 2 * PAGE as u64, PAGE as u64 + 1, 17] {
+            let r = fold_into(store.clone(), ReadModels::default(), upto, &ProgressBar::hidden()).await.unwrap();
+            let expected = fold_slowly(store.as_ref(), upto).await;
+            assert_eq!(r.models.checkpoint(), upto.min(head), "up to {upto}");
+            assert_eq!(r.events, upto.min(head), "up to {upto}");
+            assert_eq!(r.models.digest(), expected.digest(), "up to {upto}");
+        }
+        // From a checkpoint part-way through a page, as a snapshot's catch-up does.
+        let part = fold_slowly(store.as_ref(), PAGE as u64 + 333).await;
+        let r = fold_into(store.clone(), part, u64::MAX, &ProgressBar::hidden()).await.unwrap();
+        assert_eq!(r.events, head - (PAGE as u64 + 333));
+        assert_eq!(r.models.digest(), fold_slowly(store.as_ref(), head).await.digest());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_that_grows_during_the_replay_is_folded_without_a_gap() {
+        let (_dir, store) = log_of(PAGE as u64 + 10).await;
+        let writer = tokio::spawn(crate::bench::replay::populate(store.clone(), 3 * PAGE as u64));
+        let mut replays = 0;
+        while !writer.is_finished() || replays == 0 {
+            let r = fold_into(store.clone(), ReadModels::default(), u64::MAX, &ProgressBar::hidden()).await.unwrap();
+            assert_eq!(r.events, r.models.checkpoint());
+            assert_eq!(r.models.digest(), fold_slowly(store.as_ref(), r.models.checkpoint()).await.digest());
+            replays += 1;
+        }
+        writer.await.unwrap().unwrap();
+    }
+
+    /// A log that lost the event at one position, or whose reads from one position come
+    /// back short (as when they ran into the end of the log, before it grew).
+    struct Altered {
+        inner: Arc<dyn EventStore>,
+        hole: u64,
+        short_from: u64,
+    }
+
+    #[async_trait]
+    impl EventStore for Altered {
+        async fn append(
+            &self,
+            s: &StreamId,
+            e: ExpectedVersion,
+            v: Vec<EventData>,
+        ) -> Result<AppendResult, StoreError> {
+            self.inner.append(s, e, v).await
+        }
+        async fn read_stream(&self, s: &StreamId, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(s, from, limit).await
+        }
+        async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            // As a log with the hole would answer: the next `limit` events from `from`.
+            let mut page = self.inner.read_all(from, limit + 1).await?;
+            page.retain(|e| e.position != self.hole);
+            page.truncate(if from == self.short_from { limit / 3 } else { limit });
+            Ok(page)
+        }
+        async fn redact(&self, s: &StreamId, r: Vec<Redaction>) -> Result<usize, StoreError> {
+            self.inner.redact(s, r).await
+        }
+        async fn read_chain(&self, from: u64, limit: usize) -> Result<Vec<ChainRecord>, StoreError> {
+            self.inner.read_chain(from, limit).await
+        }
+        async fn chain_head(&self) -> Result<Option<(u64, Digest)>, StoreError> {
+            self.inner.chain_head().await
+        }
+        async fn head_position(&self) -> Result<u64, StoreError> {
+            self.inner.head_position().await
+        }
+        async fn stats(&self) -> Result<StoreStats, StoreError> {
+            self.inner.stats().await
+        }
+        fn head_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.head_watch()
+        }
+        fn backend(&self) -> &'static str {
+            "holey"
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_read_before_the_log_grew_is_followed_by_the_rest_in_order() {
+        let (_dir, store) = log_of(3 * PAGE as u64 + 20).await;
+        let head = store.head_position().await.unwrap();
+        for short_from in [1, PAGE as u64 + 1] {
+            let lagging: Arc<dyn EventStore> = Arc::new(Altered { inner: store.clone(), hole: 0, short_from });
+            let r = fold_into(lagging, ReadModels::default(), u64::MAX, &ProgressBar::hidden()).await.unwrap();
+            assert_eq!((r.events, r.models.checkpoint()), (head, head), "short from {short_from}");
+            assert_eq!(r.models.digest(), fold_slowly(store.as_ref(), head).await.digest());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hole_in_the_log_stops_the_replay_where_it_is() {
+        let (_dir, store) = log_of(3 * PAGE as u64).await;
+        // Inside a page, at the first event of a page, and at the last.
+        for hole in [PAGE as u64 + 200, 2 * PAGE as u64 + 1, 2 * PAGE as u64] {
+            let holey: Arc<dyn EventStore> = Arc::new(Altered { inner: store.clone(), hole, short_from: 0 });
+            let err = fold_into(holey, ReadModels::default(), u64::MAX, &ProgressBar::hidden())
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("a replay over a hole at {hole} succeeded"));
+            let message = format!("{err:#}");
+            assert!(message.contains(&format!("folding position {}", hole + 1)), "hole at {hole}: {message}");
+            assert!(message.contains(&format!("expect position {hole}")), "hole at {hole}: {message}");
+        }
+    }
 }

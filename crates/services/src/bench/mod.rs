@@ -10,7 +10,7 @@ mod login;
 mod oauth;
 mod oidc;
 mod relay;
-mod replay;
+pub(crate) mod replay;
 mod seed;
 pub mod websocket;
 

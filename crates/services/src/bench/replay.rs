@@ -76,7 +76,7 @@ fn meta() -> Metadata {
 }
 
 /// Fills `store` with about `events` events (ten per user) from several concurrent writers.
-async fn populate(store: Arc<dyn EventStore>, events: u64) -> anyhow::Result<()> {
+pub(crate) async fn populate(store: Arc<dyn EventStore>, events: u64) -> anyhow::Result<()> {
     let users = events.div_ceil(10);
     let writers = 8;
     let tasks: Vec<_> = (0..writers)
