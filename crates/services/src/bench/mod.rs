@@ -207,6 +207,11 @@ impl Scratch {
     pub fn file(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// Every file in the scratch directory.
+    pub fn files(&self) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(&self.0)?.map(|e| Ok(e?.path())).filter(|p| !matches!(p, Ok(p) if p.is_dir())).collect()
+    }
 }
 
 impl Drop for Scratch {

@@ -113,6 +113,10 @@ pub async fn replay(scratch: &Scratch, events: u64) -> anyhow::Result<Vec<Measur
     eprintln!("writing {events} events to a scratch log…");
     populate(store.clone(), events).await?;
     drop(store);
+    // The kernel writes the new log back to disk for seconds after: let it finish, so
+    // that neither side below is measured while it competes for the processors.
+    let files = scratch.files()?;
+    tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| std::fs::File::open(f)?.sync_all())).await??;
     // Replayed as after a restart: no key in memory yet.
     let store = perfect21_events::store::open(&url).await?;
     let ours = rebuild(store.clone(), &ProgressBar::hidden()).await?;
