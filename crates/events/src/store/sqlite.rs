@@ -156,7 +156,9 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 fn query_head(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get::<_, i64>(0)).map(|h| h as u64)
+    conn.prepare_cached("SELECT coalesce(max(position), 0) FROM events")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|h| h as u64)
 }
 
 /// The link recorded at `position` ([`chain::GENESIS`] for 0, the start of the log).
