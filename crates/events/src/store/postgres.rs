@@ -138,7 +138,15 @@ impl PostgresStore {
         let listener = tokio::spawn(listen(listen_pool, channel.clone(), head_tx.clone()));
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run_writer(pool.clone(), rx, head_tx, channel, config.group_commit));
-        let lease_scope = config.schema.clone().unwrap_or_else(|| "public".into());
+        // The schema the log is in, also when a URL's `search_path` option chose it.
+        let lease_scope = match &config.schema {
+            Some(schema) => schema.clone(),
+            None => sqlx::query_scalar::<_, Option<String>>("SELECT current_schema()")
+                .fetch_one(&pool)
+                .await
+                .map_err(db_err)?
+                .unwrap_or_else(|| "public".into()),
+        };
         Ok(PostgresStore { pool, lease_scope, writer: tx, head: head_rx, listener })
     }
 
