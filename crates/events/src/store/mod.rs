@@ -127,11 +127,34 @@ pub trait EventStore: Send + Sync + 'static {
 /// A lease taken with [`EventStore::try_lease`]; dropping it gives the lease up.
 pub struct Lease {
     _held: Box<dyn std::any::Any + Send>,
+    /// Turns true when the lease ends before it is dropped; `None`: it lasts as long as
+    /// the process.
+    lost: Option<watch::Receiver<bool>>,
 }
 
 impl Lease {
+    /// A lease held for as long as `held` lives in this process.
     pub(crate) fn new(held: impl std::any::Any + Send) -> Self {
-        Lease { _held: Box::new(held) }
+        Lease { _held: Box::new(held), lost: None }
+    }
+
+    /// A lease that may end under its holder (a database session that ends): `lost`
+    /// turns true then, or its sender goes.
+    pub(crate) fn watched(held: impl std::any::Any + Send, lost: watch::Receiver<bool>) -> Self {
+        Lease { _held: Box::new(held), lost: Some(lost) }
+    }
+
+    /// Resolves if the lease ends while it is held: then another process may take it,
+    /// and what it guarded must stop. Never resolves for a lease that ends only with
+    /// its process (a lock file).
+    pub async fn lost(&mut self) {
+        match &mut self.lost {
+            Some(lost) => {
+                // An error: the watcher is gone, and with it what held the lease.
+                let _ = lost.wait_for(|lost| *lost).await;
+            }
+            None => std::future::pending().await,
+        }
     }
 }
 

@@ -818,6 +818,37 @@ impl EventStore for PostgresStore {
             .fetch_one(&mut conn)
             .await
             .map_err(db_err)?;
-        Ok(taken.then(|| super::Lease::new(conn)))
+        if !taken {
+            return Ok(None);
+        }
+        let (lost_tx, lost) = watch::channel(false);
+        tokio::spawn(hold_lease(conn, lost_tx));
+        Ok(Some(super::Lease::watched((), lost)))
+    }
+}
+
+/// How often the holder of a lease checks that its session, and so its lock, is still there.
+const LEASE_CHECK: Duration = Duration::from_millis(500);
+
+/// Holds a lease's connection until the lease is dropped (`lost`'s receiver goes), which
+/// closes it and so releases the lock. Every [`LEASE_CHECK`] it checks the lock is still
+/// held: a database restart, a network failure or `pg_terminate_backend` end the session
+/// and release the lock, and then `lost` turns true.
+async fn hold_lease(mut conn: sqlx::PgConnection, lost: watch::Sender<bool>) {
+    loop {
+        tokio::select! {
+            () = lost.closed() => return,
+            () = tokio::time::sleep(LEASE_CHECK) => {}
+        }
+        let check = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted)",
+        )
+        .fetch_one(&mut conn);
+        let held = matches!(tokio::time::timeout(LEASE_CHECK, check).await, Ok(Ok(true)));
+        if !held {
+            tracing::warn!("a lease's database session ended: the lease is lost");
+            let _ = lost.send(true);
+            return;
+        }
     }
 }
