@@ -406,3 +406,85 @@ async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
     assert_eq!(sorted(positions(&mine(&seen, &ours))), (1..=head).collect::<Vec<_>>(), "the standby went on");
     tap.delete().await;
 }
+
+/// Two relays on one PostgreSQL log, whose lease is a session advisory lock. When the
+/// session holding it ends under the active relay (a database restart, a network
+/// failure; here `pg_terminate_backend`), the standby takes the lease and the relay that
+/// lost it stops publishing: every later message goes out once, not once per relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_lease_session_ends_stops_publishing() {
+    use perfect21_events::store::{PostgresConfig, PostgresStore};
+    use perfect21_events::EventStore;
+    let world = DataDir::new(IdentityConfig::default()).await;
+    let base = std::env::var("PERFECT21_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let schema = format!("p21t_{}", uuid::Uuid::new_v4().simple());
+    let store = PostgresStore::connect(PostgresConfig::new(&base).with_schema(&schema)).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let tap = Tap::declare().await;
+    let relay = |data: &str| {
+        Relay(
+            Command::new(env!("CARGO_BIN_EXE_perfect21"))
+                .args(["relay", "--data-dir", data, "--store", &url, "--amqp-url", &amqp_url()])
+                .args(["--insecure-fast-passwords"])
+                .spawn()
+                .expect("start the relay"),
+        )
+    };
+    let _first = relay(&world.path());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _second = relay(&world.path());
+    let append = |n: usize| {
+        let users: Vec<String> = (0..n).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let store = &store;
+        let appended = users.clone();
+        async move {
+            for user in appended {
+                let user_id = user.parse().unwrap();
+                let e = perfect21_events::Event::UserEmailVerified(perfect21_events::catalog::UserEmailVerified {
+                    user_id,
+                });
+                let data = perfect21_events::EventData::new(&e, perfect21_events::Metadata::default()).unwrap();
+                let s = perfect21_events::StreamId::of("user", user_id).unwrap();
+                store.append(&s, perfect21_events::ExpectedVersion::Any, vec![data]).await.unwrap();
+            }
+            users.into_iter().collect::<std::collections::HashSet<_>>()
+        }
+    };
+    let of = |seen: &[Received], users: &std::collections::HashSet<String>| -> Vec<String> {
+        seen.iter()
+            .filter(|r| r.body["user_id"].as_str().is_some_and(|u| users.contains(u)))
+            .map(|r| r.message_id.clone())
+            .collect()
+    };
+    let before = append(20).await;
+    let mut seen = Vec::new();
+    tap.read_until(&mut seen, |s| of(s, &before).len() >= 20).await;
+
+    let key = format!("perfect21.lease.{schema}.relay-amqp");
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0)",
+    )
+    .bind(&key)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "the active relay's lease session, and only it, was ended");
+    // The one that lost it notices within a second, the standby takes it within another.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let after = append(30).await;
+    let mut seen = Vec::new();
+    tap.read_until(&mut seen, |s| of(s, &after).iter().collect::<std::collections::HashSet<_>>().len() >= 30).await;
+    // Give a second publisher (there must be none now) time to show.
+    tap.read_for(&mut seen, Duration::from_secs(2)).await;
+    let mut ids = of(&seen, &after);
+    ids.sort();
+    let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+    assert_eq!((ids.len(), distinct), (30, 30), "every message after the takeover went out once");
+    tap.delete().await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
+}

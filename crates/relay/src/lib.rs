@@ -70,17 +70,30 @@ const STANDBY_POLL: Duration = Duration::from_millis(500);
 /// Waits until this relay holds its sink's lease: one relay per sink publishes a log at
 /// a time (a lease in the store when it has them, else a lock file beside the
 /// checkpoint); the others stand by and take over within [`STANDBY_POLL`] of its end.
+///
+/// `after_loss`: this relay held the lease and lost it, most likely with its database,
+/// so failures to reach the store are waited out instead of ending the relay.
 async fn take_lease(
     config: &RelayConfig,
     store: &Arc<dyn EventStore>,
     status: &RelayStatus,
+    after_loss: bool,
 ) -> anyhow::Result<perfect21_events::Lease> {
     let sink = config.sink.kind();
     let name = format!("relay-{sink}");
     let mut waiting = false;
     loop {
         let lease = if store.leases() {
-            store.try_lease(&name).await.with_context(|| format!("taking the {name} lease"))?
+            match store.try_lease(&name).await.with_context(|| format!("taking the {name} lease")) {
+                Ok(lease) => lease,
+                Err(e) if after_loss => {
+                    tracing::warn!(sink, error = %format!("{e:#}"), "relay on standby: the store does not answer");
+                    status.standby.store(true, Ordering::Relaxed);
+                    tokio::time::sleep(STANDBY_POLL).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             let path = config.checkpoint.with_extension("lease");
             perfect21_events::store::file_lease(&path).with_context(|| format!("locking {}", path.display()))?
@@ -99,7 +112,9 @@ async fn take_lease(
     }
 }
 
-/// Relays for ever (once it holds its lease), reconnecting after broker failures.
+/// Relays for ever while it holds its lease, reconnecting after broker failures; a
+/// relay whose lease ends under it (the database session that held it ended) stops
+/// publishing at once and stands by again, since another relay may hold it now.
 pub async fn run(
     config: RelayConfig,
     store: Arc<dyn EventStore>,
@@ -107,18 +122,48 @@ pub async fn run(
     secrets: SecretBox,
     status: Arc<RelayStatus>,
 ) -> anyhow::Result<()> {
-    let _lease = take_lease(&config, &store, &status).await?;
-    // Read after the lease: the relay that held it before moved the checkpoint last.
-    let start = read_checkpoint(&config.checkpoint)?;
-    status.confirmed.store(start, Ordering::Relaxed);
-    // The checkpoint is saved off the publishing path: a slow fsync never stalls publishing.
-    let (confirmed_tx, confirmed_rx) = tokio::sync::watch::channel(start);
-    let saver = tokio::spawn(save_checkpoints(config.checkpoint.clone(), confirmed_rx));
+    let mut after_loss = false;
+    loop {
+        let mut lease = take_lease(&config, &store, &status, after_loss).await?;
+        // Read after the lease: the relay that held it before moved the checkpoint last.
+        let start = read_checkpoint(&config.checkpoint)?;
+        status.confirmed.store(start, Ordering::Relaxed);
+        // The checkpoint is saved off the publishing path: a slow fsync never stalls publishing.
+        let (confirmed_tx, confirmed_rx) = tokio::sync::watch::channel(start);
+        let saver = tokio::spawn(save_checkpoints(config.checkpoint.clone(), confirmed_rx));
+        let outcome = tokio::select! {
+            result = relay_while_held(&config, &store, &live, &secrets, &status, &confirmed_tx) => Some(result),
+            () = lease.lost() => None,
+        };
+        saver.abort();
+        status.connected.store(false, Ordering::Relaxed);
+        match outcome {
+            Some(result) => return result,
+            None => {
+                tracing::error!(
+                    sink = config.sink.kind(),
+                    "relay lost its lease (the database session that held it ended): it stopped publishing and stands by"
+                );
+                status.standby.store(true, Ordering::Relaxed);
+                after_loss = true;
+            }
+        }
+    }
+}
+
+/// Publishes from `confirmed`'s position on, reconnecting after broker failures.
+async fn relay_while_held(
+    config: &RelayConfig,
+    store: &Arc<dyn EventStore>,
+    live: &Arc<LiveModels>,
+    secrets: &SecretBox,
+    status: &RelayStatus,
+    confirmed: &tokio::sync::watch::Sender<u64>,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
-    let result = loop {
-        let attempt = relay_once(&config, store.clone(), &live, &secrets, &status, &confirmed_tx).await;
-        let e = match attempt {
-            Ok(()) => break Ok(()),
+    loop {
+        let e = match relay_once(config, store.clone(), live, secrets, status, confirmed).await {
+            Ok(()) => return Ok(()),
             Err(e) => e,
         };
         status.connected.store(false, Ordering::Relaxed);
@@ -126,9 +171,7 @@ pub async fn run(
         tracing::warn!(error = %format!("{e:#}"), "relay lost the broker; resuming from its checkpoint");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
-    };
-    saver.abort();
-    result
+    }
 }
 
 /// Writes the latest confirmed position at most every [`CHECKPOINT_EVERY`].
