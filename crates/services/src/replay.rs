@@ -4,7 +4,7 @@ use crate::config::StoreArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use perfect21_domain::live::load_snapshot;
-use perfect21_events::{CodecError, Event, EventStore, RecordedEvent};
+use perfect21_events::{CodecError, Event, EventStore, RecordedEvent, StoreError};
 use perfect21_projections::ReadModels;
 use std::path::Path;
 use std::sync::Arc;
@@ -47,17 +47,35 @@ const READERS: u64 = 3;
 /// was then), the rest is read one page after the other, so nothing is skipped.
 pub async fn fold_into(
     store: Arc<dyn EventStore>,
-    mut models: ReadModels,
+    models: ReadModels,
     upto: u64,
     progress: &ProgressBar,
 ) -> anyhow::Result<Replayed> {
+    let read = move |from, limit| {
+        let store = store.clone();
+        async move { store.read_all(from, limit).await }
+    };
+    fold_pages(read, models, upto, progress).await
+}
+
+/// [`fold_into`] over pages that `read(from, limit)` reads as [`EventStore::read_all`] does.
+async fn fold_pages<R, F>(
+    read: R,
+    mut models: ReadModels,
+    upto: u64,
+    progress: &ProgressBar,
+) -> anyhow::Result<Replayed>
+where
+    R: Fn(u64, usize) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send,
+{
     let start = Instant::now();
     let first = models.checkpoint() + 1;
     let page = PAGE as u64;
     let mut readers: Vec<_> = (0..READERS)
         .map(|k| {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let store = store.clone();
+            let read = read.clone();
             tokio::spawn(async move {
                 let mut i = k;
                 loop {
@@ -66,9 +84,9 @@ pub async fn fold_into(
                         return;
                     };
                     let want = (upto - from).saturating_add(1).min(page) as usize;
-                    let read = store.read_all(from, want).await.map(decoded);
-                    let last = !matches!(&read, Ok(p) if p.records.len() == want);
-                    if tx.send(read).await.is_err() || last {
+                    let page = read(from, want).await.map(decoded);
+                    let last = !matches!(&page, Ok(p) if p.records.len() == want);
+                    if tx.send(page).await.is_err() || last {
                         return;
                     }
                     i += READERS;
@@ -91,8 +109,8 @@ pub async fn fold_into(
     let mut i = 0usize;
     loop {
         let n = readers.len();
-        let Some(read) = readers[i % n].recv().await else { break };
-        let records = read?;
+        let Some(received) = readers[i % n].recv().await else { break };
+        let records = received?;
         let in_order = records.records.first().is_some_and(|e| e.position == next);
         let full = records.records.len() == PAGE;
         if in_order {
@@ -103,7 +121,7 @@ pub async fn fold_into(
             readers.clear();
             while next <= upto {
                 let want = (upto - next).saturating_add(1).min(page) as usize;
-                let records = decoded(store.read_all(next, want).await?);
+                let records = decoded(read(next, want).await?);
                 if records.records.is_empty() {
                     break;
                 }
@@ -246,10 +264,6 @@ pub(crate) async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
-    use perfect21_events::chain::{ChainRecord, Digest};
-    use perfect21_events::store::{Redaction, StoreStats};
-    use perfect21_events::{AppendResult, EventData, ExpectedVersion, StoreError, StreamId};
 
     async fn log_of(events: u64) -> (tempfile::TempDir, Arc<dyn EventStore>) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -310,54 +324,22 @@ mod tests {
         writer.await.unwrap().unwrap();
     }
 
-    /// A log that lost the event at one position, or whose reads from one position come
-    /// back short (as when they ran into the end of the log, before it grew).
-    struct Altered {
-        inner: Arc<dyn EventStore>,
+    /// Reads of `store` as if it had lost the event at position `hole`, and as if reads
+    /// from position `short_from` ran into the end of the log before it grew.
+    fn altered(
+        store: Arc<dyn EventStore>,
         hole: u64,
         short_from: u64,
-    }
-
-    #[async_trait]
-    impl EventStore for Altered {
-        async fn append(
-            &self,
-            s: &StreamId,
-            e: ExpectedVersion,
-            v: Vec<EventData>,
-        ) -> Result<AppendResult, StoreError> {
-            self.inner.append(s, e, v).await
-        }
-        async fn read_stream(&self, s: &StreamId, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_stream(s, from, limit).await
-        }
-        async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            // As a log with the hole would answer: the next `limit` events from `from`.
-            let mut page = self.inner.read_all(from, limit + 1).await?;
-            page.retain(|e| e.position != self.hole);
-            page.truncate(if from == self.short_from { limit / 3 } else { limit });
-            Ok(page)
-        }
-        async fn redact(&self, s: &StreamId, r: Vec<Redaction>) -> Result<usize, StoreError> {
-            self.inner.redact(s, r).await
-        }
-        async fn read_chain(&self, from: u64, limit: usize) -> Result<Vec<ChainRecord>, StoreError> {
-            self.inner.read_chain(from, limit).await
-        }
-        async fn chain_head(&self) -> Result<Option<(u64, Digest)>, StoreError> {
-            self.inner.chain_head().await
-        }
-        async fn head_position(&self) -> Result<u64, StoreError> {
-            self.inner.head_position().await
-        }
-        async fn stats(&self) -> Result<StoreStats, StoreError> {
-            self.inner.stats().await
-        }
-        fn head_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-            self.inner.head_watch()
-        }
-        fn backend(&self) -> &'static str {
-            "holey"
+    ) -> impl Fn(u64, usize) -> futures::future::BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> + Clone
+    {
+        move |from, limit| {
+            let store = store.clone();
+            Box::pin(async move {
+                let mut page = store.read_all(from, limit + 1).await?;
+                page.retain(|e| e.position != hole);
+                page.truncate(if from == short_from { limit / 3 } else { limit });
+                Ok(page)
+            })
         }
     }
 
@@ -366,8 +348,8 @@ mod tests {
         let (_dir, store) = log_of(3 * PAGE as u64 + 20).await;
         let head = store.head_position().await.unwrap();
         for short_from in [1, PAGE as u64 + 1] {
-            let lagging: Arc<dyn EventStore> = Arc::new(Altered { inner: store.clone(), hole: 0, short_from });
-            let r = fold_into(lagging, ReadModels::default(), u64::MAX, &ProgressBar::hidden()).await.unwrap();
+            let lagging = altered(store.clone(), 0, short_from);
+            let r = fold_pages(lagging, ReadModels::default(), u64::MAX, &ProgressBar::hidden()).await.unwrap();
             assert_eq!((r.events, r.models.checkpoint()), (head, head), "short from {short_from}");
             assert_eq!(r.models.digest(), fold_slowly(store.as_ref(), head).await.digest());
         }
@@ -378,8 +360,8 @@ mod tests {
         let (_dir, store) = log_of(3 * PAGE as u64).await;
         // Inside a page, at the first event of a page, and at the last.
         for hole in [PAGE as u64 + 200, 2 * PAGE as u64 + 1, 2 * PAGE as u64] {
-            let holey: Arc<dyn EventStore> = Arc::new(Altered { inner: store.clone(), hole, short_from: 0 });
-            let err = fold_into(holey, ReadModels::default(), u64::MAX, &ProgressBar::hidden())
+            let holey = altered(store.clone(), hole, 0);
+            let err = fold_pages(holey, ReadModels::default(), u64::MAX, &ProgressBar::hidden())
                 .await
                 .err()
                 .unwrap_or_else(|| panic!("a replay over a hole at {hole} succeeded"));
