@@ -63,8 +63,8 @@ impl DataKey {
 }
 
 /// A [`DataKey`] made ready to seal and open: its AES key schedule and GHASH key, wiped
-/// when dropped. About a kilobyte, so made for the subjects of one read or append at a
-/// time (every seal of a page of events by one subject shares it), never kept.
+/// when dropped. About 2 KiB, so made for the subjects of one read or append at a time
+/// (the seals of one subject's events close together share it), never kept.
 pub(crate) struct Cipher(Aes256Gcm);
 
 impl std::fmt::Debug for DataKey {
