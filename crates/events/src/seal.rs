@@ -79,7 +79,9 @@ pub struct Seal {
     /// Whose key opens it.
     pub subject: Uuid,
     pub nonce: [u8; 12],
-    /// The plaintext encrypted, with its 16-byte tag.
+    /// The plaintext encrypted, with its 16-byte tag. Read and written as one run of
+    /// bytes (the same encoding as a sequence of bytes, not made a byte at a time).
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -199,6 +201,28 @@ mod tests {
 
     fn binding(event_id: Uuid) -> Binding<'static> {
         Binding { part: Part::Payload, event_id, event_type: "user.registered", schema_version: 3 }
+    }
+
+    /// A seal as first released: its ciphertext a sequence of bytes.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct ReleasedSeal {
+        subject: Uuid,
+        nonce: [u8; 12],
+        ciphertext: Vec<u8>,
+    }
+
+    #[test]
+    fn a_seal_encodes_as_released() {
+        let id = Uuid::now_v7();
+        // Long enough that its length takes a two-byte varint.
+        let seal = Seal::close(&DataKey::random(), id, binding(id), &[7u8; 300]);
+        let released = ReleasedSeal { subject: seal.subject, nonce: seal.nonce, ciphertext: seal.ciphertext.clone() };
+        let bytes = postcard::to_stdvec(&seal).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&released).unwrap());
+        assert_eq!(postcard::from_bytes::<Seal>(&bytes).unwrap(), seal);
+        assert_eq!(postcard::from_bytes::<ReleasedSeal>(&bytes).unwrap(), released);
+        let borrowed: SealRef<'_> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(borrowed.ciphertext, &seal.ciphertext[..]);
     }
 
     #[test]

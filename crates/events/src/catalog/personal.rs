@@ -42,7 +42,9 @@ pub fn plain_version_of(event_type: &str, version: u16) -> Option<u16> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedPayload {
     /// The plain version's bytes with every personal field blanked ([`blanked`]): what
-    /// the event reads as without its subject's key.
+    /// the event reads as without its subject's key. One run of bytes (encoded as a
+    /// sequence of bytes is).
+    #[serde(with = "serde_bytes")]
     pub clear: Vec<u8>,
     /// The plain version's bytes, whole, sealed with the subject's key.
     pub seal: Seal,
@@ -189,5 +191,22 @@ mod tests {
             }
         }
         assert_eq!(SEALED_VERSIONS.len(), 11);
+    }
+
+    #[test]
+    fn a_sealed_payload_encodes_as_released() {
+        /// As first released: the clear bytes a sequence of bytes.
+        #[derive(Serialize)]
+        struct Released<'a> {
+            clear: Vec<u8>,
+            seal: &'a Seal,
+        }
+        let seal = Seal { subject: uuid::Uuid::now_v7(), nonce: [3; 12], ciphertext: vec![9; 200] };
+        let sealed = SealedPayload { clear: vec![5; 150], seal: seal.clone() };
+        let bytes = sealed.encode();
+        assert_eq!(bytes, postcard::to_stdvec(&Released { clear: sealed.clear.clone(), seal: &seal }).unwrap());
+        assert_eq!(postcard::from_bytes::<SealedPayload>(&bytes).unwrap(), sealed);
+        let borrowed = SealedPayloadRef::decode(&bytes).expect("reads in place");
+        assert_eq!((borrowed.clear, borrowed.seal.ciphertext), (&sealed.clear[..], &seal.ciphertext[..]));
     }
 }
