@@ -233,3 +233,56 @@ async fn a_store_opened_by_url_seals() {
     assert!(store.seals());
     assert!(dir.path().join("log.keys.db").exists());
 }
+
+fn login(user_id: Uuid, device: String) -> EventData {
+    let event = UserLoginSucceeded {
+        user_id,
+        session_id: Uuid::now_v7(),
+        mfa_used: false,
+        risk_score: 0.0,
+        device_id: Some(device),
+        totp_step: None,
+    };
+    EventData::new(&event.into(), from_client(&format!("user:{user_id}"))).unwrap()
+}
+
+/// Appends long enough to be sealed by halves, about a user this instance knows, one it
+/// has not met (whose key the key store makes) and one erased: each event is sealed with
+/// its own user's key, in its place, the first time (keys looked up) and the next (keys
+/// known); the erased user's fields are recorded blanked.
+#[tokio::test]
+async fn long_appends_about_known_new_and_erased_users_are_sealed_in_order() {
+    let log = sqlite_log().await;
+    let store = log.instance();
+    let (known, erased, new) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let stream = StreamId::of("logins", "long").unwrap();
+    store
+        .append(&stream, ExpectedVersion::Any, vec![login(known, "first".into()), login(erased, "first".into())])
+        .await
+        .unwrap();
+    assert!(store.erase_subject(erased).await.unwrap());
+    let users = [known, erased, new];
+    for round in 0..2 {
+        let events: Vec<EventData> = (0..60).map(|i| login(users[i % 3], format!("device-{round}-{i}"))).collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        store.append(&stream, ExpectedVersion::Any, events).await.unwrap();
+        let raw = log.raw.read_stream(&stream, 2 + round * 60, 60).await.unwrap();
+        let fresh = log.instance();
+        for reader in [&store as &dyn EventStore, &fresh] {
+            let read = reader.read_stream(&stream, 2 + round * 60 as u64, 60).await.unwrap();
+            assert_eq!(read.iter().map(|r| r.event_id).collect::<Vec<_>>(), ids, "in their order");
+            for (i, (r, stored)) in read.iter().zip(&raw).enumerate() {
+                let Event::UserLoginSucceeded(e) = r.decode().unwrap() else { panic!("not a login") };
+                let device = format!("device-{round}-{i}");
+                assert!(!contains(&stored.payload, &device), "the device id is not stored in clear");
+                assert!(!contains(&stored.metadata.encode(), IP), "the address is not stored in clear");
+                assert_eq!(e.user_id, users[i % 3]);
+                if users[i % 3] == erased {
+                    assert_eq!((e.device_id, r.metadata.client_ip.as_deref()), (None, None), "event {i}");
+                } else {
+                    assert_eq!((e.device_id, r.metadata.client_ip.as_deref()), (Some(device), Some(IP)), "event {i}");
+                }
+            }
+        }
+    }
+}

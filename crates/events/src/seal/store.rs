@@ -22,7 +22,7 @@ pub struct SealingStore {
     keys: Arc<dyn KeyStore>,
     /// Keys of live subjects and the erased ones this process knows of. A subject erased
     /// by another process is learnt from its `user.erased` event.
-    cache: Mutex<HashMap<Uuid, KeyState>>,
+    cache: Arc<Mutex<HashMap<Uuid, KeyState>>>,
 }
 
 /// Whose keys seal one event: its payload's (if its type has personal fields) and its
@@ -45,7 +45,7 @@ fn actor_user(metadata: &Metadata) -> Option<Uuid> {
 
 impl SealingStore {
     pub fn new(inner: Arc<dyn EventStore>, keys: Arc<dyn KeyStore>) -> Self {
-        SealingStore { inner, keys, cache: Mutex::new(HashMap::new()) }
+        SealingStore { inner, keys, cache: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn plan(e: &EventData) -> Result<Option<Plan>, StoreError> {
@@ -110,32 +110,38 @@ impl SealingStore {
     }
 
     async fn seal_all(&self, events: Vec<EventData>) -> Result<Vec<EventData>, StoreError> {
-        // Planning decodes and blanks each payload, sealing encrypts it: both by halves,
-        // side by side, for a batch long enough to be worth the hand-over.
-        let planned = in_halves(events, |events| {
-            events.into_iter().map(|e| Ok((Self::plan(&e)?, e))).collect::<Result<Vec<_>, StoreError>>()
+        // Planning decodes and blanks each payload, sealing encrypts it: by halves, side by
+        // side, for a batch long enough to be worth the hand-over. A half whose subjects'
+        // keys are all known here is sealed at once; the rest waits for the key store.
+        let cache = self.cache.clone();
+        let worked = in_halves(events, move |events| {
+            let planned =
+                events.into_iter().map(|e| Ok((Self::plan(&e)?, e))).collect::<Result<Vec<_>, StoreError>>()?;
+            let subjects = subjects_of(&planned);
+            let known: Option<HashMap<Uuid, KeyState>> = {
+                let cache = cache.lock().expect("key cache");
+                subjects.into_sorted().into_iter().map(|s| cache.get(&s).map(|k| (s, k.clone()))).collect()
+            };
+            Ok(match known {
+                Some(keys) => seal_planned(planned, &keys).into_iter().map(Worked::Sealed).collect(),
+                None => planned.into_iter().map(|(plan, e)| Worked::Planned(plan, e)).collect(),
+            })
         })
         .await?;
-        let mut subjects = Subjects::default();
-        for p in planned.iter().filter_map(|(p, _)| p.as_ref()) {
-            p.payload.iter().for_each(|p| subjects.add(p.subject));
-            p.metadata.into_iter().for_each(|s| subjects.add(s));
+        if worked.iter().all(|w| matches!(w, Worked::Sealed(_))) {
+            return Ok(worked.into_iter().map(Worked::into_event).collect());
         }
-        if subjects.is_empty() {
-            return Ok(planned.into_iter().map(|(_, e)| e).collect());
-        }
-        let keys = Arc::new(self.resolve(subjects, true).await?);
-        in_halves(planned, move |planned| {
-            let mut ciphers = Ciphers::new(&keys);
-            Ok(planned
-                .into_iter()
-                .map(|(plan, e)| match plan {
-                    Some(plan) => seal_one(e, plan, &mut ciphers),
-                    None => e,
-                })
-                .collect())
-        })
-        .await
+        // Some subject is new to this process: ask the key store (making keys for subjects
+        // that have none), then seal what is left.
+        let planned: Vec<Planned> = worked
+            .into_iter()
+            .map(|w| match w {
+                Worked::Sealed(e) => (None, e),
+                Worked::Planned(plan, e) => (plan, e),
+            })
+            .collect();
+        let keys = Arc::new(self.resolve(subjects_of(&planned), true).await?);
+        in_halves(planned, move |planned| Ok(seal_planned(planned, &keys))).await
     }
 
     /// Opens what this process can from its cache; `None` if a seal needs a key it has not looked up.
@@ -228,6 +234,45 @@ impl Subjects {
         self.0.dedup();
         self.0
     }
+}
+
+/// An event and how to seal it (`None`: nothing to seal).
+type Planned = (Option<Plan>, EventData);
+
+/// An event of a batch being sealed: sealed already, or planned and waiting for keys.
+enum Worked {
+    Sealed(EventData),
+    Planned(Option<Plan>, EventData),
+}
+
+impl Worked {
+    fn into_event(self) -> EventData {
+        match self {
+            Worked::Sealed(e) | Worked::Planned(_, e) => e,
+        }
+    }
+}
+
+/// The subjects whose keys `planned` needs.
+fn subjects_of(planned: &[Planned]) -> Subjects {
+    let mut subjects = Subjects::default();
+    for p in planned.iter().filter_map(|(p, _)| p.as_ref()) {
+        p.payload.iter().for_each(|p| subjects.add(p.subject));
+        p.metadata.into_iter().for_each(|s| subjects.add(s));
+    }
+    subjects
+}
+
+/// Seals each planned event with the keys in `keys` (which hold every subject `planned` needs).
+fn seal_planned(planned: Vec<Planned>, keys: &HashMap<Uuid, KeyState>) -> Vec<EventData> {
+    let mut ciphers = Ciphers::new(keys);
+    planned
+        .into_iter()
+        .map(|(plan, e)| match plan {
+            Some(plan) => seal_one(e, plan, &mut ciphers),
+            None => e,
+        })
+        .collect()
 }
 
 /// The ciphers of the live keys among `keys`, made as they are needed. A subject's

@@ -284,11 +284,11 @@ fn run_writer(
     // against the head its last writer recorded).
     let (known_head, known_link) = (u64::MAX, chain::GENESIS);
     let mut writer = Writer { conn, versions: HashMap::new(), known_head, known_link };
-    serve_groups(rx, group, |batch| {
+    serve_groups(rx, group, |mut batch| {
         match writer.commit_batch(&batch) {
             Ok((results, head, written)) => {
                 // Into the tail before subscribers hear of the new head.
-                tail.push(written);
+                tail.push(recorded(&mut batch, &written));
                 head_tx.send_if_modified(|h| {
                     let moved = head > *h;
                     *h = (*h).max(head);
@@ -319,28 +319,40 @@ fn run_writer(
     });
 }
 
-/// Each append's outcome, the head after the batch, and the events it wrote (as a read
-/// would return them).
-type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64, Vec<RecordedEvent>);
+/// Each append's outcome, the head after the batch, and what it wrote.
+type BatchOutcome = (Vec<Result<AppendResult, StoreError>>, u64, Written);
 
-/// The events `request` wrote at `result`, as a read would return them.
-fn recorded(request: &AppendRequest, result: &AppendResult, recorded_at: i64, out: &mut Vec<RecordedEvent>) {
-    let first_version = result.stream_version + 1 - request.events.len() as u64;
-    for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
-        // The stored bytes, decoded as a read decodes them.
-        let Ok(metadata) = crate::envelope::Metadata::decode(metadata) else { continue };
-        out.push(RecordedEvent {
-            event_id: event.event_id,
-            stream_id: request.stream.to_string(),
-            stream_version: first_version + i as u64,
-            position: result.first_position + i as u64,
-            event_type: event.event_type.clone(),
-            schema_version: event.schema_version,
-            recorded_at: from_micros(recorded_at),
-            metadata,
-            payload: event.payload.clone(),
-        });
+/// The appends of a batch that wrote events: their index in the batch and where they
+/// went, and the time recorded with them.
+struct Written {
+    appends: Vec<(usize, AppendResult)>,
+    recorded_at: i64,
+}
+
+/// The events the batch wrote, as a read would return them, taken out of its appends
+/// (whose answers no longer need them). Metadata encodes and decodes to itself, so the
+/// appended metadata is what a read decodes.
+fn recorded(batch: &mut [AppendRequest], written: &Written) -> Vec<RecordedEvent> {
+    let mut out = Vec::with_capacity(written.appends.iter().map(|(i, _)| batch[*i].events.len()).sum());
+    for (i, result) in &written.appends {
+        let request = &mut batch[*i];
+        let first_version = result.stream_version + 1 - request.events.len() as u64;
+        let stream_id = request.stream.to_string();
+        for (k, event) in std::mem::take(&mut request.events).into_iter().enumerate() {
+            out.push(RecordedEvent {
+                event_id: event.event_id,
+                stream_id: stream_id.clone(),
+                stream_version: first_version + k as u64,
+                position: result.first_position + k as u64,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                recorded_at: from_micros(written.recorded_at),
+                metadata: event.metadata,
+                payload: event.payload,
+            });
+        }
     }
+    out
 }
 
 /// Why a whole batch failed, and so what its appenders may assume.
@@ -385,8 +397,8 @@ impl Writer {
         let start = head;
         let recorded_at = to_micros(chrono::Utc::now());
         let mut results = Vec::with_capacity(batch.len());
-        let mut fresh = Vec::new();
-        for request in batch {
+        let mut written = Written { appends: Vec::new(), recorded_at };
+        for (i, request) in batch.iter().enumerate() {
             // A single INSERT is atomic by itself; several need a savepoint to be undone together.
             let savepoint = request.events.len() > 1;
             if savepoint {
@@ -401,17 +413,17 @@ impl Writer {
                 let cause = outcome.err().map_or_else(|| "an error".to_string(), |e| e.to_string());
                 return Err(BatchError::RolledBack(cause));
             }
-            let written = matches!(&outcome, Ok(result) if result.position > head);
-            if let (true, Ok(result)) = (written, &outcome) {
-                recorded(request, result, recorded_at, &mut fresh);
+            let wrote = matches!(&outcome, Ok(result) if result.position > head);
+            if let (true, Ok(result)) = (wrote, &outcome) {
+                written.appends.push((i, *result));
                 head = result.position;
                 versions.insert(request.stream.to_string(), result.stream_version);
             }
-            if !written {
+            if !wrote {
                 link = before;
             }
             if savepoint {
-                if !written {
+                if !wrote {
                     tx.prepare_cached("ROLLBACK TO append")?.execute([])?;
                 }
                 tx.prepare_cached("RELEASE append")?.execute([])?;
@@ -424,7 +436,7 @@ impl Writer {
         tx.commit().map_err(BatchError::Commit)?;
         *known_head = head;
         *known_link = link;
-        Ok((results, head, fresh))
+        Ok((results, head, written))
     }
 }
 
