@@ -25,7 +25,7 @@ mod store;
 pub use keys::{KeyState, KeyStore, PostgresKeys, SqliteKeys};
 pub use store::SealingStore;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -102,17 +102,30 @@ pub enum Part {
 }
 
 impl Binding<'_> {
-    fn associated_data(&self) -> Vec<u8> {
+    /// Calls `f` with the associated data: the part, the event id, the schema version
+    /// and the type. Built on the stack (it is made for every seal and open).
+    fn with_associated_data<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
         let part: &[u8] = match self.part {
             Part::Payload => b"perfect21 sealed payload v1\0",
             Part::Metadata => b"perfect21 sealed metadata v1\0",
         };
-        let mut aad = Vec::with_capacity(part.len() + 16 + 2 + self.event_type.len() + 1);
-        aad.extend_from_slice(part);
-        aad.extend_from_slice(self.event_id.as_bytes());
-        aad.extend_from_slice(&self.schema_version.to_be_bytes());
-        aad.extend_from_slice(self.event_type.as_bytes());
-        aad
+        let parts: [&[u8]; 4] =
+            [part, self.event_id.as_bytes(), &self.schema_version.to_be_bytes(), self.event_type.as_bytes()];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut stack = [0u8; 160];
+        let mut heap = Vec::new();
+        let aad: &mut [u8] = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let mut at = 0;
+        for p in parts {
+            aad[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        f(aad)
     }
 }
 
@@ -148,12 +161,13 @@ impl Seal {
         plaintext: &[u8],
         nonce: [u8; 12],
     ) -> Seal {
-        let aad = binding.associated_data();
-        let ciphertext = cipher
-            .0
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
-            // Encryption fails only for plaintexts beyond 64 GiB.
-            .expect("AES-256-GCM encrypts");
+        let ciphertext = binding.with_associated_data(|aad| {
+            cipher
+                .0
+                .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+                // Encryption fails only for plaintexts beyond 64 GiB.
+                .expect("AES-256-GCM encrypts")
+        });
         Seal { subject, nonce, ciphertext }
     }
 
@@ -169,9 +183,26 @@ impl Seal {
 }
 
 fn open(cipher: &Cipher, nonce: &[u8; 12], ciphertext: &[u8], binding: Binding<'_>) -> Option<Vec<u8>> {
-    let aad = binding.associated_data();
-    cipher.0.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad }).ok()
+    binding
+        .with_associated_data(|aad| cipher.0.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad }).ok())
 }
+
+/// Opens a seal whose ciphertext (with its tag) is `sealed`, in place: on success the
+/// plaintext is the first `sealed.len() - 16` bytes of it. The tag is checked before
+/// anything is decrypted, so a seal that does not open leaves `sealed` as it was.
+pub(crate) fn open_in_place(cipher: &Cipher, nonce: &[u8; 12], sealed: &mut [u8], binding: Binding<'_>) -> bool {
+    let Some(split) = sealed.len().checked_sub(TAG_BYTES) else { return false };
+    let (message, tag) = sealed.split_at_mut(split);
+    binding.with_associated_data(|aad| {
+        cipher
+            .0
+            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, message, aes_gcm::Tag::from_slice(tag))
+            .is_ok()
+    })
+}
+
+/// Length of an AES-GCM tag, at the end of every ciphertext.
+pub(crate) const TAG_BYTES: usize = 16;
 
 /// A [`Seal`] read in place from the bytes that hold it (the same encoding).
 #[derive(Debug, Deserialize)]
@@ -180,12 +211,6 @@ pub(crate) struct SealRef<'a> {
     pub nonce: [u8; 12],
     #[serde(borrow)]
     pub ciphertext: &'a [u8],
-}
-
-impl SealRef<'_> {
-    pub fn open_with(&self, cipher: &Cipher, binding: Binding<'_>) -> Option<Vec<u8>> {
-        open(cipher, &self.nonce, self.ciphertext, binding)
-    }
 }
 
 /// The sealed part of an event's metadata.
@@ -241,5 +266,31 @@ mod tests {
         assert_eq!(altered.open(&key, binding(id)), None, "altered bytes");
         let again = Seal::close(&key, Uuid::nil(), binding(id), b"ada@example.com");
         assert_ne!(again.nonce, seal.nonce, "a fresh nonce each time");
+    }
+
+    #[test]
+    fn a_seal_opened_in_place_gives_its_plaintext_or_is_left_as_it_was() {
+        let key = DataKey::random();
+        let id = Uuid::now_v7();
+        let seal = Seal::close(&key, Uuid::nil(), binding(id), b"ada@example.com");
+        let mut bytes = seal.ciphertext.clone();
+        assert!(open_in_place(&key.cipher(), &seal.nonce, &mut bytes, binding(id)));
+        assert_eq!(&bytes[..bytes.len() - TAG_BYTES], b"ada@example.com");
+        for (why, cipher, nonce, bound) in [
+            ("another key", DataKey::random().cipher(), seal.nonce, binding(id)),
+            ("another nonce", key.cipher(), [0; 12], binding(id)),
+            ("another event", key.cipher(), seal.nonce, binding(Uuid::now_v7())),
+        ] {
+            let mut bytes = seal.ciphertext.clone();
+            assert!(!open_in_place(&cipher, &nonce, &mut bytes, bound), "{why}");
+            assert_eq!(bytes, seal.ciphertext, "{why}: left as it was");
+        }
+        let mut short = seal.ciphertext[..10].to_vec();
+        assert!(!open_in_place(&key.cipher(), &seal.nonce, &mut short, binding(id)), "shorter than a tag");
+        let long_type = "x".repeat(300);
+        let bound = Binding { event_type: &long_type, ..binding(id) };
+        let seal = Seal::close(&key, Uuid::nil(), bound, b"a long type's associated data is made on the heap");
+        assert!(seal.open(&key, bound).is_some());
+        assert!(seal.open(&key, Binding { event_type: &long_type[1..], ..bound }).is_none());
     }
 }

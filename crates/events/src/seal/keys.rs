@@ -3,7 +3,7 @@
 use super::DataKey;
 use crate::error::StoreError;
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -107,16 +107,68 @@ impl SqliteKeys {
     }
 }
 
+/// The state of each of `subjects`, in their order.
 fn sqlite_lookup(conn: &Connection, subjects: &[Uuid]) -> Result<Vec<KeyState>, StoreError> {
+    if subjects.len() >= RANGE_FROM && subjects.windows(2).all(|w| w[0] < w[1]) {
+        if let Some(states) = sqlite_range(conn, subjects)? {
+            return Ok(states);
+        }
+    }
     let mut select = conn.prepare_cached("SELECT data_key FROM subject_keys WHERE subject = ?1").map_err(sqlite_err)?;
     subjects
         .iter()
         .map(|s| {
-            let key: Option<Option<Vec<u8>>> =
-                select.query_row(params![s.as_bytes()], |r| r.get(0)).optional().map_err(sqlite_err)?;
-            state(key, "sqlite")
+            let mut rows = select.query(params![s.as_bytes()]).map_err(sqlite_err)?;
+            match rows.next().map_err(sqlite_err)? {
+                Some(row) => stored_state(row.get_ref(0).map_err(sqlite_err)?),
+                None => Ok(KeyState::Unknown),
+            }
         })
         .collect()
+}
+
+/// Subjects from which a lookup first tries one walk over the range they span.
+const RANGE_FROM: usize = 32;
+
+/// The states of `subjects` (sorted, distinct) by one walk over the keys from the first
+/// to the last of them: the subjects of a page of the log registered close together, so
+/// their keys lie close together. `None` if the range holds many more keys than were
+/// asked for (then each is looked up on its own).
+fn sqlite_range(conn: &Connection, subjects: &[Uuid]) -> Result<Option<Vec<KeyState>>, StoreError> {
+    let (first, last) = (subjects[0], subjects[subjects.len() - 1]);
+    let mut select = conn
+        .prepare_cached("SELECT subject, data_key FROM subject_keys WHERE subject BETWEEN ?1 AND ?2 ORDER BY subject")
+        .map_err(sqlite_err)?;
+    let mut rows = select.query(params![first.as_bytes(), last.as_bytes()]).map_err(sqlite_err)?;
+    let budget = subjects.len() * 4;
+    let mut states = Vec::with_capacity(subjects.len());
+    let mut walked = 0;
+    while let Some(row) = rows.next().map_err(sqlite_err)? {
+        walked += 1;
+        if walked > budget {
+            return Ok(None);
+        }
+        let subject = row.get_ref(0).map_err(sqlite_err)?.as_blob().map_err(sqlite_err)?;
+        while states.len() < subjects.len() && subjects[states.len()].as_bytes().as_slice() < subject {
+            states.push(KeyState::Unknown);
+        }
+        if states.len() < subjects.len() && subjects[states.len()].as_bytes().as_slice() == subject {
+            states.push(stored_state(row.get_ref(1).map_err(sqlite_err)?)?);
+        }
+        if states.len() == subjects.len() {
+            break;
+        }
+    }
+    states.resize_with(subjects.len(), || KeyState::Unknown);
+    Ok(Some(states))
+}
+
+/// A stored key column: NULL for an erased subject.
+fn stored_state(key: rusqlite::types::ValueRef<'_>) -> Result<KeyState, StoreError> {
+    match key {
+        rusqlite::types::ValueRef::Null => Ok(KeyState::Erased),
+        other => state(Some(Some(other.as_blob().map_err(sqlite_err)?.to_vec())), "sqlite"),
+    }
 }
 
 #[async_trait]
@@ -261,5 +313,53 @@ impl KeyStore for PostgresKeys {
 
     fn location(&self) -> String {
         "keys in the subject_keys table".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lookup by range and one key at a time agree, whatever the range holds besides
+    /// the subjects asked for.
+    #[tokio::test]
+    async fn lookups_by_range_agree_with_lookups_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = SqliteKeys::open(dir.path().join("k.db")).await.unwrap();
+        let mut made: Vec<Uuid> = (0..400).map(|_| Uuid::now_v7()).collect();
+        made.sort();
+        keys.keys_for_append(&made).await.unwrap();
+        for s in made.iter().step_by(7) {
+            keys.erase(*s).await.unwrap();
+        }
+        let unknown: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+        // Dense (a range of 60 made keys, with unknown subjects after them), and sparse (every
+        // tenth key: the range holds ten times more keys than asked for).
+        let dense: Vec<Uuid> = made[100..160].iter().chain(&unknown).copied().collect();
+        let sparse: Vec<Uuid> = made.iter().step_by(10).copied().collect();
+        let below: Vec<Uuid> = std::iter::once(Uuid::nil()).chain(made[..40].iter().copied()).collect();
+        for (what, mut asked) in [("dense", dense), ("sparse", sparse), ("below", below)] {
+            asked.sort();
+            let states = keys.keys(&asked).await.unwrap();
+            // One at a time: a lookup whose subjects are not sorted does not use the range.
+            let mut reversed = asked.clone();
+            reversed.reverse();
+            let mut one_by_one = keys.keys(&reversed).await.unwrap();
+            one_by_one.reverse();
+            assert_eq!(states, one_by_one, "{what}");
+            for (s, state) in asked.iter().zip(&states) {
+                let expected = match made.binary_search(s) {
+                    Err(_) => "unknown",
+                    Ok(i) if i % 7 == 0 => "erased",
+                    Ok(_) => "live",
+                };
+                let got = match state {
+                    KeyState::Unknown => "unknown",
+                    KeyState::Erased => "erased",
+                    KeyState::Live(_) => "live",
+                };
+                assert_eq!(got, expected, "{what}: {s}");
+            }
+        }
     }
 }

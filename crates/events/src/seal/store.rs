@@ -1,7 +1,7 @@
 //! [`SealingStore`]: seals personal fields on the way into the log and opens them on
 //! the way out.
 
-use super::{Binding, Cipher, KeyState, KeyStore, Part, Seal, SealedMetadata};
+use super::{open_in_place, Binding, Cipher, KeyState, KeyStore, Part, Seal, SealedMetadata, TAG_BYTES};
 use crate::catalog::personal::{blanked, plain_version_of, sealed_version_of, SealedPayload, SealedPayloadRef};
 use crate::chain::{ChainRecord, Digest};
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
@@ -359,25 +359,40 @@ fn seal_subjects(r: &RecordedEvent, into: &mut Subjects) {
 }
 
 fn open_one(mut r: RecordedEvent, keys: &mut Ciphers<'_>) -> RecordedEvent {
-    if let Some(seal) = r.metadata.sealed.take() {
+    if let Some(mut seal) = r.metadata.sealed.take() {
         let binding = Binding {
             part: Part::Metadata,
             event_id: r.event_id,
             event_type: &r.event_type,
             schema_version: r.schema_version,
         };
-        let opened = keys.get(&seal.subject).and_then(|cipher| seal.open_with(cipher, binding));
-        match opened.map(|bytes| postcard::from_bytes::<SealedMetadata>(&bytes)) {
-            Some(Ok(personal)) => {
-                r.metadata.client_ip = personal.client_ip;
-                r.metadata.user_agent = personal.user_agent;
+        let opened = keys
+            .get(&seal.subject)
+            .is_some_and(|cipher| open_in_place(cipher, &seal.nonce, &mut seal.ciphertext, binding));
+        if opened {
+            let plaintext = &seal.ciphertext[..seal.ciphertext.len() - TAG_BYTES];
+            match postcard::from_bytes::<SealedMetadata>(plaintext) {
+                Ok(personal) => {
+                    r.metadata.client_ip = personal.client_ip;
+                    r.metadata.user_agent = personal.user_agent;
+                }
+                Err(_) => tracing::warn!(position = r.position, "sealed metadata opened but does not decode"),
             }
-            Some(Err(_)) => tracing::warn!(position = r.position, "sealed metadata opened but does not decode"),
-            None => {}
         }
     }
     let Some(plain) = plain_version_of(&r.event_type, r.schema_version) else { return r };
-    let Some(sealed) = SealedPayloadRef::decode(&r.payload) else {
+    // Where the clear bytes and the seal's ciphertext lie in the payload, which is opened
+    // where it lies (no copy of it is made).
+    let Some((clear, subject, nonce, sealed)) = SealedPayloadRef::decode(&r.payload).map(|p| {
+        let at = |part: &[u8]| part.as_ptr() as usize - r.payload.as_ptr() as usize;
+        let ciphertext = p.seal.ciphertext;
+        (
+            at(p.clear)..at(p.clear) + p.clear.len(),
+            p.seal.subject,
+            p.seal.nonce,
+            at(ciphertext)..at(ciphertext) + ciphertext.len(),
+        )
+    }) else {
         // Left as stored: decoding it reports what is wrong.
         return r;
     };
@@ -387,9 +402,9 @@ fn open_one(mut r: RecordedEvent, keys: &mut Ciphers<'_>) -> RecordedEvent {
         event_type: &r.event_type,
         schema_version: r.schema_version,
     };
-    let opened = keys.get(&sealed.seal.subject).and_then(|cipher| {
-        let opened = sealed.seal.open_with(cipher, binding);
-        if opened.is_none() {
+    let opened = keys.get(&subject).is_some_and(|cipher| {
+        let opened = open_in_place(cipher, &nonce, &mut r.payload[sealed.clone()], binding);
+        if !opened {
             tracing::warn!(
                 position = r.position,
                 "a sealed payload does not open with its subject's key; read as erased"
@@ -397,8 +412,9 @@ fn open_one(mut r: RecordedEvent, keys: &mut Ciphers<'_>) -> RecordedEvent {
         }
         opened
     });
-    let payload = opened.unwrap_or_else(|| sealed.clear.to_vec());
-    r.payload = payload;
+    let keep = if opened { sealed.start..sealed.end - TAG_BYTES } else { clear };
+    r.payload.copy_within(keep.clone(), 0);
+    r.payload.truncate(keep.len());
     r.schema_version = plain;
     r
 }
