@@ -269,7 +269,7 @@ async fn long_appends_about_known_new_and_erased_users_are_sealed_in_order() {
         let raw = log.raw.read_stream(&stream, 2 + round * 60, 60).await.unwrap();
         let fresh = log.instance();
         for reader in [&store as &dyn EventStore, &fresh] {
-            let read = reader.read_stream(&stream, 2 + round * 60 as u64, 60).await.unwrap();
+            let read = reader.read_stream(&stream, 2 + round * 60, 60).await.unwrap();
             assert_eq!(read.iter().map(|r| r.event_id).collect::<Vec<_>>(), ids, "in their order");
             for (i, (r, stored)) in read.iter().zip(&raw).enumerate() {
                 let Event::UserLoginSucceeded(e) = r.decode().unwrap() else { panic!("not a login") };
