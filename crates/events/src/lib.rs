@@ -28,4 +28,4 @@ pub mod store;
 pub use catalog::Event;
 pub use envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 pub use error::{CodecError, StoreError};
-pub use store::{subscribe_all, EventStore, Lease, Redaction, StoreStats, Subscription};
+pub use store::{subscribe_all, Appends, EventStore, Lease, Redaction, StoreStats, Subscription};

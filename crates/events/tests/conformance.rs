@@ -7,7 +7,7 @@
 
 use perfect21_events::catalog::*;
 use perfect21_events::chain;
-use perfect21_events::store::{PostgresConfig, PostgresStore, SqliteConfig, SqliteStore};
+use perfect21_events::store::{ForwardConfig, PostgresConfig, PostgresStore, SqliteConfig, SqliteStore};
 use perfect21_events::{
     subscribe_all, CodecError, EventData, EventStore, ExpectedVersion, Metadata, StoreError, StreamId,
 };
@@ -57,6 +57,28 @@ async fn postgres_log() -> TestLog {
     TestLog {
         open: Box::new(move || {
             let config = PostgresConfig::new(url.clone()).with_schema(schema.clone());
+            Box::pin(async move {
+                Arc::new(PostgresStore::connect(config).await.expect("PostgreSQL reachable")) as Arc<dyn EventStore>
+            })
+        }),
+        _dir: None,
+    }
+}
+
+/// A PostgreSQL log whose instances share a forwarding secret: the first one opened
+/// becomes the writer, the others forward their appends to it.
+async fn postgres_forwarding_log() -> TestLog {
+    let url = postgres_url();
+    let schema = format!("p21t_{}", Uuid::new_v4().simple());
+    let forward = ForwardConfig {
+        secret: rand::random::<[u8; 32]>().to_vec(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise: None,
+    };
+    TestLog {
+        open: Box::new(move || {
+            let mut config = PostgresConfig::new(url.clone()).with_schema(schema.clone());
+            config.forward = Some(forward.clone());
             Box::pin(async move {
                 Arc::new(PostgresStore::connect(config).await.expect("PostgreSQL reachable")) as Arc<dyn EventStore>
             })
@@ -750,6 +772,7 @@ macro_rules! suite {
 
 suite!(sqlite, sqlite_log);
 suite!(postgres, postgres_log);
+suite!(postgres_forwarding, postgres_forwarding_log);
 #[cfg(feature = "kafka")]
 suite!(kafka, kafka_log, append_only);
 

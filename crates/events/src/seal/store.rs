@@ -501,6 +501,10 @@ impl EventStore for SealingStore {
         self.inner.leases()
     }
 
+    fn appends(&self) -> crate::store::Appends {
+        self.inner.appends()
+    }
+
     async fn try_lease(&self, name: &str) -> Result<Option<crate::store::Lease>, StoreError> {
         self.inner.try_lease(name).await
     }

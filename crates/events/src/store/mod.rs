@@ -6,6 +6,7 @@
 //! - an append is acknowledged only after its commit is durable;
 //! - an append that fails wrote nothing.
 
+mod forward;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod postgres;
@@ -16,7 +17,7 @@ mod tail;
 
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaStore, Role as KafkaRole};
-pub use postgres::{PostgresConfig, PostgresStore};
+pub use postgres::{ForwardConfig, PostgresConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use subscription::Subscription;
 
@@ -111,6 +112,12 @@ pub trait EventStore: Send + Sync + 'static {
         true
     }
 
+    /// Who makes this instance's appends: itself, or (where a log's replicas forward to
+    /// one writer) this instance as the writer, or the writer it forwards to.
+    fn appends(&self) -> Appends {
+        Appends::OnItsOwn
+    }
+
     /// Whether [`EventStore::try_lease`] gives leases every process of this log sees.
     fn leases(&self) -> bool {
         false
@@ -122,6 +129,18 @@ pub trait EventStore: Send + Sync + 'static {
     async fn try_lease(&self, _name: &str) -> Result<Option<Lease>, StoreError> {
         Ok(None)
     }
+}
+
+/// Who makes an instance's appends (see [`EventStore::appends`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", content = "writer", rename_all = "snake_case")]
+pub enum Appends {
+    /// It appends on its own.
+    OnItsOwn,
+    /// It is the writer its log's replicas forward their appends to.
+    Writer,
+    /// It forwards its appends to the writer at this address.
+    ForwardsTo(String),
 }
 
 /// A lease taken with [`EventStore::try_lease`]; dropping it gives the lease up.
@@ -274,7 +293,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
         let keys = crate::seal::SqliteKeys::open(crate::seal::SqliteKeys::path_for(store.path())).await?;
         Ok(Arc::new(crate::seal::SealingStore::new(Arc::new(store), Arc::new(keys))))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(PostgresConfig::new(url)).await?;
+        let store = PostgresStore::connect(PostgresConfig::from_url(url)?).await?;
         let keys = store.keys();
         Ok(Arc::new(crate::seal::SealingStore::new(Arc::new(store), Arc::new(keys))))
     } else if url.starts_with("kafka://") {

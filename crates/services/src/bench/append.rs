@@ -171,12 +171,23 @@ pub struct WorkerArgs {
     start_at_ms: u64,
     #[arg(long)]
     duration: f64,
+    /// The replicas' forwarding secret: with it, they forward their appends to one writer.
+    #[arg(long)]
+    secret_file: Option<std::path::PathBuf>,
 }
 
 /// Runs `appenders` single-event appenders from `start_at_ms` for `duration` seconds and
 /// prints the events acknowledged (one line: the count).
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let store = PostgresStore::connect(PostgresConfig::new(&args.url).with_schema(&args.schema)).await?;
+    let mut config = PostgresConfig::new(&args.url).with_schema(&args.schema);
+    if let Some(secret) = &args.secret_file {
+        config.forward = Some(perfect21_events::store::ForwardConfig {
+            secret: std::fs::read(secret)?,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+        });
+    }
+    let store = PostgresStore::connect(config).await?;
     let start_at = std::time::UNIX_EPOCH + Duration::from_millis(args.start_at_ms);
     if let Ok(wait) = start_at.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait).await;
@@ -187,10 +198,31 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// 4 processes × 16 single-event appenders on one PostgreSQL log (the multi-replica
-/// layout) vs the raw batched INSERT over 64 streams; then the log is checked for holes.
+/// layout), forwarding their appends to one writer among them, vs the raw batched INSERT
+/// over 64 streams; the same processes appending each on its own, for reference. Each
+/// time the log is checked for holes.
 pub async fn processes(url: &str, scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
     const S: &str = "append-processes";
-    let schema = format!("p21bench_shared_{}", std::process::id());
+    let secret = scratch.file("forward.secret");
+    std::fs::write(&secret, rand::random::<[u8; 32]>())?;
+    let forwarding = processes_run(url, "shared", Some(&secret), duration).await?;
+    let direct = processes_run(url, "direct", None, duration).await?;
+    let raw = raw_rate(url, scratch, "raw", APPENDERS, duration).await?;
+    Ok(vec![
+        Measurement::rate(S, "durable_appends", forwarding, raw, "events/s"),
+        Measurement::rate(S, "durable_appends_each_writing", direct, raw, "events/s"),
+    ])
+}
+
+/// One run of `append-processes` in the scratch schema `name`; the events per second
+/// acknowledged to the appenders of all processes.
+async fn processes_run(
+    url: &str,
+    name: &str,
+    secret: Option<&std::path::Path>,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let schema = format!("p21bench_{name}_{}", std::process::id());
     // Create the schema and tables once, before the processes race to.
     let shared = PostgresStore::connect(PostgresConfig::new(url).with_schema(&schema))
         .await
@@ -199,12 +231,16 @@ pub async fn processes(url: &str, scratch: &Scratch, duration: Duration) -> anyh
     let start_at_ms = start_at.duration_since(std::time::UNIX_EPOCH)?.as_millis().to_string();
     let children = (0..PROCESSES)
         .map(|_| {
-            std::process::Command::new(std::env::current_exe()?)
+            let mut worker = std::process::Command::new(std::env::current_exe()?);
+            worker
                 .args(["bench-append-worker", "--url", url, "--schema", &schema])
                 .args(["--appenders", &(APPENDERS / PROCESSES).to_string(), "--start-at-ms", &start_at_ms])
                 .args(["--duration", &duration.as_secs_f64().to_string()])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
+                .stdout(std::process::Stdio::piped());
+            if let Some(secret) = secret {
+                worker.arg("--secret-file").arg(secret);
+            }
+            worker.spawn()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let outputs = tokio::task::spawn_blocking(move || {
@@ -216,7 +252,6 @@ pub async fn processes(url: &str, scratch: &Scratch, duration: Duration) -> anyh
         anyhow::ensure!(out.status.success(), "an append-processes worker failed ({})", out.status);
         acknowledged += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
     }
-    let ours = acknowledged as f64 / duration.as_secs_f64();
     // Hole-free: the log holds exactly positions 1..=head, and at least every acknowledged event.
     let (count, max, head): (i64, Option<i64>, i64) =
         sqlx::query_as("SELECT count(*), max(position), (SELECT position FROM log_head) FROM events")
@@ -227,9 +262,8 @@ pub async fn processes(url: &str, scratch: &Scratch, duration: Duration) -> anyh
         "the shared log is not dense: {count} events, highest position {max:?}, head {head}, {acknowledged} acknowledged"
     );
     drop(shared);
-    drop_schemas(url, &["shared"]).await?;
-    let raw = raw_rate(url, scratch, "raw", APPENDERS, duration).await?;
-    Ok(vec![Measurement::rate(S, "durable_appends", ours, raw, "events/s")])
+    drop_schemas(url, &[name]).await?;
+    Ok(acknowledged as f64 / duration.as_secs_f64())
 }
 
 /// Rounds of `append-batch`. Whichever side runs second in a round was measured

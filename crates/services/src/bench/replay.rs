@@ -136,7 +136,10 @@ pub async fn replay(scratch: &Scratch, events: u64) -> anyhow::Result<Vec<Measur
             } else {
                 let path = path.clone();
                 let (rows, seconds) = tokio::task::spawn_blocking(move || raw_scan(&path)).await??;
-                anyhow::ensure!(rows == folded || folded == 0, "the raw scan read {rows} rows, the replay {folded} events");
+                anyhow::ensure!(
+                    rows == folded || folded == 0,
+                    "the raw scan read {rows} rows, the replay {folded} events"
+                );
                 base.push(seconds);
             }
         }

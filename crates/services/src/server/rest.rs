@@ -894,7 +894,7 @@ async fn metrics_text(State(s): State<RestState>) -> Result<Response, Problem> {
 
 /// Positions for operators: the log head, the read models' checkpoint, the relay's confirmed position and lag.
 #[utoipa::path(get, path = "/status", tag = "operations",
-    summary = "Log head, read-model checkpoint and lag, relay confirmed position and lag, verified chain",
+    summary = "Log head, read-model checkpoint and lag, relay confirmed position and lag, verified chain, who makes this replica's appends",
     responses((status = 200, description = "Positions", content_type = "application/json", body = Object)))]
 async fn status(State(s): State<RestState>) -> ApiResult {
     let (head, models, confirmed) = positions(&s).await?;
@@ -911,6 +911,7 @@ async fn status(State(s): State<RestState>) -> ApiResult {
         "read_models": {"checkpoint": models, "lag": head.saturating_sub(models)},
         "relay": relay,
         "chain": s.chain.as_ref().map(|c| c.status()),
+        "appends": s.app.identity.store().appends(),
     })))
 }
 

@@ -6,7 +6,7 @@
 //!   `init_transactions` fences the old one, whose appends then fail with
 //!   [`StoreError::Fenced`] instead of interleaving. Other instances (`serve` replicas)
 //!   forward their appends to the writer the log names, over an authenticated TCP link
-//!   ([`forward`]), and read the topic themselves.
+//!   ([`forward`](super::forward)), and read the topic themselves.
 //! - **Group commit as transactions.** The writer takes every append waiting and writes
 //!   them in one Kafka transaction (`acks=all`, idempotent): an append is all or nothing,
 //!   and readers (`isolation.level=read_committed`) never see an aborted or open one.
@@ -20,10 +20,10 @@
 //!   sealed at append and erased by deleting their subject's key (see [`crate::seal`]).
 
 mod config;
-mod forward;
 
 pub use config::{KafkaConfig, Role};
 
+use super::forward;
 use super::queue::{serve_groups, submit, AppendRequest};
 use super::tail::Tail;
 use super::{classify_existing, read_bounds, validate_append, EventStore, Existing, Redaction, StoreStats};
@@ -497,7 +497,7 @@ impl KafkaStore {
         scanned?;
         let announced = shared.index.read().expect("index").writer.clone();
         let target = announced.as_ref().and_then(|a| a.address.clone());
-        let forwarder = config.forward_secret.clone().map(forward::Forwarder::new);
+        let forwarder = config.forward_secret.clone().map(|secret| forward::Forwarder::new(BACKEND, secret));
         let forward = match (config.role, target, forwarder) {
             (Role::Writer, _, _) => None,
             (Role::Forwarder, Some(address), Some(f)) => {
@@ -695,7 +695,7 @@ async fn become_writer(shared: &Arc<Shared>) -> Result<mpsc::Sender<AppendReques
                 .await
                 .map_err(|e| err(format!("cannot listen for forwarded appends on {}: {e}", config.listen)))?;
             let bound = listener.local_addr().map_err(err)?;
-            tokio::spawn(forward::serve(listener, Arc::new(secret.clone()), queue.downgrade()));
+            tokio::spawn(forward::serve(BACKEND, listener, Arc::new(secret.clone()), queue.downgrade()));
             Some(config.advertise.clone().unwrap_or_else(|| bound.to_string()))
         }
         None => None,
@@ -1145,6 +1145,14 @@ impl EventStore for KafkaStore {
 
     fn recent(&self, from_position: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
         self.shared.tail.from(from_position, limit)
+    }
+
+    fn appends(&self) -> super::Appends {
+        if self.is_writer() {
+            super::Appends::Writer
+        } else {
+            self.writer_address().map_or(super::Appends::OnItsOwn, super::Appends::ForwardsTo)
+        }
     }
 
     fn rewrites_in_place(&self) -> bool {

@@ -14,6 +14,10 @@
 //! one round trip (see [`commit_batch`]).
 //! Readers learn of new commits through `LISTEN/NOTIFY`, with polling as a fallback.
 
+mod forwarding;
+
+pub use forwarding::ForwardConfig;
+
 use super::queue::{gather, submit, AppendRequest};
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
@@ -43,11 +47,68 @@ pub struct PostgresConfig {
     pub max_connections: u32,
     /// Share one transaction among all appends waiting (default). Off: one per append.
     pub group_commit: bool,
+    /// Forward appends to one writer among the log's replicas (see [`ForwardConfig`]);
+    /// `None`: this instance appends on its own.
+    pub forward: Option<ForwardConfig>,
 }
 
 impl PostgresConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        PostgresConfig { url: url.into(), schema: None, max_connections: 10, group_commit: true }
+        PostgresConfig { url: url.into(), schema: None, max_connections: 10, group_commit: true, forward: None }
+    }
+
+    /// Parses a `postgres://` URL: what libpq takes, plus the options of forwarding to one
+    /// writer among the log's replicas, which are taken out of it: `secret_file` (a file
+    /// holding the secret every replica holds, at least 32 bytes; it turns forwarding on),
+    /// `listen` (`ip:port` where the writer takes forwarded appends; default
+    /// `127.0.0.1:0`) and `advertise` (`host:port` the others dial; default the address
+    /// bound).
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: String| StoreError::InvalidUrl { url: redact(url), reason };
+        let Some((base, query)) = url.split_once('?') else { return Ok(PostgresConfig::new(url)) };
+        let (mut secret, mut listen, mut advertise) = (None, None, None);
+        let mut kept = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "secret_file" => {
+                    let path = std::path::PathBuf::from(&*value);
+                    let bytes = std::fs::read(&path)
+                        .map_err(|e| invalid(format!("cannot read the forwarding secret {}: {e}", path.display())))?;
+                    if bytes.len() < forwarding::MIN_SECRET_BYTES {
+                        return Err(invalid(format!(
+                            "the forwarding secret {} is {} bytes, fewer than {}",
+                            path.display(),
+                            bytes.len(),
+                            forwarding::MIN_SECRET_BYTES
+                        )));
+                    }
+                    secret = Some(bytes);
+                }
+                "listen" => {
+                    listen = Some(
+                        value.parse().map_err(|_| invalid(format!("listen '{value}' is not an ip:port address")))?,
+                    )
+                }
+                "advertise" => advertise = Some(value.into_owned()),
+                _ => {
+                    kept.append_pair(&key, &value);
+                }
+            }
+        }
+        let kept = kept.finish();
+        let mut config = PostgresConfig::new(if kept.is_empty() { base.to_string() } else { format!("{base}?{kept}") });
+        config.forward = match secret {
+            Some(secret) => Some(ForwardConfig {
+                secret,
+                listen: listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                advertise,
+            }),
+            None if listen.is_some() || advertise.is_some() => {
+                return Err(invalid("listen and advertise are options of forwarding, which needs secret_file".into()))
+            }
+            None => None,
+        };
+        Ok(config)
     }
 
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
@@ -59,6 +120,9 @@ impl PostgresConfig {
 /// The PostgreSQL event store. Many instances (in many processes) may share one log.
 pub struct PostgresStore {
     pool: PgPool,
+    head_tx: watch::Sender<u64>,
+    /// The log's writer, when this instance forwards its appends to one.
+    forwarding: Option<std::sync::Arc<forwarding::Forwarding>>,
     /// What leases are scoped to: the schema (advisory locks are database-wide).
     lease_scope: String,
     writer: mpsc::Sender<AppendRequest>,
@@ -137,7 +201,7 @@ impl PostgresStore {
         let listen_pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(options.clone());
         let listener = tokio::spawn(listen(listen_pool, channel.clone(), head_tx.clone()));
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run_writer(pool.clone(), rx, head_tx, channel, config.group_commit));
+        tokio::spawn(run_writer(pool.clone(), rx, head_tx.clone(), channel, config.group_commit));
         // The schema the log is in, also when a URL's `search_path` option chose it.
         let lease_scope = match &config.schema {
             Some(schema) => schema.clone(),
@@ -147,7 +211,26 @@ impl PostgresStore {
                 .map_err(db_err)?
                 .unwrap_or_else(|| "public".into()),
         };
-        Ok(PostgresStore { pool, lease_scope, writer: tx, head: head_rx, listener })
+        let forwarding = match config.forward {
+            Some(forward) => Some(forwarding::Forwarding::start(pool.clone(), &lease_scope, forward, &tx).await?),
+            None => None,
+        };
+        Ok(PostgresStore { pool, head_tx, forwarding, lease_scope, writer: tx, head: head_rx, listener })
+    }
+
+    /// Whether this instance writes the log for its replicas (see [`ForwardConfig`]).
+    pub fn is_writer(&self) -> bool {
+        self.forwarding.as_ref().is_some_and(|f| f.is_writer())
+    }
+
+    /// The address of the writer this instance forwards its appends to, if it does.
+    pub fn writer_address(&self) -> Option<String> {
+        self.forwarding.as_ref().and_then(|f| f.target())
+    }
+
+    /// How many appends this instance forwarded to the writer (and the writer made).
+    pub fn forwarded_appends(&self) -> u64 {
+        self.forwarding.as_ref().map_or(0, |f| f.forwarded())
     }
 
     /// The connection pool (for tools and benchmarks that share it).
@@ -641,6 +724,21 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
+        if let Some((forwarding, writer)) = self.forwarding.as_ref().and_then(|f| Some((f, f.target()?))) {
+            super::validate_append(&events)?;
+            match forwarding.append(&writer, stream, expected, &events).await {
+                Ok(result) => {
+                    // Committed, so visible: readers of this instance need not wait for the NOTIFY.
+                    advance(&self.head_tx, result.position);
+                    return Ok(result);
+                }
+                Err(StoreError::Unavailable { message, .. }) => {
+                    tracing::warn!(%writer, error = %message, "forwarding failed; appending directly");
+                    forwarding.unreachable(&writer);
+                }
+                Err(refused) => return Err(refused),
+            }
+        }
         submit(&self.writer, BACKEND, stream, expected, events).await
     }
 
@@ -807,24 +905,50 @@ impl EventStore for PostgresStore {
         true
     }
 
+    fn appends(&self) -> super::Appends {
+        match &self.forwarding {
+            None => super::Appends::OnItsOwn,
+            Some(f) if f.is_writer() => super::Appends::Writer,
+            Some(f) => f.target().map_or(super::Appends::OnItsOwn, super::Appends::ForwardsTo),
+        }
+    }
+
     /// A session advisory lock on a connection of its own, taken out of the pool: the
     /// server releases it when that connection ends, with the process or its network.
     async fn try_lease(&self, name: &str) -> Result<Option<super::Lease>, StoreError> {
         super::check_lease_name(name)?;
-        let mut conn = self.pool.acquire().await.map_err(db_err)?.detach();
-        let key = format!("perfect21.lease.{}.{name}", self.lease_scope);
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(db_err)?;
-        if !taken {
-            return Ok(None);
-        }
-        let (lost_tx, lost) = watch::channel(false);
-        tokio::spawn(hold_lease(conn, lost_tx));
-        Ok(Some(super::Lease::watched((), lost)))
+        advisory_lease(&self.pool, &format!("perfect21.lease.{}.{name}", self.lease_scope)).await
     }
+}
+
+/// The lease `key`: a session advisory lock on a connection of its own, taken out of
+/// `pool` and held (and watched) until the lease is dropped.
+async fn advisory_lease(pool: &PgPool, key: &str) -> Result<Option<super::Lease>, StoreError> {
+    let mut conn = pool.acquire().await.map_err(db_err)?.detach();
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(db_err)?;
+    if !taken {
+        return Ok(None);
+    }
+    let (lost_tx, lost) = watch::channel(false);
+    tokio::spawn(hold_lease(conn, lost_tx));
+    Ok(Some(super::Lease::watched((), lost)))
+}
+
+/// Whether no session holds the lease `key` (it may be taken by the time it is tried for).
+async fn lease_is_free(pool: &PgPool, key: &str) -> Result<bool, StoreError> {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))",
+    )
+    .bind(key)
+    .fetch_one(pool)
+    .await
+    .map_err(db_err)
 }
 
 /// How often the holder of a lease checks that its session, and so its lock, is still there.

@@ -22,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-const BACKEND: &str = "kafka";
 /// Largest frame either end reads: an append's events and their metadata, encoded.
 const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +73,7 @@ impl From<StoreError> for WireError {
 }
 
 impl WireError {
-    fn into_store_error(self, writer: &str) -> StoreError {
+    fn into_store_error(self, backend: &'static str, writer: &str) -> StoreError {
         match self {
             WireError::WrongExpectedVersion { stream, expected, actual } => {
                 StoreError::WrongExpectedVersion { stream, expected, actual }
@@ -82,14 +81,13 @@ impl WireError {
             WireError::DuplicateEventId { event_id, stream, position } => {
                 StoreError::DuplicateEventId { event_id, stream, position }
             }
-            WireError::Fenced(message) => StoreError::Fenced { backend: BACKEND, message },
+            WireError::Fenced(message) => StoreError::Fenced { backend, message },
             WireError::Unavailable(message) => {
-                StoreError::Unavailable { backend: BACKEND, message: format!("the writer at {writer}: {message}") }
+                StoreError::Unavailable { backend, message: format!("the writer at {writer}: {message}") }
             }
-            WireError::Refused(message) => StoreError::Unavailable {
-                backend: BACKEND,
-                message: format!("the writer at {writer} refused: {message}"),
-            },
+            WireError::Refused(message) => {
+                StoreError::Unavailable { backend, message: format!("the writer at {writer} refused: {message}") }
+            }
         }
     }
 }
@@ -155,7 +153,12 @@ fn bad(message: String) -> std::io::Error {
 /// Takes forwarded appends on `listener` for the writer queue `writer` until the store
 /// that owns the queue is gone. Connections that do not prove the secret are closed
 /// unanswered.
-pub(crate) async fn serve(listener: TcpListener, secret: Arc<Vec<u8>>, writer: mpsc::WeakSender<AppendRequest>) {
+pub(crate) async fn serve(
+    backend: &'static str,
+    listener: TcpListener,
+    secret: Arc<Vec<u8>>,
+    writer: mpsc::WeakSender<AppendRequest>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => Some(accepted),
@@ -175,7 +178,7 @@ pub(crate) async fn serve(listener: TcpListener, secret: Arc<Vec<u8>>, writer: m
         };
         let (secret, writer) = (secret.clone(), writer.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, secret, writer).await {
+            if let Err(e) = handle(backend, stream, secret, writer).await {
                 tracing::debug!(%peer, error = %e, "forwarding connection closed");
             }
         });
@@ -183,6 +186,7 @@ pub(crate) async fn serve(listener: TcpListener, secret: Arc<Vec<u8>>, writer: m
 }
 
 async fn handle(
+    backend: &'static str,
     stream: TcpStream,
     secret: Arc<Vec<u8>>,
     writer: mpsc::WeakSender<AppendRequest>,
@@ -206,7 +210,7 @@ async fn handle(
         };
         let reply: Result<AppendResult, WireError> = match postcard::from_bytes::<WireAppend>(&body) {
             Ok(request) => match writer.upgrade() {
-                Some(queue) => append(&queue, request).await.map_err(WireError::from),
+                Some(queue) => append(backend, &queue, request).await.map_err(WireError::from),
                 None => Err(WireError::Unavailable("this writer has closed its log".into())),
             },
             Err(e) => Err(WireError::Refused(format!("a request that does not decode: {e}"))),
@@ -216,7 +220,11 @@ async fn handle(
     }
 }
 
-async fn append(writer: &mpsc::Sender<AppendRequest>, request: WireAppend) -> Result<AppendResult, StoreError> {
+async fn append(
+    backend: &'static str,
+    writer: &mpsc::Sender<AppendRequest>,
+    request: WireAppend,
+) -> Result<AppendResult, StoreError> {
     let stream = StreamId::new(&request.stream)?;
     let events = request
         .events
@@ -235,18 +243,19 @@ async fn append(writer: &mpsc::Sender<AppendRequest>, request: WireAppend) -> Re
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    submit(writer, BACKEND, &stream, request.expected, events).await
+    submit(writer, backend, &stream, request.expected, events).await
 }
 
 /// The forwarder's end: a pool of connections to the writer the log names.
 pub(crate) struct Forwarder {
+    backend: &'static str,
     secret: Arc<Vec<u8>>,
     idle: Mutex<Vec<(String, Conn)>>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(secret: Vec<u8>) -> Self {
-        Forwarder { secret: Arc::new(secret), idle: Mutex::new(Vec::new()) }
+    pub(crate) fn new(backend: &'static str, secret: Vec<u8>) -> Self {
+        Forwarder { backend, secret: Arc::new(secret), idle: Mutex::new(Vec::new()) }
     }
 
     /// Connects to `writer` and proves the secret both ways.
@@ -308,9 +317,9 @@ impl Forwarder {
                 })
                 .collect(),
         };
-        let body = postcard::to_stdvec(&request).map_err(|e| StoreError::unavailable(BACKEND, e))?;
+        let body = postcard::to_stdvec(&request).map_err(|e| StoreError::unavailable(self.backend, e))?;
         let unreachable = |e: std::io::Error| StoreError::Unavailable {
-            backend: BACKEND,
+            backend: self.backend,
             message: format!(
                 "cannot reach the log's writer at {writer}: {e}; the append may be retried with the same event ids"
             ),
@@ -331,7 +340,7 @@ impl Forwarder {
         self.idle.lock().expect("forwarder pool").push((writer.to_string(), conn));
         let reply: Result<AppendResult, WireError> = postcard::from_bytes(&reply)
             .map_err(|e| unreachable(bad(format!("an answer that does not decode: {e}"))))?;
-        reply.map_err(|e| e.into_store_error(writer))
+        reply.map_err(|e| e.into_store_error(self.backend, writer))
     }
 
     async fn call(&self, mut conn: Conn, body: &[u8]) -> std::io::Result<(Vec<u8>, Conn)> {
