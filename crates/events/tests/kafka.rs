@@ -215,3 +215,39 @@ async fn raw_topic(topic: &str) -> Vec<u8> {
     .await
     .unwrap()
 }
+
+/// Error-level log lines, as text, from the moment it is installed (for this process).
+fn errors_logged() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    struct Errors(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Errors {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::ERROR {
+                self.0.lock().unwrap().push(format!("{event:?}"));
+            }
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Errors(seen.clone()));
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test process");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_to_the_end_of_the_log_is_not_logged_as_an_error() {
+    let errors = errors_logged();
+    let topic = topic();
+    let store = KafkaStore::open(config(&topic, KafkaRole::Writer, None)).await.unwrap();
+    let s = stream();
+    for i in 0..5u64 {
+        let expected = if i == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(i * 10 - 1) };
+        store.append(&s, expected, events(10)).await.unwrap();
+        // Every read ends at the end of the partition, as does the follower's each poll.
+        assert_eq!(store.read_stream(&s, 0, 1000).await.unwrap().len() as u64, (i + 1) * 10);
+    }
+    assert_eq!(store.read_all(0, 1000).await.unwrap().len(), 50);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let errors = errors.lock().unwrap();
+    let eof: Vec<_> = errors.iter().filter(|e| e.contains("PartitionEOF") || e.contains("end of partition")).collect();
+    assert!(eof.is_empty(), "reaching the end of the log was logged as an error: {eof:#?}");
+}

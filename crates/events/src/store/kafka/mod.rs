@@ -34,9 +34,9 @@ use crate::envelope::{
 use crate::error::StoreError;
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -278,6 +278,30 @@ impl Shared {
     }
 }
 
+/// A consumer of the log: told where each read is to end (`enable.partition.eof`).
+type BaseConsumer = rdkafka::consumer::BaseConsumer<Readers>;
+
+/// The log's consumers' context. librdkafka raises "reached the end of the partition"
+/// as an error event, which rdkafka's default context logs at ERROR level on every
+/// read that ends (several a second on a busy log); here it is what the readers wait
+/// for, handed to them by `poll`, and logged nowhere. Other errors are logged as the
+/// default context does.
+struct Readers;
+
+impl ClientContext for Readers {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if worth_logging(&error) {
+            tracing::error!(error = %error, reason, "librdkafka");
+        }
+    }
+}
+
+impl ConsumerContext for Readers {}
+
+fn worth_logging(error: &KafkaError) -> bool {
+    !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_))
+}
+
 fn consumer(config: &KafkaConfig) -> Result<BaseConsumer, StoreError> {
     ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap)
@@ -289,7 +313,7 @@ fn consumer(config: &KafkaConfig) -> Result<BaseConsumer, StoreError> {
         .set("fetch.wait.max.ms", "10")
         .set("fetch.max.bytes", "67108864")
         .set("max.partition.fetch.bytes", "16777216")
-        .create()
+        .create_with_context(Readers)
         .map_err(|e| err(format!("cannot make a Kafka consumer for {}: {e}", config.bootstrap)))
 }
 
