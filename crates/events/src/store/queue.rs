@@ -3,6 +3,7 @@
 
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, StreamId};
 use crate::error::StoreError;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most events one group commit gathers.
@@ -41,11 +42,26 @@ pub(crate) async fn submit(
 /// A writer thread's loop: takes the next group of appends waiting on `requests` (see
 /// [`gather`]) and hands it to `commit`, until every sender is gone.
 pub(crate) fn serve_groups(
+    requests: mpsc::Receiver<AppendRequest>,
+    group: bool,
+    commit: impl FnMut(Vec<AppendRequest>),
+) {
+    serve_groups_lingering(requests, group, Duration::ZERO, commit)
+}
+
+/// [`serve_groups`] for a writer whose every commit costs much more than an append
+/// (a Kafka transaction): when fewer appends wait than the last group held, it waits up
+/// to `linger` for as many. Appenders that wait on their answers come back together
+/// once a group is committed, but not at once; without the wait, the first few back
+/// would make a small group of their own and the rest another.
+pub(crate) fn serve_groups_lingering(
     mut requests: mpsc::Receiver<AppendRequest>,
     group: bool,
+    linger: Duration,
     mut commit: impl FnMut(Vec<AppendRequest>),
 ) {
     let mut carried = None;
+    let mut last = 0;
     loop {
         let first = match carried.take() {
             Some(request) => request,
@@ -54,11 +70,22 @@ pub(crate) fn serve_groups(
                 None => return,
             },
         };
-        let (batch, rest) = gather(first, group, || requests.try_recv().ok());
+        let (mut batch, mut rest) = gather(first, group, || requests.try_recv().ok());
+        if group && rest.is_none() && batch.len() < last && !linger.is_zero() {
+            let deadline = Instant::now() + linger;
+            while batch.len() < last && rest.is_none() && Instant::now() < deadline {
+                std::thread::sleep(LINGER_STEP);
+                rest = gather_more(&mut batch, || requests.try_recv().ok());
+            }
+        }
+        last = batch.len();
         carried = rest;
         commit(batch);
     }
 }
+
+/// How often a lingering writer looks for more appends.
+const LINGER_STEP: Duration = Duration::from_micros(50);
 
 fn bytes(request: &AppendRequest) -> usize {
     request.events.iter().map(|e| e.payload.len()).sum::<usize>() + request.metadata.iter().map(Vec::len).sum::<usize>()
@@ -70,22 +97,35 @@ fn bytes(request: &AppendRequest) -> usize {
 pub(crate) fn gather(
     first: AppendRequest,
     group: bool,
-    mut waiting: impl FnMut() -> Option<AppendRequest>,
+    waiting: impl FnMut() -> Option<AppendRequest>,
 ) -> (Vec<AppendRequest>, Option<AppendRequest>) {
-    let mut events = first.events.len();
-    let mut size = bytes(&first);
     let mut batch = vec![first];
-    while group && events < MAX_BATCH_EVENTS {
+    if !group {
+        return (batch, None);
+    }
+    let rest = gather_more(&mut batch, waiting);
+    (batch, rest)
+}
+
+/// Adds the requests waiting to `batch` within the bounds of one group (see [`gather`]);
+/// returns a request taken that does not fit.
+fn gather_more(
+    batch: &mut Vec<AppendRequest>,
+    mut waiting: impl FnMut() -> Option<AppendRequest>,
+) -> Option<AppendRequest> {
+    let mut events: usize = batch.iter().map(|r| r.events.len()).sum();
+    let mut size: usize = batch.iter().map(bytes).sum();
+    while events < MAX_BATCH_EVENTS {
         let Some(request) = waiting() else { break };
         let (more_events, more_bytes) = (request.events.len(), bytes(&request));
         if events + more_events > MAX_BATCH_EVENTS || size + more_bytes > MAX_BATCH_BYTES {
-            return (batch, Some(request));
+            return Some(request);
         }
         events += more_events;
         size += more_bytes;
         batch.push(request);
     }
-    (batch, None)
+    None
 }
 
 #[cfg(test)]
@@ -130,5 +170,43 @@ mod tests {
         // Without group commit, one at a time.
         let (batch, rest) = gather(request(1, 10), false, || panic!("not asked"));
         assert_eq!((batch.len(), rest.is_none()), (1, true));
+    }
+
+    #[test]
+    fn a_lingering_writer_waits_for_as_many_appends_as_its_last_group_and_no_longer_than_its_linger() {
+        let (tx, rx) = mpsc::channel(100);
+        // The first group: ten appends waiting when the writer starts.
+        for _ in 0..10 {
+            tx.try_send(request(1, 10)).ok().unwrap();
+        }
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let writer = std::thread::spawn(move || {
+            serve_groups_lingering(rx, true, Duration::from_millis(500), |batch| {
+                seen.lock().unwrap().push(batch.len());
+            })
+        });
+        let groups = |n: usize| {
+            let waited = Instant::now();
+            while sizes.lock().unwrap().len() < n {
+                assert!(waited.elapsed() < Duration::from_secs(10), "group {n} never came");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        groups(1);
+        // Ten more, one a millisecond: one group, as the last one was.
+        for _ in 0..10 {
+            tx.blocking_send(request(1, 10)).ok().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        groups(2);
+        // Only three come: they are committed once the linger is over.
+        for _ in 0..3 {
+            tx.blocking_send(request(1, 10)).ok().unwrap();
+        }
+        groups(3);
+        drop(tx);
+        writer.join().unwrap();
+        assert_eq!(*sizes.lock().unwrap(), vec![10, 10, 3]);
     }
 }

@@ -24,7 +24,7 @@ mod config;
 pub use config::{KafkaConfig, Role};
 
 use super::forward;
-use super::queue::{serve_groups, submit, AppendRequest};
+use super::queue::{serve_groups_lingering, submit, AppendRequest};
 use super::tail::Tail;
 use super::{classify_existing, read_bounds, validate_append, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
@@ -758,9 +758,13 @@ fn copy_error(e: &StoreError) -> StoreError {
     }
 }
 
+/// How long the writer waits for as many appends as its last transaction held: a
+/// transaction costs milliseconds whatever it holds, an append a few microseconds.
+const LINGER: Duration = Duration::from_millis(1);
+
 impl Writer {
     fn run(mut self, requests: mpsc::Receiver<AppendRequest>) {
-        serve_groups(requests, true, |batch| self.commit(batch));
+        serve_groups_lingering(requests, true, LINGER, |batch| self.commit(batch));
     }
 
     fn announce(&mut self, announcement: Announcement) -> Result<(), StoreError> {
