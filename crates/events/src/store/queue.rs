@@ -84,6 +84,43 @@ pub(crate) fn serve_groups_lingering(
     }
 }
 
+/// [`serve_groups_lingering`] for a writer that is a task: its groups, one at a time.
+pub(crate) struct Groups {
+    requests: mpsc::Receiver<AppendRequest>,
+    group: bool,
+    linger: Duration,
+    carried: Option<AppendRequest>,
+    last: usize,
+}
+
+impl Groups {
+    pub(crate) fn new(requests: mpsc::Receiver<AppendRequest>, group: bool, linger: Duration) -> Self {
+        Groups { requests, group, linger, carried: None, last: 0 }
+    }
+
+    /// The next group; `None` once every sender is gone. When fewer appends wait than
+    /// the last group held, it waits up to the linger for as many, taking each as it
+    /// comes.
+    pub(crate) async fn next(&mut self) -> Option<Vec<AppendRequest>> {
+        let first = match self.carried.take() {
+            Some(request) => request,
+            None => self.requests.recv().await?,
+        };
+        let (mut batch, mut rest) = gather(first, self.group, || self.requests.try_recv().ok());
+        if self.group && !self.linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + self.linger;
+            while batch.len() < self.last && rest.is_none() {
+                let Ok(Some(next)) = tokio::time::timeout_at(deadline, self.requests.recv()).await else { break };
+                let mut next = Some(next);
+                rest = gather_more(&mut batch, || next.take().or_else(|| self.requests.try_recv().ok()));
+            }
+        }
+        self.last = batch.len();
+        self.carried = rest;
+        Some(batch)
+    }
+}
+
 /// How often a lingering writer looks for more appends.
 const LINGER_STEP: Duration = Duration::from_micros(50);
 
@@ -208,5 +245,44 @@ mod tests {
         drop(tx);
         writer.join().unwrap();
         assert_eq!(*sizes.lock().unwrap(), vec![10, 10, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_lingers_as_a_writer_thread_does() {
+        let (tx, rx) = mpsc::channel(100);
+        let mut groups = Groups::new(rx, true, Duration::from_millis(500));
+        for _ in 0..10 {
+            tx.send(request(1, 10)).await.ok().unwrap();
+        }
+        assert_eq!(groups.next().await.map(|g| g.len()), Some(10));
+        // Ten more, one a millisecond: one group, as the last one was.
+        let sender = tx.clone();
+        let late = tokio::spawn(async move {
+            for _ in 0..10 {
+                sender.send(request(1, 10)).await.ok().unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert_eq!(groups.next().await.map(|g| g.len()), Some(10));
+        late.await.unwrap();
+        // Only three come: they are a group once the linger is over.
+        for _ in 0..3 {
+            tx.send(request(1, 10)).await.ok().unwrap();
+        }
+        assert_eq!(groups.next().await.map(|g| g.len()), Some(3));
+        drop(tx);
+        assert!(groups.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_without_grouping_takes_one_append_at_a_time() {
+        let (tx, rx) = mpsc::channel(100);
+        let mut groups = Groups::new(rx, false, Duration::from_millis(500));
+        for _ in 0..3 {
+            tx.send(request(1, 10)).await.ok().unwrap();
+        }
+        for _ in 0..3 {
+            assert_eq!(groups.next().await.map(|g| g.len()), Some(1));
+        }
     }
 }

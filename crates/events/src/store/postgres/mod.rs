@@ -18,7 +18,7 @@ mod forwarding;
 
 pub use forwarding::ForwardConfig;
 
-use super::queue::{gather, submit, AppendRequest};
+use super::queue::{submit, AppendRequest, Groups};
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
 use crate::envelope::{
@@ -335,25 +335,20 @@ async fn listen(pool: PgPool, channel: String, head_tx: watch::Sender<u64>) {
     }
 }
 
+/// How long the writer waits for as many appends as its last group held (a group's
+/// commit costs a round trip and a WAL flush whatever it holds).
+const LINGER: Duration = Duration::from_millis(1);
+
 async fn run_writer(
     pool: PgPool,
-    mut rx: mpsc::Receiver<AppendRequest>,
+    rx: mpsc::Receiver<AppendRequest>,
     head_tx: watch::Sender<u64>,
     channel: String,
     group: bool,
 ) {
-    let mut carried = None;
+    let mut groups = Groups::new(rx, group, LINGER);
     let mut cache = VersionCache::default();
-    loop {
-        let first = match carried.take() {
-            Some(request) => request,
-            None => match rx.recv().await {
-                Some(request) => request,
-                None => return,
-            },
-        };
-        let (batch, rest) = gather(first, group, || rx.try_recv().ok());
-        carried = rest;
+    while let Some(batch) = groups.next().await {
         match commit_batch(&pool, &batch, &channel, &mut cache).await {
             Ok((results, head)) => {
                 advance(&head_tx, head);
