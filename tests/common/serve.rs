@@ -60,19 +60,63 @@ pub fn start() -> Server {
 
 /// The first administrator, `root`, in the log of `data`.
 pub fn bootstrap(data: &str) {
-    run(&[
-        "admin",
-        "bootstrap",
-        "--data-dir",
-        data,
-        "--insecure-fast-passwords",
-        "--email",
-        "root@example.com",
-        "--username",
-        "root",
-        "--password",
-        ROOT_PASSWORD,
-    ]);
+    bootstrap_with(data, &[]);
+}
+
+/// [`bootstrap`] with more flags (`--store`, `--keys-dir`).
+pub fn bootstrap_with(data: &str, extra: &[&str]) {
+    let mut args = vec!["admin", "bootstrap", "--data-dir", data, "--insecure-fast-passwords"];
+    args.extend(["--email", "root@example.com", "--username", "root", "--password", ROOT_PASSWORD]);
+    args.extend(extra);
+    run(&args);
+}
+
+/// Two `serve` replicas of one shared log (`store`, a URL with a forwarding secret),
+/// each with a data directory of its own and the signing keys of `keys`, `root`
+/// bootstrapped through the first.
+pub struct Replicas {
+    pub a: Server,
+    pub b: Server,
+    dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Replicas {
+    pub fn start(store: &str, keys: &str) -> Replicas {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a_data, b_data) = (dirs.0.path().to_str().unwrap(), dirs.1.path().to_str().unwrap());
+        let shared = ["--store", store, "--keys-dir", keys];
+        bootstrap_with(a_data, &shared);
+        let a = serve_on(a_data, &shared);
+        let b = serve_on(b_data, &shared);
+        Replicas { a, b, dirs }
+    }
+
+    /// Stops both; the first's data directory, kept for what runs after.
+    pub fn stop(self) -> tempfile::TempDir {
+        let Replicas { a, b, dirs } = self;
+        drop((a, b));
+        dirs.0
+    }
+
+    /// A user registered through the second replica (whose appends go to the first)
+    /// logs in through both and reads itself back; a wrong password through the
+    /// second is refused. The user's id.
+    pub async fn one_user_across_both(&self, http: &reqwest::Client, username: &str, password: &str) -> String {
+        let user_id = register(http, &self.b, username, password).await;
+        for server in [&self.a, &self.b] {
+            let tokens = login(http, server, username, password).await;
+            let (status, me) = get(http, format!("{}/users/me", server.api()), tokens["access_token"].as_str()).await;
+            assert_eq!(status, 200, "{me}");
+            assert_eq!(
+                (me["username"].as_str(), me["user_id"].as_str().or(me["id"].as_str())),
+                (Some(username), Some(user_id.as_str()))
+            );
+        }
+        let wrong = json!({"identifier": username, "password": "wrong password 1"});
+        let (status, body) = post(http, format!("{}/auth/login", self.b.api()), None, wrong).await;
+        assert_eq!(status, 401, "{body}");
+        user_id
+    }
 }
 
 /// A fresh data directory with `root` and `gateway`, served with `extra` flags.
