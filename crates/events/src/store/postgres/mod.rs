@@ -711,6 +711,16 @@ fn to_event(row: PgRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+impl PostgresStore {
+    /// The events a query of [`SELECT`] finds.
+    async fn events(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        query.fetch_all(&self.pool).await.map_err(db_err)?.into_iter().map(to_event).collect()
+    }
+}
+
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append(
@@ -744,29 +754,14 @@ impl EventStore for PostgresStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (from_version, limit) = super::read_bounds("stream version", from_version, limit)?;
-        sqlx::query(&format!("{SELECT} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"))
-            .bind(stream.as_str())
-            .bind(from_version)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(to_event)
-            .collect()
+        let sql = format!("{SELECT} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3");
+        self.events(sqlx::query(&sql).bind(stream.as_str()).bind(from_version).bind(limit)).await
     }
 
     async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
-        sqlx::query(&format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2"))
-            .bind(from_position)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(to_event)
-            .collect()
+        let sql = format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2");
+        self.events(sqlx::query(&sql).bind(from_position).bind(limit)).await
     }
 
     async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {
