@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -101,7 +101,9 @@ fn proof(secret: &[u8], label: &[u8], nonce: &[u8]) -> HmacSha256 {
 
 /// One authenticated connection, either end.
 struct Conn {
-    stream: TcpStream,
+    /// Read through a buffer: a frame's length, body and tag in one read where they
+    /// arrived together (writes pass straight through; a frame is one write).
+    stream: BufReader<TcpStream>,
     secret: Arc<Vec<u8>>,
     nonce: [u8; NONCE_BYTES],
     sent: u64,
@@ -193,7 +195,7 @@ async fn handle(
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let nonce: [u8; NONCE_BYTES] = rand::random();
-    let mut conn = Conn { stream, secret, nonce, sent: 0, received: 0, side: b's' };
+    let mut conn = Conn { stream: BufReader::new(stream), secret, nonce, sent: 0, received: 0, side: b's' };
     conn.stream.write_all(&nonce).await?;
     let mut answer = [0; 32];
     tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.stream.read_exact(&mut answer))
@@ -264,8 +266,14 @@ impl Forwarder {
             .await
             .map_err(|_| bad("connecting timed out".into()))??;
         stream.set_nodelay(true)?;
-        let mut conn =
-            Conn { stream, secret: self.secret.clone(), nonce: [0; NONCE_BYTES], sent: 0, received: 0, side: b'c' };
+        let mut conn = Conn {
+            stream: BufReader::new(stream),
+            secret: self.secret.clone(),
+            nonce: [0; NONCE_BYTES],
+            sent: 0,
+            received: 0,
+            side: b'c',
+        };
         let handshake = async {
             conn.stream.read_exact(&mut conn.nonce).await?;
             let mine = proof(&conn.secret, b"client", &conn.nonce).finalize().into_bytes();
