@@ -8,6 +8,11 @@
 //! moved to another connection fails its tag and ends the connection. The link is
 //! not encrypted: personal fields arrive sealed already (the sealing store sits
 //! above this one), and the rest is what the log itself holds.
+//!
+//! A request frame carries the appends waiting in the forwarder when it was sent (the
+//! appenders of a replica, answered together, come back together), and its answer one
+//! result for each, in order. The handshake's labels name this version of the link, so
+//! that replicas of another version fail at the handshake, not on a frame.
 
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, StreamId};
 use crate::error::StoreError;
@@ -19,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// Largest frame either end reads: an append's events and their metadata, encoded.
@@ -27,6 +32,13 @@ const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const NONCE_BYTES: usize = 16;
+/// The handshake's labels, each end's: they name the link's version (2: frames of
+/// several appends).
+const CLIENT: &[u8] = b"client/2";
+const SERVER: &[u8] = b"server/2";
+/// Most appends, and bytes of events, a forwarder puts in one frame.
+const MAX_FRAME_APPENDS: usize = 256;
+const MAX_FRAME_CONTENT: usize = 8 * 1024 * 1024;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -201,8 +213,10 @@ async fn handle(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.stream.read_exact(&mut answer))
         .await
         .map_err(|_| bad("no proof within the handshake timeout".into()))??;
-    proof(&conn.secret, b"client", &nonce).verify_slice(&answer).map_err(|_| bad("a wrong proof".into()))?;
-    let mine = proof(&conn.secret, b"server", &nonce).finalize().into_bytes();
+    proof(&conn.secret, CLIENT, &nonce)
+        .verify_slice(&answer)
+        .map_err(|_| bad("a wrong proof (another secret, or a replica of another version)".into()))?;
+    let mine = proof(&conn.secret, SERVER, &nonce).finalize().into_bytes();
     conn.stream.write_all(&mine).await?;
     loop {
         let body = match conn.receive().await {
@@ -210,13 +224,20 @@ async fn handle(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
-        let reply: Result<AppendResult, WireError> = match postcard::from_bytes::<WireAppend>(&body) {
-            Ok(request) => match writer.upgrade() {
-                Some(queue) => append(backend, &queue, request).await.map_err(WireError::from),
-                None => Err(WireError::Unavailable("this writer has closed its log".into())),
-            },
-            Err(e) => Err(WireError::Refused(format!("a request that does not decode: {e}"))),
-        };
+        let reply: Result<Vec<Result<AppendResult, WireError>>, WireError> =
+            match postcard::from_bytes::<Vec<WireAppend>>(&body) {
+                // Submitted together (in the frame's order), answered as each is committed.
+                Ok(requests) => match writer.upgrade() {
+                    Some(queue) => Ok(futures::future::join_all(
+                        requests
+                            .into_iter()
+                            .map(|r| async { append(backend, &queue, r).await.map_err(WireError::from) }),
+                    )
+                    .await),
+                    None => Err(WireError::Unavailable("this writer has closed its log".into())),
+                },
+                Err(e) => Err(WireError::Refused(format!("a request that does not decode: {e}"))),
+            };
         let bytes = postcard::to_stdvec(&reply).map_err(|e| bad(e.to_string()))?;
         conn.send(&bytes).await?;
     }
@@ -248,18 +269,144 @@ async fn append(
     submit(writer, backend, &stream, request.expected, events).await
 }
 
-/// The forwarder's end: a pool of connections to the writer the log names.
+/// The forwarder's end: appends gathered into frames, sent over a pool of connections
+/// to the writer the log names.
 pub(crate) struct Forwarder {
+    link: Arc<Link>,
+    waiting: mpsc::UnboundedSender<Waiting>,
+}
+
+/// What the forwarder's frames share: the secret and the idle connections.
+struct Link {
     backend: &'static str,
     secret: Arc<Vec<u8>>,
     idle: Mutex<Vec<(String, Conn)>>,
+    /// Frames sent.
+    frames: std::sync::atomic::AtomicU64,
+}
+
+/// An append waiting for a frame to `writer`.
+struct Waiting {
+    writer: String,
+    append: WireAppend,
+    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+impl Waiting {
+    fn content(&self) -> usize {
+        self.append.events.iter().map(|e| e.payload.len() + e.metadata.len() + 64).sum()
+    }
 }
 
 impl Forwarder {
+    /// A forwarder; its frames are sent by a task of the runtime it is made in.
     pub(crate) fn new(backend: &'static str, secret: Vec<u8>) -> Self {
-        Forwarder { backend, secret: Arc::new(secret), idle: Mutex::new(Vec::new()) }
+        let link = Arc::new(Link {
+            backend,
+            secret: Arc::new(secret),
+            idle: Mutex::new(Vec::new()),
+            frames: Default::default(),
+        });
+        let (waiting, queue) = mpsc::unbounded_channel();
+        tokio::spawn(send_frames(link.clone(), queue));
+        Forwarder { link, waiting }
     }
 
+    /// Whether `writer` answers and holds the secret.
+    pub(crate) async fn reaches(&self, writer: &str) -> bool {
+        match self.link.connect(writer).await {
+            Ok(conn) => {
+                self.link.idle.lock().expect("forwarder pool").push((writer.to_string(), conn));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Frames sent so far.
+    #[cfg(test)]
+    fn frames(&self) -> u64 {
+        self.link.frames.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends one append to `writer`, in the next frame, and returns its answer.
+    pub(crate) async fn append(
+        &self,
+        writer: &str,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<AppendResult, StoreError> {
+        let append = WireAppend {
+            stream: stream.as_str().to_string(),
+            expected,
+            events: events
+                .iter()
+                .map(|e| WireEvent {
+                    event_id: e.event_id,
+                    event_type: e.event_type.clone(),
+                    schema_version: e.schema_version,
+                    metadata: e.metadata.encode(),
+                    payload: e.payload.clone(),
+                })
+                .collect(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::unavailable(self.link.backend, "this instance's forwarder has stopped");
+        self.waiting.send(Waiting { writer: writer.to_string(), append, reply }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// The forwarder's task: takes the appends waiting, a frame for each writer they go
+/// to, and sends each frame on a connection of its own, until the forwarder is gone.
+async fn send_frames(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Waiting>) {
+    let mut carried: Option<Waiting> = None;
+    loop {
+        let first = match carried.take() {
+            Some(w) => w,
+            None => match queue.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let mut content = first.content();
+        let mut taken = vec![first];
+        // The appenders answered by the last frame are woken together, but each sends its
+        // next append in turn: giving way lets those already woken do so first.
+        let mut more = true;
+        while more && taken.len() < MAX_FRAME_APPENDS && content < MAX_FRAME_CONTENT {
+            tokio::task::yield_now().await;
+            more = false;
+            while taken.len() < MAX_FRAME_APPENDS && content < MAX_FRAME_CONTENT {
+                let Ok(w) = queue.try_recv() else { break };
+                if content + w.content() > MAX_FRAME_CONTENT {
+                    carried = Some(w);
+                    break;
+                }
+                content += w.content();
+                taken.push(w);
+                more = true;
+            }
+            if carried.is_some() {
+                break;
+            }
+        }
+        let mut frames: Vec<(String, Vec<Waiting>)> = Vec::new();
+        for w in taken {
+            match frames.iter_mut().find(|(writer, _)| *writer == w.writer) {
+                Some((_, frame)) => frame.push(w),
+                None => frames.push((w.writer.clone(), vec![w])),
+            }
+        }
+        for (writer, frame) in frames {
+            let link = link.clone();
+            tokio::spawn(async move { link.send(&writer, frame).await });
+        }
+    }
+}
+
+impl Link {
     /// Connects to `writer` and proves the secret both ways.
     async fn connect(&self, writer: &str) -> std::io::Result<Conn> {
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(writer))
@@ -276,56 +423,62 @@ impl Forwarder {
         };
         let handshake = async {
             conn.stream.read_exact(&mut conn.nonce).await?;
-            let mine = proof(&conn.secret, b"client", &conn.nonce).finalize().into_bytes();
+            let mine = proof(&conn.secret, CLIENT, &conn.nonce).finalize().into_bytes();
             conn.stream.write_all(&mine).await?;
             let mut answer = [0; 32];
-            conn.stream.read_exact(&mut answer).await?;
-            proof(&conn.secret, b"server", &conn.nonce)
-                .verify_slice(&answer)
-                .map_err(|_| bad("the writer does not hold the forwarding secret".into()))
+            // A writer closes the connection on a proof it cannot check.
+            conn.stream.read_exact(&mut answer).await.map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    bad("the writer refused this instance's proof: it holds another forwarding secret, or runs \
+                     another version of the replica link"
+                        .into())
+                }
+                _ => e,
+            })?;
+            proof(&conn.secret, SERVER, &conn.nonce).verify_slice(&answer).map_err(|_| {
+                bad("the writer does not hold the forwarding secret, or runs another version of the replica link"
+                    .into())
+            })
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|_| bad("the handshake timed out".into()))??;
+            .map_err(|_| bad("the handshake timed out (a writer of another version closes it)".into()))??;
         Ok(conn)
     }
 
-    /// Whether `writer` answers and holds the secret.
-    pub(crate) async fn reaches(&self, writer: &str) -> bool {
-        match self.connect(writer).await {
-            Ok(conn) => {
-                self.idle.lock().expect("forwarder pool").push((writer.to_string(), conn));
-                true
+    /// Sends one frame of appends to `writer` and hands each its answer. A pooled
+    /// connection that fails is replaced once: the appends carry their event ids, so a
+    /// second delivery of one the writer already recorded returns the first result.
+    async fn send(&self, writer: &str, frame: Vec<Waiting>) {
+        let (appends, replies): (Vec<WireAppend>, Vec<_>) = frame.into_iter().map(|w| (w.append, w.reply)).unzip();
+        match self.exchange(writer, &appends).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer.map_err(|e| e.into_store_error(self.backend, writer)));
+                }
             }
-            Err(_) => false,
+            // What fails a frame (the link, or the writer closing) fails each of its appends.
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(match &e {
+                        StoreError::Fenced { message, .. } => {
+                            StoreError::Fenced { backend: self.backend, message: message.clone() }
+                        }
+                        StoreError::Unavailable { message, .. } => StoreError::unavailable(self.backend, message),
+                        other => StoreError::unavailable(self.backend, other),
+                    }));
+                }
+            }
         }
     }
 
-    /// Sends one append to `writer` and returns its answer. A pooled connection that
-    /// fails is replaced once: the append carries its event ids, so a second delivery
-    /// of one the writer already recorded returns the first result.
-    pub(crate) async fn append(
+    async fn exchange(
         &self,
         writer: &str,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[EventData],
-    ) -> Result<AppendResult, StoreError> {
-        let request = WireAppend {
-            stream: stream.as_str().to_string(),
-            expected,
-            events: events
-                .iter()
-                .map(|e| WireEvent {
-                    event_id: e.event_id,
-                    event_type: e.event_type.clone(),
-                    schema_version: e.schema_version,
-                    metadata: e.metadata.encode(),
-                    payload: e.payload.clone(),
-                })
-                .collect(),
-        };
-        let body = postcard::to_stdvec(&request).map_err(|e| StoreError::unavailable(self.backend, e))?;
+        appends: &[WireAppend],
+    ) -> Result<Vec<Result<AppendResult, WireError>>, StoreError> {
+        let body = postcard::to_stdvec(appends).map_err(|e| StoreError::unavailable(self.backend, e))?;
+        self.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let unreachable = |e: std::io::Error| StoreError::Unavailable {
             backend: self.backend,
             message: format!(
@@ -346,9 +499,13 @@ impl Forwarder {
             None => self.call(self.connect(writer).await.map_err(unreachable)?, &body).await.map_err(unreachable)?,
         };
         self.idle.lock().expect("forwarder pool").push((writer.to_string(), conn));
-        let reply: Result<AppendResult, WireError> = postcard::from_bytes(&reply)
+        let reply: Result<Vec<Result<AppendResult, WireError>>, WireError> = postcard::from_bytes(&reply)
             .map_err(|e| unreachable(bad(format!("an answer that does not decode: {e}"))))?;
-        reply.map_err(|e| e.into_store_error(self.backend, writer))
+        let answers = reply.map_err(|e| e.into_store_error(self.backend, writer))?;
+        if answers.len() != appends.len() {
+            return Err(unreachable(bad(format!("{} answers to {} appends", answers.len(), appends.len()))));
+        }
+        Ok(answers)
     }
 
     async fn call(&self, mut conn: Conn, body: &[u8]) -> std::io::Result<(Vec<u8>, Conn)> {
@@ -359,5 +516,99 @@ impl Forwarder {
         let reply =
             tokio::time::timeout(CALL_TIMEOUT, exchange).await.map_err(|_| bad("no answer in time".into()))??;
         Ok((reply, conn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Event, UserEmailVerified};
+
+    /// A writer that answers each append from its stream's name: `refused-…` streams
+    /// are not at the version expected, the others are recorded at the next position.
+    async fn writer() -> (String, Arc<Vec<u8>>, mpsc::Sender<AppendRequest>) {
+        let secret = Arc::new(vec![7u8; 32]);
+        let (queue, mut requests) = mpsc::channel::<AppendRequest>(1024);
+        tokio::spawn(async move {
+            let mut head = 0;
+            while let Some(r) = requests.recv().await {
+                let answer = if r.stream.as_str().starts_with("refused-") {
+                    Err(StoreError::WrongExpectedVersion {
+                        stream: r.stream.to_string(),
+                        expected: r.expected,
+                        actual: Some(41),
+                    })
+                } else {
+                    head += r.events.len() as u64;
+                    Ok(AppendResult {
+                        first_position: head + 1 - r.events.len() as u64,
+                        position: head,
+                        stream_version: r.events.len() as u64 - 1,
+                    })
+                };
+                let _ = r.reply.send(answer);
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve("test", listener, secret.clone(), queue.downgrade()));
+        (address, secret, queue)
+    }
+
+    fn events(n: usize) -> Vec<EventData> {
+        (0..n)
+            .map(|_| {
+                let e = Event::UserEmailVerified(UserEmailVerified { user_id: Uuid::now_v7() });
+                EventData::new(&e, Metadata::default()).unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_waiting_together_share_a_frame_and_each_gets_its_own_answer() {
+        let (address, secret, _queue) = writer().await;
+        let forwarder = Arc::new(Forwarder::new("test", secret.to_vec()));
+        let appends: Vec<_> = (0..64)
+            .map(|i| {
+                let (forwarder, address) = (forwarder.clone(), address.clone());
+                tokio::spawn(async move {
+                    let name = if i % 8 == 0 { format!("refused-{i}") } else { format!("user-{i}") };
+                    let stream = StreamId::new(&name).unwrap();
+                    (i, forwarder.append(&address, &stream, ExpectedVersion::Exact(3), &events(i % 3 + 1)).await)
+                })
+            })
+            .collect();
+        let mut positions = Vec::new();
+        for append in appends {
+            let (i, answer) = append.await.unwrap();
+            match answer {
+                Err(StoreError::WrongExpectedVersion { stream, actual: Some(41), .. }) if i % 8 == 0 => {
+                    assert_eq!(stream, format!("refused-{i}"));
+                }
+                Ok(result) if i % 8 != 0 => {
+                    assert_eq!(result.position - result.first_position, (i % 3) as u64, "append {i}");
+                    assert_eq!(result.stream_version, (i % 3) as u64, "append {i}");
+                    positions.extend(result.first_position..=result.position);
+                }
+                other => panic!("append {i}: {other:?}"),
+            }
+        }
+        // Every event recorded once, and the answers put together cover the log.
+        positions.sort_unstable();
+        assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
+        assert!(forwarder.frames() < 64, "64 appends made {} frames", forwarder.frames());
+    }
+
+    #[tokio::test]
+    async fn a_writer_with_another_secret_is_unavailable_and_named() {
+        let (address, _, _queue) = writer().await;
+        let forwarder = Forwarder::new("test", vec![8u8; 32]);
+        let stream = StreamId::new("user-1").unwrap();
+        match forwarder.append(&address, &stream, ExpectedVersion::Any, &events(1)).await {
+            Err(StoreError::Unavailable { message, .. }) => {
+                assert!(message.contains(&address) && message.contains("another version"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
