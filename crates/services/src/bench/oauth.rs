@@ -67,9 +67,8 @@ pub(super) async fn serve(scratch: &Scratch, name: &str, cost: PasswordCost) -> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     app.issuer = Arc::from(format!("http://{addr}"));
-    let service =
-        router(RestState { app: app.clone(), hub, relay: None, chain: None, openapi: Default::default() }, None)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service = router(RestState::new(app.clone(), hub, None, None), None)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
