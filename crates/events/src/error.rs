@@ -76,6 +76,16 @@ impl StoreError {
     pub(crate) fn unavailable(backend: &'static str, err: impl std::fmt::Display) -> Self {
         StoreError::Unavailable { backend, message: err.to_string() }
     }
+
+    /// The same failure for another of the appends it failed (errors are not `Clone`):
+    /// a fencing stays a fencing, anything else reads as the backend being unavailable.
+    pub(crate) fn copied(&self, backend: &'static str) -> Self {
+        match self {
+            StoreError::Fenced { message, .. } => StoreError::Fenced { backend, message: message.clone() },
+            StoreError::Unavailable { message, .. } => StoreError::unavailable(backend, message),
+            other => StoreError::unavailable(backend, other),
+        }
+    }
 }
 
 /// Errors of encoding and decoding event payloads.

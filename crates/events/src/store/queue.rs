@@ -51,40 +51,23 @@ pub(crate) fn serve_groups(
 
 /// [`serve_groups`] for a writer whose every commit costs much more than an append
 /// (a Kafka transaction): when fewer appends wait than the last group held, it waits up
-/// to `linger` for as many. Appenders that wait on their answers come back together
-/// once a group is committed, but not at once; without the wait, the first few back
-/// would make a small group of their own and the rest another.
+/// to `linger` for as many (see [`Groups`]).
 pub(crate) fn serve_groups_lingering(
-    mut requests: mpsc::Receiver<AppendRequest>,
+    requests: mpsc::Receiver<AppendRequest>,
     group: bool,
     linger: Duration,
     mut commit: impl FnMut(Vec<AppendRequest>),
 ) {
-    let mut carried = None;
-    let mut last = 0;
-    loop {
-        let first = match carried.take() {
-            Some(request) => request,
-            None => match requests.blocking_recv() {
-                Some(request) => request,
-                None => return,
-            },
-        };
-        let (mut batch, mut rest) = gather(first, group, || requests.try_recv().ok());
-        if group && rest.is_none() && batch.len() < last && !linger.is_zero() {
-            let deadline = Instant::now() + linger;
-            while batch.len() < last && rest.is_none() && Instant::now() < deadline {
-                std::thread::sleep(LINGER_STEP);
-                rest = gather_more(&mut batch, || requests.try_recv().ok());
-            }
-        }
-        last = batch.len();
-        carried = rest;
+    let mut groups = Groups::new(requests, group, linger);
+    while let Some(batch) = groups.next_blocking() {
         commit(batch);
     }
 }
 
-/// [`serve_groups_lingering`] for a writer that is a task: its groups, one at a time.
+/// A writer's groups of appends, one at a time. With a linger, when fewer appends wait
+/// than the last group held, it waits up to the linger for as many: appenders that wait
+/// on their answers come back together once a group is committed, but not at once, and
+/// without the wait the first few back would make a small group of their own.
 pub(crate) struct Groups {
     requests: mpsc::Receiver<AppendRequest>,
     group: bool,
@@ -98,26 +81,49 @@ impl Groups {
         Groups { requests, group, linger, carried: None, last: 0 }
     }
 
-    /// The next group; `None` once every sender is gone. When fewer appends wait than
-    /// the last group held, it waits up to the linger for as many, taking each as it
-    /// comes.
+    /// The next group, for a writer that is a task; `None` once every sender is gone.
+    /// While it lingers it takes each append as it comes.
     pub(crate) async fn next(&mut self) -> Option<Vec<AppendRequest>> {
         let first = match self.carried.take() {
             Some(request) => request,
             None => self.requests.recv().await?,
         };
         let (mut batch, mut rest) = gather(first, self.group, || self.requests.try_recv().ok());
-        if self.group && !self.linger.is_zero() {
-            let deadline = tokio::time::Instant::now() + self.linger;
-            while batch.len() < self.last && rest.is_none() {
-                let Ok(Some(next)) = tokio::time::timeout_at(deadline, self.requests.recv()).await else { break };
-                let mut next = Some(next);
-                rest = gather_more(&mut batch, || next.take().or_else(|| self.requests.try_recv().ok()));
-            }
+        let deadline = tokio::time::Instant::now() + self.linger;
+        while self.lingers(&batch, &rest) {
+            let Ok(Some(next)) = tokio::time::timeout_at(deadline, self.requests.recv()).await else { break };
+            let mut next = Some(next);
+            rest = gather_more(&mut batch, || next.take().or_else(|| self.requests.try_recv().ok()));
         }
+        Some(self.taken(batch, rest))
+    }
+
+    /// [`Groups::next`] for a writer that is a thread: while it lingers it looks for more
+    /// appends every [`LINGER_STEP`].
+    pub(crate) fn next_blocking(&mut self) -> Option<Vec<AppendRequest>> {
+        let first = match self.carried.take() {
+            Some(request) => request,
+            None => self.requests.blocking_recv()?,
+        };
+        let (mut batch, mut rest) = gather(first, self.group, || self.requests.try_recv().ok());
+        let deadline = Instant::now() + self.linger;
+        while self.lingers(&batch, &rest) && Instant::now() < deadline {
+            std::thread::sleep(LINGER_STEP);
+            rest = gather_more(&mut batch, || self.requests.try_recv().ok());
+        }
+        Some(self.taken(batch, rest))
+    }
+
+    /// Whether to wait for more appends: fewer came than the last group held, and the
+    /// group has room.
+    fn lingers(&self, batch: &[AppendRequest], rest: &Option<AppendRequest>) -> bool {
+        self.group && !self.linger.is_zero() && rest.is_none() && batch.len() < self.last
+    }
+
+    fn taken(&mut self, batch: Vec<AppendRequest>, rest: Option<AppendRequest>) -> Vec<AppendRequest> {
         self.last = batch.len();
         self.carried = rest;
-        Some(batch)
+        batch
     }
 }
 

@@ -124,9 +124,8 @@ const ROUNDS: usize = 4;
 
 #[cfg(feature = "kafka")]
 pub async fn append(brokers: &str, duration: Duration) -> anyhow::Result<Vec<Measurement>> {
-    use super::append::{drive, sample_event};
+    use super::append::{drive, sample_event, APPENDERS, BATCH};
     use perfect21_events::store::{KafkaConfig, KafkaRole, KafkaStore};
-    use perfect21_events::EventStore;
     use std::sync::Arc;
     const S: &str = "append-kafka";
     let topic = |side: &str| format!("p21bench-{side}-{}", uuid::Uuid::now_v7().simple());
@@ -135,8 +134,6 @@ pub async fn append(brokers: &str, duration: Duration) -> anyhow::Result<Vec<Mea
         config.role = KafkaRole::Writer;
         KafkaStore::open(config)
     };
-    let batched: Arc<dyn EventStore> = Arc::new(open("batch").await?);
-    let concurrent: Arc<dyn EventStore> = Arc::new(open("concurrent").await?);
     // Our record for the sample event: its payload and metadata, the envelope (ids, stream,
     // type, version, time) and the link, about 110 bytes more.
     let sample = sample_event();
@@ -145,35 +142,29 @@ pub async fn append(brokers: &str, duration: Duration) -> anyhow::Result<Vec<Mea
         let (brokers, topic) = (brokers.to_string(), topic("raw"));
         tokio::task::spawn_blocking(move || RawTransactions::new(&brokers, &topic, record_bytes, per_transaction))
     };
-    let mut raw_100 = Some(raw(100).await??);
-    // The most 64 appenders waiting on their answers can put in one transaction.
-    let mut raw_64 = Some(raw(super::append::APPENDERS).await??);
+    // 100-event appends against 100 per transaction; 64 appenders against 64 per
+    // transaction, the most 64 appenders waiting on their answers can share.
+    let mut sides = [
+        Side::new(Arc::new(open("batch").await?), 1, BATCH, raw(100).await??),
+        Side::new(Arc::new(open("concurrent").await?), APPENDERS, 1, raw(APPENDERS).await??),
+    ];
     let round = duration / 2;
-    let mut rates = [(); 4].map(|_| Vec::with_capacity(ROUNDS));
-    let [ours_batch, ours_concurrent, raw_batch, raw_concurrent] = &mut rates;
     for i in 0..ROUNDS {
         eprintln!("append-kafka: round {} of {ROUNDS}", i + 1);
-        for raw_first in [i % 2 == 1, i % 2 == 0] {
-            if raw_first {
-                let (back, rate) = run_raw(raw_100.take().expect("back after each round"), round).await?;
-                raw_100 = Some(back);
-                raw_batch.push(rate);
-            } else {
-                ours_batch.push(drive(batched.clone(), 1, super::append::BATCH, round).await?.events_per_sec);
-            }
-        }
-        for raw_first in [i % 2 == 1, i % 2 == 0] {
-            if raw_first {
-                let (back, rate) = run_raw(raw_64.take().expect("back after each round"), round).await?;
-                raw_64 = Some(back);
-                raw_concurrent.push(rate);
-            } else {
-                let appenders = super::append::APPENDERS;
-                ours_concurrent.push(drive(concurrent.clone(), appenders, 1, round).await?.events_per_sec);
+        for side in &mut sides {
+            for raw_first in [i % 2 == 1, i % 2 == 0] {
+                if raw_first {
+                    let rate = side.run_raw(round).await?;
+                    side.raw_rates.push(rate);
+                } else {
+                    let run = drive(side.store.clone(), side.appenders, side.per_append, round).await?;
+                    side.rates.push(run.events_per_sec);
+                }
             }
         }
     }
-    let [ours_batch, ours_concurrent, raw_batch, raw_concurrent] = rates.map(|mut r| super::median(&mut r));
+    let [(ours_batch, raw_batch), (ours_concurrent, raw_concurrent)] =
+        sides.map(|mut s| (super::median(&mut s.rates), super::median(&mut s.raw_rates)));
     Ok(vec![
         Measurement::rate(S, "batch_100", ours_batch, raw_batch, "events/s"),
         Measurement::rate(S, "concurrent_64", ours_concurrent, raw_batch, "events/s"),
@@ -181,14 +172,41 @@ pub async fn append(brokers: &str, duration: Duration) -> anyhow::Result<Vec<Mea
     ])
 }
 
+/// One workload of `append-kafka`: our store driven by `appenders` appending
+/// `per_append` events at a time, and the raw producer it is measured against.
 #[cfg(feature = "kafka")]
-async fn run_raw(mut raw: RawTransactions, duration: Duration) -> anyhow::Result<(RawTransactions, f64)> {
-    let (raw, rate) = tokio::task::spawn_blocking(move || {
-        let rate = raw.run(duration);
-        (raw, rate)
-    })
-    .await?;
-    Ok((raw, rate?))
+struct Side {
+    store: std::sync::Arc<dyn perfect21_events::EventStore>,
+    appenders: usize,
+    per_append: usize,
+    /// Between rounds; taken while a round of it runs on the blocking pool.
+    raw: Option<RawTransactions>,
+    rates: Vec<f64>,
+    raw_rates: Vec<f64>,
+}
+
+#[cfg(feature = "kafka")]
+impl Side {
+    fn new(
+        store: std::sync::Arc<dyn perfect21_events::EventStore>,
+        appenders: usize,
+        per_append: usize,
+        raw: RawTransactions,
+    ) -> Self {
+        Side { store, appenders, per_append, raw: Some(raw), rates: Vec::new(), raw_rates: Vec::new() }
+    }
+
+    /// A round of the raw producer: events per second.
+    async fn run_raw(&mut self, duration: Duration) -> anyhow::Result<f64> {
+        let mut raw = self.raw.take().expect("the raw producer is back after each round");
+        let (raw, rate) = tokio::task::spawn_blocking(move || {
+            let rate = raw.run(duration);
+            (raw, rate)
+        })
+        .await?;
+        self.raw = Some(raw);
+        rate
+    }
 }
 
 /// A raw transactional producer of records of our size with our two headers, a given

@@ -12,7 +12,7 @@
 use super::{Measurement, Run, Scratch};
 use crate::server::app::App;
 use crate::server::hub::Hub;
-use crate::server::rest::{router, RestState};
+use crate::server::rest::{router, RestShared};
 use crate::server::tokens::KeySet;
 use perfect21_domain::password::PasswordCost;
 use perfect21_domain::secrets::SecretBox;
@@ -67,8 +67,9 @@ pub(super) async fn serve(scratch: &Scratch, name: &str, cost: PasswordCost) -> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     app.issuer = Arc::from(format!("http://{addr}"));
-    let service = router(RestState::new(app.clone(), hub, None, None), None)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service =
+        router(RestShared { app: app.clone(), hub, relay: None, chain: None, openapi: Default::default() }, None)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });

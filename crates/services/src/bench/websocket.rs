@@ -8,7 +8,7 @@
 use super::{percentile, Measurement, Scratch};
 use crate::server::app::App;
 use crate::server::hub::Hub;
-use crate::server::rest::{router, RestState};
+use crate::server::rest::{router, RestShared};
 use crate::server::tokens::KeySet;
 use futures::{SinkExt, StreamExt};
 use perfect21_domain::password::PasswordCost;
@@ -69,7 +69,7 @@ pub async fn websocket_with(
     let hub = Hub::start(store.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let service = router(RestState::new(app, hub, None, None), None)
+    let service = router(RestShared { app, hub, relay: None, chain: None, openapi: Default::default() }, None)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, service).await });
 

@@ -254,7 +254,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let grpc_tls = tls.as_ref().map(|t| t.grpc_config());
     let grpc = tokio::spawn(serve_grpc_with(app.clone(), grpc_listener, stop_rx.clone(), args.only, grpc_tls));
-    let router = rest::router(rest::RestState::new(app.clone(), hub, relay_status, Some(chain)), args.only);
+    let router = rest::router(
+        rest::RestShared {
+            app: app.clone(),
+            hub,
+            relay: relay_status,
+            chain: Some(chain),
+            openapi: Default::default(),
+        },
+        args.only,
+    );
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let mut http_stop = stop_rx.clone();
     let http = match tls {

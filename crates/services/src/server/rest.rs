@@ -43,17 +43,6 @@ pub struct RestShared {
     pub openapi: axum::body::Bytes,
 }
 
-impl RestState {
-    pub fn new(
-        app: App,
-        hub: Arc<Hub>,
-        relay: Option<Arc<crate::relay::RelayStatus>>,
-        chain: Option<Arc<super::chain::ChainWatch>>,
-    ) -> Self {
-        RestState(Arc::new(RestShared { app, hub, relay, chain, openapi: Default::default() }))
-    }
-}
-
 impl std::ops::Deref for RestState {
     type Target = RestShared;
 
@@ -350,16 +339,10 @@ pub fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
 /// The REST routes; with `only`, just that service's. Each handler's `#[utoipa::path]`
 /// states its path, parameters, body and answers: the router and the OpenAPI document
 /// are built from the same list, so neither can name a route the other lacks.
-pub fn router(state: RestState, only: Option<Service>) -> Router<()> {
+pub fn router(mut shared: RestShared, only: Option<Service>) -> Router<()> {
     let (routes, document) = routes(only).split_for_parts();
-    let shared = &state.0;
-    let state = RestState(Arc::new(RestShared {
-        app: shared.app.clone(),
-        hub: shared.hub.clone(),
-        relay: shared.relay.clone(),
-        chain: shared.chain.clone(),
-        openapi: super::openapi::finish(document).to_string().into(),
-    }));
+    shared.openapi = super::openapi::finish(document).to_string().into();
+    let state = RestState(Arc::new(shared));
     routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not found", "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))

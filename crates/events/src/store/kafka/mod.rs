@@ -290,17 +290,13 @@ struct Readers;
 
 impl ClientContext for Readers {
     fn error(&self, error: KafkaError, reason: &str) {
-        if worth_logging(&error) {
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             tracing::error!(error = %error, reason, "librdkafka");
         }
     }
 }
 
 impl ConsumerContext for Readers {}
-
-fn worth_logging(error: &KafkaError) -> bool {
-    !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_))
-}
 
 fn consumer(config: &KafkaConfig) -> Result<BaseConsumer, StoreError> {
     ClientConfig::new()
@@ -750,14 +746,6 @@ enum Planned {
     Written(AppendResult),
 }
 
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Fenced { message, .. } => StoreError::Fenced { backend: BACKEND, message: message.clone() },
-        StoreError::Unavailable { message, .. } => err(message),
-        other => err(other),
-    }
-}
-
 /// How long the writer waits for as many appends as its last transaction held: a
 /// transaction costs milliseconds whatever it holds, an append a few microseconds.
 const LINGER: Duration = Duration::from_millis(1);
@@ -869,7 +857,7 @@ impl Writer {
     fn commit(&mut self, batch: Vec<AppendRequest>) {
         if let Some(failed) = &self.failed {
             for request in batch {
-                let _ = request.reply.send(Err(copy_error(failed)));
+                let _ = request.reply.send(Err(failed.copied(BACKEND)));
             }
             return;
         }
@@ -906,7 +894,7 @@ impl Writer {
                 for (request, plan) in batch.into_iter().zip(plans) {
                     let _ = request.reply.send(match plan {
                         Planned::Done(Err(refused)) => Err(refused),
-                        _ => Err(copy_error(&e)),
+                        _ => Err(e.copied(BACKEND)),
                     });
                 }
             }
@@ -1020,7 +1008,7 @@ impl Writer {
 
     fn fail_with(&mut self, e: StoreError) -> StoreError {
         tracing::error!(topic = %self.shared.config.topic, error = %e, "the Kafka writer stops writing");
-        let out = copy_error(&e);
+        let out = e.copied(BACKEND);
         self.failed = Some(e);
         out
     }
