@@ -134,9 +134,10 @@ pub struct AuditQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     event_type: Option<String>,
-    /// At most this many events, the newest (0: all).
-    #[param(minimum = 0)]
-    limit: Option<usize>,
+    /// At most this many events, the newest (0: all). The document states the bound the
+    /// server reads, so that no number it allows is refused.
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    limit: Option<u32>,
 }
 
 #[utoipa::path(get, path = "/audit/users/{id}", tag = "admin",
@@ -144,7 +145,11 @@ pub struct AuditQuery {
     params(("id" = String, Path, description = "The user's id, email address or username", min_length = 1), AuditQuery),
     responses((status = 200, description = "The user's events, oldest first", content_type = "application/json", body = Object)))]
 pub async fn audit(State(s): State<RestState>, Path(id): Path<String>, Query(q): Query<AuditQuery>) -> ApiResult {
-    let filter = AuditFilter { since: q.since, types: q.event_type.into_iter().collect(), limit: q.limit.unwrap_or(0) };
+    let filter = AuditFilter {
+        since: q.since,
+        types: q.event_type.into_iter().collect(),
+        limit: q.limit.map_or(0, |l| l as usize),
+    };
     let trail = s.app.identity.audit(&id, &filter).await?;
     let entries: Vec<Value> = trail.iter().map(views::audit_entry).collect();
     Ok(Json(json!({ "events": entries })))
