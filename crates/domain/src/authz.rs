@@ -217,9 +217,27 @@ impl Identity {
                 m.authz.check(user_id, status, resource, action, scope, self.now())
             })
             .await?;
-        let result = if decision.allowed { "allowed" } else { "denied" };
-        metrics::counter!("perfect21_permission_checks_total", "result" => result).increment(1);
+        self.counters.permission_check(decision.allowed);
         Ok(decision)
+    }
+
+    /// [`Identity::check_permission`]'s verdict alone, for authorising callers: counted
+    /// the same, nothing formatted.
+    pub async fn has_permission(
+        &self,
+        user_id: Uuid,
+        resource: &str,
+        action: &str,
+        scope: &str,
+        min_position: Option<u64>,
+    ) -> Result<bool> {
+        let allowed = self
+            .read(min_position, |m| {
+                m.authz.holds(user_id, m.principal_status(user_id), resource, action, scope, self.now())
+            })
+            .await?;
+        self.counters.permission_check(allowed);
+        Ok(allowed)
     }
 }
 

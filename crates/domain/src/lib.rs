@@ -16,6 +16,7 @@ mod auth;
 mod authz;
 pub mod clients;
 pub mod context;
+pub mod counters;
 pub mod erase;
 pub mod error;
 pub mod live;
@@ -147,6 +148,7 @@ pub struct Identity {
     last_revocation: Arc<std::sync::atomic::AtomicU64>,
     /// Sign-ins of one user in this process take turns (see [`auth::UserTurns`]).
     sign_ins: Arc<auth::UserTurns>,
+    counters: Arc<counters::Counters>,
 }
 
 impl Identity {
@@ -167,6 +169,7 @@ impl Identity {
             last_write: Default::default(),
             last_revocation: Default::default(),
             sign_ins: Default::default(),
+            counters: Arc::new(counters::Counters::register()),
         })
     }
 
@@ -180,6 +183,11 @@ impl Identity {
 
     pub fn config(&self) -> &IdentityConfig {
         &self.config
+    }
+
+    /// The counters recorded on every request.
+    pub fn counters(&self) -> &counters::Counters {
+        &self.counters
     }
 
     pub fn passwords(&self) -> &Passwords {

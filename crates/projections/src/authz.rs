@@ -72,6 +72,41 @@ pub fn covers(p: &PermissionSpec, resource: &str, action: &str, scope: &str) -> 
     field_matches(&p.resource, resource) && field_matches(&p.action, action) && field_matches(&p.scope, scope)
 }
 
+/// Where a permission a user holds comes from; displayed as `role:<role>:<permission>`
+/// or `direct:<permission>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source<'a> {
+    Role { role: &'a str, permission: &'a str },
+    Direct { permission: &'a str },
+}
+
+impl std::fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Role { role, permission } => write!(f, "role:{role}:{permission}"),
+            Source::Direct { permission } => write!(f, "direct:{permission}"),
+        }
+    }
+}
+
+impl serde::Serialize for Source<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Why a user of this status holds no permission (`None`: an unknown user), or `None`
+/// when the status grants what the user's roles and grants give.
+fn refusal(status: Option<UserStatus>) -> Option<&'static str> {
+    match status {
+        None => Some("unknown user"),
+        Some(UserStatus::Locked) => Some("user is locked"),
+        Some(UserStatus::Suspended) => Some("user is suspended"),
+        Some(UserStatus::Deleted) => Some("user is deleted"),
+        Some(UserStatus::PendingVerification | UserStatus::Active) => None,
+    }
+}
+
 impl Authz {
     pub fn role(&self, id: &str) -> Option<&RoleView> {
         self.roles.get(id)
@@ -99,17 +134,27 @@ impl Authz {
 
     /// Every permission the user holds at `now`, with where it comes from, highest
     /// role priority first, direct grants last.
-    pub fn effective_permissions(&self, user: Uuid, now: i64) -> Vec<(String, &PermissionSpec)> {
+    pub fn effective_permissions(&self, user: Uuid, now: i64) -> Vec<(Source<'_>, &PermissionSpec)> {
         let mut out = Vec::new();
         for role in self.user_roles(user, now) {
-            for p in role.permissions.values() {
-                out.push((format!("role:{}:{}", role.id, p.id), p));
-            }
+            out.extend(role.permissions.values().map(|p| (Source::Role { role: &role.id, permission: &p.id }, p)));
         }
-        for p in self.direct.get(&user).into_iter().flatten() {
-            out.push((format!("direct:{}", p.id), p));
-        }
+        out.extend(self.direct.get(&user).into_iter().flatten().map(|p| (Source::Direct { permission: &p.id }, p)));
         out
+    }
+
+    /// [`Authz::check`]'s verdict without its reasons (nothing formatted, nothing kept).
+    pub fn holds(
+        &self,
+        user: Uuid,
+        status: Option<UserStatus>,
+        resource: &str,
+        action: &str,
+        scope: &str,
+        now: i64,
+    ) -> bool {
+        refusal(status).is_none()
+            && self.effective_permissions(user, now).iter().any(|(_, p)| covers(p, resource, action, scope))
     }
 
     /// Checks one permission at `now` (Unix seconds). `status` is the user's status,
@@ -124,18 +169,14 @@ impl Authz {
         now: i64,
     ) -> Decision {
         let deny = |reason: String| Decision { allowed: false, reason, applied_policies: vec![] };
-        match status {
-            None => return deny("unknown user".into()),
-            Some(UserStatus::Locked) => return deny("user is locked".into()),
-            Some(UserStatus::Suspended) => return deny("user is suspended".into()),
-            Some(UserStatus::Deleted) => return deny("user is deleted".into()),
-            Some(UserStatus::PendingVerification | UserStatus::Active) => {}
+        if let Some(reason) = refusal(status) {
+            return deny(reason.into());
         }
         let applied: Vec<String> = self
             .effective_permissions(user, now)
             .into_iter()
             .filter(|(_, p)| covers(p, resource, action, scope))
-            .map(|(source, _)| source)
+            .map(|(source, _)| source.to_string())
             .collect();
         if applied.is_empty() {
             deny(format!("no role or grant of the user covers {resource}:{action}:{scope}"))

@@ -2,6 +2,7 @@
 
 use perfect21_events::catalog::*;
 use perfect21_events::{Event, Metadata, RecordedEvent};
+use perfect21_projections::authz::Decision;
 use perfect21_projections::{ProjectionError, ReadModels};
 use uuid::Uuid;
 
@@ -49,6 +50,14 @@ fn registered(user_id: Uuid, email: &str, username: &str) -> Event {
         verification_expires_at: 0,
     }
     .into()
+}
+
+/// `Authz::check`, asserting that `Authz::holds` (the verdict callers are admitted by)
+/// agrees with it.
+fn check(m: &ReadModels, user: Uuid, status: Option<UserStatus>, r: &str, a: &str, s: &str, now: i64) -> Decision {
+    let d = m.authz.check(user, status, r, a, s, now);
+    assert_eq!(m.authz.holds(user, status, r, a, s, now), d.allowed, "holds and check disagree on {r}:{a}:{s}: {d:?}");
+    d
 }
 
 fn perm(id: &str, resource: &str, action: &str, scope: &str) -> PermissionSpec {
@@ -134,15 +143,15 @@ fn permission_checks_follow_roles_grants_wildcards_and_status() {
     ]);
     let m = fold(&events);
     let status = m.users.get(u).map(|u| u.status);
-    let d = m.authz.check(u, status, "docs", "read", "own", NOW);
+    let d = check(&m, u, status, "docs", "read", "own", NOW);
     assert!(d.allowed, "{d:?}");
     assert_eq!(d.applied_policies, vec!["role:viewer:docs.read"]);
-    assert!(!m.authz.check(u, status, "docs", "write", "own", NOW).allowed);
-    assert!(!m.authz.check(u, status, "docs", "read", "all", NOW).allowed);
-    let d = m.authz.check(u, status, "billing.invoices", "read", "team", NOW);
+    assert!(!check(&m, u, status, "docs", "write", "own", NOW).allowed);
+    assert!(!check(&m, u, status, "docs", "read", "all", NOW).allowed);
+    let d = check(&m, u, status, "billing.invoices", "read", "team", NOW);
     assert_eq!(d.applied_policies, vec!["direct:billing.any"]);
-    assert!(!m.authz.check(u, status, "billingx", "read", "team", NOW).allowed);
-    assert!(!m.authz.check(Uuid::from_u128(99), None, "docs", "read", "own", NOW).allowed);
+    assert!(!check(&m, u, status, "billingx", "read", "team", NOW).allowed);
+    assert!(!check(&m, Uuid::from_u128(99), None, "docs", "read", "own", NOW).allowed);
 
     // Admin outranks viewer; revoking and locking take effect.
     let mut more = events.clone();
@@ -160,11 +169,11 @@ fn permission_checks_follow_roles_grants_wildcards_and_status() {
         m.apply(e).unwrap();
     }
     let status = m.users.get(u).map(|u| u.status);
-    let d = m.authz.check(u, status, "docs", "delete", "any", NOW);
+    let d = check(&m, u, status, "docs", "delete", "any", NOW);
     assert_eq!(d.applied_policies, vec!["role:admin:all"]);
     assert_eq!(m.authz.user_roles(u, NOW).iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["admin"]);
     m.apply(more.last().unwrap()).unwrap();
-    let d = m.authz.check(u, m.users.get(u).map(|u| u.status), "docs", "read", "own", NOW);
+    let d = check(&m, u, m.users.get(u).map(|u| u.status), "docs", "read", "own", NOW);
     assert!(!d.allowed);
     assert_eq!(d.reason, "user is locked");
 }
@@ -315,8 +324,8 @@ fn a_role_assignment_stops_granting_at_its_expiry() {
     ]);
     let m = fold(&events);
     let status = m.users.get(u).map(|u| u.status);
-    assert!(m.authz.check(u, status, "pager", "ack", "x", NOW + 59).allowed);
-    let d = m.authz.check(u, status, "pager", "ack", "x", NOW + 60);
+    assert!(check(&m, u, status, "pager", "ack", "x", NOW + 59).allowed);
+    let d = check(&m, u, status, "pager", "ack", "x", NOW + 60);
     assert!(!d.allowed, "an expired assignment still grants: {d:?}");
     assert_eq!(m.authz.user_roles(u, NOW + 59).len(), 1);
     assert!(m.authz.user_roles(u, NOW + 60).is_empty());
@@ -329,6 +338,6 @@ fn a_role_assignment_stops_granting_at_its_expiry() {
     e.event_id = Uuid::from_u128(1000);
     again.push(e);
     let m2 = fold(&again);
-    assert!(m2.authz.check(u, status, "pager", "ack", "x", NOW + 3600).allowed);
+    assert!(check(&m2, u, status, "pager", "ack", "x", NOW + 3600).allowed);
     assert_ne!(m.digest(), m2.digest());
 }

@@ -41,6 +41,16 @@ pub enum Rule {
     ServiceOnly(Perm),
 }
 
+impl Rule {
+    /// The permission the rule asks about, if any.
+    pub fn perm(self) -> Option<Perm> {
+        match self {
+            Rule::Public | Rule::User => None,
+            Rule::SelfOr(p) | Rule::Needs(p) | Rule::ServiceOnly(p) => Some(p),
+        }
+    }
+}
+
 pub const TOKENS_VALIDATE: Perm = perm("perfect21.tokens", "validate");
 pub const TOKENS_REVOKE: Perm = perm("perfect21.tokens", "revoke");
 pub const USERS_READ: Perm = perm("perfect21.users", "read");
@@ -223,10 +233,7 @@ pub async fn admit(app: &App, rule: Rule, bearer: Option<&str>) -> Result<Option
     }
     let token = bearer
         .ok_or_else(|| Refusal::Unauthenticated("this call needs 'authorization: Bearer <access token>'".into()))?;
-    let principal = app.authenticate(token).await.map_err(Refusal::Unauthenticated)?;
-    let id = principal.id();
-    let holds =
-        |p: Perm| async move { app.holds(id, p.resource, p.action).await.map_err(|e| Refusal::Denied(e.to_string())) };
+    let (principal, holds) = app.authenticate(token, rule.perm()).await.map_err(Refusal::Unauthenticated)?;
     let denied = |p: Perm| Refusal::Denied(format!("{p} is required"));
     let (privileged, perm) = match rule {
         Rule::Public => unreachable!("handled above"),
@@ -236,9 +243,9 @@ pub async fn admit(app: &App, rule: Rule, bearer: Option<&str>) -> Result<Option
             }
             (false, None)
         }
-        Rule::SelfOr(p) => (holds(p).await?, Some(p)),
+        Rule::SelfOr(p) => (holds, Some(p)),
         Rule::Needs(p) => {
-            if !holds(p).await? {
+            if !holds {
                 return Err(denied(p));
             }
             (true, Some(p))
@@ -247,7 +254,7 @@ pub async fn admit(app: &App, rule: Rule, bearer: Option<&str>) -> Result<Option
             if !principal.is_service() {
                 return Err(Refusal::Denied(format!("this call is for service accounts holding {p}")));
             }
-            if !holds(p).await? {
+            if !holds {
                 return Err(denied(p));
             }
             (true, Some(p))

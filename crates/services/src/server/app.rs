@@ -1,6 +1,7 @@
 //! What the gRPC and REST front ends share: the identity commands, the keys, and
 //! token validation.
 
+use super::access::Perm;
 use super::tokens::{Claims, KeySet, TokenError, ISSUER};
 use perfect21_domain::{DomainError, Identity, LoginGrant, RequestContext};
 use perfect21_events::catalog::UserStatus;
@@ -34,18 +35,18 @@ pub struct App {
 /// more than the rest of a validation, and services validate the same token often.
 #[derive(Default)]
 pub struct VerifiedTokens {
-    map: std::sync::Mutex<std::collections::HashMap<Arc<str>, Claims>>,
+    map: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Claims>>>,
 }
 
 /// Entries kept at most; the cache starts over when full.
 const VERIFIED_CAPACITY: usize = 100_000;
 
 impl VerifiedTokens {
-    fn get(&self, token: &str) -> Option<Claims> {
+    fn get(&self, token: &str) -> Option<Arc<Claims>> {
         self.map.lock().expect("token cache").get(token).cloned()
     }
 
-    fn put(&self, token: &str, claims: &Claims) {
+    fn put(&self, token: &str, claims: &Arc<Claims>) {
         let mut map = self.map.lock().expect("token cache");
         if map.len() >= VERIFIED_CAPACITY {
             map.clear();
@@ -97,6 +98,9 @@ pub struct TokenCheck {
     pub expires_at: i64,
     pub error: Option<String>,
     pub warnings: Vec<String>,
+    /// Of an admission: whether the principal holds the permission asked (`false` when
+    /// none was asked).
+    pub holds: bool,
 }
 
 impl TokenCheck {
@@ -120,7 +124,9 @@ impl TokenCheck {
 /// or also its permissions and warnings (answering a validation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Detail {
-    Principal,
+    /// Who the token speaks for and whether it holds this permission (if one is asked),
+    /// judged on the same read of the models.
+    Principal(Option<Perm>),
     Full,
 }
 
@@ -224,11 +230,12 @@ impl App {
         Ok((token, SERVICE_TOKEN_TTL_SECS))
     }
 
-    /// Who a bearer token speaks for, or why it speaks for no one.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, String> {
-        let check = self.check_token(token, None, Detail::Principal).await;
+    /// Who a bearer token speaks for and, when `perm` is given, whether it holds that
+    /// permission (counted as a permission check); or why it speaks for no one.
+    pub async fn authenticate(&self, token: &str, perm: Option<Perm>) -> Result<(Principal, bool), String> {
+        let check = self.check_token(token, None, Detail::Principal(perm)).await;
         match check.principal {
-            Some(p) if check.valid => Ok(p),
+            Some(p) if check.valid => Ok((p, check.holds)),
             _ => Err(check.error.unwrap_or_else(|| "invalid token".into())),
         }
     }
@@ -237,19 +244,17 @@ impl App {
     /// and the user's status; with warnings a caller may act on.
     pub async fn validate(&self, token: &str, client_ip: Option<&str>) -> TokenCheck {
         let check = self.check_token(token, client_ip, Detail::Full).await;
-        let outcome = if check.valid { "valid" } else { "invalid" };
-        metrics::counter!("perfect21_token_operations_total", "operation" => "validate", "outcome" => outcome)
-            .increment(1);
+        self.identity.counters().token_validation(check.valid);
         check
     }
 
     /// The claims of an access token whose signature checks (through the cache of
     /// verified tokens); expiry is the caller's to check.
-    pub fn verified_claims(&self, token: &str) -> Result<Claims, TokenError> {
+    pub fn verified_claims(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         if let Some(c) = self.verified.get(token) {
             return Ok(c);
         }
-        let c = self.keys.verify(token, false)?;
+        let c = Arc::new(self.keys.verify(token, false)?);
         self.verified.put(token, &c);
         Ok(c)
     }
@@ -294,10 +299,11 @@ impl App {
                 }
                 _ => {}
             }
-            if detail == Detail::Principal {
+            if let Detail::Principal(perm) = detail {
                 let principal =
                     Principal::User { id: user_id, session: session_id, jti: claims.jti.clone(), exp: claims.exp };
-                return TokenCheck::admitted(principal, claims.exp);
+                let holds = self.holds_in(m, user_id, perm);
+                return TokenCheck { holds, ..TokenCheck::admitted(principal, claims.exp) };
             }
             let permissions = permission_names(m, user_id, now);
             let mut warnings = Vec::new();
@@ -305,8 +311,9 @@ impl App {
                 warnings.push(format!("token expires in {} s", claims.exp - now));
             }
             if let Some(ip) = client_ip.filter(|ip| !ip.is_empty()) {
+                let address = ip.parse::<std::net::IpAddr>().ok();
                 let seen =
-                    m.audit.logins(user_id).any(|l| l.success && l.client_ip.is_some_and(|a| a.to_string() == ip));
+                    m.audit.logins(user_id).any(|l| l.success && l.client_ip.is_some() && l.client_ip == address);
                 if !seen {
                     warnings.push(format!("new device: no successful login of this user from {ip}"));
                 }
@@ -324,6 +331,7 @@ impl App {
                 permissions,
                 warnings,
                 error: None,
+                holds: false,
             }
         })
     }
@@ -353,6 +361,10 @@ impl App {
                 expires_at: claims.exp,
                 user_id: Some(id),
                 permissions: if detail == Detail::Full { permission_names(m, id, now) } else { Vec::new() },
+                holds: match detail {
+                    Detail::Principal(perm) => self.holds_in(m, id, perm),
+                    Detail::Full => false,
+                },
                 warnings: Vec::new(),
                 error: None,
             },
@@ -380,10 +392,20 @@ impl App {
     }
 
     /// Whether `principal` holds `resource:action:*`.
+    /// Whether `id` holds `perm` in `m` at the identity's clock, counted as a permission
+    /// check (`false`, and not counted, when none is asked).
+    fn holds_in(&self, m: &perfect21_projections::ReadModels, id: Uuid, perm: Option<Perm>) -> bool {
+        let Some(p) = perm else { return false };
+        let now = self.identity.config().clock.now();
+        let allowed = m.authz.holds(id, m.principal_status(id), p.resource, p.action, "*", now);
+        self.identity.counters().permission_check(allowed);
+        allowed
+    }
+
     pub async fn holds(&self, principal: Uuid, resource: &str, action: &str) -> Result<bool, DomainError> {
         // Wait for this process's own revocations, so a revoked role stops granting at once.
         let min = Some(self.identity.last_revocation());
-        Ok(self.identity.check_permission(principal, resource, action, "*", min).await?.allowed)
+        self.identity.has_permission(principal, resource, action, "*", min).await
     }
 }
 

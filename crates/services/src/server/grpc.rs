@@ -508,7 +508,7 @@ impl permission::permission_service_server::PermissionService for PermissionServ
                 m.authz
                     .effective_permissions(user, now)
                     .into_iter()
-                    .map(|(source, p)| (permission_message(p), source))
+                    .map(|(source, p)| (permission_message(p), source.to_string()))
                     .unzip()
             })
             .await

@@ -142,7 +142,7 @@ pub struct UpgradeHeaders {
 
 /// `GET /api/v1/ws`: a signed-in user (`Authorization: Bearer` or `?access_token=`,
 /// checked by the access middleware) receives their own events.
-#[utoipa::path(get, path = "/ws", tag = "sessions",
+#[utoipa::path(get, path = "/api/v1/ws", tag = "sessions",
     summary = "WebSocket: the caller's own events, pushed (Bearer header or access_token query)",
     description = "A WebSocket upgrade (RFC 6455). After `101` the server sends text frames: first         `{\"type\":\"hello\",\"user_id\",\"session_id\"}`, then each of the caller's events as the seed         envelope, with pings every 30 s; it closes with 4001 when the session or token is revoked and 4002 when         the token expires. A request that is not an upgrade gets 400.",
     params(WsParams, UpgradeHeaders),

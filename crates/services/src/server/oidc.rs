@@ -852,7 +852,7 @@ pub async fn introspect(State(s): State<RestState>, headers: HeaderMap, body: By
     };
     metrics::counter!("perfect21_token_operations_total", "operation" => "introspect", "outcome" => "answered")
         .increment(1);
-    if app.authenticate(token).await.is_ok() {
+    if app.authenticate(token, None).await.is_ok() {
         let Ok(claims) = app.verified_claims(token) else {
             return inactive();
         };

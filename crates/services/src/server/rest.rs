@@ -8,7 +8,7 @@ use super::views;
 use super::{runs, Service};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use perfect21_domain::{DomainError, LoginRequest, Registration, RequestContext};
@@ -134,9 +134,24 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
     type Rejection = Problem;
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(Problem::new(e.status(), "invalid body", e.body_text())),
+        let invalid =
+            |e: axum::extract::rejection::JsonRejection| Problem::new(e.status(), "invalid body", e.body_text());
+        let plain_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json"));
+        if !plain_json {
+            // Other media types (`…; charset=utf-8`, `application/*+json`, none): axum decides.
+            return Json::<T>::from_request(req, state).await.map(|Json(v)| Body(v)).map_err(invalid);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Problem::new(e.status(), "invalid body", e.body_text()))?;
+        // The plain parse first; only a body that fails it is parsed again by axum, whose
+        // message names the path to the field that is wrong.
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(Body(v)),
+            Err(_) => Json::<T>::from_bytes(&bytes).map(|Json(v)| Body(v)).map_err(invalid),
         }
     }
 }
@@ -197,6 +212,12 @@ where
     Ok(Option::<Wrap<T>>::deserialize(d)?.map(|w| w.0))
 }
 
+/// Header names read on every request, parsed once.
+static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
+
 /// Where a request comes from: the peer (or the client a trusted proxy names), the
 /// user agent, correlation id and trace; validated before any of it reaches the log.
 pub struct Origin(pub RequestContext);
@@ -204,18 +225,18 @@ pub struct Origin(pub RequestContext);
 impl FromRequestParts<RestState> for Origin {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, Problem> {
-        let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+        let header = |n: &HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok());
         let peer = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let ctx = RequestContext {
             actor: None,
             client_ip: state.app.client_ip(peer, &parts.headers),
-            user_agent: header("user-agent"),
-            correlation_id: header("x-correlation-id")
-                .and_then(|s| Uuid::parse_str(&s).ok())
+            user_agent: header(&header::USER_AGENT).map(String::from),
+            correlation_id: header(&CORRELATION_ID)
+                .and_then(|s| Uuid::parse_str(s).ok())
                 .or_else(|| Some(Uuid::now_v7())),
             source_service: Some("rest".into()),
             // The request's own span, so that events point at it (falls back to the caller's header).
-            traceparent: crate::telemetry::current_traceparent().or_else(|| header("traceparent")),
+            traceparent: crate::telemetry::current_traceparent().or_else(|| header(&TRACEPARENT).map(String::from)),
         };
         ctx.validate()?;
         Ok(Origin(ctx))
@@ -231,7 +252,8 @@ pub struct Admitted {
 impl FromRequestParts<RestState> for Admitted {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, Problem> {
-        let caller = parts.extensions.get::<access::Caller>().cloned().ok_or_else(|| {
+        // Taken, not cloned: a handler has one extractor of the caller.
+        let caller = parts.extensions.remove::<access::Caller>().ok_or_else(|| {
             Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -325,7 +347,7 @@ pub struct Consistency {
 }
 
 pub fn consistency(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
-    match headers.get("x-consistency-token") {
+    match headers.get(&CONSISTENCY_TOKEN) {
         None => Ok(None),
         Some(v) => v
             .to_str()
@@ -404,8 +426,10 @@ fn routes(only: Option<Service>) -> OpenApiRouter<RestState> {
             .routes(routes!(rest_admin::update_client, rest_admin::delete_client))
             .routes(routes!(rest_admin::rotate_client_secret));
     }
+    // The handlers' paths are whole (`/api/v1/…`), not nested under a prefix: a nested
+    // route rewrites every request's URI and clones its service once more.
     let mut root = OpenApiRouter::with_openapi(super::openapi::base())
-        .nest("/api/v1", api)
+        .merge(api)
         .routes(routes!(healthz))
         .routes(routes!(status))
         .routes(routes!(readyz));
@@ -426,7 +450,7 @@ fn routes(only: Option<Service>) -> OpenApiRouter<RestState> {
 }
 
 /// `GET /api/v1/openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations", summary = "This document",
     responses((status = 200, description = "The OpenAPI 3.1 document of the routes this process serves", content_type = "application/json", body = Object)))]
 async fn openapi_json(State(s): State<RestState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], s.openapi.clone()).into_response()
@@ -434,7 +458,9 @@ async fn openapi_json(State(s): State<RestState>) -> Response {
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
     responses((status = 200, description = "The process is up", body = String, content_type = "text/plain", example = "ok")))]
-async fn healthz() -> &'static str {
+/// Reads and drops any body a probe sends: left unread, it would cost an HTTP/1.1
+/// client its connection and an HTTP/2 client a reset stream.
+async fn healthz(_body: axum::body::Bytes) -> &'static str {
     "ok"
 }
 
@@ -470,7 +496,7 @@ struct Registered {
     verification_token: Option<String>,
 }
 
-#[utoipa::path(post, path = "/auth/register", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
     summary = "Register a user (email and username must be unused)",
     request_body = RegisterBody,
     responses((status = 201, description = "Registered; a verification email is on its way", body = Registered)))]
@@ -502,7 +528,7 @@ struct TokenBody {
     token: String,
 }
 
-#[utoipa::path(post, path = "/auth/verify-email", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/verify-email", tag = "auth",
     summary = "Verify an email address with the single-use token",
     request_body = TokenBody,
     responses((status = 200, description = "The address is verified", content_type = "application/json", body = Object)))]
@@ -561,7 +587,7 @@ fn grant_json(app: &App, grant: &perfect21_domain::LoginGrant) -> ApiResult<Json
     }))
 }
 
-#[utoipa::path(post, path = "/auth/login", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     summary = "Log in (send mfa_code when the answer says mfa required)",
     request_body = LoginBody,
     responses((status = 200, description = "Signed in", body = Grant)))]
@@ -578,7 +604,7 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-#[utoipa::path(post, path = "/auth/refresh", tag = "sessions",
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "sessions",
     summary = "Rotate a refresh token",
     request_body = RefreshBody,
     responses((status = 200, description = "New tokens; the refresh token sent is spent", body = Grant)))]
@@ -591,7 +617,7 @@ async fn refresh(
     grant_json(&s.app, &grant)
 }
 
-#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     summary = "End the caller's session",
     responses((status = 200, description = "The session is revoked", content_type = "application/json", body = Object)))]
 async fn logout(State(s): State<RestState>, a: Authenticated) -> ApiResult {
@@ -612,7 +638,7 @@ struct Validation {
     warnings: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/auth/validate", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/validate", tag = "auth",
     summary = "Validate an access token (signature, expiry, revocation, user status)",
     request_body = TokenBody,
     responses((status = 200, description = "The verdict (an invalid token is a 200 with valid: false)", body = Validation)))]
@@ -636,7 +662,7 @@ async fn validate(State(s): State<RestState>, a: Admitted, Body(b): Body<TokenBo
     }))
 }
 
-#[utoipa::path(post, path = "/auth/revoke", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/revoke", tag = "auth",
     summary = "Revoke the caller's access token",
     responses((status = 200, description = "The token is revoked", content_type = "application/json", body = Object)))]
 async fn revoke_token(State(s): State<RestState>, a: Authenticated) -> ApiResult {
@@ -644,7 +670,7 @@ async fn revoke_token(State(s): State<RestState>, a: Authenticated) -> ApiResult
     Ok(Json(json!({"revoked": true, "consistency_token": position})))
 }
 
-#[utoipa::path(post, path = "/auth/mfa/enroll", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/mfa/enroll", tag = "auth",
     summary = "Start TOTP enrollment (needs the current password; the enrollment expires after 10 minutes)",
     request_body = PasswordBody,
     responses((status = 200, description = "The secret, its otpauth URL and the enrollment token", content_type = "application/json", body = Object)))]
@@ -669,7 +695,7 @@ struct MfaConfirmBody {
     password: String,
 }
 
-#[utoipa::path(post, path = "/auth/mfa/confirm", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/mfa/confirm", tag = "auth",
     summary = "Confirm TOTP enrollment with a first code; returns recovery codes",
     request_body = MfaConfirmBody,
     responses((status = 200, description = "TOTP is on; the recovery codes are shown once", content_type = "application/json", body = Object)))]
@@ -686,7 +712,7 @@ struct PasswordBody {
     password: String,
 }
 
-#[utoipa::path(post, path = "/auth/mfa/disable", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/mfa/disable", tag = "auth",
     summary = "Turn TOTP off (needs the password)",
     request_body = PasswordBody,
     responses((status = 200, description = "TOTP is off", content_type = "application/json", body = Object)))]
@@ -695,7 +721,7 @@ async fn mfa_disable(State(s): State<RestState>, a: Authenticated, Body(b): Body
     Ok(Json(json!({"mfa_enabled": false, "consistency_token": position})))
 }
 
-#[utoipa::path(get, path = "/sessions", tag = "sessions",
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions",
     summary = "The caller's active sessions",
     params(Consistency),
     responses((status = 200, description = "Each session, `current` marking the caller's", content_type = "application/json", body = Object)))]
@@ -718,7 +744,7 @@ async fn list_sessions(State(s): State<RestState>, a: Authenticated, headers: He
     Ok(Json(json!({ "sessions": sessions })))
 }
 
-#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions",
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions",
     summary = "Revoke a session (another user's needs perfect21.sessions:revoke)",
     params(("id" = Uuid, Path, description = "The session")),
     responses((status = 200, description = "The session is revoked", content_type = "application/json", body = Object)))]
@@ -732,7 +758,7 @@ async fn revoke_session(State(s): State<RestState>, a: Admitted, Path(id): Path<
     Ok(Json(json!({"revoked": true, "consistency_token": position})))
 }
 
-#[utoipa::path(get, path = "/users/me", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
     summary = "The caller",
     params(Consistency),
     responses((status = 200, description = "The caller's record", content_type = "application/json", body = Object)))]
@@ -740,7 +766,7 @@ async fn me(State(s): State<RestState>, a: Authenticated, headers: HeaderMap) ->
     user_json(&s, a.user, consistency(&headers)?).await
 }
 
-#[utoipa::path(get, path = "/users/{id}", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
     summary = "A user (another user's needs perfect21.users:read)",
     params(("id" = Uuid, Path, description = "The user"), Consistency),
     responses((status = 200, description = "The user's record", content_type = "application/json", body = Object)))]
@@ -755,7 +781,7 @@ async fn user_json(s: &RestState, id: Uuid, min: Option<u64>) -> ApiResult {
     Ok(Json(serde_json::to_value(u).unwrap_or(Value::Null)))
 }
 
-#[utoipa::path(get, path = "/permissions/users/{id}", tag = "permissions",
+#[utoipa::path(get, path = "/api/v1/permissions/users/{id}", tag = "permissions",
     summary = "A user's effective permissions and roles",
     params(("id" = Uuid, Path, description = "The user"), Consistency),
     responses((status = 200, description = "Permissions with their source, and roles", content_type = "application/json", body = Object)))]
@@ -809,7 +835,7 @@ struct Decision {
     applied_policies: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/permissions/check", tag = "permissions",
+#[utoipa::path(post, path = "/api/v1/permissions/check", tag = "permissions",
     summary = "Check a permission: allowed, reason, applied policies",
     params(Consistency),
     request_body = CheckBody,
@@ -832,12 +858,12 @@ async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> R
     let started = std::time::Instant::now();
     let endpoint = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let method = req.method().to_string();
-    let correlation_id = req.headers().get("x-correlation-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let correlation_id = req.headers().get(&CORRELATION_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let _active = crate::telemetry::Active::start("rest", "http");
     let span = tracing::info_span!("request", %method, %endpoint, %correlation_id);
     {
-        let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
-        crate::telemetry::set_parent(&span, header("traceparent"), header("tracestate"));
+        let header = |n: &HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok());
+        crate::telemetry::set_parent(&span, header(&TRACEPARENT), header(&TRACESTATE));
     }
     let response = next.run(req).instrument(span).await;
     crate::telemetry::request("rest", &method, &endpoint, response.status().as_str(), started);

@@ -31,7 +31,7 @@ pub struct RoleBody {
     priority: i32,
 }
 
-#[utoipa::path(post, path = "/roles", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/roles", tag = "admin",
     summary = "Create a role (perfect21.roles:create)",
     request_body = RoleBody,
     responses((status = 201, description = "The role exists", content_type = "application/json", body = Object)))]
@@ -64,7 +64,7 @@ pub struct PermissionBody {
     description: String,
 }
 
-#[utoipa::path(post, path = "/roles/{id}/permissions", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/roles/{id}/permissions", tag = "admin",
     summary = "Grant a permission to a role (perfect21.roles:update)",
     params(("id" = String, Path, description = "The role", min_length = 1, max_length = 64, pattern = r"^[a-z0-9_.:-]{1,64}$")),
     request_body = PermissionBody,
@@ -96,7 +96,7 @@ pub struct AssignBody {
     expires_at: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/users/{id}/roles", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/users/{id}/roles", tag = "admin",
     summary = "Assign a role to a user (perfect21.roles:assign)",
     params(("id" = Uuid, Path, description = "The user")),
     request_body = AssignBody,
@@ -111,7 +111,7 @@ pub async fn assign_role(
     Ok(Json(json!({"assigned": true, "consistency_token": position})))
 }
 
-#[utoipa::path(delete, path = "/users/{id}/roles/{role}", tag = "admin",
+#[utoipa::path(delete, path = "/api/v1/users/{id}/roles/{role}", tag = "admin",
     summary = "Revoke a role from a user (perfect21.roles:assign)",
     params(("id" = Uuid, Path, description = "The user"),
         ("role" = String, Path, description = "The role", min_length = 1, max_length = 64, pattern = r"^[a-z0-9_.:-]{1,64}$")),
@@ -140,7 +140,7 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/audit/users/{id}", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/audit/users/{id}", tag = "admin",
     summary = "A user's security history (perfect21.audit:read); id, email or username",
     params(("id" = String, Path, description = "The user's id, email address or username", min_length = 1), AuditQuery),
     responses((status = 200, description = "The user's events, oldest first", content_type = "application/json", body = Object)))]
@@ -169,7 +169,7 @@ pub struct ServiceAccountBody {
 }
 
 /// `POST /api/v1/service-accounts`: the answer holds the client secret, shown once.
-#[utoipa::path(post, path = "/service-accounts", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/service-accounts", tag = "admin",
     summary = "Create a service account; the answer holds its client secret, shown once",
     request_body = ServiceAccountBody,
     responses((status = 201, description = "The account, and its secret", content_type = "application/json", body = Object)))]
@@ -190,7 +190,7 @@ pub async fn create_service_account(
     ))
 }
 
-#[utoipa::path(get, path = "/service-accounts", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/service-accounts", tag = "admin",
     summary = "List service accounts and their roles",
     params(super::rest::Consistency),
     responses((status = 200, description = "The accounts", content_type = "application/json", body = Object)))]
@@ -201,7 +201,7 @@ pub async fn list_service_accounts(State(s): State<RestState>, headers: HeaderMa
     Ok(Json(json!({ "service_accounts": accounts })))
 }
 
-#[utoipa::path(post, path = "/service-accounts/{id}/secret", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/service-accounts/{id}/secret", tag = "admin",
     summary = "Rotate a service account's secret (the old one stops working)",
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 200, description = "The new secret, shown once", content_type = "application/json", body = Object)))]
@@ -217,7 +217,7 @@ pub struct DisableBody {
     reason: String,
 }
 
-#[utoipa::path(post, path = "/service-accounts/{id}/disable", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/service-accounts/{id}/disable", tag = "admin",
     summary = "Disable a service account (its tokens stop validating)",
     params(("id" = Uuid, Path, description = "The account")),
     request_body = DisableBody,
@@ -232,7 +232,7 @@ pub async fn disable_service_account(
     Ok(Json(json!({"disabled": true, "consistency_token": position})))
 }
 
-#[utoipa::path(delete, path = "/service-accounts/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/api/v1/service-accounts/{id}", tag = "admin",
     summary = "Delete a service account",
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 200, description = "The account is deleted", content_type = "application/json", body = Object)))]
@@ -331,7 +331,7 @@ impl ClientBody {
     }
 }
 
-#[utoipa::path(post, path = "/clients", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/clients", tag = "admin",
     summary = "Register an OpenID Connect client; a confidential one's secret is in the answer, shown once",
     request_body = ClientBody,
     responses((status = 201, description = "The client (and its secret)", content_type = "application/json", body = Object)))]
@@ -350,7 +350,7 @@ pub async fn register_client(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-#[utoipa::path(get, path = "/clients", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/clients", tag = "admin",
     summary = "List OpenID Connect clients",
     params(super::rest::Consistency),
     responses((status = 200, description = "The clients", content_type = "application/json", body = Object)))]
@@ -360,7 +360,7 @@ pub async fn list_clients(State(s): State<RestState>, headers: HeaderMap) -> Api
     Ok(Json(json!({ "clients": clients })))
 }
 
-#[utoipa::path(put, path = "/clients/{id}", tag = "admin",
+#[utoipa::path(put, path = "/api/v1/clients/{id}", tag = "admin",
     summary = "Replace a client's name and settings",
     params(("id" = Uuid, Path, description = "The client")),
     request_body = ClientBody,
@@ -377,7 +377,7 @@ pub async fn update_client(
     Ok(Json(json!({ "client": client, "consistency_token": position })))
 }
 
-#[utoipa::path(post, path = "/clients/{id}/secret", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/clients/{id}/secret", tag = "admin",
     summary = "Rotate a confidential client's secret (the old one stops working)",
     params(("id" = Uuid, Path, description = "The client")),
     responses((status = 200, description = "The new secret, shown once", content_type = "application/json", body = Object)))]
@@ -386,7 +386,7 @@ pub async fn rotate_client_secret(State(s): State<RestState>, a: Admitted, Path(
     Ok(Json(json!({"client_id": id, "client_secret": secret, "consistency_token": position})))
 }
 
-#[utoipa::path(delete, path = "/clients/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/api/v1/clients/{id}", tag = "admin",
     summary = "Delete a client",
     params(("id" = Uuid, Path, description = "The client")),
     responses((status = 200, description = "The client is deleted", content_type = "application/json", body = Object)))]
@@ -396,7 +396,7 @@ pub async fn delete_client(State(s): State<RestState>, a: Admitted, Path(id): Pa
 }
 
 /// `GET /api/v1/users/{id}/export`: everything held about a user (right of access).
-#[utoipa::path(get, path = "/users/{id}/export", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users/{id}/export", tag = "users",
     summary = "Everything held about a user (right of access): record, sessions, roles, permissions, history",
     params(("id" = Uuid, Path, description = "The user")),
     responses((status = 200, description = "Every personal datum held", content_type = "application/json", body = Object)))]
