@@ -152,7 +152,7 @@ pub async fn rest(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<M
     // Each call's baseline is the empty handler (`/healthz`, which reads and drops a body)
     // receiving the same request: headers (bearer token included) and body, so that only
     // the work of the handler differs. (Over HTTP/2 a body costs a DATA frame and flow
-    // control both ways: about 4 µs of the measured calls' extra cost when the baseline
+    // control both ways: several µs of the measured calls' extra cost when the baseline
     // received none.)
     let validate_body = serde_json::json!({ "token": user_token }).to_string();
     let check_body = serde_json::json!({ "user_id": user, "resource": "docs", "action": "read" }).to_string();
