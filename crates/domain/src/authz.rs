@@ -220,25 +220,6 @@ impl Identity {
         self.counters.permission_check(decision.allowed);
         Ok(decision)
     }
-
-    /// [`Identity::check_permission`]'s verdict alone, for authorising callers: counted
-    /// the same, nothing formatted.
-    pub async fn has_permission(
-        &self,
-        user_id: Uuid,
-        resource: &str,
-        action: &str,
-        scope: &str,
-        min_position: Option<u64>,
-    ) -> Result<bool> {
-        let allowed = self
-            .read(min_position, |m| {
-                m.authz.holds(user_id, m.principal_status(user_id), resource, action, scope, self.now())
-            })
-            .await?;
-        self.counters.permission_check(allowed);
-        Ok(allowed)
-    }
 }
 
 /// A user or service account that roles are assigned to: its stream and roles.

@@ -402,10 +402,11 @@ impl App {
         allowed
     }
 
-    pub async fn holds(&self, principal: Uuid, resource: &str, action: &str) -> Result<bool, DomainError> {
+    /// Whether `principal` holds `perm`, counted as a permission check.
+    pub async fn holds(&self, principal: Uuid, perm: Perm) -> Result<bool, DomainError> {
         // Wait for this process's own revocations, so a revoked role stops granting at once.
         let min = Some(self.identity.last_revocation());
-        self.identity.has_permission(principal, resource, action, "*", min).await
+        self.identity.read(min, |m| self.holds_in(m, principal, Some(perm))).await
     }
 }
 

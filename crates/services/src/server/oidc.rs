@@ -808,8 +808,7 @@ async fn introspector(
     let account =
         app.identity.authenticate_client(&id, &secret).await.map_err(|_| OAuthError::invalid_client(basic))?;
     // Reading any token's status is token validation: the same permission as ValidateToken.
-    let (resource, action) = (TOKENS_VALIDATE.resource, TOKENS_VALIDATE.action);
-    match app.holds(account.id, resource, action).await {
+    match app.holds(account.id, TOKENS_VALIDATE).await {
         Ok(true) => Ok(Introspector::ResourceServer),
         Ok(false) => Err(OAuthError::status(
             StatusCode::FORBIDDEN,
