@@ -19,6 +19,7 @@ use perfect21_domain::secrets::SecretBox;
 use perfect21_domain::{Identity, IdentityConfig, LiveModels, RequestContext};
 use perfect21_events::store::{SqliteConfig, SqliteStore};
 use perfect21_events::EventStore;
+use reqwest::Method;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,7 +158,7 @@ pub async fn rest(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<M
     let validate_body = serde_json::json!({ "token": user_token }).to_string();
     let check_body = serde_json::json!({ "user_id": user, "resource": "docs", "action": "read" }).to_string();
     for (_, [validate_rate, validate_p99, check_rate, check_p99], http) in &protocols {
-        let request = |method: reqwest::Method, path: &str, body: &str| {
+        let request = |method: Method, path: &str, body: &str| {
             let (http, url, service, body) =
                 (http.clone(), format!("{base_url}{path}"), service.clone(), body.to_string());
             move || {
@@ -167,7 +168,6 @@ pub async fn rest(scratch: &Scratch, duration: Duration) -> anyhow::Result<Vec<M
                     .header("content-type", "application/json")
             }
         };
-        use reqwest::Method;
         // Short rounds of the four calls in rotating order, so that all see the same drift
         // of a shared machine and none is always first; each figure is the median of its
         // rounds.

@@ -216,7 +216,7 @@ where
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-static CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
+static CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static(super::grpc::CONSISTENCY_HEADER);
 
 /// Where a request comes from: the peer (or the client a trusted proxy names), the
 /// user agent, correlation id and trace; validated before any of it reaches the log.
