@@ -55,17 +55,61 @@ pub fn content_digest(
     metadata: &[u8],
     payload: &[u8],
 ) -> Digest {
-    let mut h = Sha256::new();
-    h.update(DOMAIN);
-    h.update(event_id.as_bytes());
-    for field in [stream_id.as_bytes(), event_type.as_bytes(), metadata, payload] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field);
+    ContentPrefix::new(event_id, stream_id, event_type, schema_version, metadata, payload)
+        .finish(stream_version, recorded_at)
+}
+
+/// An event's [`content_digest`] hashed as far as it goes before a writer places the
+/// event: every field but its stream version and `recorded_at`, which come last in the
+/// hash. Appenders hash their events' bytes side by side before queueing them, and the
+/// one writer that orders the log finishes each digest with the few bytes it decides.
+///
+/// ```
+/// use perfect21_events::chain::{content_digest, ContentPrefix};
+/// let id = uuid::Uuid::nil();
+/// let at = chrono::DateTime::from_timestamp_micros(1).unwrap();
+/// let prefix = ContentPrefix::new(&id, "user-1", "user.email_verified", 1, b"m", b"p");
+/// assert_eq!(prefix.finish(4, at), content_digest(&id, "user-1", 4, "user.email_verified", 1, at, b"m", b"p"));
+/// ```
+#[derive(Clone)]
+pub struct ContentPrefix {
+    hash: Sha256,
+    schema_version: u16,
+}
+
+impl ContentPrefix {
+    pub fn new(
+        event_id: &Uuid,
+        stream_id: &str,
+        event_type: &str,
+        schema_version: u16,
+        metadata: &[u8],
+        payload: &[u8],
+    ) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(DOMAIN);
+        hash.update(event_id.as_bytes());
+        for field in [stream_id.as_bytes(), event_type.as_bytes(), metadata, payload] {
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field);
+        }
+        ContentPrefix { hash, schema_version }
     }
-    h.update(stream_version.to_be_bytes());
-    h.update(schema_version.to_be_bytes());
-    h.update(to_micros(recorded_at).to_be_bytes());
-    h.finalize().into()
+
+    /// The content digest of the event placed at `stream_version` and recorded at `recorded_at`.
+    pub fn finish(&self, stream_version: u64, recorded_at: DateTime<Utc>) -> Digest {
+        let mut h = self.hash.clone();
+        h.update(stream_version.to_be_bytes());
+        h.update(self.schema_version.to_be_bytes());
+        h.update(to_micros(recorded_at).to_be_bytes());
+        h.finalize().into()
+    }
+}
+
+impl fmt::Debug for ContentPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContentPrefix").field("schema_version", &self.schema_version).finish_non_exhaustive()
+    }
 }
 
 /// The link of the event at `position` whose content digest is `content`, after `previous`.

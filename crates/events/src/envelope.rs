@@ -152,12 +152,12 @@ const SEALED_METADATA: u8 = 0xff;
 impl Metadata {
     pub fn encode(&self) -> Vec<u8> {
         // Encoding plain strings, options and byte arrays into a Vec cannot fail.
-        let fields = postcard::to_stdvec(self).expect("metadata encodes");
-        let Some(seal) = &self.sealed else { return fields };
-        let mut out = vec![SEALED_METADATA];
-        out.extend(fields);
-        out.extend(postcard::to_stdvec(seal).expect("seal encodes"));
-        out
+        let Some(seal) = &self.sealed else { return postcard::to_stdvec(self).expect("metadata encodes") };
+        // One buffer: the mark, the fields, the seal.
+        let mut out = Vec::with_capacity(64 + seal.ciphertext.len());
+        out.push(SEALED_METADATA);
+        let out = postcard::to_extend(self, out).expect("metadata encodes");
+        postcard::to_extend(seal, out).expect("seal encodes")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {

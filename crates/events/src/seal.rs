@@ -133,14 +133,22 @@ impl Seal {
     /// Encrypts `plaintext` for `subject` with a random nonce (from the thread's
     /// cryptographically secure generator, seeded by the operating system).
     pub fn close(key: &DataKey, subject: Uuid, binding: Binding<'_>, plaintext: &[u8]) -> Seal {
-        Self::close_fresh(&key.cipher(), subject, binding, plaintext)
+        Self::close_fresh(&key.cipher(), subject, binding, plaintext.to_vec())
     }
 
-    /// [`close`](Self::close) with the key made ready.
-    pub(crate) fn close_fresh(cipher: &Cipher, subject: Uuid, binding: Binding<'_>, plaintext: &[u8]) -> Seal {
+    /// [`close`](Self::close) with the key made ready, encrypting `plaintext` where it
+    /// lies (its buffer becomes the ciphertext).
+    pub(crate) fn close_fresh(cipher: &Cipher, subject: Uuid, binding: Binding<'_>, mut plaintext: Vec<u8>) -> Seal {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        Self::close_with(cipher, subject, binding, plaintext, nonce)
+        binding.with_associated_data(|aad| {
+            cipher
+                .0
+                .encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut plaintext)
+                // Encryption fails only for plaintexts beyond 64 GiB.
+                .expect("AES-256-GCM encrypts")
+        });
+        Seal { subject, nonce, ciphertext: plaintext }
     }
 
     /// Encrypts with a given nonce: for fixtures only (a nonce must never repeat under one key).

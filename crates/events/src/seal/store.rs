@@ -322,7 +322,7 @@ fn seal_one(mut e: EventData, plan: Plan, keys: &mut Ciphers<'_>) -> EventData {
                     event_type: &e.event_type,
                     schema_version: sealed_version,
                 };
-                let seal = Seal::close_fresh(cipher, subject, binding, &e.payload);
+                let seal = Seal::close_fresh(cipher, subject, binding, std::mem::take(&mut e.payload));
                 e.payload = SealedPayload { clear, seal }.encode();
                 e.schema_version = sealed_version;
             }
@@ -341,7 +341,7 @@ fn seal_one(mut e: EventData, plan: Plan, keys: &mut Ciphers<'_>) -> EventData {
                 schema_version: e.schema_version,
             };
             let plaintext = postcard::to_stdvec(&personal).expect("metadata fields encode");
-            e.metadata.sealed = Some(Seal::close_fresh(cipher, subject, binding, &plaintext));
+            e.metadata.sealed = Some(Seal::close_fresh(cipher, subject, binding, plaintext));
         }
     }
     e

@@ -1,6 +1,7 @@
 //! The group-commit queue both backends share: callers submit appends, one writer
 //! takes every append waiting (up to a bound) and commits them together.
 
+use crate::chain::ContentPrefix;
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, StreamId};
 use crate::error::StoreError;
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ pub(crate) struct AppendRequest {
     pub events: Vec<EventData>,
     /// Encoded metadata of each event.
     pub metadata: Vec<Vec<u8>>,
+    /// Each event's content digest hashed by its appender as far as it can be before the
+    /// writer places it ([`ContentPrefix`]): the writer finishes it.
+    pub contents: Vec<ContentPrefix>,
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
@@ -32,8 +36,13 @@ pub(crate) async fn submit(
     events: Vec<EventData>,
 ) -> Result<AppendResult, StoreError> {
     let metadata = super::validate_append(&events)?;
+    let contents = events
+        .iter()
+        .zip(&metadata)
+        .map(|(e, m)| ContentPrefix::new(&e.event_id, stream.as_str(), &e.event_type, e.schema_version, m, &e.payload))
+        .collect();
     let (reply, answer) = oneshot::channel();
-    let request = AppendRequest { stream: stream.clone(), expected, events, metadata, reply };
+    let request = AppendRequest { stream: stream.clone(), expected, events, metadata, contents, reply };
     let gone = || StoreError::unavailable(backend, "the writer has stopped");
     writer.send(request).await.map_err(|_| gone())?;
     answer.await.map_err(|_| gone())?
@@ -177,7 +186,7 @@ mod tests {
 
     fn request(events: usize, payload: usize) -> AppendRequest {
         let (reply, _) = oneshot::channel();
-        let data = (0..events)
+        let data: Vec<EventData> = (0..events)
             .map(|_| EventData {
                 event_id: uuid::Uuid::now_v7(),
                 event_type: "user.email_verified".into(),
@@ -186,11 +195,17 @@ mod tests {
                 payload: vec![0; payload],
             })
             .collect();
+        let stream = StreamId::new("user-x").unwrap();
+        let contents = data
+            .iter()
+            .map(|e| ContentPrefix::new(&e.event_id, stream.as_str(), &e.event_type, 1, &[], &e.payload))
+            .collect();
         AppendRequest {
-            stream: StreamId::new("user-x").unwrap(),
+            stream,
             expected: ExpectedVersion::Any,
             events: data,
             metadata: vec![Vec::new(); events],
+            contents,
             reply,
         }
     }

@@ -476,18 +476,9 @@ fn append_one(
              recorded_at, metadata, payload, chain_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(db_err)?;
-    for (i, (event, metadata)) in events.iter().zip(&request.metadata).enumerate() {
+    for (i, ((event, metadata), content)) in events.iter().zip(&request.metadata).zip(&request.contents).enumerate() {
         let position = head + 1 + i as u64;
-        let content = chain::content_digest(
-            &event.event_id,
-            stream.as_str(),
-            first_version + i as u64,
-            &event.event_type,
-            event.schema_version,
-            from_micros(recorded_at),
-            metadata,
-            &event.payload,
-        );
+        let content = content.finish(first_version + i as u64, from_micros(recorded_at));
         *link = chain::link(link, position, &content);
         let inserted = insert.execute(params![
             position as i64,

@@ -821,7 +821,8 @@ impl Writer {
                         continue;
                     }
                     let first_version = actual.map_or(0, |v| v + 1);
-                    for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
+                    let encoded = request.metadata.iter().zip(&request.contents);
+                    for (i, (event, (metadata, content))) in request.events.iter().zip(encoded).enumerate() {
                         let position = head + 1 + i as u64;
                         let stored = Stored {
                             event_id: event.event_id,
@@ -834,7 +835,8 @@ impl Writer {
                             payload: event.payload.clone(),
                             link: chain::GENESIS,
                         };
-                        link = chain::link(&link, position, &stored.content());
+                        let content = content.finish(stored.stream_version, from_micros(recorded_at));
+                        link = chain::link(&link, position, &content);
                         pending.insert(event.event_id, (stream.to_string(), stored.stream_version, position));
                         records.push((position, Stored { link, ..stored }));
                     }

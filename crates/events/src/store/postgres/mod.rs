@@ -597,19 +597,11 @@ fn plan(batch: &[AppendRequest], mut head: u64, known: &mut Known, recorded_at: 
         let writes = matches!(&outcome, Ok(result) if result.position > head);
         if let (true, Ok(result)) = (writes, &outcome) {
             let first_version = result.stream_version + 1 - request.events.len() as u64;
-            for (i, (event, metadata)) in request.events.iter().zip(&request.metadata).enumerate() {
+            let encoded = request.metadata.iter().zip(&request.contents);
+            for (i, (event, (metadata, content))) in request.events.iter().zip(encoded).enumerate() {
                 let (position, version) = (head + 1 + i as u64, first_version + i as u64);
                 known.events.insert(event.event_id, (request.stream.to_string(), version, position));
-                let content = chain::content_digest(
-                    &event.event_id,
-                    request.stream.as_str(),
-                    version,
-                    &event.event_type,
-                    event.schema_version,
-                    recorded_at,
-                    metadata,
-                    &event.payload,
-                );
+                let content = content.finish(version, recorded_at);
                 cols.digest.push(content.to_vec());
                 cols.position.push(position as i64);
                 cols.event_id.push(event.event_id);
