@@ -38,8 +38,13 @@ fn decode_as<T: DeserializeOwned>(event_type: &str, version: u16, bytes: &[u8]) 
 }
 
 fn encode_as<T: Serialize>(event_type: &'static str, payload: &T) -> Result<Vec<u8>, CodecError> {
-    postcard::to_stdvec(payload).map_err(|source| CodecError::Encode { event_type, source })
+    // Room for most payloads at once (a vector grown from empty is copied four or five times).
+    postcard::to_extend(payload, Vec::with_capacity(PAYLOAD_ROOM))
+        .map_err(|source| CodecError::Encode { event_type, source })
 }
+
+/// Bytes an encoded payload is given room for before it is written (most take fewer).
+const PAYLOAD_ROOM: usize = 192;
 
 macro_rules! catalog {
     ($( $variant:ident = $name:literal v $version:literal ),* $(,)?) => {

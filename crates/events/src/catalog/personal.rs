@@ -56,8 +56,10 @@ impl SealedPayload {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        // Two byte strings with their lengths (at most ten bytes each), a UUID and a nonce.
+        let room = self.clear.len() + self.seal.ciphertext.len() + 20 + 16 + 12;
         // Two byte strings, a UUID and an array: encoding into a Vec cannot fail.
-        postcard::to_stdvec(self).expect("sealed payload encodes")
+        postcard::to_extend(self, Vec::with_capacity(room)).expect("sealed payload encodes")
     }
 }
 

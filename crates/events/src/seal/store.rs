@@ -340,7 +340,12 @@ fn seal_one(mut e: EventData, plan: Plan, keys: &mut Ciphers<'_>) -> EventData {
                 event_type: &e.event_type,
                 schema_version: e.schema_version,
             };
-            let plaintext = postcard::to_stdvec(&personal).expect("metadata fields encode");
+            // Room for the fields, their lengths and the tag the seal adds where they lie.
+            let room = personal.client_ip.as_ref().map_or(0, String::len)
+                + personal.user_agent.as_ref().map_or(0, String::len)
+                + 2 * 10
+                + TAG_BYTES;
+            let plaintext = postcard::to_extend(&personal, Vec::with_capacity(room)).expect("metadata fields encode");
             e.metadata.sealed = Some(Seal::close_fresh(cipher, subject, binding, plaintext));
         }
     }

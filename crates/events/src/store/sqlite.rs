@@ -288,7 +288,7 @@ fn run_writer(
         match writer.commit_batch(&batch) {
             Ok((results, head, written)) => {
                 // Into the tail before subscribers hear of the new head.
-                tail.push(recorded(&mut batch, &written));
+                let evicted = tail.push(recorded(&mut batch, &written));
                 head_tx.send_if_modified(|h| {
                     let moved = head > *h;
                     *h = (*h).max(head);
@@ -297,6 +297,8 @@ fn run_writer(
                 for (request, result) in batch.into_iter().zip(results) {
                     let _ = request.reply.send(result);
                 }
+                // What the tail let go of is freed once every appender has its answer.
+                drop(evicted);
             }
             Err(e) => {
                 writer.versions.clear();

@@ -13,20 +13,26 @@ pub(crate) struct Tail(Mutex<std::collections::VecDeque<RecordedEvent>>);
 const TAIL_EVENTS: usize = 4096;
 
 impl Tail {
-    pub(crate) fn push(&self, events: Vec<RecordedEvent>) {
-        let Some(first) = events.first().map(|e| e.position) else { return };
+    /// Appends `events` and hands back those it no longer keeps, for the caller to drop
+    /// when nothing more urgent waits (a writer: once it has answered its appenders).
+    #[must_use = "the events let go of are for the caller to drop, out of the way"]
+    pub(crate) fn push(&self, events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
+        let Some(first) = events.first().map(|e| e.position) else { return events };
         let mut tail = self.0.lock().expect("tail");
+        let mut gone = Vec::new();
         if tail.back().is_some_and(|last| last.position + 1 != first) {
-            tail.clear();
+            gone.extend(tail.drain(..));
         }
         // Positions index the tail: anything but a gap-free run (an event left out) empties it.
         if !events.windows(2).all(|w| w[1].position == w[0].position + 1) {
-            tail.clear();
-            return;
+            gone.extend(tail.drain(..));
+            gone.extend(events);
+            return gone;
         }
         tail.extend(events);
         let excess = tail.len().saturating_sub(TAIL_EVENTS);
-        tail.drain(..excess);
+        gone.extend(tail.drain(..excess));
+        gone
     }
 
     pub(crate) fn from(&self, position: u64, limit: usize) -> Option<Vec<RecordedEvent>> {

@@ -370,7 +370,7 @@ fn follow(consumer: BaseConsumer, shared: Arc<Shared>) {
         match taken {
             Ok(Some((position, stored))) => {
                 match stored.recorded(position) {
-                    Ok(event) => shared.tail.push(vec![event]),
+                    Ok(event) => drop(shared.tail.push(vec![event])),
                     Err(_) => shared.tail.clear(),
                 }
                 shared.announce_head();
@@ -883,7 +883,7 @@ impl Writer {
                     }
                 }
                 // Into the tail before subscribers hear of the new head.
-                self.shared.tail.push(fresh);
+                let evicted = self.shared.tail.push(fresh);
                 self.shared.announce_head();
                 for (request, plan) in batch.into_iter().zip(plans) {
                     let _ = request.reply.send(match plan {
@@ -891,6 +891,7 @@ impl Writer {
                         Planned::Written(r) => Ok(r),
                     });
                 }
+                drop(evicted);
             }
             Err(e) => {
                 for (request, plan) in batch.into_iter().zip(plans) {
