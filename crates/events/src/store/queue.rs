@@ -19,12 +19,36 @@ pub(crate) struct AppendRequest {
     pub stream: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<EventData>,
-    /// Encoded metadata of each event.
-    pub metadata: Vec<Vec<u8>>,
-    /// Each event's content digest hashed by its appender as far as it can be before the
-    /// writer places it ([`ContentPrefix`]): the writer finishes it.
-    pub contents: Vec<ContentPrefix>,
+    /// What the appender prepared of each event, in the same order.
+    pub encoded: Vec<Encoded>,
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// One event of an append as its appender prepared it for the writer.
+pub(crate) struct Encoded {
+    pub metadata: Vec<u8>,
+    /// Its content digest hashed as far as it can be before the writer places the
+    /// event ([`ContentPrefix`]): the writer finishes it.
+    pub content: ContentPrefix,
+}
+
+/// Pairs each event's encoded metadata with its content digest's prefix in `stream`.
+fn encode(stream: &StreamId, events: &[EventData], metadata: Vec<Vec<u8>>) -> Vec<Encoded> {
+    events
+        .iter()
+        .zip(metadata)
+        .map(|(e, metadata)| {
+            let content = ContentPrefix::new(
+                &e.event_id,
+                stream.as_str(),
+                &e.event_type,
+                e.schema_version,
+                &metadata,
+                &e.payload,
+            );
+            Encoded { metadata, content }
+        })
+        .collect()
 }
 
 /// Validates an append, queues it for `writer` and waits for its commit.
@@ -35,14 +59,9 @@ pub(crate) async fn submit(
     expected: ExpectedVersion,
     events: Vec<EventData>,
 ) -> Result<AppendResult, StoreError> {
-    let metadata = super::validate_append(&events)?;
-    let contents = events
-        .iter()
-        .zip(&metadata)
-        .map(|(e, m)| ContentPrefix::new(&e.event_id, stream.as_str(), &e.event_type, e.schema_version, m, &e.payload))
-        .collect();
+    let encoded = encode(stream, &events, super::validate_append(&events)?);
     let (reply, answer) = oneshot::channel();
-    let request = AppendRequest { stream: stream.clone(), expected, events, metadata, contents, reply };
+    let request = AppendRequest { stream: stream.clone(), expected, events, encoded, reply };
     let gone = || StoreError::unavailable(backend, "the writer has stopped");
     writer.send(request).await.map_err(|_| gone())?;
     answer.await.map_err(|_| gone())?
@@ -140,7 +159,8 @@ impl Groups {
 const LINGER_STEP: Duration = Duration::from_micros(50);
 
 fn bytes(request: &AppendRequest) -> usize {
-    request.events.iter().map(|e| e.payload.len()).sum::<usize>() + request.metadata.iter().map(Vec::len).sum::<usize>()
+    request.events.iter().map(|e| e.payload.len()).sum::<usize>()
+        + request.encoded.iter().map(|e| e.metadata.len()).sum::<usize>()
 }
 
 /// `first` plus the requests already waiting (with `group`), up to [`MAX_BATCH_EVENTS`]
@@ -196,18 +216,8 @@ mod tests {
             })
             .collect();
         let stream = StreamId::new("user-x").unwrap();
-        let contents = data
-            .iter()
-            .map(|e| ContentPrefix::new(&e.event_id, stream.as_str(), &e.event_type, 1, &[], &e.payload))
-            .collect();
-        AppendRequest {
-            stream,
-            expected: ExpectedVersion::Any,
-            events: data,
-            metadata: vec![Vec::new(); events],
-            contents,
-            reply,
-        }
+        let encoded = encode(&stream, &data, vec![Vec::new(); events]);
+        AppendRequest { stream, expected: ExpectedVersion::Any, events: data, encoded, reply }
     }
 
     #[test]

@@ -478,9 +478,9 @@ fn append_one(
              recorded_at, metadata, payload, chain_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(db_err)?;
-    for (i, ((event, metadata), content)) in events.iter().zip(&request.metadata).zip(&request.contents).enumerate() {
+    for (i, (event, encoded)) in events.iter().zip(&request.encoded).enumerate() {
         let position = head + 1 + i as u64;
-        let content = content.finish(first_version + i as u64, from_micros(recorded_at));
+        let content = encoded.content.finish(first_version + i as u64, from_micros(recorded_at));
         *link = chain::link(link, position, &content);
         let inserted = insert.execute(params![
             position as i64,
@@ -490,7 +490,7 @@ fn append_one(
             event.event_type,
             event.schema_version,
             recorded_at,
-            metadata,
+            encoded.metadata,
             event.payload,
             link.as_slice(),
         ]);

@@ -821,8 +821,7 @@ impl Writer {
                         continue;
                     }
                     let first_version = actual.map_or(0, |v| v + 1);
-                    let encoded = request.metadata.iter().zip(&request.contents);
-                    for (i, (event, (metadata, content))) in request.events.iter().zip(encoded).enumerate() {
+                    for (i, (event, encoded)) in request.events.iter().zip(&request.encoded).enumerate() {
                         let position = head + 1 + i as u64;
                         let stored = Stored {
                             event_id: event.event_id,
@@ -831,11 +830,11 @@ impl Writer {
                             event_type: event.event_type.clone(),
                             schema_version: event.schema_version,
                             recorded_at,
-                            metadata: metadata.clone(),
+                            metadata: encoded.metadata.clone(),
                             payload: event.payload.clone(),
                             link: chain::GENESIS,
                         };
-                        let content = content.finish(stored.stream_version, from_micros(recorded_at));
+                        let content = encoded.content.finish(stored.stream_version, from_micros(recorded_at));
                         link = chain::link(&link, position, &content);
                         pending.insert(event.event_id, (stream.to_string(), stored.stream_version, position));
                         records.push((position, Stored { link, ..stored }));

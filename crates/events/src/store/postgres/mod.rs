@@ -597,11 +597,10 @@ fn plan(batch: &[AppendRequest], mut head: u64, known: &mut Known, recorded_at: 
         let writes = matches!(&outcome, Ok(result) if result.position > head);
         if let (true, Ok(result)) = (writes, &outcome) {
             let first_version = result.stream_version + 1 - request.events.len() as u64;
-            let encoded = request.metadata.iter().zip(&request.contents);
-            for (i, (event, (metadata, content))) in request.events.iter().zip(encoded).enumerate() {
+            for (i, (event, encoded)) in request.events.iter().zip(&request.encoded).enumerate() {
                 let (position, version) = (head + 1 + i as u64, first_version + i as u64);
                 known.events.insert(event.event_id, (request.stream.to_string(), version, position));
-                let content = content.finish(version, recorded_at);
+                let content = encoded.content.finish(version, recorded_at);
                 cols.digest.push(content.to_vec());
                 cols.position.push(position as i64);
                 cols.event_id.push(event.event_id);
@@ -610,7 +609,7 @@ fn plan(batch: &[AppendRequest], mut head: u64, known: &mut Known, recorded_at: 
                 cols.event_type.push(event.event_type.clone());
                 cols.schema_version.push(event.schema_version as i16);
                 cols.recorded_at.push(recorded_at);
-                cols.metadata.push(metadata.clone());
+                cols.metadata.push(encoded.metadata.clone());
                 cols.payload.push(event.payload.clone());
             }
             known.versions.insert(request.stream.to_string(), result.stream_version);
