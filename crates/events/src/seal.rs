@@ -62,6 +62,34 @@ impl DataKey {
     }
 }
 
+/// Which seals a reader of the log needs opened (see
+/// [`EventStore::read_all_opening`](crate::EventStore::read_all_opening)): the event types
+/// whose personal payload fields it reads, and those whose metadata's client address and
+/// user agent it reads. Seals it does not need stay shut, and those events read as if
+/// their subject were erased: the payload as its tombstone (the personal fields blanked,
+/// [`blanked`](crate::catalog::personal::blanked)), the metadata without the client
+/// address and user agent. Folding the log into read models needs few of them, and every
+/// open is an AES-GCM decryption; nothing unneeded is held in clear either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening {
+    /// Types whose sealed payload is opened.
+    pub payloads: &'static [&'static str],
+    /// Types whose sealed metadata is opened.
+    pub metadata: &'static [&'static str],
+}
+
+impl Opening {
+    /// Whether an event of `event_type` is read with its personal payload fields.
+    pub fn payload(&self, event_type: &str) -> bool {
+        self.payloads.contains(&event_type)
+    }
+
+    /// Whether an event of `event_type` is read with its client address and user agent.
+    pub fn metadata(&self, event_type: &str) -> bool {
+        self.metadata.contains(&event_type)
+    }
+}
+
 /// A [`DataKey`] made ready to seal and open: its AES key schedule and GHASH key, wiped
 /// when dropped. About 2 KiB, so made for the subjects of one read or append at a time
 /// (the seals of one subject's events close together share it), never kept.

@@ -286,3 +286,68 @@ async fn long_appends_about_known_new_and_erased_users_are_sealed_in_order() {
         }
     }
 }
+
+/// A reader that names the seals it needs (a replay) gets those opened and the rest
+/// shut: those events read as their tombstones, their metadata without the client's
+/// address and agent. Every other field, and every event, is read as by `read_all`.
+#[tokio::test]
+async fn a_reader_gets_the_seals_it_names_opened_and_the_rest_shut() {
+    use perfect21_events::seal::Opening;
+    static OPENING: Opening = Opening { payloads: &["user.registered"], metadata: &["user.login_failed"] };
+    let log = sqlite_log().await;
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let actor = format!("user:{ada}");
+    let events = [
+        registered(ada),
+        UserLoginFailed { user_id: ada, reason: "bad_password".into(), failure_count: 1, risk_score: 0.5 }.into(),
+        UserStatusChanged { user_id: ada, from: UserStatus::Active, to: UserStatus::Locked, reason: "fraud".into() }
+            .into(),
+        Event::UserLoginFailed(UserLoginFailed {
+            user_id: bob,
+            reason: "locked".into(),
+            failure_count: 2,
+            risk_score: 0.0,
+        }),
+    ];
+    let metadata = [from_client(&actor), from_client(&actor), from_client(&actor), from_client(&format!("user:{bob}"))];
+    let data: Vec<EventData> = events.iter().zip(metadata).map(|(e, m)| EventData::new(e, m).unwrap()).collect();
+    log.instance().append(&StreamId::of("user", ada).unwrap(), ExpectedVersion::Any, data).await.unwrap();
+    let fresh = log.instance();
+    let all = fresh.read_all(1, 10).await.unwrap();
+    let named = log.instance().read_all_opening(1, 10, &OPENING).await.unwrap();
+    assert_eq!(named.len(), 4);
+    for (a, n) in all.iter().zip(&named) {
+        assert_eq!(
+            (a.event_id, a.position, &a.event_type, a.schema_version, a.metadata.correlation_id, &a.metadata.actor),
+            (n.event_id, n.position, &n.event_type, n.schema_version, n.metadata.correlation_id, &n.metadata.actor),
+        );
+        assert_eq!(a.metadata.client_ip.as_deref(), Some(IP), "read_all opens every seal");
+        assert!(n.metadata.sealed.is_none(), "no seal is handed out");
+    }
+    let decoded: Vec<Event> = named.iter().map(|r| r.decode().unwrap()).collect();
+    // Registration: its payload named, its metadata not.
+    let Event::UserRegistered(r) = &decoded[0] else { panic!("{:?}", decoded[0]) };
+    assert_eq!((r.email.as_str(), named[0].metadata.client_ip.as_deref()), (EMAIL, None));
+    // A failed login: its metadata named, its payload (the reason) not.
+    assert_eq!(
+        decoded[1],
+        UserLoginFailed { user_id: ada, reason: String::new(), failure_count: 1, risk_score: 0.5 }.into()
+    );
+    assert_eq!(
+        (named[1].metadata.client_ip.as_deref(), named[1].metadata.user_agent.as_deref()),
+        (Some(IP), Some(AGENT))
+    );
+    // A status change: neither.
+    assert_eq!(
+        decoded[2],
+        UserStatusChanged { user_id: ada, from: UserStatus::Active, to: UserStatus::Locked, reason: String::new() }
+            .into()
+    );
+    assert_eq!(named[2].metadata.user_agent, None);
+    // Bob's key opens the fourth event's metadata; after Bob is erased it reads shut too.
+    assert_eq!(named[3].metadata.client_ip.as_deref(), Some(IP));
+    assert!(log.instance().erase_subject(bob).await.unwrap());
+    let after = log.instance().read_all_opening(4, 1, &OPENING).await.unwrap();
+    assert_eq!(after[0].metadata.client_ip, None);
+    assert_eq!(after[0].decode().unwrap(), decoded[3]);
+}

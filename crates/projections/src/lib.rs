@@ -15,6 +15,7 @@ pub mod sessions;
 pub mod snapshot;
 pub mod users;
 
+use perfect21_events::seal::Opening;
 use perfect21_events::{CodecError, Event, RecordedEvent};
 
 /// One shared copy of a string that many entries repeat (role ids, user agents).
@@ -57,6 +58,19 @@ pub struct ReadModels {
 }
 
 impl ReadModels {
+    /// The seals the folds need opened: of the personal fields, they read the user's
+    /// names, email, username and phone (registration and profile updates), the reason
+    /// of a failed login and the device of a session (the audit and session views), and
+    /// the client address and user agent of logins (the audit's login history). Replay
+    /// reads the log with this ([`EventStore::read_all_opening`](perfect21_events::EventStore::read_all_opening)):
+    /// every other sealed field would be decrypted only to be dropped. A fold that starts
+    /// reading another personal field must be named here (a test folds every sealed type
+    /// with and without its seals opened and fails otherwise).
+    pub const OPENING: Opening = Opening {
+        payloads: &["user.registered", "user.profile_updated", "user.login_failed", "session.started"],
+        metadata: &["user.login_succeeded", "user.login_failed"],
+    };
+
     /// Position of the last event folded (0: none).
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint

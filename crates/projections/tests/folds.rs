@@ -341,3 +341,131 @@ fn a_role_assignment_stops_granting_at_its_expiry() {
     assert!(check(&m2, u, status, "pager", "ack", "x", NOW + 3600).allowed);
     assert_ne!(m.digest(), m2.digest());
 }
+
+/// Lives with every event type that has personal fields, each with them set (the
+/// session's device, the login's device, the reasons), and a client address and user
+/// agent on every event: what [`ReadModels::OPENING`] is checked against. The deletion
+/// is another user's and the revocation another session's, so that neither wipes what
+/// the first ones' events left.
+fn personal_lives() -> Vec<Event> {
+    let (u, s, ended, gone) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(4), Uuid::from_u128(3));
+    vec![
+        UserRegistered { phone_number: Some("+15555550100".into()), ..registered_event(u, "ada@example.com", "ada") }
+            .into(),
+        UserProfileUpdated {
+            user_id: u,
+            first_name: Some("Augusta".into()),
+            last_name: Some("King".into()),
+            phone_number: Some("+15555550199".into()),
+            profile: vec![("timezone".into(), "Europe/London".into())],
+        }
+        .into(),
+        UserPasswordChanged { user_id: u, password_hash: "$argon2id$new".into(), reason: "user".into() }.into(),
+        UserStatusChanged {
+            user_id: u,
+            from: UserStatus::PendingVerification,
+            to: UserStatus::Active,
+            reason: "verified by support".into(),
+        }
+        .into(),
+        UserMfaEnabled {
+            user_id: u,
+            method: "totp".into(),
+            secret_ciphertext: vec![1, 2, 3],
+            recovery_code_hashes: vec!["h1".into()],
+        }
+        .into(),
+        SessionStarted {
+            session_id: s,
+            user_id: u,
+            refresh_token_hash: "rt1".into(),
+            access_jti: "j1".into(),
+            expires_at: NOW + 3600,
+            device_id: Some("ada's phone".into()),
+        }
+        .into(),
+        UserLoginSucceeded {
+            user_id: u,
+            session_id: s,
+            mfa_used: true,
+            risk_score: 0.25,
+            device_id: Some("ada's phone".into()),
+            totp_step: Some(7),
+        }
+        .into(),
+        UserLoginFailed { user_id: u, reason: "bad_password".into(), failure_count: 1, risk_score: 0.5 }.into(),
+        SuspiciousActivity {
+            user_id: u,
+            activity_type: "new_device".into(),
+            risk_score: 0.75,
+            description: "login from a new device".into(),
+            details: vec![("ip".into(), "203.0.113.9".into())],
+        }
+        .into(),
+        SessionStarted {
+            session_id: ended,
+            user_id: u,
+            refresh_token_hash: "rt2".into(),
+            access_jti: "j2".into(),
+            expires_at: NOW + 3600,
+            device_id: Some("a shared computer".into()),
+        }
+        .into(),
+        SessionRevoked { session_id: ended, user_id: u, reason: "forgot to log out".into() }.into(),
+        registered(gone, "gone@example.com", "gone"),
+        UserDeleted { user_id: gone, reason: "moved away".into() }.into(),
+    ]
+}
+
+fn registered_event(user_id: Uuid, email: &str, username: &str) -> UserRegistered {
+    match registered(user_id, email, username) {
+        Event::UserRegistered(e) => e,
+        _ => unreachable!(),
+    }
+}
+
+/// `events` recorded, with the seals that `shut` names left shut as a sealing store
+/// leaves them: the payload as its tombstone, the metadata without client address and
+/// user agent.
+fn recorded_shut(events: Vec<Event>, shut: impl Fn(&str) -> (bool, bool)) -> Vec<RecordedEvent> {
+    let mut recorded = record(events);
+    for r in &mut recorded {
+        r.metadata.user_agent = Some(format!("agent {}", r.position));
+        let (payload, metadata) = shut(&r.event_type);
+        if payload {
+            let event = r.decode().unwrap();
+            let tombstone = perfect21_events::catalog::personal::blanked(&event).expect("a type with personal fields");
+            r.payload = tombstone.encode_payload().unwrap();
+        }
+        if metadata {
+            (r.metadata.client_ip, r.metadata.user_agent) = (None, None);
+        }
+    }
+    recorded
+}
+
+#[test]
+fn the_folds_read_no_sealed_field_but_those_replay_opens() {
+    use perfect21_events::catalog::personal::SEALED_VERSIONS;
+    let opening = ReadModels::OPENING;
+    let sealed_types: Vec<&str> = SEALED_VERSIONS.iter().map(|(t, _, _)| *t).collect();
+    let lives = personal_lives();
+    for t in &sealed_types {
+        assert!(lives.iter().any(|e| e.event_type() == *t), "the lives lack a {t}: add one with its personal fields");
+    }
+    for t in opening.payloads {
+        assert!(sealed_types.contains(t), "{t} has no sealed payload to open");
+    }
+    let digest = |shut: &dyn Fn(&str) -> (bool, bool)| fold(&recorded_shut(lives.clone(), shut)).digest();
+    let open = digest(&|_| (false, false));
+    // As a replay reads the log: every seal not named shut, the read models the same.
+    let as_replayed = digest(&|t| (sealed_types.contains(&t) && !opening.payload(t), !opening.metadata(t)));
+    assert_eq!(as_replayed, open, "a fold reads a personal field that ReadModels::OPENING does not open");
+    // And each seal it names is read: shutting it alone changes the read models.
+    for t in opening.payloads {
+        assert_ne!(digest(&|x| (x == *t, false)), open, "the folds read nothing sealed in {t}'s payload");
+    }
+    for t in opening.metadata {
+        assert_ne!(digest(&|x| (false, x == *t)), open, "the folds read nothing sealed in {t}'s metadata");
+    }
+}

@@ -59,7 +59,8 @@ pub async fn fold_into(
 ) -> anyhow::Result<Replayed> {
     let read = move |from, limit| {
         let store = store.clone();
-        async move { store.read_all(from, limit).await }
+        // Only the seals the folds read are opened.
+        async move { store.read_all_opening(from, limit, &ReadModels::OPENING).await }
     };
     fold_pages(read, models, upto, progress).await
 }

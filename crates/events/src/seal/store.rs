@@ -1,7 +1,7 @@
 //! [`SealingStore`]: seals personal fields on the way into the log and opens them on
 //! the way out.
 
-use super::{open_in_place, Binding, Cipher, KeyState, KeyStore, Part, Seal, SealedMetadata, TAG_BYTES};
+use super::{open_in_place, Binding, Cipher, KeyState, KeyStore, Opening, Part, Seal, SealedMetadata, TAG_BYTES};
 use crate::catalog::personal::{blanked, plain_version_of, sealed_version_of, SealedPayload, SealedPayloadRef};
 use crate::chain::{ChainRecord, Digest};
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
@@ -149,16 +149,21 @@ impl SealingStore {
         let cache = self.cache.lock().expect("key cache");
         let mut needed = Subjects::default();
         for r in &records {
-            seal_subjects(r, &mut needed);
+            seal_subjects(r, None, &mut needed);
         }
         if needed.0.iter().any(|s| !cache.contains_key(s)) {
             return None;
         }
         let mut ciphers = Ciphers::new(&cache);
-        Some(records.into_iter().map(|r| open_one(r, &mut ciphers)).collect())
+        Some(records.into_iter().map(|r| open_one(r, None, &mut ciphers)).collect())
     }
 
-    async fn open_all(&self, records: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>, StoreError> {
+    /// Opens the seals of `records` (those `opening` names, or all of them).
+    async fn open_all(
+        &self,
+        records: Vec<RecordedEvent>,
+        opening: Option<&Opening>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         // A subject erased elsewhere is erased here from its `user.erased` on.
         for r in records.iter().filter(|r| r.event_type == "user.erased") {
             if let Ok(Event::UserErased(e)) = r.decode() {
@@ -167,14 +172,11 @@ impl SealingStore {
         }
         let mut needed = Subjects::default();
         for r in &records {
-            seal_subjects(r, &mut needed);
+            seal_subjects(r, opening, &mut needed);
         }
-        if needed.is_empty() {
-            return Ok(records);
-        }
-        let keys = self.resolve(needed, false).await?;
+        let keys = if needed.is_empty() { HashMap::new() } else { self.resolve(needed, false).await? };
         let mut ciphers = Ciphers::new(&keys);
-        Ok(records.into_iter().map(|r| open_one(r, &mut ciphers)).collect())
+        Ok(records.into_iter().map(|r| open_one(r, opening, &mut ciphers)).collect())
     }
 }
 
@@ -352,19 +354,23 @@ fn seal_one(mut e: EventData, plan: Plan, keys: &mut Ciphers<'_>) -> EventData {
     e
 }
 
-fn seal_subjects(r: &RecordedEvent, into: &mut Subjects) {
-    if plain_version_of(&r.event_type, r.schema_version).is_some() {
+/// Adds the subjects whose keys open the seals of `r` that `opening` names (all: `None`).
+fn seal_subjects(r: &RecordedEvent, opening: Option<&Opening>, into: &mut Subjects) {
+    if plain_version_of(&r.event_type, r.schema_version).is_some() && opening.is_none_or(|o| o.payload(&r.event_type)) {
         if let Some(sealed) = SealedPayloadRef::decode(&r.payload) {
             into.add(sealed.seal.subject);
         }
     }
-    if let Some(seal) = &r.metadata.sealed {
+    if let Some(seal) = r.metadata.sealed.as_ref().filter(|_| opening.is_none_or(|o| o.metadata(&r.event_type))) {
         into.add(seal.subject);
     }
 }
 
-fn open_one(mut r: RecordedEvent, keys: &mut Ciphers<'_>) -> RecordedEvent {
-    if let Some(mut seal) = r.metadata.sealed.take() {
+/// `r` with the seals `opening` names (all: `None`) opened, the others shut: its payload
+/// then reads as its tombstone, its metadata without the sealed fields.
+fn open_one(mut r: RecordedEvent, opening: Option<&Opening>, keys: &mut Ciphers<'_>) -> RecordedEvent {
+    let sealed = r.metadata.sealed.take();
+    if let Some(mut seal) = sealed.filter(|_| opening.is_none_or(|o| o.metadata(&r.event_type))) {
         let binding = Binding {
             part: Part::Metadata,
             event_id: r.event_id,
@@ -407,16 +413,18 @@ fn open_one(mut r: RecordedEvent, keys: &mut Ciphers<'_>) -> RecordedEvent {
         event_type: &r.event_type,
         schema_version: r.schema_version,
     };
-    let opened = keys.get(&subject).is_some_and(|cipher| {
-        let opened = open_in_place(cipher, &nonce, &mut r.payload[sealed.clone()], binding);
-        if !opened {
-            tracing::warn!(
-                position = r.position,
-                "a sealed payload does not open with its subject's key; read as erased"
-            );
-        }
-        opened
-    });
+    let wanted = opening.is_none_or(|o| o.payload(&r.event_type));
+    let opened = wanted
+        && keys.get(&subject).is_some_and(|cipher| {
+            let opened = open_in_place(cipher, &nonce, &mut r.payload[sealed.clone()], binding);
+            if !opened {
+                tracing::warn!(
+                    position = r.position,
+                    "a sealed payload does not open with its subject's key; read as erased"
+                );
+            }
+            opened
+        });
     let keep = if opened { sealed.start..sealed.end - TAG_BYTES } else { clear };
     r.payload.copy_within(keep.clone(), 0);
     r.payload.truncate(keep.len());
@@ -443,12 +451,22 @@ impl EventStore for SealingStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let records = self.inner.read_stream(stream, from_version, limit).await?;
-        self.open_all(records).await
+        self.open_all(records, None).await
     }
 
     async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let records = self.inner.read_all(from_position, limit).await?;
-        self.open_all(records).await
+        self.open_all(records, None).await
+    }
+
+    async fn read_all_opening(
+        &self,
+        from_position: u64,
+        limit: usize,
+        opening: &'static Opening,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let records = self.inner.read_all(from_position, limit).await?;
+        self.open_all(records, Some(opening)).await
     }
 
     async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {

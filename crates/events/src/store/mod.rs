@@ -25,6 +25,7 @@ use crate::chain::ChainRecord;
 use crate::envelope::{AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use crate::limits::MAX_EVENTS_PER_APPEND;
+use crate::seal::Opening;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::sync::Arc;
@@ -55,6 +56,18 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Events with `position >= from_position` in position order, at most `limit`.
     async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// [`read_all`](Self::read_all) for a reader that needs only the seals `opening`
+    /// names opened; the others stay shut (see [`Opening`]). A store that does not seal
+    /// reads as `read_all` does.
+    async fn read_all_opening(
+        &self,
+        from_position: u64,
+        limit: usize,
+        _opening: &'static Opening,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_all(from_position, limit).await
+    }
 
     /// Replaces the payload and metadata of recorded events of `stream`, keeping
     /// everything else (id, type, version, positions): the one exception to an
