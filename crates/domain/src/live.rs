@@ -222,7 +222,8 @@ async fn follow(live: std::sync::Weak<LiveModels>, store: Arc<dyn EventStore>, p
         None => return,
     };
     let mut saved_at = from - 1;
-    let mut sub = subscribe_all(store, from);
+    // The folds need only some seals opened; the others stay shut.
+    let mut sub = subscribe_all(store, from).opening(&ReadModels::OPENING);
     loop {
         let first = match sub.next().await {
             Ok(e) => e,

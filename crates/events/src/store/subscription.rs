@@ -3,6 +3,7 @@
 use super::EventStore;
 use crate::envelope::RecordedEvent;
 use crate::error::StoreError;
+use crate::seal::Opening;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,12 +27,35 @@ pub struct Subscription {
     buffer: VecDeque<RecordedEvent>,
     head: watch::Receiver<u64>,
     hole_since: Option<Instant>,
+    /// The seals this subscriber needs opened (`None`: all of them).
+    opening: Option<&'static Opening>,
 }
 
 impl Subscription {
     pub(crate) fn new(store: Arc<dyn EventStore>, from_position: u64) -> Self {
         let head = store.head_watch();
-        Subscription { store, next: from_position.max(1), buffer: VecDeque::new(), head, hole_since: None }
+        Subscription {
+            store,
+            next: from_position.max(1),
+            buffer: VecDeque::new(),
+            head,
+            hole_since: None,
+            opening: None,
+        }
+    }
+
+    /// Reads the log with only the seals `opening` names opened (see [`Opening`]); events
+    /// this process has just committed may still come with every seal opened.
+    pub fn opening(mut self, opening: &'static Opening) -> Self {
+        self.opening = Some(opening);
+        self
+    }
+
+    async fn read_page(&self) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self.opening {
+            Some(opening) => self.store.read_all_opening(self.next, PAGE, opening).await,
+            None => self.store.read_all(self.next, PAGE).await,
+        }
     }
 
     /// The position of the next event this subscription will yield.
@@ -58,7 +82,7 @@ impl Subscription {
     /// The next event if one is committed already, without waiting for new ones.
     pub async fn try_next(&mut self) -> Result<Option<RecordedEvent>, StoreError> {
         if self.buffer.is_empty() {
-            let page = self.store.read_all(self.next, PAGE).await?;
+            let page = self.read_page().await?;
             self.accept(page)?;
         }
         Ok(self.buffer.pop_front().inspect(|e| self.next = e.position + 1))
@@ -70,7 +94,7 @@ impl Subscription {
         // What this process has just committed is still in memory: no read for it.
         let page = match self.store.recent(self.next, PAGE) {
             Some(page) if !page.is_empty() => page,
-            _ => self.store.read_all(self.next, PAGE).await?,
+            _ => self.read_page().await?,
         };
         let got = self.accept(page)?;
         if !got {
