@@ -34,6 +34,27 @@ fn median_run(runs: Vec<Run>) -> Run {
     Run { per_sec: median(|r| r.per_sec), p50_us: median(|r| r.p50_us), p99_us: median(|r| r.p99_us) }
 }
 
+/// `ours` and `base` for `duration` each, in [`ROUNDS`] short rounds taking turns to go
+/// first (so both see the same drift of a shared machine); the median run of each.
+pub(super) async fn alternated<F, G>(duration: Duration, ours: F, base: G) -> anyhow::Result<(Run, Run)>
+where
+    F: Fn() -> reqwest::RequestBuilder + Clone + Send + Sync + 'static,
+    G: Fn() -> reqwest::RequestBuilder + Clone + Send + Sync + 'static,
+{
+    let slice = duration / ROUNDS as u32;
+    let (mut o, mut b) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            o.push(drive(slice, ours.clone()).await?);
+            b.push(drive(slice, base.clone()).await?);
+        } else {
+            b.push(drive(slice, base.clone()).await?);
+            o.push(drive(slice, ours.clone()).await?);
+        }
+    }
+    Ok((median_run(o), median_run(b)))
+}
+
 /// `CLIENTS` tasks sending `request` back to back for `duration`; each answer must be 200.
 pub(super) async fn drive(
     duration: Duration,
@@ -87,21 +108,20 @@ pub async fn client_credentials(scratch: &Scratch, duration: Duration) -> anyhow
     let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build()?;
     let (token_url, empty_url) = (format!("http://{addr}/oauth2/token"), format!("http://{addr}/healthz"));
     let (id, secret) = (sa.id.to_string(), sa.secret.clone());
-    let grant = {
-        let http = http.clone();
+    // The baseline is the empty handler receiving the same request (credentials, content
+    // type and body), so that only the grant's work differs.
+    let request = |method: reqwest::Method, url: String| {
+        let (http, id, secret) = (http.clone(), id.clone(), secret.clone());
         move || {
-            http.post(&token_url)
+            http.request(method.clone(), &url)
                 .basic_auth(&id, Some(&secret))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body("grant_type=client_credentials")
         }
     };
-    let ours = drive(duration, grant).await?;
-    let empty = {
-        let http = http.clone();
-        move || http.get(&empty_url)
-    };
-    let base = drive(duration, empty).await?;
+    let (ours, base) =
+        alternated(duration, request(reqwest::Method::POST, token_url), request(reqwest::Method::GET, empty_url))
+            .await?;
     let per_core = ours.per_sec / std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     eprintln!("{per_core:.0} grants/s per core (Keycloak's sizing guide: 120 per vCPU)");
     Ok(vec![

@@ -9,7 +9,7 @@
 //! `bench introspect`: RFC 7662 introspections of an access token by its client
 //! per second, against an empty handler (`/healthz`) on the same server.
 
-use super::oauth::{drive, serve, Served};
+use super::oauth::{alternated, serve, Served};
 use super::{Measurement, Scratch};
 use perfect21_domain::clients::pkce_challenge;
 use perfect21_domain::password::PasswordCost;
@@ -141,16 +141,18 @@ pub async fn introspect(scratch: &Scratch, duration: Duration) -> anyhow::Result
     let grant = served.identity.login(&RequestContext::service("bench"), login).await?;
     served.identity.live().wait_for(grant.position, Duration::from_secs(10)).await?;
     let token = served.app.client_access_token(&grant, uuid::Uuid::parse_str(&id)?, "openid email")?;
-    let empty = {
-        let (http, url) = (http.clone(), format!("{base}/healthz"));
-        move || http.get(&url)
+    // The baseline is the empty handler receiving the same request (the client's
+    // credentials and the form), so that only the introspection's work differs.
+    let request = |method: reqwest::Method, url: String| {
+        let (http, id, secret, token) = (http.clone(), id.clone(), secret.clone(), token.clone());
+        move || http.request(method.clone(), &url).basic_auth(&id, Some(&secret)).form(&[("token", token.as_str())])
     };
-    let base_run = drive(duration, empty).await?;
-    let introspect = {
-        let (http, url) = (http.clone(), format!("{base}/oauth2/introspect"));
-        move || http.post(&url).basic_auth(&id, Some(&secret)).form(&[("token", token.as_str())])
-    };
-    let ours = drive(duration, introspect).await?;
+    let (ours, base_run) = alternated(
+        duration,
+        request(reqwest::Method::POST, format!("{base}/oauth2/introspect")),
+        request(reqwest::Method::GET, format!("{base}/healthz")),
+    )
+    .await?;
     Ok(vec![
         Measurement::rate("introspect", "introspections", ours.per_sec, base_run.per_sec, "req/s"),
         Measurement::latency("introspect", "p50", ours.p50_us, base_run.p50_us, "us"),
