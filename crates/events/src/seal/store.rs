@@ -354,14 +354,24 @@ fn seal_one(mut e: EventData, plan: Plan, keys: &mut Ciphers<'_>) -> EventData {
     e
 }
 
+/// Whether a read with `opening` (`None`: every seal) opens an `event_type`'s sealed payload.
+fn opens_payload(opening: Option<&Opening>, event_type: &str) -> bool {
+    opening.is_none_or(|o| o.payload(event_type))
+}
+
+/// Whether a read with `opening` (`None`: every seal) opens an `event_type`'s sealed metadata.
+fn opens_metadata(opening: Option<&Opening>, event_type: &str) -> bool {
+    opening.is_none_or(|o| o.metadata(event_type))
+}
+
 /// Adds the subjects whose keys open the seals of `r` that `opening` names (all: `None`).
 fn seal_subjects(r: &RecordedEvent, opening: Option<&Opening>, into: &mut Subjects) {
-    if plain_version_of(&r.event_type, r.schema_version).is_some() && opening.is_none_or(|o| o.payload(&r.event_type)) {
+    if plain_version_of(&r.event_type, r.schema_version).is_some() && opens_payload(opening, &r.event_type) {
         if let Some(sealed) = SealedPayloadRef::decode(&r.payload) {
             into.add(sealed.seal.subject);
         }
     }
-    if let Some(seal) = r.metadata.sealed.as_ref().filter(|_| opening.is_none_or(|o| o.metadata(&r.event_type))) {
+    if let Some(seal) = r.metadata.sealed.as_ref().filter(|_| opens_metadata(opening, &r.event_type)) {
         into.add(seal.subject);
     }
 }
@@ -370,7 +380,7 @@ fn seal_subjects(r: &RecordedEvent, opening: Option<&Opening>, into: &mut Subjec
 /// then reads as its tombstone, its metadata without the sealed fields.
 fn open_one(mut r: RecordedEvent, opening: Option<&Opening>, keys: &mut Ciphers<'_>) -> RecordedEvent {
     let sealed = r.metadata.sealed.take();
-    if let Some(mut seal) = sealed.filter(|_| opening.is_none_or(|o| o.metadata(&r.event_type))) {
+    if let Some(mut seal) = sealed.filter(|_| opens_metadata(opening, &r.event_type)) {
         let binding = Binding {
             part: Part::Metadata,
             event_id: r.event_id,
@@ -413,8 +423,7 @@ fn open_one(mut r: RecordedEvent, opening: Option<&Opening>, keys: &mut Ciphers<
         event_type: &r.event_type,
         schema_version: r.schema_version,
     };
-    let wanted = opening.is_none_or(|o| o.payload(&r.event_type));
-    let opened = wanted
+    let opened = opens_payload(opening, &r.event_type)
         && keys.get(&subject).is_some_and(|cipher| {
             let opened = open_in_place(cipher, &nonce, &mut r.payload[sealed.clone()], binding);
             if !opened {
