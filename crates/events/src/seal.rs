@@ -166,17 +166,10 @@ impl Seal {
 
     /// [`close`](Self::close) with the key made ready, encrypting `plaintext` where it
     /// lies (its buffer becomes the ciphertext).
-    pub(crate) fn close_fresh(cipher: &Cipher, subject: Uuid, binding: Binding<'_>, mut plaintext: Vec<u8>) -> Seal {
+    pub(crate) fn close_fresh(cipher: &Cipher, subject: Uuid, binding: Binding<'_>, plaintext: Vec<u8>) -> Seal {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        binding.with_associated_data(|aad| {
-            cipher
-                .0
-                .encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut plaintext)
-                // Encryption fails only for plaintexts beyond 64 GiB.
-                .expect("AES-256-GCM encrypts")
-        });
-        Seal { subject, nonce, ciphertext: plaintext }
+        Self::close_in_place(cipher, subject, binding, plaintext, nonce)
     }
 
     /// Encrypts with a given nonce: for fixtures only (a nonce must never repeat under one key).
@@ -187,24 +180,24 @@ impl Seal {
         plaintext: &[u8],
         nonce: [u8; 12],
     ) -> Seal {
-        Self::close_with(&key.cipher(), subject, binding, plaintext, nonce)
+        Self::close_in_place(&key.cipher(), subject, binding, plaintext.to_vec(), nonce)
     }
 
-    pub(crate) fn close_with(
+    fn close_in_place(
         cipher: &Cipher,
         subject: Uuid,
         binding: Binding<'_>,
-        plaintext: &[u8],
+        mut plaintext: Vec<u8>,
         nonce: [u8; 12],
     ) -> Seal {
-        let ciphertext = binding.with_associated_data(|aad| {
+        binding.with_associated_data(|aad| {
             cipher
                 .0
-                .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+                .encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut plaintext)
                 // Encryption fails only for plaintexts beyond 64 GiB.
                 .expect("AES-256-GCM encrypts")
         });
-        Seal { subject, nonce, ciphertext }
+        Seal { subject, nonce, ciphertext: plaintext }
     }
 
     /// The plaintext, or `None` if this key does not open the seal for this binding

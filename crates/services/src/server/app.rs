@@ -391,7 +391,6 @@ impl App {
         self.identity.read(Some(self.identity.last_write()), |m| super::views::export(m, id, now, &history)).await
     }
 
-    /// Whether `principal` holds `resource:action:*`.
     /// Whether `id` holds `perm` in `m` at the identity's clock, counted as a permission
     /// check (`false`, and not counted, when none is asked).
     fn holds_in(&self, m: &perfect21_projections::ReadModels, id: Uuid, perm: Option<Perm>) -> bool {
