@@ -170,6 +170,58 @@ impl Metadata {
     }
 }
 
+/// [`Metadata`] read in place from the bytes that hold it (the same encoding), its seal
+/// borrowed too: for readers that take a field or two of each of many events.
+#[derive(Debug, Deserialize)]
+pub struct MetadataRef<'a> {
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    #[serde(borrow)]
+    pub actor: Option<&'a str>,
+    #[serde(borrow)]
+    pub source_service: Option<&'a str>,
+    #[serde(borrow)]
+    pub client_ip: Option<&'a str>,
+    #[serde(borrow)]
+    pub user_agent: Option<&'a str>,
+    #[serde(borrow)]
+    pub traceparent: Option<&'a str>,
+    /// Read from the bytes after the fields, as [`Metadata::sealed`].
+    #[serde(skip)]
+    pub sealed: Option<crate::seal::SealRef<'a>>,
+}
+
+impl<'a> MetadataRef<'a> {
+    /// Reads what [`Metadata::decode`] reads, and fails where it fails.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, CodecError> {
+        let Some(rest) = bytes.strip_prefix(&[SEALED_METADATA]) else {
+            return postcard::from_bytes(bytes).map_err(CodecError::Metadata);
+        };
+        let (mut metadata, seal): (MetadataRef, _) = postcard::take_from_bytes(rest).map_err(CodecError::Metadata)?;
+        metadata.sealed = Some(postcard::from_bytes(seal).map_err(CodecError::Metadata)?);
+        Ok(metadata)
+    }
+
+    /// The same metadata, owned.
+    pub fn to_metadata(&self) -> Metadata {
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        Metadata {
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor: owned(self.actor),
+            source_service: owned(self.source_service),
+            client_ip: owned(self.client_ip),
+            user_agent: owned(self.user_agent),
+            traceparent: owned(self.traceparent),
+            sealed: self.sealed.as_ref().map(|s| crate::seal::Seal {
+                subject: s.subject,
+                nonce: s.nonce,
+                ciphertext: s.ciphertext.to_vec(),
+            }),
+        }
+    }
+}
+
 /// An event ready to be appended: already encoded, with its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventData {
@@ -293,5 +345,38 @@ mod tests {
         for cut in 1..bytes.len() {
             assert!(Metadata::decode(&bytes[..cut]).is_err(), "decoded from {cut} of {} bytes", bytes.len());
         }
+    }
+
+    /// What [`MetadataRef`] reads in place is what [`Metadata::decode`] reads.
+    fn assert_read_in_place_alike(bytes: &[u8]) {
+        match (Metadata::decode(bytes), MetadataRef::decode(bytes)) {
+            (Ok(whole), Ok(in_place)) => assert_eq!(in_place.to_metadata(), whole),
+            (Err(_), Err(_)) => {}
+            (whole, in_place) => panic!("Metadata::decode gives {whole:?}, MetadataRef::decode {in_place:?}"),
+        }
+    }
+
+    #[test]
+    fn metadata_read_in_place_is_metadata_decoded() {
+        let full = Metadata {
+            correlation_id: Some(Uuid::from_u128(1)),
+            causation_id: Some(Uuid::from_u128(2)),
+            actor: Some("user:0191".into()),
+            source_service: Some("auth".into()),
+            client_ip: Some("198.51.100.4".into()),
+            user_agent: Some("Mozilla/5.0 (ü)".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            sealed: None,
+        };
+        let seal = crate::seal::Seal { subject: Uuid::from_u128(5), nonce: [3; 12], ciphertext: vec![9; 300] };
+        let sealed = Metadata { client_ip: None, user_agent: None, sealed: Some(seal), ..full.clone() };
+        for m in [Metadata::default(), full, sealed] {
+            let bytes = m.encode();
+            assert_read_in_place_alike(&bytes);
+            for cut in 0..bytes.len() {
+                assert_read_in_place_alike(&bytes[..cut]);
+            }
+        }
+        assert_read_in_place_alike(include_bytes!("../../../fuzz/seeds/metadata/sealed"));
     }
 }

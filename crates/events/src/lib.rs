@@ -28,4 +28,5 @@ pub mod store;
 pub use catalog::Event;
 pub use envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
 pub use error::{CodecError, StoreError};
+pub use store::page::{FoldEvent, StoredPage};
 pub use store::{subscribe_all, Appends, EventStore, Lease, Redaction, StoreStats, Subscription};

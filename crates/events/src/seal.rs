@@ -234,8 +234,8 @@ pub(crate) fn open_in_place(cipher: &Cipher, nonce: &[u8; 12], sealed: &mut [u8]
 pub(crate) const TAG_BYTES: usize = 16;
 
 /// A [`Seal`] read in place from the bytes that hold it (the same encoding).
-#[derive(Debug, Deserialize)]
-pub(crate) struct SealRef<'a> {
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct SealRef<'a> {
     pub subject: Uuid,
     pub nonce: [u8; 12],
     #[serde(borrow)]

@@ -351,3 +351,114 @@ async fn a_reader_gets_the_seals_it_names_opened_and_the_rest_shut() {
     assert_eq!(after[0].metadata.client_ip, None);
     assert_eq!(after[0].decode().unwrap(), decoded[3]);
 }
+
+/// What a fold is handed of every event (see [`FoldEvent`]): its payload decoded, and the
+/// client's address and agent only where the opening names its metadata.
+fn as_folded(e: &perfect21_events::FoldEvent) -> (u64, i64, Event, Option<&str>, Option<&str>) {
+    let event = e.event.as_ref().unwrap_or_else(|err| panic!("position {}: {err}", e.position)).clone();
+    (e.position, e.recorded_at.timestamp_micros(), event, e.client_ip.as_deref(), e.user_agent.as_deref())
+}
+
+/// A read for folding (one buffer per page, seals opened and payloads decoded where they
+/// lie) gives every event as `read_all_opening` does: sealed and legacy payloads and
+/// metadata, seals named and not, a subject erased by a `user.erased` this reader has not
+/// seen before. Metadata that does not decode fails both reads alike where the fold reads
+/// it; where it does not, only the chain (`events verify`) and whole reads notice.
+async fn a_fold_read_gives_what_a_read_opening_the_same_gives(log: Log) {
+    use perfect21_events::seal::Opening;
+    use perfect21_events::FoldEvent;
+    static OPENING: Opening = Opening {
+        payloads: &["user.registered", "user.login_failed"],
+        metadata: &["user.login_failed", "user.login_succeeded"],
+    };
+    let (ada, bob, carol) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let as_ada = from_client(&format!("user:{ada}"));
+    let failed = |user_id, reason: &str| -> Event {
+        UserLoginFailed { user_id, reason: reason.into(), failure_count: 1, risk_score: 0.5 }.into()
+    };
+    let succeeded = |user_id| -> Event {
+        UserLoginSucceeded {
+            user_id,
+            session_id: Uuid::now_v7(),
+            mfa_used: false,
+            risk_score: 0.1,
+            device_id: Some("phone".into()),
+            totp_step: None,
+        }
+        .into()
+    };
+    let sealed = [
+        (registered(ada), as_ada.clone()),
+        (failed(ada, "bad_password"), as_ada.clone()),
+        (succeeded(ada), as_ada.clone()),
+        (
+            UserStatusChanged { user_id: ada, from: UserStatus::Active, to: UserStatus::Locked, reason: "x".into() }
+                .into(),
+            as_ada.clone(),
+        ),
+        (failed(bob, "locked"), from_client(&format!("user:{bob}"))),
+        (succeeded(bob), Metadata { correlation_id: Some(Uuid::now_v7()), ..Metadata::default() }),
+    ];
+    let data = sealed.iter().map(|(e, m)| EventData::new(e, m.clone()).unwrap()).collect();
+    log.instance().append(&StreamId::of("user", ada).unwrap(), ExpectedVersion::Any, data).await.unwrap();
+    // As written before sealing: a plain registration, a login with its address in clear.
+    let legacy = vec![
+        EventData::new(&registered(carol), from_client("anonymous")).unwrap(),
+        EventData::new(&succeeded(carol), from_client(&format!("user:{carol}"))).unwrap(),
+    ];
+    log.raw.append(&StreamId::of("user", carol).unwrap(), ExpectedVersion::Any, legacy).await.unwrap();
+    // Bob erased by another process: only its `user.erased` tells a reader so.
+    let erased = vec![EventData::new(&UserErased { user_id: bob }.into(), Metadata::default()).unwrap()];
+    log.raw.append(&StreamId::of("user", bob).unwrap(), ExpectedVersion::Any, erased).await.unwrap();
+
+    let folded = log.instance().read_folding(1, 100, &OPENING).await.unwrap();
+    let read = log.instance().read_all_opening(1, 100, &OPENING).await.unwrap();
+    let expected: Vec<FoldEvent> = read.into_iter().map(|r| FoldEvent::from_recorded(r, &OPENING)).collect();
+    assert_eq!(folded.len(), 9);
+    for (f, e) in folded.iter().zip(&expected) {
+        assert_eq!(as_folded(f), as_folded(e));
+    }
+    let at = |i: usize| as_folded(&folded[i]);
+    let Event::UserRegistered(r) = at(0).2 else { panic!("{:?}", at(0)) };
+    assert_eq!((r.email.as_str(), at(0).3), (EMAIL, None), "its payload named, its metadata not");
+    assert_eq!((at(1).2, at(1).3, at(1).4), (failed(ada, "bad_password"), Some(IP), Some(AGENT)));
+    let Event::UserLoginSucceeded(s) = at(2).2 else { panic!("{:?}", at(2)) };
+    assert_eq!((s.device_id, at(2).3), (None, Some(IP)), "its metadata named, its payload not");
+    let Event::UserStatusChanged(c) = at(3).2 else { panic!("{:?}", at(3)) };
+    assert_eq!(c.reason, "", "neither named");
+    assert_eq!((at(4).2, at(4).3), (failed(bob, ""), None), "bob is erased from the page's user.erased on");
+    assert_eq!(at(5).3, None, "no address given");
+    let Event::UserRegistered(r) = at(6).2 else { panic!("{:?}", at(6)) };
+    assert_eq!((r.email.as_str(), at(7).3, at(7).4), (EMAIL, Some(IP), Some(AGENT)), "legacy events as written");
+
+    // A page from the middle, and past the end.
+    let middle = log.instance().read_folding(3, 2, &OPENING).await.unwrap();
+    assert_eq!(middle.iter().map(|e| e.position).collect::<Vec<_>>(), [3, 4]);
+    assert!(log.instance().read_folding(10, 5, &OPENING).await.unwrap().is_empty());
+
+    if let Some(dir) = &log.dir {
+        let db = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+        // A failed login's metadata is read; a status change's is not.
+        db.execute("UPDATE events SET metadata = x'ff0102' WHERE position IN (2, 4)", []).unwrap();
+        for (how, err) in [
+            ("read_folding", log.instance().read_folding(1, 100, &OPENING).await.err()),
+            ("read_all", log.instance().read_all(1, 100).await.err()),
+        ] {
+            assert!(matches!(err, Some(StoreError::Corrupt { position: 2, .. })), "{how}: {err:?}");
+        }
+        let past = log.instance().read_folding(3, 100, &OPENING).await.unwrap();
+        assert_eq!(as_folded(&past[1]), as_folded(&folded[3]), "metadata no fold reads is not decoded");
+        let err = log.instance().read_all(3, 100).await.err();
+        assert!(matches!(err, Some(StoreError::Corrupt { position: 4, .. })), "read_all: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_a_fold_read_gives_what_a_read_opening_the_same_gives() {
+    a_fold_read_gives_what_a_read_opening_the_same_gives(sqlite_log().await).await;
+}
+
+#[tokio::test]
+async fn postgres_a_fold_read_gives_what_a_read_opening_the_same_gives() {
+    a_fold_read_gives_what_a_read_opening_the_same_gives(postgres_log().await).await;
+}

@@ -1,8 +1,8 @@
 //! A per-user index of security-relevant events, and the login history.
 
 use crate::digest::{sorted, Digest};
-use crate::intern;
-use perfect21_events::{Event, RecordedEvent};
+use crate::{intern, Read};
+use perfect21_events::Event;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -172,12 +172,12 @@ impl Audit {
         self.users.get(&user).into_iter().flat_map(|a| a.logins.iter())
     }
 
-    pub(crate) fn apply(&mut self, recorded: &RecordedEvent, event: &Event) {
+    pub(crate) fn apply(&mut self, read: Read<'_>, event: &Event) {
         let Some(user) = audited_user(event) else {
             return;
         };
         let audit = self.users.entry(user).or_default();
-        audit.positions.push(recorded.position);
+        audit.positions.push(read.position);
         let (success, risk_score, failure_reason) = match event {
             Event::UserLoginSucceeded(e) => (true, e.risk_score, None),
             Event::UserLoginFailed(e) => (false, e.risk_score, Some(intern(&mut self.interned, &e.reason))),
@@ -198,11 +198,11 @@ impl Audit {
         }
         audit.logins.reserve_exact(1);
         audit.logins.push(LoginRecord {
-            position: recorded.position,
-            at: recorded.recorded_at.timestamp_micros(),
+            position: read.position,
+            at: read.at,
             success,
-            client_ip: recorded.metadata.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
-            user_agent: recorded.metadata.user_agent.as_deref().map(|ua| intern(&mut self.interned, ua)),
+            client_ip: read.client_ip.and_then(|ip| ip.parse().ok()),
+            user_agent: read.user_agent.map(|ua| intern(&mut self.interned, ua)),
             risk_score,
             failure_reason,
         });

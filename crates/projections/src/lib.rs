@@ -16,7 +16,7 @@ pub mod snapshot;
 pub mod users;
 
 use perfect21_events::seal::Opening;
-use perfect21_events::{CodecError, Event, RecordedEvent};
+use perfect21_events::{CodecError, Event, FoldEvent, RecordedEvent};
 
 /// One shared copy of a string that many entries repeat (role ids, user agents).
 fn intern(pool: &mut std::collections::HashSet<std::sync::Arc<str>>, s: &str) -> std::sync::Arc<str> {
@@ -43,6 +43,16 @@ pub enum ProjectionError {
     OutOfOrder { expected: u64, got: u64 },
 }
 
+/// What the folds read of an event besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Read<'a> {
+    pub position: u64,
+    /// When it was recorded, in microseconds since the Unix epoch.
+    pub at: i64,
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
 /// All read models, at one checkpoint.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReadModels {
@@ -62,7 +72,7 @@ impl ReadModels {
     /// names, email, username and phone (registration and profile updates), the reason
     /// of a failed login and the device of a session (the audit and session views), and
     /// the client address and user agent of logins (the audit's login history). Replay
-    /// reads the log with this ([`EventStore::read_all_opening`](perfect21_events::EventStore::read_all_opening)):
+    /// reads the log with this ([`EventStore::read_folding`](perfect21_events::EventStore::read_folding)):
     /// every other sealed field would be decrypted only to be dropped. A fold that starts
     /// reading another personal field must be named here (a test folds every sealed type
     /// with and without its seals opened and fails otherwise).
@@ -83,47 +93,56 @@ impl ReadModels {
 
     /// Folds one recorded event into every model.
     pub fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), ProjectionError> {
-        self.apply_decoded_as(recorded, || recorded.decode())
+        let read = Read {
+            position: recorded.position,
+            at: recorded.recorded_at.timestamp_micros(),
+            client_ip: recorded.metadata.client_ip.as_deref(),
+            user_agent: recorded.metadata.user_agent.as_deref(),
+        };
+        self.apply_decoded_as(read, || recorded.decode())
     }
 
-    /// [`apply`](Self::apply) with the payload already decoded (`recorded.decode()`), so
-    /// that decoding can run ahead of folding, elsewhere.
-    pub fn apply_predecoded(
-        &mut self,
-        recorded: &RecordedEvent,
-        decoded: Result<Event, CodecError>,
-    ) -> Result<(), ProjectionError> {
-        self.apply_decoded_as(recorded, || decoded)
+    /// Folds one event read for folding ([`EventStore::read_folding`](perfect21_events::EventStore::read_folding)
+    /// through [`OPENING`](Self::OPENING)): the same as [`apply`](Self::apply) of the event
+    /// read whole, its payload decoded ahead, elsewhere.
+    pub fn apply_folded(&mut self, e: FoldEvent) -> Result<(), ProjectionError> {
+        let FoldEvent { position, recorded_at, event, client_ip, user_agent } = e;
+        let read = Read {
+            position,
+            at: recorded_at.timestamp_micros(),
+            client_ip: client_ip.as_deref(),
+            user_agent: user_agent.as_deref(),
+        };
+        self.apply_decoded_as(read, || event)
     }
 
     fn apply_decoded_as(
         &mut self,
-        recorded: &RecordedEvent,
+        read: Read<'_>,
         decode: impl FnOnce() -> Result<Event, CodecError>,
     ) -> Result<(), ProjectionError> {
-        if recorded.position <= self.checkpoint {
+        if read.position <= self.checkpoint {
             return Ok(());
         }
-        if recorded.position != self.checkpoint + 1 {
-            return Err(ProjectionError::OutOfOrder { expected: self.checkpoint + 1, got: recorded.position });
+        if read.position != self.checkpoint + 1 {
+            return Err(ProjectionError::OutOfOrder { expected: self.checkpoint + 1, got: read.position });
         }
         match decode() {
-            Ok(event) => self.apply_decoded(recorded, &event),
+            Ok(event) => self.apply_decoded(read, &event),
             Err(CodecError::UnknownEventType { .. }) => self.skipped_unknown += 1,
-            Err(source) => return Err(ProjectionError::Undecodable { position: recorded.position, source }),
+            Err(source) => return Err(ProjectionError::Undecodable { position: read.position, source }),
         }
-        self.checkpoint = recorded.position;
+        self.checkpoint = read.position;
         Ok(())
     }
 
-    fn apply_decoded(&mut self, recorded: &RecordedEvent, event: &Event) {
-        let at = recorded.recorded_at.timestamp_micros();
-        self.users.apply(event, at);
+    fn apply_decoded(&mut self, read: Read<'_>, event: &Event) {
+        self.users.apply(event, read.at);
         self.authz.apply(event);
-        self.sessions.apply(event, at);
-        self.audit.apply(recorded, event);
-        self.service_accounts.apply(event, at);
-        self.clients.apply(event, at);
+        self.sessions.apply(event, read.at);
+        self.audit.apply(read, event);
+        self.service_accounts.apply(event, read.at);
+        self.clients.apply(event, read.at);
     }
 
     /// The status a permission check should see for a principal: a user's status, an

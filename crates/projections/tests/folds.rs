@@ -459,8 +459,15 @@ fn the_folds_read_no_sealed_field_but_those_replay_opens() {
     let digest = |shut: &dyn Fn(&str) -> (bool, bool)| fold(&recorded_shut(lives.clone(), shut)).digest();
     let open = digest(&|_| (false, false));
     // As a replay reads the log: every seal not named shut, the read models the same.
-    let as_replayed = digest(&|t| (sealed_types.contains(&t) && !opening.payload(t), !opening.metadata(t)));
+    let shut_as_replayed = |t: &str| (sealed_types.contains(&t) && !opening.payload(t), !opening.metadata(t));
+    let as_replayed = digest(&shut_as_replayed);
     assert_eq!(as_replayed, open, "a fold reads a personal field that ReadModels::OPENING does not open");
+    // And as a replay folds it: each event handed over as a FoldEvent.
+    let mut folded = ReadModels::default();
+    for r in recorded_shut(lives.clone(), |t| (shut_as_replayed(t).0, false)) {
+        folded.apply_folded(perfect21_events::FoldEvent::from_recorded(r, &opening)).unwrap();
+    }
+    assert_eq!(folded.digest(), open, "a FoldEvent lacks what a fold reads");
     // And each seal it names is read: shutting it alone changes the read models.
     for t in opening.payloads {
         assert_ne!(digest(&|x| (x == *t, false)), open, "the folds read nothing sealed in {t}'s payload");

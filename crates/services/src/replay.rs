@@ -4,7 +4,7 @@ use crate::config::StoreArgs;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use perfect21_domain::live::load_snapshot;
-use perfect21_events::{CodecError, Event, EventStore, RecordedEvent, StoreError};
+use perfect21_events::{EventStore, FoldEvent, StoreError};
 use perfect21_projections::ReadModels;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,18 +25,7 @@ pub async fn rebuild(store: Arc<dyn EventStore>, progress: &ProgressBar) -> anyh
     fold_into(store, ReadModels::default(), u64::MAX, progress).await
 }
 
-/// A page of events and their payloads decoded, side by side.
-struct Decoded {
-    records: Vec<RecordedEvent>,
-    events: Vec<Result<Event, CodecError>>,
-}
-
-fn decoded(records: Vec<RecordedEvent>) -> Decoded {
-    let events = records.iter().map(RecordedEvent::decode).collect();
-    Decoded { records, events }
-}
-
-/// Pages read (their seals opened, their payloads decoded) side by side, ahead of the
+/// Pages read (the seals the folds read opened, the payloads decoded) side by side, ahead of the
 /// folder (two and three measured the same on two cores; three keep both busy longer).
 const READERS: u64 = 3;
 
@@ -60,12 +49,12 @@ pub async fn fold_into(
     let read = move |from, limit| {
         let store = store.clone();
         // Only the seals the folds read are opened.
-        async move { store.read_all_opening(from, limit, &ReadModels::OPENING).await }
+        async move { store.read_folding(from, limit, &ReadModels::OPENING).await }
     };
     fold_pages(read, models, upto, progress).await
 }
 
-/// [`fold_into`] over pages that `read(from, limit)` reads as [`EventStore::read_all`] does.
+/// [`fold_into`] over pages that `read(from, limit)` reads as [`EventStore::read_folding`] does.
 async fn fold_pages<R, F>(
     read: R,
     mut models: ReadModels,
@@ -74,7 +63,7 @@ async fn fold_pages<R, F>(
 ) -> anyhow::Result<Replayed>
 where
     R: Fn(u64, usize) -> F + Clone + Send + 'static,
-    F: std::future::Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send,
+    F: std::future::Future<Output = Result<Vec<FoldEvent>, StoreError>> + Send,
 {
     let start = Instant::now();
     let first = models.checkpoint() + 1;
@@ -91,8 +80,8 @@ where
                         return;
                     };
                     let want = wanted(from, upto);
-                    let read_page = read(from, want).await.map(decoded);
-                    let last = !matches!(&read_page, Ok(p) if p.records.len() == want);
+                    let read_page = read(from, want).await;
+                    let last = !matches!(&read_page, Ok(p) if p.len() == want);
                     if tx.send(read_page).await.is_err() || last {
                         return;
                     }
@@ -104,11 +93,12 @@ where
         .collect();
     let mut next = first;
     let mut events = 0u64;
-    let mut fold = |page: Decoded, models: &mut ReadModels| -> anyhow::Result<u64> {
-        events += page.records.len() as u64;
-        let last = page.records.last().map_or(0, |e| e.position);
-        for (e, event) in page.records.iter().zip(page.events) {
-            models.apply_predecoded(e, event).with_context(|| format!("folding position {}", e.position))?;
+    let mut fold = |page: Vec<FoldEvent>, models: &mut ReadModels| -> anyhow::Result<u64> {
+        events += page.len() as u64;
+        let last = page.last().map_or(0, |e| e.position);
+        for e in page {
+            let position = e.position;
+            models.apply_folded(e).with_context(|| format!("folding position {position}"))?;
         }
         progress.set_position(models.checkpoint());
         Ok(last)
@@ -118,8 +108,8 @@ where
         let n = readers.len();
         let Some(received) = readers[i % n].recv().await else { break };
         let records = received?;
-        let in_order = records.records.first().is_some_and(|e| e.position == next);
-        let full = records.records.len() == PAGE;
+        let in_order = records.first().is_some_and(|e| e.position == next);
+        let full = records.len() == PAGE;
         if in_order {
             next = fold(records, &mut models)? + 1;
         }
@@ -127,8 +117,8 @@ where
             // Readers may have read past a gap or past the end as it was: the rest in order.
             readers.clear();
             while next <= upto {
-                let records = decoded(read(next, wanted(next, upto)).await?);
-                if records.records.is_empty() {
+                let records = read(next, wanted(next, upto)).await?;
+                if records.is_empty() {
                     break;
                 }
                 next = fold(records, &mut models)? + 1;
@@ -336,12 +326,11 @@ mod tests {
         store: Arc<dyn EventStore>,
         hole: u64,
         short_from: u64,
-    ) -> impl Fn(u64, usize) -> futures::future::BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> + Clone
-    {
+    ) -> impl Fn(u64, usize) -> futures::future::BoxFuture<'static, Result<Vec<FoldEvent>, StoreError>> + Clone {
         move |from, limit| {
             let store = store.clone();
             Box::pin(async move {
-                let mut page = store.read_all(from, limit + 1).await?;
+                let mut page = store.read_folding(from, limit + 1, &ReadModels::OPENING).await?;
                 page.retain(|e| e.position != hole);
                 page.truncate(if from == short_from { limit / 3 } else { limit });
                 Ok(page)

@@ -4,12 +4,14 @@
 use super::{open_in_place, Binding, Cipher, KeyState, KeyStore, Opening, Part, Seal, SealedMetadata, TAG_BYTES};
 use crate::catalog::personal::{blanked, plain_version_of, sealed_version_of, SealedPayload, SealedPayloadRef};
 use crate::chain::{ChainRecord, Digest};
-use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId};
+use crate::envelope::{AppendResult, EventData, ExpectedVersion, Metadata, MetadataRef, RecordedEvent, StreamId};
 use crate::error::StoreError;
+use crate::store::page::{FoldEvent, StoredMut, StoredPage};
 use crate::store::{EventStore, Redaction, StoreStats};
 use crate::Event;
 use async_trait::async_trait;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -149,7 +151,7 @@ impl SealingStore {
         let cache = self.cache.lock().expect("key cache");
         let mut needed = Subjects::default();
         for r in &records {
-            seal_subjects(r, None, &mut needed);
+            recorded_subjects(r, None, &mut needed);
         }
         if needed.0.iter().any(|s| !cache.contains_key(s)) {
             return None;
@@ -164,19 +166,42 @@ impl SealingStore {
         records: Vec<RecordedEvent>,
         opening: Option<&Opening>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        // A subject erased elsewhere is erased here from its `user.erased` on.
-        for r in records.iter().filter(|r| r.event_type == "user.erased") {
-            if let Ok(Event::UserErased(e)) = r.decode() {
-                self.cache.lock().expect("key cache").insert(e.user_id, KeyState::Erased);
-            }
+        for r in &records {
+            self.learn_erasure(&r.event_type, r.schema_version, &r.payload);
         }
         let mut needed = Subjects::default();
         for r in &records {
-            seal_subjects(r, opening, &mut needed);
+            recorded_subjects(r, opening, &mut needed);
         }
         let keys = if needed.is_empty() { HashMap::new() } else { self.resolve(needed, false).await? };
         let mut ciphers = Ciphers::new(&keys);
         Ok(records.into_iter().map(|r| open_one(r, opening, &mut ciphers)).collect())
+    }
+
+    /// A subject erased elsewhere is erased here from its `user.erased` on.
+    fn learn_erasure(&self, event_type: &str, schema_version: u16, payload: &[u8]) {
+        if event_type == "user.erased" {
+            if let Ok(Event::UserErased(e)) = Event::decode(event_type, schema_version, payload) {
+                self.cache.lock().expect("key cache").insert(e.user_id, KeyState::Erased);
+            }
+        }
+    }
+
+    /// A page read as the read models fold it, the seals `opening` names opened where
+    /// they lie in the page and the payloads decoded from there.
+    async fn fold_page(&self, mut page: StoredPage, opening: &Opening) -> Result<Vec<FoldEvent>, StoreError> {
+        let mut needed = Subjects::default();
+        for e in page.iter() {
+            self.learn_erasure(e.event_type, e.schema_version, e.payload);
+            // Metadata that is read and does not decode fails the read below.
+            let metadata_seal = opens_metadata(Some(opening), e.event_type)
+                .then(|| MetadataRef::decode(e.metadata).ok()?.sealed.map(|s| s.subject))
+                .flatten();
+            seal_subjects(e.event_type, e.schema_version, e.payload, metadata_seal, Some(opening), &mut needed);
+        }
+        let keys = if needed.is_empty() { HashMap::new() } else { self.resolve(needed, false).await? };
+        let mut ciphers = Ciphers::new(&keys);
+        (0..page.len()).map(|i| fold_one(page.get_mut(i), opening, &mut ciphers)).collect()
     }
 }
 
@@ -364,16 +389,83 @@ fn opens_metadata(opening: Option<&Opening>, event_type: &str) -> bool {
     opening.is_none_or(|o| o.metadata(event_type))
 }
 
-/// Adds the subjects whose keys open the seals of `r` that `opening` names (all: `None`).
-fn seal_subjects(r: &RecordedEvent, opening: Option<&Opening>, into: &mut Subjects) {
-    if plain_version_of(&r.event_type, r.schema_version).is_some() && opens_payload(opening, &r.event_type) {
-        if let Some(sealed) = SealedPayloadRef::decode(&r.payload) {
+/// Adds the subjects whose keys open the seals `opening` names (all: `None`) of an event
+/// stored as `event_type` version `schema_version` with `payload`, and whose metadata is
+/// sealed for `metadata_seal` (if it is).
+fn seal_subjects(
+    event_type: &str,
+    schema_version: u16,
+    payload: &[u8],
+    metadata_seal: Option<Uuid>,
+    opening: Option<&Opening>,
+    into: &mut Subjects,
+) {
+    if plain_version_of(event_type, schema_version).is_some() && opens_payload(opening, event_type) {
+        if let Some(sealed) = SealedPayloadRef::decode(payload) {
             into.add(sealed.seal.subject);
         }
     }
-    if let Some(seal) = r.metadata.sealed.as_ref().filter(|_| opens_metadata(opening, &r.event_type)) {
-        into.add(seal.subject);
+    if let Some(subject) = metadata_seal.filter(|_| opens_metadata(opening, event_type)) {
+        into.add(subject);
     }
+}
+
+/// [`seal_subjects`] of a recorded event.
+fn recorded_subjects(r: &RecordedEvent, opening: Option<&Opening>, into: &mut Subjects) {
+    let metadata_seal = r.metadata.sealed.as_ref().map(|s| s.subject);
+    seal_subjects(&r.event_type, r.schema_version, &r.payload, metadata_seal, opening, into);
+}
+
+/// Where `part` lies in `whole` (of which it is a part).
+fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let at = part.as_ptr() as usize - whole.as_ptr() as usize;
+    at..at + part.len()
+}
+
+/// Opens a metadata seal for `subject` whose ciphertext lies in `sealed`, where it lies:
+/// the client address and user agent, or `None` if the subject's key is not live or
+/// does not open it.
+fn open_metadata(
+    keys: &mut Ciphers<'_>,
+    subject: &Uuid,
+    nonce: &[u8; 12],
+    sealed: &mut [u8],
+    binding: Binding<'_>,
+    position: u64,
+) -> Option<SealedMetadata> {
+    if !open_in_place(keys.get(subject)?, nonce, sealed, binding) {
+        return None;
+    }
+    let plaintext = &sealed[..sealed.len() - TAG_BYTES];
+    postcard::from_bytes(plaintext)
+        .inspect_err(|_| tracing::warn!(position, "sealed metadata opened but does not decode"))
+        .ok()
+}
+
+/// The bytes to read of a payload stored in a sealed version, once its seal is opened
+/// where it lies (if `open`, and its subject's key is live and opens it: the plaintext;
+/// else the blanked clear copy), and the plain version they are in. `None` if the
+/// binding's version is no sealed one, or the payload does not read as sealed (then it
+/// is left as stored, and decoding it reports what is wrong).
+fn open_payload(
+    payload: &mut [u8],
+    binding: Binding<'_>,
+    position: u64,
+    open: bool,
+    keys: &mut Ciphers<'_>,
+) -> Option<(Range<usize>, u16)> {
+    let plain = plain_version_of(binding.event_type, binding.schema_version)?;
+    let (clear, subject, nonce, sealed) = SealedPayloadRef::decode(payload)
+        .map(|p| (range_in(payload, p.clear), p.seal.subject, p.seal.nonce, range_in(payload, p.seal.ciphertext)))?;
+    let opened = open
+        && keys.get(&subject).is_some_and(|cipher| {
+            let opened = open_in_place(cipher, &nonce, &mut payload[sealed.clone()], binding);
+            if !opened {
+                tracing::warn!(position, "a sealed payload does not open with its subject's key; read as erased");
+            }
+            opened
+        });
+    Some((if opened { sealed.start..sealed.end - TAG_BYTES } else { clear }, plain))
 }
 
 /// `r` with the seals `opening` names (all: `None`) opened, the others shut: its payload
@@ -387,58 +479,61 @@ fn open_one(mut r: RecordedEvent, opening: Option<&Opening>, keys: &mut Ciphers<
             event_type: &r.event_type,
             schema_version: r.schema_version,
         };
-        let opened = keys
-            .get(&seal.subject)
-            .is_some_and(|cipher| open_in_place(cipher, &seal.nonce, &mut seal.ciphertext, binding));
-        if opened {
-            let plaintext = &seal.ciphertext[..seal.ciphertext.len() - TAG_BYTES];
-            match postcard::from_bytes::<SealedMetadata>(plaintext) {
-                Ok(personal) => {
-                    r.metadata.client_ip = personal.client_ip;
-                    r.metadata.user_agent = personal.user_agent;
-                }
-                Err(_) => tracing::warn!(position = r.position, "sealed metadata opened but does not decode"),
-            }
+        if let Some(personal) =
+            open_metadata(keys, &seal.subject, &seal.nonce, &mut seal.ciphertext, binding, r.position)
+        {
+            r.metadata.client_ip = personal.client_ip;
+            r.metadata.user_agent = personal.user_agent;
         }
     }
-    let Some(plain) = plain_version_of(&r.event_type, r.schema_version) else { return r };
-    // Where the clear bytes and the seal's ciphertext lie in the payload, which is opened
-    // where it lies (no copy of it is made).
-    let Some((clear, subject, nonce, sealed)) = SealedPayloadRef::decode(&r.payload).map(|p| {
-        let at = |part: &[u8]| part.as_ptr() as usize - r.payload.as_ptr() as usize;
-        let ciphertext = p.seal.ciphertext;
-        (
-            at(p.clear)..at(p.clear) + p.clear.len(),
-            p.seal.subject,
-            p.seal.nonce,
-            at(ciphertext)..at(ciphertext) + ciphertext.len(),
-        )
-    }) else {
-        // Left as stored: decoding it reports what is wrong.
-        return r;
-    };
     let binding = Binding {
         part: Part::Payload,
         event_id: r.event_id,
         event_type: &r.event_type,
         schema_version: r.schema_version,
     };
-    let opened = opens_payload(opening, &r.event_type)
-        && keys.get(&subject).is_some_and(|cipher| {
-            let opened = open_in_place(cipher, &nonce, &mut r.payload[sealed.clone()], binding);
-            if !opened {
-                tracing::warn!(
-                    position = r.position,
-                    "a sealed payload does not open with its subject's key; read as erased"
-                );
-            }
-            opened
-        });
-    let keep = if opened { sealed.start..sealed.end - TAG_BYTES } else { clear };
+    let open = opens_payload(opening, &r.event_type);
+    let Some((keep, plain)) = open_payload(&mut r.payload, binding, r.position, open, keys) else { return r };
     r.payload.copy_within(keep.clone(), 0);
     r.payload.truncate(keep.len());
     r.schema_version = plain;
     r
+}
+
+/// An event of a page as the read models fold it through `opening`: its seals opened
+/// where they lie, as [`open_one`] opens them, its payload decoded from there.
+fn fold_one(e: StoredMut<'_>, opening: &Opening, keys: &mut Ciphers<'_>) -> Result<FoldEvent, StoreError> {
+    let (mut client_ip, mut user_agent) = (None, None);
+    // Only the metadata the folds read is decoded (the chain covers the rest: `events verify`).
+    if opening.metadata(e.event_type) {
+        let metadata = MetadataRef::decode(e.metadata)
+            .map_err(|err| StoreError::Corrupt { position: e.position, reason: err.to_string() })?;
+        client_ip = metadata.client_ip.map(str::to_owned);
+        user_agent = metadata.user_agent.map(str::to_owned);
+        if let Some(seal) = metadata.sealed {
+            let (subject, nonce, sealed) = (seal.subject, seal.nonce, range_in(e.metadata, seal.ciphertext));
+            let binding = Binding {
+                part: Part::Metadata,
+                event_id: e.event_id,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+            };
+            if let Some(personal) = open_metadata(keys, &subject, &nonce, &mut e.metadata[sealed], binding, e.position)
+            {
+                (client_ip, user_agent) = (personal.client_ip, personal.user_agent);
+            }
+        }
+    }
+    let binding = Binding {
+        part: Part::Payload,
+        event_id: e.event_id,
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+    };
+    let open = opening.payload(e.event_type);
+    let (read, version) =
+        open_payload(e.payload, binding, e.position, open, keys).unwrap_or((0..e.payload.len(), e.schema_version));
+    Ok(e.fold(read, version, client_ip, user_agent))
 }
 
 #[async_trait]
@@ -476,6 +571,16 @@ impl EventStore for SealingStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let records = self.inner.read_all(from_position, limit).await?;
         self.open_all(records, Some(opening)).await
+    }
+
+    async fn read_folding(
+        &self,
+        from_position: u64,
+        limit: usize,
+        opening: &'static Opening,
+    ) -> Result<Vec<FoldEvent>, StoreError> {
+        let page = self.inner.read_stored(from_position, limit).await?;
+        self.fold_page(page, opening).await
     }
 
     async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {

@@ -9,6 +9,7 @@
 mod forward;
 #[cfg(feature = "kafka")]
 mod kafka;
+pub mod page;
 mod postgres;
 mod queue;
 mod sqlite;
@@ -27,6 +28,7 @@ use crate::error::StoreError;
 use crate::limits::MAX_EVENTS_PER_APPEND;
 use crate::seal::Opening;
 use async_trait::async_trait;
+use page::{FoldEvent, StoredPage};
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -67,6 +69,24 @@ pub trait EventStore: Send + Sync + 'static {
         _opening: &'static Opening,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read_all(from_position, limit).await
+    }
+
+    /// Events with `position >= from_position` in position order, at most `limit`, as
+    /// stored and in one buffer (see [`StoredPage`]): for readers that decode in place.
+    async fn read_stored(&self, from_position: u64, limit: usize) -> Result<StoredPage, StoreError> {
+        Ok(StoredPage::from_records(&self.read_all(from_position, limit).await?))
+    }
+
+    /// [`read_all_opening`](Self::read_all_opening) for folding: each event as the read
+    /// models fold it ([`FoldEvent`]), its payload decoded.
+    async fn read_folding(
+        &self,
+        from_position: u64,
+        limit: usize,
+        opening: &'static Opening,
+    ) -> Result<Vec<FoldEvent>, StoreError> {
+        let records = self.read_all_opening(from_position, limit, opening).await?;
+        Ok(records.into_iter().map(|r| FoldEvent::from_recorded(r, opening)).collect())
     }
 
     /// Replaces the payload and metadata of recorded events of `stream`, keeping

@@ -1,0 +1,270 @@
+//! Reading the log to fold it: pages of stored events in one buffer, and events as the
+//! read models fold them.
+//!
+//! A replay reads every event once and keeps only what its folds take from it. Reading
+//! each into a [`RecordedEvent`] makes its stream id, type, payload and every metadata
+//! field a separate allocation, freed again on another thread once folded; a
+//! [`StoredPage`] holds a page's bytes in one buffer, where seals are opened and payloads
+//! decoded in place, and a [`FoldEvent`] carries only what a fold reads.
+
+use crate::envelope::{from_micros, Metadata, RecordedEvent};
+use crate::error::CodecError;
+use crate::seal::Opening;
+use crate::Event;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// An event as the read models fold it: where it is, when it was recorded, its payload
+/// decoded, and the metadata fields the folds read, for the types whose metadata the
+/// reader's [`Opening`] names (`None` for the others).
+#[derive(Debug)]
+pub struct FoldEvent {
+    pub position: u64,
+    pub recorded_at: DateTime<Utc>,
+    /// The payload decoded into its newest version (or why it does not decode).
+    pub event: Result<Event, CodecError>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl FoldEvent {
+    /// `recorded` as a fold reads it through `opening`.
+    pub fn from_recorded(recorded: RecordedEvent, opening: &Opening) -> FoldEvent {
+        let event = recorded.decode();
+        let Metadata { client_ip, user_agent, .. } = recorded.metadata;
+        let read = opening.metadata(&recorded.event_type);
+        FoldEvent {
+            position: recorded.position,
+            recorded_at: recorded.recorded_at,
+            event,
+            client_ip: client_ip.filter(|_| read),
+            user_agent: user_agent.filter(|_| read),
+        }
+    }
+}
+
+/// One event of a [`StoredPage`]: its columns as stored, borrowed from the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored<'a> {
+    pub position: u64,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub schema_version: u16,
+    /// Microseconds since the Unix epoch.
+    pub recorded_at: i64,
+    /// The encoded [`Metadata`], as stored (seal and all).
+    pub metadata: &'a [u8],
+    /// The payload, as stored (a sealed version's seal and all).
+    pub payload: &'a [u8],
+}
+
+/// [`Stored`] with its metadata and payload writable, to open their seals where they lie.
+#[derive(Debug)]
+pub struct StoredMut<'a> {
+    pub position: u64,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub schema_version: u16,
+    pub recorded_at: i64,
+    pub metadata: &'a mut [u8],
+    pub payload: &'a mut [u8],
+}
+
+/// Up to a page of the log's events as stored (what a fold reads of them: not their
+/// stream), their metadata and payload side by side in one buffer, each type kept once.
+#[derive(Debug, Default)]
+pub struct StoredPage {
+    bytes: Vec<u8>,
+    rows: Vec<Row>,
+    /// The page's event types, each once (a page holds a few of the catalog's).
+    types: Vec<Box<str>>,
+}
+
+/// One event of a page: its type in `types`, its metadata and payload from `start` in `bytes`.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    position: u64,
+    event_id: Uuid,
+    schema_version: u16,
+    event_type: usize,
+    recorded_at: i64,
+    start: usize,
+    metadata_len: usize,
+    payload_len: usize,
+}
+
+impl StoredPage {
+    /// Room for `events` events of about `bytes_each` bytes of metadata and payload.
+    pub fn with_capacity(events: usize, bytes_each: usize) -> Self {
+        StoredPage {
+            bytes: Vec::with_capacity(events.saturating_mul(bytes_each)),
+            rows: Vec::with_capacity(events),
+            types: Vec::new(),
+        }
+    }
+
+    /// The events of `records`, re-encoding their metadata (for stores that read events whole).
+    pub fn from_records(records: &[RecordedEvent]) -> Self {
+        let mut page = StoredPage::with_capacity(records.len(), 0);
+        for r in records {
+            let metadata = r.metadata.encode();
+            page.push(Stored {
+                position: r.position,
+                event_id: r.event_id,
+                event_type: &r.event_type,
+                schema_version: r.schema_version,
+                recorded_at: r.recorded_at.timestamp_micros(),
+                metadata: &metadata,
+                payload: &r.payload,
+            });
+        }
+        page
+    }
+
+    /// Adds an event after the others (in position order).
+    pub fn push(&mut self, e: Stored<'_>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(e.metadata);
+        self.bytes.extend_from_slice(e.payload);
+        // The type of the event before, most often; else one seen earlier in the page.
+        let last = self.rows.last().map(|r| r.event_type);
+        let event_type = match last.filter(|t| *self.types[*t] == *e.event_type) {
+            Some(t) => t,
+            None => match self.types.iter().position(|t| **t == *e.event_type) {
+                Some(t) => t,
+                None => {
+                    self.types.push(e.event_type.into());
+                    self.types.len() - 1
+                }
+            },
+        };
+        self.rows.push(Row {
+            position: e.position,
+            event_id: e.event_id,
+            schema_version: e.schema_version,
+            event_type,
+            recorded_at: e.recorded_at,
+            start,
+            metadata_len: e.metadata.len(),
+            payload_len: e.payload.len(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The `i`-th event (from 0).
+    pub fn get(&self, i: usize) -> Stored<'_> {
+        let row = self.rows[i];
+        let bytes = &self.bytes[row.start..row.start + row.metadata_len + row.payload_len];
+        let (metadata, payload) = bytes.split_at(row.metadata_len);
+        Stored {
+            position: row.position,
+            event_id: row.event_id,
+            event_type: &self.types[row.event_type],
+            schema_version: row.schema_version,
+            recorded_at: row.recorded_at,
+            metadata,
+            payload,
+        }
+    }
+
+    /// The `i`-th event, its metadata and payload writable.
+    pub fn get_mut(&mut self, i: usize) -> StoredMut<'_> {
+        let row = self.rows[i];
+        let bytes = &mut self.bytes[row.start..row.start + row.metadata_len + row.payload_len];
+        let (metadata, payload) = bytes.split_at_mut(row.metadata_len);
+        StoredMut {
+            position: row.position,
+            event_id: row.event_id,
+            event_type: &self.types[row.event_type],
+            schema_version: row.schema_version,
+            recorded_at: row.recorded_at,
+            metadata,
+            payload,
+        }
+    }
+
+    /// The events in order.
+    pub fn iter(&self) -> impl Iterator<Item = Stored<'_>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+impl StoredMut<'_> {
+    /// The event as a fold reads it, its payload decoded from `payload[read]` as version
+    /// `version` (what opening its seal left to read) and the metadata fields given.
+    pub(crate) fn fold(
+        &self,
+        read: std::ops::Range<usize>,
+        version: u16,
+        client_ip: Option<String>,
+        user_agent: Option<String>,
+    ) -> FoldEvent {
+        FoldEvent {
+            position: self.position,
+            recorded_at: from_micros(self.recorded_at),
+            event: Event::decode(self.event_type, version, &self.payload[read]),
+            client_ip,
+            user_agent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_gives_back_each_event_as_pushed() {
+        let events = [
+            ("user.registered", &b"\x00\x01meta"[..], &b"payload one"[..]),
+            ("session.started", b"", b"p"),
+            ("user.logged_out", b"m", b""),
+            ("session.started", b"m2", b"p2"),
+            ("session.started", b"m3", b"p3"),
+        ];
+        let mut page = StoredPage::with_capacity(1, 4);
+        for (i, (t, m, p)) in events.iter().enumerate() {
+            page.push(Stored {
+                position: i as u64 + 1,
+                event_id: Uuid::from_u128(i as u128),
+                event_type: t,
+                schema_version: i as u16,
+                recorded_at: -(i as i64),
+                metadata: m,
+                payload: p,
+            });
+        }
+        assert_eq!(page.len(), 5);
+        assert_eq!(page.types.len(), 3, "each type kept once");
+        for (i, (s, (t, m, p))) in page.iter().zip(events).enumerate() {
+            assert_eq!(
+                (s.position, s.event_id, s.schema_version, s.recorded_at),
+                (i as u64 + 1, Uuid::from_u128(i as u128), i as u16, -(i as i64))
+            );
+            assert_eq!((s.event_type, s.metadata, s.payload), (t, m, p));
+        }
+        let e = page.get_mut(0);
+        e.payload.copy_from_slice(b"PAYLOAD ONE");
+        e.metadata[0] = 9;
+        assert_eq!((page.get(0).metadata, page.get(0).payload), (&b"\x09\x01meta"[..], &b"PAYLOAD ONE"[..]));
+        assert_eq!(
+            page.get(1),
+            Stored {
+                position: 2,
+                event_id: Uuid::from_u128(1),
+                event_type: "session.started",
+                schema_version: 1,
+                recorded_at: -1,
+                metadata: b"",
+                payload: b"p"
+            }
+        );
+    }
+}
