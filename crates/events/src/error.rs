@@ -89,7 +89,7 @@ impl StoreError {
 }
 
 /// Errors of encoding and decoding event payloads.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CodecError {
     /// This build does not know the event type at this schema version
     /// (it was written by a newer build, or it is not an event of this catalog).

@@ -93,44 +93,51 @@ impl ReadModels {
 
     /// Folds one recorded event into every model.
     pub fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), ProjectionError> {
+        if !self.takes(recorded.position)? {
+            return Ok(());
+        }
         let read = Read {
             position: recorded.position,
             at: recorded.recorded_at.timestamp_micros(),
             client_ip: recorded.metadata.client_ip.as_deref(),
             user_agent: recorded.metadata.user_agent.as_deref(),
         };
-        self.apply_decoded_as(read, || recorded.decode())
+        self.fold(read, recorded.decode().as_ref())
     }
 
     /// Folds one event read for folding ([`EventStore::read_folding`](perfect21_events::EventStore::read_folding)
     /// through [`OPENING`](Self::OPENING)): the same as [`apply`](Self::apply) of the event
     /// read whole, its payload decoded ahead, elsewhere.
-    pub fn apply_folded(&mut self, e: FoldEvent) -> Result<(), ProjectionError> {
-        let FoldEvent { position, recorded_at, event, client_ip, user_agent } = e;
-        let read = Read {
-            position,
-            at: recorded_at.timestamp_micros(),
-            client_ip: client_ip.as_deref(),
-            user_agent: user_agent.as_deref(),
-        };
-        self.apply_decoded_as(read, || event)
-    }
-
-    fn apply_decoded_as(
-        &mut self,
-        read: Read<'_>,
-        decode: impl FnOnce() -> Result<Event, CodecError>,
-    ) -> Result<(), ProjectionError> {
-        if read.position <= self.checkpoint {
+    pub fn apply_folded(&mut self, e: &FoldEvent) -> Result<(), ProjectionError> {
+        if !self.takes(e.position)? {
             return Ok(());
         }
-        if read.position != self.checkpoint + 1 {
-            return Err(ProjectionError::OutOfOrder { expected: self.checkpoint + 1, got: read.position });
+        let read = Read {
+            position: e.position,
+            at: e.recorded_at.timestamp_micros(),
+            client_ip: e.client_ip.as_deref(),
+            user_agent: e.user_agent.as_deref(),
+        };
+        self.fold(read, e.event.as_ref())
+    }
+
+    /// Whether the event at `position` is the next to fold (`false`: folded already).
+    fn takes(&self, position: u64) -> Result<bool, ProjectionError> {
+        match position {
+            p if p <= self.checkpoint => Ok(false),
+            p if p == self.checkpoint + 1 => Ok(true),
+            got => Err(ProjectionError::OutOfOrder { expected: self.checkpoint + 1, got }),
         }
-        match decode() {
-            Ok(event) => self.apply_decoded(read, &event),
+    }
+
+    /// Folds the next event, decoded (or why it is not).
+    fn fold(&mut self, read: Read<'_>, event: Result<&Event, &CodecError>) -> Result<(), ProjectionError> {
+        match event {
+            Ok(event) => self.apply_decoded(read, event),
             Err(CodecError::UnknownEventType { .. }) => self.skipped_unknown += 1,
-            Err(source) => return Err(ProjectionError::Undecodable { position: read.position, source }),
+            Err(source) => {
+                return Err(ProjectionError::Undecodable { position: read.position, source: source.clone() })
+            }
         }
         self.checkpoint = read.position;
         Ok(())

@@ -465,7 +465,7 @@ fn the_folds_read_no_sealed_field_but_those_replay_opens() {
     // And as a replay folds it: each event handed over as a FoldEvent.
     let mut folded = ReadModels::default();
     for r in recorded_shut(lives.clone(), |t| (shut_as_replayed(t).0, false)) {
-        folded.apply_folded(perfect21_events::FoldEvent::from_recorded(r, &opening)).unwrap();
+        folded.apply_folded(&perfect21_events::FoldEvent::from_recorded(r, &opening)).unwrap();
     }
     assert_eq!(folded.digest(), open, "a FoldEvent lacks what a fold reads");
     // And each seal it names is read: shutting it alone changes the read models.

@@ -96,9 +96,8 @@ where
     let mut fold = |page: Vec<FoldEvent>, models: &mut ReadModels| -> anyhow::Result<u64> {
         events += page.len() as u64;
         let last = page.last().map_or(0, |e| e.position);
-        for e in page {
-            let position = e.position;
-            models.apply_folded(e).with_context(|| format!("folding position {position}"))?;
+        for e in &page {
+            models.apply_folded(e).with_context(|| format!("folding position {}", e.position))?;
         }
         progress.set_position(models.checkpoint());
         Ok(last)

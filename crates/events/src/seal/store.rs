@@ -201,7 +201,12 @@ impl SealingStore {
         }
         let keys = if needed.is_empty() { HashMap::new() } else { self.resolve(needed, false).await? };
         let mut ciphers = Ciphers::new(&keys);
-        (0..page.len()).map(|i| fold_one(page.get_mut(i), opening, &mut ciphers)).collect()
+        // Made at its length once (collecting results would grow it as it goes).
+        let mut folded = Vec::with_capacity(page.len());
+        for i in 0..page.len() {
+            folded.push(fold_one(page.get_mut(i), opening, &mut ciphers)?);
+        }
+        Ok(folded)
     }
 }
 
