@@ -1,9 +1,10 @@
 //! A per-user index of security-relevant events, and the login history.
 
 use crate::digest::{sorted, Digest};
+use crate::IdMap;
 use crate::{intern, Read};
 use perfect21_events::Event;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -119,7 +120,7 @@ struct UserAudit {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Audit {
     /// Boxed, so that a hash table's spare slots cost a pointer each.
-    users: HashMap<Uuid, Box<UserAudit>>,
+    users: IdMap<Uuid, Box<UserAudit>>,
     /// User agents and failure reasons repeat: one copy each.
     #[serde(skip)]
     interned: HashSet<Arc<str>>,

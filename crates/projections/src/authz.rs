@@ -2,9 +2,10 @@
 
 use crate::digest::{sorted, Digest};
 use crate::intern;
+use crate::IdMap;
 use perfect21_events::catalog::{PermissionSpec, UserStatus};
 use perfect21_events::Event;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -34,9 +35,9 @@ pub struct Authz {
     roles: BTreeMap<String, RoleView>,
     /// Role assignments of each principal, sorted by role id (a principal has few: a
     /// small vector beats a tree).
-    user_roles: HashMap<Uuid, Vec<Assignment>>,
+    user_roles: IdMap<Uuid, Vec<Assignment>>,
     /// Direct grants of each user, sorted by permission id.
-    direct: HashMap<Uuid, Vec<PermissionSpec>>,
+    direct: IdMap<Uuid, Vec<PermissionSpec>>,
     /// One copy of each role id, shared by every user holding the role.
     #[serde(skip)]
     interned: HashSet<Arc<str>>,

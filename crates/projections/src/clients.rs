@@ -1,9 +1,9 @@
 //! OAuth 2.0 / OpenID Connect clients (relying parties).
 
 use crate::digest::{sorted, Digest};
+use crate::IdMap;
 use perfect21_events::catalog::ClientSettings;
 use perfect21_events::Event;
-use std::collections::HashMap;
 use uuid::Uuid;
 
 /// A client as readers see it (with its secret's hash, which never leaves the process).
@@ -28,7 +28,7 @@ impl ClientView {
 /// Every client that is not deleted.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Clients {
-    by_id: HashMap<Uuid, ClientView>,
+    by_id: IdMap<Uuid, ClientView>,
 }
 
 impl Clients {

@@ -1,6 +1,7 @@
 //! Service accounts: machine principals of the OAuth 2.0 client-credentials grant.
 
 use crate::digest::{sorted, Digest};
+use crate::IdMap;
 use perfect21_events::Event;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -22,7 +23,7 @@ pub struct ServiceAccountView {
 /// Every service account that is not deleted, by id and by name.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ServiceAccounts {
-    by_id: HashMap<Uuid, ServiceAccountView>,
+    by_id: IdMap<Uuid, ServiceAccountView>,
     by_name: HashMap<String, Uuid>,
 }
 

@@ -6,6 +6,7 @@
 //! Refresh-token rotation is decided from the session's own stream, not from here.
 
 use crate::digest::{sorted, Digest};
+use crate::IdMap;
 use perfect21_events::Event;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -36,16 +37,16 @@ impl SessionView {
 /// The sessions & tokens read model.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Sessions {
-    by_id: HashMap<Uuid, SessionView>,
-    by_user: HashMap<Uuid, Vec<Uuid>>,
+    by_id: IdMap<Uuid, SessionView>,
+    by_user: IdMap<Uuid, Vec<Uuid>>,
     /// Revoked access-token ids, with the token's expiry (Unix seconds).
     revoked_jtis: HashMap<String, i64>,
     revocations: u64,
     /// Sessions of OpenID Connect clients: the client and the browser session they
     /// were started from (ended together with it).
-    client_sessions: HashMap<Uuid, ClientSession>,
+    client_sessions: IdMap<Uuid, ClientSession>,
     /// The client sessions of each browser session (derived from `client_sessions`).
-    by_browser: HashMap<Uuid, Vec<Uuid>>,
+    by_browser: IdMap<Uuid, Vec<Uuid>>,
 }
 
 /// Who a client's session belongs to.

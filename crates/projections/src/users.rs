@@ -1,10 +1,11 @@
 //! Users by id, email and username.
 
 use crate::digest::{sorted, Digest};
+use crate::IdMap;
 use perfect21_events::catalog::UserStatus;
 use perfect21_events::Event;
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// A user as the services answer it.
@@ -49,12 +50,12 @@ fn key(normalized: &str) -> u64 {
 pub struct Users {
     /// Boxed: a hash table keeps spare slots (up to half of them empty), and an
     /// empty slot should cost a pointer, not a whole view.
-    by_id: HashMap<Uuid, Box<UserView>>,
+    by_id: IdMap<Uuid, Box<UserView>>,
     /// Locales repeat: one copy each.
     #[serde(skip)]
     locales: std::collections::HashSet<std::sync::Arc<str>>,
-    by_email: HashMap<u64, Uuid>,
-    by_username: HashMap<u64, Uuid>,
+    by_email: IdMap<u64, Uuid>,
+    by_username: IdMap<u64, Uuid>,
 }
 
 impl Users {
