@@ -43,9 +43,10 @@ impl FoldEvent {
     }
 }
 
-/// One event of a [`StoredPage`]: its columns as stored, borrowed from the page.
+/// One event of a [`StoredPage`]: its columns as stored, borrowed from the page (its
+/// metadata and payload as `B`: shared, or writable in a [`StoredMut`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored<'a> {
+pub struct Stored<'a, B = &'a [u8]> {
     pub position: u64,
     pub event_id: Uuid,
     pub event_type: &'a str,
@@ -53,22 +54,13 @@ pub struct Stored<'a> {
     /// Microseconds since the Unix epoch.
     pub recorded_at: i64,
     /// The encoded [`Metadata`], as stored (seal and all).
-    pub metadata: &'a [u8],
+    pub metadata: B,
     /// The payload, as stored (a sealed version's seal and all).
-    pub payload: &'a [u8],
+    pub payload: B,
 }
 
 /// [`Stored`] with its metadata and payload writable, to open their seals where they lie.
-#[derive(Debug)]
-pub struct StoredMut<'a> {
-    pub position: u64,
-    pub event_id: Uuid,
-    pub event_type: &'a str,
-    pub schema_version: u16,
-    pub recorded_at: i64,
-    pub metadata: &'a mut [u8],
-    pub payload: &'a mut [u8],
-}
+pub type StoredMut<'a> = Stored<'a, &'a mut [u8]>;
 
 /// Up to a page of the log's events as stored (what a fold reads of them: not their
 /// stream), their metadata and payload side by side in one buffer, each type kept once.
@@ -161,38 +153,37 @@ impl StoredPage {
     /// The `i`-th event (from 0).
     pub fn get(&self, i: usize) -> Stored<'_> {
         let row = self.rows[i];
-        let bytes = &self.bytes[row.start..row.start + row.metadata_len + row.payload_len];
-        let (metadata, payload) = bytes.split_at(row.metadata_len);
-        Stored {
-            position: row.position,
-            event_id: row.event_id,
-            event_type: &self.types[row.event_type],
-            schema_version: row.schema_version,
-            recorded_at: row.recorded_at,
-            metadata,
-            payload,
-        }
+        row.stored(&self.types[row.event_type], self.bytes[row.bytes()].split_at(row.metadata_len))
     }
 
     /// The `i`-th event, its metadata and payload writable.
     pub fn get_mut(&mut self, i: usize) -> StoredMut<'_> {
         let row = self.rows[i];
-        let bytes = &mut self.bytes[row.start..row.start + row.metadata_len + row.payload_len];
-        let (metadata, payload) = bytes.split_at_mut(row.metadata_len);
-        StoredMut {
-            position: row.position,
-            event_id: row.event_id,
-            event_type: &self.types[row.event_type],
-            schema_version: row.schema_version,
-            recorded_at: row.recorded_at,
-            metadata,
-            payload,
-        }
+        row.stored(&self.types[row.event_type], self.bytes[row.bytes()].split_at_mut(row.metadata_len))
     }
 
     /// The events in order.
     pub fn iter(&self) -> impl Iterator<Item = Stored<'_>> {
         (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+impl Row {
+    /// Where its metadata and payload lie in the page's bytes.
+    fn bytes(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.metadata_len + self.payload_len
+    }
+
+    fn stored<'a, B>(&self, event_type: &'a str, (metadata, payload): (B, B)) -> Stored<'a, B> {
+        Stored {
+            position: self.position,
+            event_id: self.event_id,
+            event_type,
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            metadata,
+            payload,
+        }
     }
 }
 
@@ -262,8 +253,8 @@ mod tests {
                 event_type: "session.started",
                 schema_version: 1,
                 recorded_at: -1,
-                metadata: b"",
-                payload: b"p"
+                metadata: &b""[..],
+                payload: &b"p"[..],
             }
         );
     }
