@@ -25,9 +25,10 @@ pub async fn rebuild(store: Arc<dyn EventStore>, progress: &ProgressBar) -> anyh
     fold_into(store, ReadModels::default(), u64::MAX, progress).await
 }
 
-/// Pages read (the seals the folds read opened, the payloads decoded) side by side, ahead of the
-/// folder (two and three measured the same on two cores; three keep both busy longer).
-const READERS: u64 = 3;
+/// Pages read (the seals the folds read opened, the payloads decoded) side by side, ahead
+/// of the folder. On two cores, ten alternated replays of a 1M-event log took a median
+/// 1.28 s with two readers, 1.21 s with three, 1.16 s with four and 1.18 s with six.
+const READERS: u64 = 4;
 
 /// Events to ask for from position `from`, in pages, up to position `upto`.
 fn wanted(from: u64, upto: u64) -> usize {

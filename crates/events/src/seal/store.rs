@@ -195,21 +195,33 @@ impl SealingStore {
     /// A page read as the read models fold it, the seals `opening` names opened where
     /// they lie in the page and the payloads decoded from there.
     async fn fold_page(&self, mut page: StoredPage, opening: &Opening) -> Result<Vec<FoldEvent>, StoreError> {
+        // Each event's seals are found once: their subjects' keys are looked up, then
+        // they are opened.
         let mut needed = Subjects::default();
+        let mut found = Vec::with_capacity(page.len());
         for e in page.iter() {
             self.learn_erasure(e.event_type, e.schema_version, e.payload);
-            // Metadata that is read and does not decode fails the read below.
-            let metadata_seal = opens_metadata(Some(opening), e.event_type)
-                .then(|| MetadataRef::decode(e.metadata).ok()?.sealed.map(|s| s.subject))
-                .flatten();
-            seal_subjects(e.event_type, e.schema_version, e.payload, metadata_seal, Some(opening), &mut needed);
+            let payload = find_payload(e.event_type, e.schema_version, e.payload);
+            if let Some(p) = payload.as_ref().filter(|_| opening.payload(e.event_type)) {
+                needed.add(p.seal.subject);
+            }
+            // Only the metadata the folds read is decoded (the chain covers the rest:
+            // `events verify`).
+            let metadata = match opening.metadata(e.event_type) {
+                true => Some(find_metadata(e.metadata, e.position)?),
+                false => None,
+            };
+            if let Some(seal) = metadata.as_ref().and_then(|m| m.seal.as_ref()) {
+                needed.add(seal.subject);
+            }
+            found.push((payload, metadata));
         }
         let keys = if needed.is_empty() { Keys::default() } else { self.resolve(needed, false).await? };
         let mut ciphers = Ciphers::new(&keys);
         // Made at its length once (collecting results would grow it as it goes).
         let mut folded = Vec::with_capacity(page.len());
-        for i in 0..page.len() {
-            folded.push(fold_one(page.get_mut(i), opening, &mut ciphers)?);
+        for (i, (payload, metadata)) in found.into_iter().enumerate() {
+            folded.push(fold_one(page.get_mut(i), payload, metadata, opening, &mut ciphers));
         }
         Ok(folded)
     }
@@ -399,31 +411,69 @@ fn opens_metadata(opening: Option<&Opening>, event_type: &str) -> bool {
     opening.is_none_or(|o| o.metadata(event_type))
 }
 
-/// Adds the subjects whose keys open the seals `opening` names (all: `None`) of an event
-/// stored as `event_type` version `schema_version` with `payload`, and whose metadata is
-/// sealed for `metadata_seal` (if it is).
-fn seal_subjects(
-    event_type: &str,
-    schema_version: u16,
-    payload: &[u8],
-    metadata_seal: Option<Uuid>,
-    opening: Option<&Opening>,
-    into: &mut Subjects,
-) {
-    if plain_version_of(event_type, schema_version).is_some() && opens_payload(opening, event_type) {
-        if let Some(sealed) = SealedPayloadRef::decode(payload) {
-            into.add(sealed.seal.subject);
+/// Adds the subjects whose keys open the seals of `r` that `opening` names (all: `None`).
+fn recorded_subjects(r: &RecordedEvent, opening: Option<&Opening>, into: &mut Subjects) {
+    if opens_payload(opening, &r.event_type) {
+        if let Some(p) = find_payload(&r.event_type, r.schema_version, &r.payload) {
+            into.add(p.seal.subject);
         }
     }
-    if let Some(subject) = metadata_seal.filter(|_| opens_metadata(opening, event_type)) {
-        into.add(subject);
+    if let Some(seal) = r.metadata.sealed.as_ref().filter(|_| opens_metadata(opening, &r.event_type)) {
+        into.add(seal.subject);
     }
 }
 
-/// [`seal_subjects`] of a recorded event.
-fn recorded_subjects(r: &RecordedEvent, opening: Option<&Opening>, into: &mut Subjects) {
-    let metadata_seal = r.metadata.sealed.as_ref().map(|s| s.subject);
-    seal_subjects(&r.event_type, r.schema_version, &r.payload, metadata_seal, opening, into);
+/// Where a seal lies in the bytes that hold it, and whose key opens it.
+#[derive(Debug, Clone)]
+struct SealAt {
+    subject: Uuid,
+    nonce: [u8; 12],
+    ciphertext: Range<usize>,
+}
+
+/// A payload stored in a sealed version, found in its bytes: where its blanked clear copy
+/// and its seal lie, and the plain version they hold.
+#[derive(Debug, Clone)]
+struct SealedAt {
+    plain: u16,
+    clear: Range<usize>,
+    seal: SealAt,
+}
+
+/// Where the parts of a payload stored as `event_type` version `schema_version` lie;
+/// `None` if the version is no sealed one, or the payload does not read as sealed (then
+/// it is read as stored, and decoding it reports what is wrong).
+fn find_payload(event_type: &str, schema_version: u16, payload: &[u8]) -> Option<SealedAt> {
+    let plain = plain_version_of(event_type, schema_version)?;
+    let p = SealedPayloadRef::decode(payload)?;
+    Some(SealedAt {
+        plain,
+        clear: range_in(payload, p.clear),
+        seal: SealAt { subject: p.seal.subject, nonce: p.seal.nonce, ciphertext: range_in(payload, p.seal.ciphertext) },
+    })
+}
+
+/// What a fold reads of an event's metadata: its client address and user agent as
+/// stored, and where their seal lies (if they are sealed).
+#[derive(Debug)]
+struct ReadMetadata {
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    seal: Option<SealAt>,
+}
+
+/// Reads an event's metadata in place; a damaged event if it does not decode.
+fn find_metadata(metadata: &[u8], position: u64) -> Result<ReadMetadata, StoreError> {
+    let m = MetadataRef::decode(metadata).map_err(|err| StoreError::Corrupt { position, reason: err.to_string() })?;
+    Ok(ReadMetadata {
+        client_ip: m.client_ip.map(str::to_owned),
+        user_agent: m.user_agent.map(str::to_owned),
+        seal: m.sealed.map(|s| SealAt {
+            subject: s.subject,
+            nonce: s.nonce,
+            ciphertext: range_in(metadata, s.ciphertext),
+        }),
+    })
 }
 
 /// Where `part` lies in `whole` (of which it is a part).
@@ -452,21 +502,18 @@ fn open_metadata(
         .ok()
 }
 
-/// The bytes to read of a payload stored in a sealed version, once its seal is opened
-/// where it lies (if `open`, and its subject's key is live and opens it: the plaintext;
-/// else the blanked clear copy), and the plain version they are in. `None` if the
-/// binding's version is no sealed one, or the payload does not read as sealed (then it
-/// is left as stored, and decoding it reports what is wrong).
+/// The bytes to read of a payload found `at` a sealed version's parts, once its seal is
+/// opened where it lies (if `open`, and its subject's key is live and opens it: the
+/// plaintext; else the blanked clear copy).
 fn open_payload(
     payload: &mut [u8],
+    at: SealedAt,
     binding: Binding<'_>,
     position: u64,
     open: bool,
     keys: &mut Ciphers<'_>,
-) -> Option<(Range<usize>, u16)> {
-    let plain = plain_version_of(binding.event_type, binding.schema_version)?;
-    let (clear, subject, nonce, sealed) = SealedPayloadRef::decode(payload)
-        .map(|p| (range_in(payload, p.clear), p.seal.subject, p.seal.nonce, range_in(payload, p.seal.ciphertext)))?;
+) -> Range<usize> {
+    let SealedAt { clear, seal: SealAt { subject, nonce, ciphertext: sealed }, .. } = at;
     let opened = open
         && keys.get(&subject).is_some_and(|cipher| {
             let opened = open_in_place(cipher, &nonce, &mut payload[sealed.clone()], binding);
@@ -475,7 +522,11 @@ fn open_payload(
             }
             opened
         });
-    Some((if opened { sealed.start..sealed.end - TAG_BYTES } else { clear }, plain))
+    if opened {
+        sealed.start..sealed.end - TAG_BYTES
+    } else {
+        clear
+    }
 }
 
 /// `r` with the seals `opening` names (all: `None`) opened, the others shut: its payload
@@ -502,48 +553,58 @@ fn open_one(mut r: RecordedEvent, opening: Option<&Opening>, keys: &mut Ciphers<
         event_type: &r.event_type,
         schema_version: r.schema_version,
     };
+    let Some(at) = find_payload(&r.event_type, r.schema_version, &r.payload) else { return r };
+    let plain = at.plain;
     let open = opens_payload(opening, &r.event_type);
-    let Some((keep, plain)) = open_payload(&mut r.payload, binding, r.position, open, keys) else { return r };
+    let keep = open_payload(&mut r.payload, at, binding, r.position, open, keys);
     r.payload.copy_within(keep.clone(), 0);
     r.payload.truncate(keep.len());
     r.schema_version = plain;
     r
 }
 
-/// An event of a page as the read models fold it through `opening`: its seals opened
-/// where they lie, as [`open_one`] opens them, its payload decoded from there.
-fn fold_one(e: StoredMut<'_>, opening: &Opening, keys: &mut Ciphers<'_>) -> Result<FoldEvent, StoreError> {
+/// An event of a page as the read models fold it through `opening`, its seals found
+/// ([`find_payload`], and [`find_metadata`] where it is read) opened where they lie, as
+/// [`open_one`] opens them, its payload decoded from there.
+fn fold_one(
+    e: StoredMut<'_>,
+    payload: Option<SealedAt>,
+    metadata: Option<ReadMetadata>,
+    opening: &Opening,
+    keys: &mut Ciphers<'_>,
+) -> FoldEvent {
     let (mut client_ip, mut user_agent) = (None, None);
-    // Only the metadata the folds read is decoded (the chain covers the rest: `events verify`).
-    if opening.metadata(e.event_type) {
-        let metadata = MetadataRef::decode(e.metadata)
-            .map_err(|err| StoreError::Corrupt { position: e.position, reason: err.to_string() })?;
-        client_ip = metadata.client_ip.map(str::to_owned);
-        user_agent = metadata.user_agent.map(str::to_owned);
-        if let Some(seal) = metadata.sealed {
-            let (subject, nonce, sealed) = (seal.subject, seal.nonce, range_in(e.metadata, seal.ciphertext));
+    if let Some(ReadMetadata { client_ip: ip, user_agent: agent, seal }) = metadata {
+        (client_ip, user_agent) = (ip, agent);
+        if let Some(SealAt { subject, nonce, ciphertext }) = seal {
             let binding = Binding {
                 part: Part::Metadata,
                 event_id: e.event_id,
                 event_type: e.event_type,
                 schema_version: e.schema_version,
             };
-            if let Some(personal) = open_metadata(keys, &subject, &nonce, &mut e.metadata[sealed], binding, e.position)
+            if let Some(personal) =
+                open_metadata(keys, &subject, &nonce, &mut e.metadata[ciphertext], binding, e.position)
             {
                 (client_ip, user_agent) = (personal.client_ip, personal.user_agent);
             }
         }
     }
-    let binding = Binding {
-        part: Part::Payload,
-        event_id: e.event_id,
-        event_type: e.event_type,
-        schema_version: e.schema_version,
+    let (read, version) = match payload {
+        Some(at) => {
+            let binding = Binding {
+                part: Part::Payload,
+                event_id: e.event_id,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+            };
+            let plain = at.plain;
+            let open = opening.payload(e.event_type);
+            (open_payload(e.payload, at, binding, e.position, open, keys), plain)
+        }
+        None => (0..e.payload.len(), e.schema_version),
     };
-    let open = opening.payload(e.event_type);
-    let (read, version) =
-        open_payload(e.payload, binding, e.position, open, keys).unwrap_or((0..e.payload.len(), e.schema_version));
-    Ok(e.fold(read, version, client_ip, user_agent))
+    e.fold(read, version, client_ip, user_agent)
 }
 
 #[async_trait]
