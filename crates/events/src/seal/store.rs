@@ -207,10 +207,7 @@ impl SealingStore {
             }
             // Only the metadata the folds read is decoded (the chain covers the rest:
             // `events verify`).
-            let metadata = match opening.metadata(e.event_type) {
-                true => Some(find_metadata(e.metadata, e.position)?),
-                false => None,
-            };
+            let metadata = opening.metadata(e.event_type).then(|| find_metadata(e.metadata, e.position)).transpose()?;
             if let Some(seal) = metadata.as_ref().and_then(|m| m.seal.as_ref()) {
                 needed.add(seal.subject);
             }
@@ -532,31 +529,21 @@ fn open_payload(
 /// `r` with the seals `opening` names (all: `None`) opened, the others shut: its payload
 /// then reads as its tombstone, its metadata without the sealed fields.
 fn open_one(mut r: RecordedEvent, opening: Option<&Opening>, keys: &mut Ciphers<'_>) -> RecordedEvent {
+    let bound =
+        |part| Binding { part, event_id: r.event_id, event_type: &r.event_type, schema_version: r.schema_version };
     let sealed = r.metadata.sealed.take();
     if let Some(mut seal) = sealed.filter(|_| opens_metadata(opening, &r.event_type)) {
-        let binding = Binding {
-            part: Part::Metadata,
-            event_id: r.event_id,
-            event_type: &r.event_type,
-            schema_version: r.schema_version,
-        };
         if let Some(personal) =
-            open_metadata(keys, &seal.subject, &seal.nonce, &mut seal.ciphertext, binding, r.position)
+            open_metadata(keys, &seal.subject, &seal.nonce, &mut seal.ciphertext, bound(Part::Metadata), r.position)
         {
             r.metadata.client_ip = personal.client_ip;
             r.metadata.user_agent = personal.user_agent;
         }
     }
-    let binding = Binding {
-        part: Part::Payload,
-        event_id: r.event_id,
-        event_type: &r.event_type,
-        schema_version: r.schema_version,
-    };
     let Some(at) = find_payload(&r.event_type, r.schema_version, &r.payload) else { return r };
     let plain = at.plain;
     let open = opens_payload(opening, &r.event_type);
-    let keep = open_payload(&mut r.payload, at, binding, r.position, open, keys);
+    let keep = open_payload(&mut r.payload, at, bound(Part::Payload), r.position, open, keys);
     r.payload.copy_within(keep.clone(), 0);
     r.payload.truncate(keep.len());
     r.schema_version = plain;
@@ -573,34 +560,22 @@ fn fold_one(
     opening: &Opening,
     keys: &mut Ciphers<'_>,
 ) -> FoldEvent {
+    let bound =
+        |part| Binding { part, event_id: e.event_id, event_type: e.event_type, schema_version: e.schema_version };
     let (mut client_ip, mut user_agent) = (None, None);
     if let Some(ReadMetadata { client_ip: ip, user_agent: agent, seal }) = metadata {
         (client_ip, user_agent) = (ip, agent);
         if let Some(SealAt { subject, nonce, ciphertext }) = seal {
-            let binding = Binding {
-                part: Part::Metadata,
-                event_id: e.event_id,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-            };
-            if let Some(personal) =
-                open_metadata(keys, &subject, &nonce, &mut e.metadata[ciphertext], binding, e.position)
-            {
+            let sealed = &mut e.metadata[ciphertext];
+            if let Some(personal) = open_metadata(keys, &subject, &nonce, sealed, bound(Part::Metadata), e.position) {
                 (client_ip, user_agent) = (personal.client_ip, personal.user_agent);
             }
         }
     }
     let (read, version) = match payload {
         Some(at) => {
-            let binding = Binding {
-                part: Part::Payload,
-                event_id: e.event_id,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-            };
-            let plain = at.plain;
-            let open = opening.payload(e.event_type);
-            (open_payload(e.payload, at, binding, e.position, open, keys), plain)
+            let (plain, open) = (at.plain, opening.payload(e.event_type));
+            (open_payload(e.payload, at, bound(Part::Payload), e.position, open, keys), plain)
         }
         None => (0..e.payload.len(), e.schema_version),
     };

@@ -561,13 +561,7 @@ fn read_rows(
     let mut out = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(READ_CAPACITY));
     while let Some(r) = rows.next()? {
         let position = r.get::<_, i64>(0)? as u64;
-        let bad = |reason: String| {
-            rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Blob,
-                Box::new(StoreError::Corrupt { position, reason }),
-            )
-        };
+        let bad = |reason: String| damaged(position, reason);
         out.push(RecordedEvent {
             position,
             event_id: Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(|e| bad(format!("event id: {e}")))?,
@@ -583,6 +577,16 @@ fn read_rows(
     Ok(out)
 }
 
+/// A row that does not read as an event: a damaged event at `position`, carried through
+/// rusqlite's error to [`read_err`].
+fn damaged(position: u64, reason: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        1,
+        rusqlite::types::Type::Blob,
+        Box::new(StoreError::Corrupt { position, reason }),
+    )
+}
+
 /// The most rows a read makes room for before it sees them.
 const READ_CAPACITY: usize = 4096;
 
@@ -596,13 +600,8 @@ fn read_page(conn: &Connection, position: i64, limit: i64) -> rusqlite::Result<S
     let mut page = StoredPage::with_capacity(usize::try_from(limit).unwrap_or(0).min(READ_CAPACITY), STORED_BYTES);
     while let Some(r) = rows.next()? {
         let position = r.get::<_, i64>(0)? as u64;
-        let event_id = Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Blob,
-                Box::new(StoreError::Corrupt { position, reason: format!("event id: {e}") }),
-            )
-        })?;
+        let event_id =
+            Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(|e| damaged(position, format!("event id: {e}")))?;
         page.push(Stored {
             position,
             event_id,
