@@ -32,6 +32,10 @@ pub enum StoreError {
     /// An append carried more events than one atomic append may.
     #[error("an append carries {count} events, more than the {max} one atomic append may carry")]
     TooManyEvents { count: usize, max: usize },
+    /// The events of an append made as they were written ([`EventStore::append_made`](crate::EventStore::append_made))
+    /// ran out before as many as it said it would make.
+    #[error("an append of {count} events ended after {made} were made; nothing of it was written")]
+    IncompleteAppend { made: usize, count: usize },
     /// An event id is already in the log, and the append is not a re-append of the same events.
     #[error("event id {event_id} is already recorded at position {position} in stream '{stream}', and this append is not an exact re-append of those events")]
     DuplicateEventId { event_id: Uuid, stream: String, position: u64 },

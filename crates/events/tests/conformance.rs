@@ -132,6 +132,28 @@ fn batch(n: usize) -> Vec<EventData> {
     (0..n).map(|_| verified(Uuid::new_v4())).collect()
 }
 
+/// `events` made one at a time, as `EventStore::append_made` takes them.
+fn made(events: &[EventData]) -> std::vec::IntoIter<Result<EventData, StoreError>> {
+    events.iter().cloned().map(Ok).collect::<Vec<_>>().into_iter()
+}
+
+/// A maker that says it makes more events than it does.
+struct Short<I>(I, usize);
+
+impl<I: Iterator> Iterator for Short<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        self.0.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for Short<I> {}
+
 mod cases {
     use super::*;
 
@@ -445,6 +467,103 @@ mod cases {
         assert!(all.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1 && e.stream_version == i as u64));
     }
 
+    /// Appends whose events are made while the store writes (`append_made`; SQLite
+    /// writes the first while the rest are made, the others make them all first): each
+    /// lands whole amid other appends, or fails with nothing of it written.
+    pub async fn appends_of_events_being_made_land_whole_or_not_at_all(log: TestLog) {
+        let store = log.open().await;
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (s, events) = (stream("session"), batch(1 + i * 37));
+                    let result = if i % 2 == 0 {
+                        store.append_made(&s, ExpectedVersion::NoStream, &mut made(&events)).await
+                    } else {
+                        store.append(&s, ExpectedVersion::NoStream, events.clone()).await
+                    };
+                    (s, events, result.expect("append lands"))
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            let (s, events, result) = t.await.unwrap();
+            let read = store.read_stream(&s, 0, usize::MAX).await.unwrap();
+            let ids = |e: &[EventData]| e.iter().map(|e| e.event_id).collect::<Vec<_>>();
+            assert_eq!(read.iter().map(|r| r.event_id).collect::<Vec<_>>(), ids(&events));
+            assert!(read.iter().zip(&events).all(|(r, e)| r.payload == e.payload && r.metadata == e.metadata));
+            let positions: Vec<_> = read.iter().map(|r| r.position).collect();
+            assert_eq!(
+                positions,
+                (result.first_position..=result.position).collect::<Vec<_>>(),
+                "one run of positions"
+            );
+            total += events.len() as u64;
+        }
+        let head = store.head_position().await.unwrap();
+        assert_eq!(head, total);
+        // A retry of a made append is answered as it was.
+        let (s, events) = (stream("user"), batch(40));
+        let first = store.append_made(&s, ExpectedVersion::NoStream, &mut made(&events)).await.unwrap();
+        assert_eq!(first.position, head + 40);
+        assert_eq!(store.append_made(&s, ExpectedVersion::NoStream, &mut made(&events)).await.unwrap(), first);
+        let head = first.position;
+
+        // Each of these fails whole, and the next append lands right after the head.
+        let err = store.append_made(&s, ExpectedVersion::NoStream, &mut made(&batch(50))).await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongExpectedVersion { .. }), "{err:?}");
+        let failing = batch(60).into_iter().enumerate().map(|(i, e)| {
+            if i == 45 {
+                Err(StoreError::Unsealable {
+                    event_id: e.event_id,
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    reason: "made to fail".into(),
+                })
+            } else {
+                Ok(e)
+            }
+        });
+        let err = store.append_made(&s, ExpectedVersion::Any, &mut failing.collect::<Vec<_>>().into_iter()).await;
+        assert!(matches!(err, Err(StoreError::Unsealable { ref reason, .. }) if reason == "made to fail"), "{err:?}");
+        let mut too_large = batch(50);
+        too_large[33].payload = vec![0; perfect21_events::limits::MAX_EVENT_BYTES + 1];
+        let err = store.append_made(&s, ExpectedVersion::Any, &mut made(&too_large)).await.unwrap_err();
+        assert!(matches!(err, StoreError::PayloadTooLarge { .. }), "{err:?}");
+        let mut repeats = batch(50);
+        repeats[44].event_id = repeats[3].event_id;
+        let err = store.append_made(&s, ExpectedVersion::Any, &mut made(&repeats)).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err:?}");
+        let mut recorded = batch(50);
+        recorded[30].event_id = events[0].event_id;
+        let err = store.append_made(&s, ExpectedVersion::Any, &mut made(&recorded)).await.unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateEventId { position, .. } if position == head - 39), "{err:?}");
+        // A maker that makes fewer events than it said it would.
+        let err = store.append_made(&s, ExpectedVersion::Any, &mut Short(made(&batch(30)), 50)).await.unwrap_err();
+        assert!(matches!(err, StoreError::IncompleteAppend { made: 30, count: 50 }), "{err:?}");
+        let err = store.append_made(&s, ExpectedVersion::Any, &mut made(&[])).await.unwrap_err();
+        assert!(matches!(err, StoreError::EmptyAppend), "{err:?}");
+        // A maker that panics part-way: its appender ends there.
+        let panicking = tokio::spawn({
+            let (store, s) = (store.clone(), s.clone());
+            async move {
+                let mut events = batch(50).into_iter().enumerate().map(|(i, e)| {
+                    assert!(i < 40, "the maker fails");
+                    Ok(e)
+                });
+                store.append_made(&s, ExpectedVersion::Any, &mut events).await
+            }
+        });
+        assert!(panicking.await.unwrap_err().is_panic());
+        assert_eq!(store.head_position().await.unwrap(), head, "nothing of a failed append is written");
+
+        let last = store.append_made(&s, ExpectedVersion::Exact(39), &mut made(&batch(20))).await.unwrap();
+        assert_eq!((last.first_position, last.position, last.stream_version), (head + 1, head + 20, 59));
+        let whole = chain::verify(&*store, 1, |_| {}).await.expect("the chain holds");
+        assert_eq!(whole.through, head + 20);
+    }
+
     pub async fn paging_covers_everything_once(log: TestLog) {
         let store = log.open().await;
         let streams: Vec<_> = (0..3).map(|_| stream("session")).collect();
@@ -742,7 +861,7 @@ macro_rules! suite {
             suite!(@case $log, append_and_read_back, expected_version_is_enforced,
                 concurrent_appends_with_one_expected_version_one_wins, appends_are_atomic,
                 writers_sharing_streams_keep_versions_and_positions_dense,
-                paging_covers_everything_once,
+                paging_covers_everything_once, appends_of_events_being_made_land_whole_or_not_at_all,
                 subscription_sees_every_event_once_in_order_while_writers_run,
                 reappending_the_same_event_ids_is_idempotent,
                 bad_input_gets_typed_errors_and_writes_nothing,

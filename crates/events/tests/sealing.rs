@@ -287,6 +287,42 @@ async fn long_appends_about_known_new_and_erased_users_are_sealed_in_order() {
     }
 }
 
+/// A long append is sealed while the log writes the events sealed before (SQLite): one
+/// that fails part-way, on an event it cannot seal or one too large once sealed, writes
+/// nothing, and the next lands where the failed one would have.
+#[tokio::test]
+async fn a_long_append_that_fails_part_way_writes_nothing() {
+    let log = sqlite_log().await;
+    let store = log.instance();
+    assert!(log.raw.writes_while_made(), "SQLite writes while the events are sealed");
+    let user = Uuid::now_v7();
+    let stream = StreamId::of("logins", "failing").unwrap();
+    let logins = || (0..60).map(|i| login(user, format!("device-{i}"))).collect::<Vec<_>>();
+    store.append(&stream, ExpectedVersion::Any, logins()).await.unwrap();
+
+    let mut unsealable = logins();
+    unsealable[40] = EventData::new(&registered(user), Metadata::default()).unwrap();
+    unsealable[40].payload.truncate(10);
+    let err = store.append(&stream, ExpectedVersion::Any, unsealable).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsealable { .. }), "{err}");
+    let mut too_large = logins();
+    too_large[50] = login(user, "x".repeat(perfect21_events::limits::MAX_EVENT_BYTES));
+    let err = store.append(&stream, ExpectedVersion::Any, too_large).await.unwrap_err();
+    assert!(matches!(err, StoreError::PayloadTooLarge { .. }), "{err}");
+    assert_eq!(store.head_position().await.unwrap(), 60, "nothing of either was written");
+
+    let events = logins();
+    let result = store.append(&stream, ExpectedVersion::Exact(59), events.clone()).await.unwrap();
+    assert_eq!((result.first_position, result.position), (61, 120));
+    let read = store.read_stream(&stream, 60, 100).await.unwrap();
+    assert_eq!(
+        read.iter().map(|r| r.event_id).collect::<Vec<_>>(),
+        events.iter().map(|e| e.event_id).collect::<Vec<_>>()
+    );
+    let whole = perfect21_events::chain::verify(&store, 1, |_| {}).await.expect("the chain holds");
+    assert_eq!(whole.through, 120);
+}
+
 /// A reader that names the seals it needs (a replay) gets those opened and the rest
 /// shut: those events read as their tombstones, their metadata without the client's
 /// address and agent. Every other field, and every event, is read as by `read_all`.

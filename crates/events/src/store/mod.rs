@@ -48,6 +48,31 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError>;
 
+    /// [`append`](Self::append) of events still being made: `events` makes them one
+    /// after another, in order (its length is the append's), and a store that
+    /// [writes while they are made](Self::writes_while_made) writes the first while the
+    /// rest are being made. All or nothing as an append: an `Err` from `events`, or fewer
+    /// events than its length, fails the append, which then wrote nothing.
+    async fn append_made(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &mut (dyn ExactSizeIterator<Item = Result<EventData, StoreError>> + Send),
+    ) -> Result<AppendResult, StoreError> {
+        let count = events.len();
+        let events = events.take(count).collect::<Result<Vec<_>, _>>()?;
+        if events.len() < count {
+            return Err(StoreError::IncompleteAppend { made: events.len(), count });
+        }
+        self.append(stream, expected, events).await
+    }
+
+    /// Whether [`append_made`](Self::append_made) writes an append's first events while
+    /// the rest are being made (else it makes them all first).
+    fn writes_while_made(&self) -> bool {
+        false
+    }
+
     /// Events of one stream with `stream_version >= from_version`, at most `limit`.
     async fn read_stream(
         &self,
@@ -379,13 +404,19 @@ pub(crate) fn read_bounds(what: &'static str, from: u64, limit: usize) -> Result
 
 /// Checks an append's arguments the same way in every backend; returns each event's encoded metadata.
 pub(crate) fn validate_append(events: &[EventData]) -> Result<Vec<Vec<u8>>, StoreError> {
-    if events.is_empty() {
+    check_count(events.len())?;
+    events.iter().map(EventData::validate).collect()
+}
+
+/// An append of `count` events has some, and no more than one append may.
+pub(crate) fn check_count(count: usize) -> Result<(), StoreError> {
+    if count == 0 {
         return Err(StoreError::EmptyAppend);
     }
-    if events.len() > MAX_EVENTS_PER_APPEND {
-        return Err(StoreError::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_APPEND });
+    if count > MAX_EVENTS_PER_APPEND {
+        return Err(StoreError::TooManyEvents { count, max: MAX_EVENTS_PER_APPEND });
     }
-    events.iter().map(EventData::validate).collect()
+    Ok(())
 }
 
 /// How an append relates to events already in the log with the same ids.

@@ -21,8 +21,63 @@ pub(crate) struct AppendRequest {
     pub events: Vec<EventData>,
     /// What the appender prepared of each event, in the same order.
     pub encoded: Vec<Encoded>,
+    /// An append whose events are still being made: the rest of them, as they come
+    /// ([`submit_made`]; only SQLite's writer takes such appends).
+    pub rest: Option<Rest>,
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
+
+impl AppendRequest {
+    /// The events of the append, those still being made included.
+    pub(crate) fn count(&self) -> usize {
+        self.rest.as_ref().map_or(self.events.len(), |r| r.count)
+    }
+
+    /// Waits for the next part of the rest of the events and adds it to the request's;
+    /// `false` once they are all here. An error: the appender failed to make them (its
+    /// error), or stopped making them.
+    pub(crate) fn receive(&mut self) -> Result<bool, StoreError> {
+        let Some(rest) = &mut self.rest else { return Ok(false) };
+        if self.events.len() >= rest.count {
+            self.rest = None;
+            return Ok(false);
+        }
+        let (events, encoded) = match rest.parts.blocking_recv() {
+            Some(part) => part?,
+            None => return Err(StoreError::IncompleteAppend { made: self.events.len(), count: rest.count }),
+        };
+        self.events.extend(events);
+        self.encoded.extend(encoded);
+        Ok(true)
+    }
+
+    /// Whether the append has an `i`th event (from 0), waiting for it while it is being made.
+    pub(crate) fn has(&mut self, i: usize) -> Result<bool, StoreError> {
+        while self.events.len() <= i {
+            if !self.receive()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits for every event of the append still being made.
+    pub(crate) fn receive_all(&mut self) -> Result<(), StoreError> {
+        while self.receive()? {}
+        Ok(())
+    }
+}
+
+/// The events of an append still being made, sent in parts as they are.
+pub(crate) struct Rest {
+    /// Events of the whole append.
+    count: usize,
+    /// Received on the writer's thread, which is no runtime's (a blocking receive).
+    parts: mpsc::UnboundedReceiver<Result<Part, StoreError>>,
+}
+
+/// Events of an append made and prepared for the writer, in order.
+type Part = (Vec<EventData>, Vec<Encoded>);
 
 /// One event of an append as its appender prepared it for the writer.
 pub(crate) struct Encoded {
@@ -51,6 +106,58 @@ fn encode(stream: &StreamId, events: &[EventData], metadata: Vec<Vec<u8>>) -> Ve
         .collect()
 }
 
+/// Makes the next `n` (at most) of `events` and prepares them for the writer.
+fn make_part(
+    stream: &StreamId,
+    events: &mut (dyn ExactSizeIterator<Item = Result<EventData, StoreError>> + Send),
+    n: usize,
+) -> Result<Part, StoreError> {
+    let made = events.take(n).collect::<Result<Vec<_>, _>>()?;
+    let metadata = made.iter().map(EventData::validate).collect::<Result<Vec<_>, _>>()?;
+    let encoded = encode(stream, &made, metadata);
+    Ok((made, encoded))
+}
+
+/// Events the appender makes and hands over at a time while its writer writes; the
+/// first part is smaller, so that the writer starts sooner.
+const PART: usize = 16;
+const FIRST_PART: usize = 4;
+
+/// [`submit`] of events still being made: queues the append with its first events, then
+/// makes the rest a part at a time and hands each over, while `writer` writes those it has.
+pub(crate) async fn submit_made(
+    writer: &mpsc::Sender<AppendRequest>,
+    backend: &'static str,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &mut (dyn ExactSizeIterator<Item = Result<EventData, StoreError>> + Send),
+) -> Result<AppendResult, StoreError> {
+    let count = events.len();
+    super::check_count(count)?;
+    let (first, encoded) = make_part(stream, events, FIRST_PART.min(count))?;
+    let (parts, rest) = mpsc::unbounded_channel();
+    let first_len = first.len();
+    let rest = (count > first_len).then_some(Rest { count, parts: rest });
+    let (reply, answer) = oneshot::channel();
+    let request = AppendRequest { stream: stream.clone(), expected, events: first, encoded, rest, reply };
+    let gone = || StoreError::unavailable(backend, "the writer has stopped");
+    writer.send(request).await.map_err(|_| gone())?;
+    // No await until every part is handed over: the writer waits for them.
+    let mut made = first_len;
+    while made < count {
+        let n = PART.min(count - made);
+        let part = make_part(stream, events, n);
+        made += n;
+        let failed = part.is_err();
+        // Gone: the writer stopped taking this append's events (its answer says why).
+        if parts.send(part).is_err() || failed {
+            break;
+        }
+    }
+    drop(parts);
+    answer.await.map_err(|_| gone())?
+}
+
 /// Validates an append, queues it for `writer` and waits for its commit.
 pub(crate) async fn submit(
     writer: &mpsc::Sender<AppendRequest>,
@@ -61,7 +168,7 @@ pub(crate) async fn submit(
 ) -> Result<AppendResult, StoreError> {
     let encoded = encode(stream, &events, super::validate_append(&events)?);
     let (reply, answer) = oneshot::channel();
-    let request = AppendRequest { stream: stream.clone(), expected, events, encoded, reply };
+    let request = AppendRequest { stream: stream.clone(), expected, events, encoded, rest: None, reply };
     let gone = || StoreError::unavailable(backend, "the writer has stopped");
     writer.send(request).await.map_err(|_| gone())?;
     answer.await.map_err(|_| gone())?
@@ -185,11 +292,11 @@ fn gather_more(
     batch: &mut Vec<AppendRequest>,
     mut waiting: impl FnMut() -> Option<AppendRequest>,
 ) -> Option<AppendRequest> {
-    let mut events: usize = batch.iter().map(|r| r.events.len()).sum();
+    let mut events: usize = batch.iter().map(AppendRequest::count).sum();
     let mut size: usize = batch.iter().map(bytes).sum();
     while events < MAX_BATCH_EVENTS {
         let Some(request) = waiting() else { break };
-        let (more_events, more_bytes) = (request.events.len(), bytes(&request));
+        let (more_events, more_bytes) = (request.count(), bytes(&request));
         if events + more_events > MAX_BATCH_EVENTS || size + more_bytes > MAX_BATCH_BYTES {
             return Some(request);
         }
@@ -217,7 +324,7 @@ mod tests {
             .collect();
         let stream = StreamId::new("user-x").unwrap();
         let encoded = encode(&stream, &data, vec![Vec::new(); events]);
-        AppendRequest { stream, expected: ExpectedVersion::Any, events: data, encoded, reply }
+        AppendRequest { stream, expected: ExpectedVersion::Any, events: data, encoded, rest: None, reply }
     }
 
     #[test]

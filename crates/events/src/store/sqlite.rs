@@ -8,7 +8,7 @@
 //! own connections on the blocking pool.
 
 use super::page::{Stored, StoredPage};
-use super::queue::{serve_groups, submit, AppendRequest};
+use super::queue::{serve_groups, submit, submit_made, AppendRequest};
 use super::tail::Tail;
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
@@ -297,7 +297,7 @@ fn run_writer(
     let (known_head, known_link) = (u64::MAX, chain::GENESIS);
     let mut writer = Writer { conn, versions: HashMap::new(), known_head, known_link };
     serve_groups(rx, group, |mut batch| {
-        match writer.commit_batch(&batch) {
+        match writer.commit_batch(&mut batch) {
             Ok((results, head, written)) => {
                 // Into the tail before subscribers hear of the new head.
                 let evicted = tail.push(recorded(&mut batch, &written));
@@ -389,7 +389,7 @@ impl From<rusqlite::Error> for BatchError {
 }
 
 impl Writer {
-    fn commit_batch(&mut self, batch: &[AppendRequest]) -> Result<BatchOutcome, BatchError> {
+    fn commit_batch(&mut self, batch: &mut [AppendRequest]) -> Result<BatchOutcome, BatchError> {
         let Writer { conn, versions, known_head, known_link } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read the head inside the write lock: another process may have appended.
@@ -412,9 +412,9 @@ impl Writer {
         let recorded_at = to_micros(chrono::Utc::now());
         let mut results = Vec::with_capacity(batch.len());
         let mut written = Written { appends: Vec::new(), recorded_at };
-        for (i, request) in batch.iter().enumerate() {
+        for (i, request) in batch.iter_mut().enumerate() {
             // A single INSERT is atomic by itself; several need a savepoint to be undone together.
-            let savepoint = request.events.len() > 1;
+            let savepoint = request.count() > 1;
             if savepoint {
                 tx.prepare_cached("SAVEPOINT append")?.execute([])?;
             }
@@ -456,29 +456,28 @@ impl Writer {
 
 fn append_one(
     conn: &Connection,
-    request: &AppendRequest,
+    request: &mut AppendRequest,
     head: u64,
     recorded_at: i64,
     versions: &HashMap<String, u64>,
     link: &mut Digest,
 ) -> Result<AppendResult, StoreError> {
-    let events = &request.events;
-    let stream = &request.stream;
-    let actual = match versions.get(stream.as_str()) {
+    let actual = match versions.get(request.stream.as_str()) {
         Some(v) => Some(*v),
         None => conn
             .prepare_cached("SELECT max(stream_version) FROM events WHERE stream_id = ?1")
-            .and_then(|mut q| q.query_row([stream.as_str()], |r| r.get::<_, Option<i64>>(0)))
+            .and_then(|mut q| q.query_row([request.stream.as_str()], |r| r.get::<_, Option<i64>>(0)))
             .map_err(db_err)?
             .map(|v| v as u64),
     };
     if !request.expected.admits(actual) {
         // A retry of an append that already happened is answered as it was then.
-        if let Existing::Replay(result) = existing(conn, stream, events, head)? {
+        request.receive_all()?;
+        if let Existing::Replay(result) = existing(conn, &request.stream, &request.events, head)? {
             return Ok(result);
         }
         return Err(StoreError::WrongExpectedVersion {
-            stream: stream.to_string(),
+            stream: request.stream.to_string(),
             expected: request.expected,
             actual,
         });
@@ -490,14 +489,17 @@ fn append_one(
              recorded_at, metadata, payload, chain_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(db_err)?;
-    for (i, (event, encoded)) in events.iter().zip(&request.encoded).enumerate() {
+    // The events of an append still being made are written as they come.
+    let mut i = 0;
+    while request.has(i)? {
+        let (event, encoded) = (&request.events[i], &request.encoded[i]);
         let position = head + 1 + i as u64;
         let content = encoded.content.finish(first_version + i as u64, from_micros(recorded_at));
         *link = chain::link(link, position, &content);
         let inserted = insert.execute(params![
             position as i64,
             event.event_id.as_bytes().as_slice(),
-            stream.as_str(),
+            request.stream.as_str(),
             (first_version + i as u64) as i64,
             event.event_type,
             event.schema_version,
@@ -511,18 +513,17 @@ fn append_one(
                 return Err(db_err(e));
             }
             // An event id already recorded: a retry, or a real duplicate.
-            if let Existing::Replay(result) = existing(conn, stream, events, head)? {
+            let event_id = event.event_id;
+            request.receive_all()?;
+            if let Existing::Replay(result) = existing(conn, &request.stream, &request.events, head)? {
                 return Ok(result);
             }
             // Not recorded before: the id repeats inside this append.
-            return Err(StoreError::DuplicateEventId {
-                event_id: event.event_id,
-                stream: stream.to_string(),
-                position: head + 1 + i as u64,
-            });
+            return Err(StoreError::DuplicateEventId { event_id, stream: request.stream.to_string(), position });
         }
+        i += 1;
     }
-    let n = events.len() as u64;
+    let n = request.events.len() as u64;
     Ok(AppendResult { first_position: head + 1, position: head + n, stream_version: first_version + n - 1 })
 }
 
@@ -628,6 +629,19 @@ impl EventStore for SqliteStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
         submit(&self.writer, BACKEND, stream, expected, events).await
+    }
+
+    async fn append_made(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &mut (dyn ExactSizeIterator<Item = Result<EventData, StoreError>> + Send),
+    ) -> Result<AppendResult, StoreError> {
+        submit_made(&self.writer, BACKEND, stream, expected, events).await
+    }
+
+    fn writes_while_made(&self) -> bool {
+        true
     }
 
     async fn read_stream(
