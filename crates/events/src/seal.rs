@@ -23,7 +23,7 @@ mod keys;
 mod store;
 
 pub use keys::{KeyState, KeyStore, PostgresKeys, SqliteKeys};
-pub use store::SealingStore;
+pub use store::{SealingStore, KEYS_CACHED};
 
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};

@@ -30,7 +30,14 @@ pub struct SealingStore {
     /// Keys of live subjects and the erased ones this process knows of. A subject erased
     /// by another process is learnt from its `user.erased` event.
     cache: Arc<Mutex<Keys>>,
+    /// Subjects the cache holds at most before it lets its live keys go.
+    cache_limit: usize,
 }
+
+/// Subjects whose key states a [`SealingStore`] keeps in memory at most, by default
+/// (about 70 bytes each). Past it, the live keys go (the key store keeps them, and they
+/// are looked up again when needed); the erasures learnt stay.
+pub const KEYS_CACHED: usize = 250_000;
 
 /// Whose keys seal one event: its payload's (if its type has personal fields) and its
 /// metadata's (if it carries a client address or user agent).
@@ -52,7 +59,14 @@ fn actor_user(metadata: &Metadata) -> Option<Uuid> {
 
 impl SealingStore {
     pub fn new(inner: Arc<dyn EventStore>, keys: Arc<dyn KeyStore>) -> Self {
-        SealingStore { inner, keys, cache: Arc::new(Mutex::new(Keys::default())) }
+        SealingStore { inner, keys, cache: Arc::new(Mutex::new(Keys::default())), cache_limit: KEYS_CACHED }
+    }
+
+    /// Keeps the key states of `limit` subjects in memory at most (see [`KEYS_CACHED`]):
+    /// one look-up of more subjects than that holds them all until the next.
+    pub fn with_cache_limit(mut self, limit: usize) -> Self {
+        self.cache_limit = limit;
+        self
     }
 
     fn plan(e: &EventData) -> Result<Option<Plan>, StoreError> {
@@ -107,6 +121,10 @@ impl SealingStore {
         let states =
             if for_append { self.keys.keys_for_append(&missing).await? } else { self.keys.keys(&missing).await? };
         let mut cache = self.cache.lock().expect("key cache");
+        if cache.len() + missing.len() > self.cache_limit {
+            // The key store keeps the live keys; an erasure learnt from the log stays known.
+            cache.retain(|_, state| matches!(state, KeyState::Erased));
+        }
         for (s, state) in missing.into_iter().zip(states) {
             if state != KeyState::Unknown {
                 cache.insert(s, state.clone());
@@ -705,5 +723,68 @@ impl EventStore for SealingStore {
 
     async fn try_lease(&self, name: &str) -> Result<Option<crate::store::Lease>, StoreError> {
         self.inner.try_lease(name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::UserLoginSucceeded;
+    use crate::seal::SqliteKeys;
+    use crate::store::{SqliteConfig, SqliteStore};
+
+    fn login(user_id: Uuid) -> EventData {
+        let event = UserLoginSucceeded {
+            user_id,
+            session_id: Uuid::now_v7(),
+            mfa_used: false,
+            risk_score: 0.0,
+            device_id: Some(format!("device-of-{user_id}")),
+            totp_step: None,
+        };
+        let metadata = Metadata {
+            actor: Some(format!("user:{user_id}")),
+            client_ip: Some("198.51.100.7".into()),
+            ..Metadata::default()
+        };
+        EventData::new(&event.into(), metadata).unwrap()
+    }
+
+    /// The key cache lets its live keys go past its limit, keeps the erasures it learnt,
+    /// and every event still reads as it did: live users' fields opened, erased users'
+    /// blanked.
+    #[tokio::test]
+    async fn the_key_cache_is_bounded_and_keeps_what_it_learnt_of_erasures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let raw = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).await.unwrap());
+        let keys = Arc::new(SqliteKeys::open(SqliteKeys::path_for(&path)).await.unwrap());
+        let store = SealingStore::new(raw, keys).with_cache_limit(8);
+        let users: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+        let stream = StreamId::of("logins", "cache").unwrap();
+        let cached = || store.cache.lock().unwrap().len();
+        for (i, user) in users.iter().enumerate() {
+            store.append(&stream, ExpectedVersion::Any, vec![login(*user)]).await.unwrap();
+            assert!(cached() <= 8 + 1, "{} subjects cached after {} appends", cached(), i + 1);
+            if i == 3 {
+                assert!(store.erase_subject(users[3]).await.unwrap());
+            }
+        }
+        let erased_known = || matches!(store.cache.lock().unwrap().get(&users[3]), Some(KeyState::Erased));
+        assert!(erased_known(), "the erasure stays known");
+        let read = store.read_stream(&stream, 0, 100).await.unwrap();
+        assert_eq!(read.len(), 40);
+        for (r, user) in read.iter().zip(&users) {
+            let Event::UserLoginSucceeded(e) = r.decode().unwrap() else { panic!("not a login") };
+            assert_eq!(e.user_id, *user);
+            if *user == users[3] {
+                assert_eq!((e.device_id, r.metadata.client_ip.as_deref()), (None, None), "erased");
+            } else {
+                assert_eq!(e.device_id, Some(format!("device-of-{user}")));
+                assert_eq!(r.metadata.client_ip.as_deref(), Some("198.51.100.7"));
+            }
+        }
+        // One read of 40 subjects holds them all until the next look-up.
+        assert!(cached() <= 40 + 1 && erased_known());
     }
 }
