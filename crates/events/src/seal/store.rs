@@ -612,10 +612,10 @@ impl EventStore for SealingStore {
             let sealed = self.seal_all(events).await?;
             return self.inner.append(stream, expected, sealed).await;
         }
-        // A long batch for a store that writes while the events are made: planned by
-        // halves, then sealed here while the store writes those sealed before.
-        let planned =
-            in_halves(events, |events| events.into_iter().map(|e| Ok((Self::plan(&e)?, e))).collect()).await?;
+        // A long batch for a store that writes while the events are made: planned (half a
+        // microsecond an event: less than handing half of them over), then sealed here
+        // while the store writes those sealed before.
+        let planned = events.into_iter().map(|e| Ok((Self::plan(&e)?, e))).collect::<Result<Vec<_>, StoreError>>()?;
         let keys = self.resolve(subjects_of(&planned), true).await?;
         let mut ciphers = Ciphers::new(&keys);
         let mut sealed = planned.into_iter().map(|(plan, e)| {
