@@ -19,6 +19,8 @@ struct Log {
     keys: Arc<dyn KeyStore>,
     /// Files to grep for what must not be on disk (SQLite only).
     dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL log's connections, to damage it behind the store's back.
+    pool: Option<sqlx::PgPool>,
 }
 
 impl Log {
@@ -33,7 +35,7 @@ async fn sqlite_log() -> Log {
     let raw = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
     let keys = SqliteKeys::open(SqliteKeys::path_for(&path)).await.unwrap();
     assert_eq!(SqliteKeys::path_for(&path), dir.path().join("events.keys.db"));
-    Log { raw: Arc::new(raw), keys: Arc::new(keys), dir: Some(dir) }
+    Log { raw: Arc::new(raw), keys: Arc::new(keys), dir: Some(dir), pool: None }
 }
 
 async fn postgres_log() -> Log {
@@ -42,7 +44,8 @@ async fn postgres_log() -> Log {
     let schema = format!("p21t_{}", Uuid::new_v4().simple());
     let raw = PostgresStore::connect(PostgresConfig::new(url).with_schema(schema)).await.expect("PostgreSQL reachable");
     let keys: PostgresKeys = raw.keys();
-    Log { raw: Arc::new(raw), keys: Arc::new(keys), dir: None }
+    let pool = Some(raw.pool().clone());
+    Log { raw: Arc::new(raw), keys: Arc::new(keys), dir: None, pool }
 }
 
 const EMAIL: &str = "ada@example.com";
@@ -472,21 +475,25 @@ async fn a_fold_read_gives_what_a_read_opening_the_same_gives(log: Log) {
     assert_eq!(middle.iter().map(|e| e.position).collect::<Vec<_>>(), [3, 4]);
     assert!(log.instance().read_folding(10, 5, &OPENING).await.unwrap().is_empty());
 
+    // A failed login's metadata is read; a status change's is not.
     if let Some(dir) = &log.dir {
         let db = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
-        // A failed login's metadata is read; a status change's is not.
         db.execute("UPDATE events SET metadata = x'ff0102' WHERE position IN (2, 4)", []).unwrap();
-        for (how, err) in [
-            ("read_folding", log.instance().read_folding(1, 100, &OPENING).await.err()),
-            ("read_all", log.instance().read_all(1, 100).await.err()),
-        ] {
-            assert!(matches!(err, Some(StoreError::Corrupt { position: 2, .. })), "{how}: {err:?}");
-        }
-        let past = log.instance().read_folding(3, 100, &OPENING).await.unwrap();
-        assert_eq!(as_folded(&past[1]), as_folded(&folded[3]), "metadata no fold reads is not decoded");
-        let err = log.instance().read_all(3, 100).await.err();
-        assert!(matches!(err, Some(StoreError::Corrupt { position: 4, .. })), "read_all: {err:?}");
     }
+    if let Some(pool) = &log.pool {
+        let damage = "UPDATE events SET metadata = '\\xff0102'::bytea WHERE position IN (2, 4)";
+        sqlx::query(damage).execute(pool).await.unwrap();
+    }
+    for (how, err) in [
+        ("read_folding", log.instance().read_folding(1, 100, &OPENING).await.err()),
+        ("read_all", log.instance().read_all(1, 100).await.err()),
+    ] {
+        assert!(matches!(err, Some(StoreError::Corrupt { position: 2, .. })), "{how}: {err:?}");
+    }
+    let past = log.instance().read_folding(3, 100, &OPENING).await.unwrap();
+    assert_eq!(as_folded(&past[1]), as_folded(&folded[3]), "metadata no fold reads is not decoded");
+    let err = log.instance().read_all(3, 100).await.err();
+    assert!(matches!(err, Some(StoreError::Corrupt { position: 4, .. })), "read_all: {err:?}");
 }
 
 #[tokio::test]

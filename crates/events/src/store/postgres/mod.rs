@@ -18,6 +18,7 @@ mod forwarding;
 
 pub use forwarding::ForwardConfig;
 
+use super::page::{Stored, StoredPage};
 use super::queue::{submit, AppendRequest, Groups};
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
@@ -753,6 +754,35 @@ impl EventStore for PostgresStore {
         let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
         let sql = format!("{SELECT} WHERE position >= $1 ORDER BY position LIMIT $2");
         self.events(sqlx::query(&sql).bind(from_position).bind(limit)).await
+    }
+
+    async fn read_stored(&self, from_position: u64, limit: usize) -> Result<StoredPage, StoreError> {
+        let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
+        let rows = sqlx::query(
+            "SELECT position, event_id, event_type, schema_version, recorded_at, metadata, payload FROM events \
+             WHERE position >= $1 ORDER BY position LIMIT $2",
+        )
+        .bind(from_position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        // The buffer made at the page's length: metadata and payload of every row.
+        let length = |r: &PgRow, i: usize| r.try_get::<&[u8], _>(i).map_or(0, <[u8]>::len);
+        let bytes = rows.iter().map(|r| length(r, 5) + length(r, 6)).sum::<usize>();
+        let mut page = StoredPage::with_capacity(rows.len(), bytes.div_ceil(rows.len().max(1)));
+        for row in &rows {
+            page.push(Stored {
+                position: row.try_get::<i64, _>(0).map_err(db_err)? as u64,
+                event_id: row.try_get(1).map_err(db_err)?,
+                event_type: row.try_get(2).map_err(db_err)?,
+                schema_version: row.try_get::<i16, _>(3).map_err(db_err)? as u16,
+                recorded_at: row.try_get::<DateTime<Utc>, _>(4).map_err(db_err)?.timestamp_micros(),
+                metadata: row.try_get(5).map_err(db_err)?,
+                payload: row.try_get(6).map_err(db_err)?,
+            });
+        }
+        Ok(page)
     }
 
     async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {
