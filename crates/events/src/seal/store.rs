@@ -140,8 +140,7 @@ impl SealingStore {
         // keys are all known here is sealed at once; the rest waits for the key store.
         let cache = self.cache.clone();
         let worked = in_halves(events, move |events| {
-            let planned =
-                events.into_iter().map(|e| Ok((Self::plan(&e)?, e))).collect::<Result<Vec<_>, StoreError>>()?;
+            let planned = plan_each(events)?;
             let subjects = subjects_of(&planned);
             let known: Option<Keys> = {
                 let cache = cache.lock().expect("key cache");
@@ -330,13 +329,20 @@ fn subjects_of(planned: &[Planned]) -> Subjects {
 /// Seals each planned event with the keys in `keys` (which hold every subject `planned` needs).
 fn seal_planned(planned: Vec<Planned>, keys: &Keys) -> Vec<EventData> {
     let mut ciphers = Ciphers::new(keys);
-    planned
-        .into_iter()
-        .map(|(plan, e)| match plan {
-            Some(plan) => seal_one(e, plan, &mut ciphers),
-            None => e,
-        })
-        .collect()
+    planned.into_iter().map(|p| seal_planned_one(p, &mut ciphers)).collect()
+}
+
+/// Seals one planned event with `ciphers` (which hold every subject it needs).
+fn seal_planned_one((plan, e): Planned, ciphers: &mut Ciphers<'_>) -> EventData {
+    match plan {
+        Some(plan) => seal_one(e, plan, ciphers),
+        None => e,
+    }
+}
+
+/// Each event with how to seal it.
+fn plan_each(events: Vec<EventData>) -> Result<Vec<Planned>, StoreError> {
+    events.into_iter().map(|e| Ok((SealingStore::plan(&e)?, e))).collect()
 }
 
 /// The ciphers of the live keys among `keys`, made as they are needed. A subject's
@@ -615,15 +621,10 @@ impl EventStore for SealingStore {
         // A long batch for a store that writes while the events are made: planned (half a
         // microsecond an event: less than handing half of them over), then sealed here
         // while the store writes those sealed before.
-        let planned = events.into_iter().map(|e| Ok((Self::plan(&e)?, e))).collect::<Result<Vec<_>, StoreError>>()?;
+        let planned = plan_each(events)?;
         let keys = self.resolve(subjects_of(&planned), true).await?;
         let mut ciphers = Ciphers::new(&keys);
-        let mut sealed = planned.into_iter().map(|(plan, e)| {
-            Ok(match plan {
-                Some(plan) => seal_one(e, plan, &mut ciphers),
-                None => e,
-            })
-        });
+        let mut sealed = planned.into_iter().map(|p| Ok(seal_planned_one(p, &mut ciphers)));
         self.inner.append_made(stream, expected, &mut sealed).await
     }
 

@@ -7,7 +7,7 @@
 //! fsync'd) and only then answers each caller: group commit. Readers use their
 //! own connections on the blocking pool.
 
-use super::page::{Stored, StoredPage};
+use super::page::{Stored, StoredPage, STORED_BYTES};
 use super::queue::{serve_groups, submit, submit_made, AppendRequest};
 use super::tail::Tail;
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
@@ -615,10 +615,6 @@ fn read_page(conn: &Connection, position: i64, limit: i64) -> rusqlite::Result<S
     }
     Ok(page)
 }
-
-/// Bytes of metadata and payload a page makes room for per event (a sealed registration
-/// with its sealed metadata takes about 450, the events of a user's life 220 on average).
-const STORED_BYTES: usize = 320;
 
 #[async_trait]
 impl EventStore for SqliteStore {

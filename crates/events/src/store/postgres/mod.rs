@@ -18,7 +18,7 @@ mod forwarding;
 
 pub use forwarding::ForwardConfig;
 
-use super::page::{Stored, StoredPage};
+use super::page::{Stored, StoredPage, STORED_BYTES};
 use super::queue::{submit, AppendRequest, Groups};
 use super::{classify_existing, validate_redactions, EventStore, Existing, Redaction, StoreStats};
 use crate::chain::{self, ChainRecord, Digest};
@@ -767,10 +767,7 @@ impl EventStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        // The buffer made at the page's length: metadata and payload of every row.
-        let length = |r: &PgRow, i: usize| r.try_get::<&[u8], _>(i).map_or(0, <[u8]>::len);
-        let bytes = rows.iter().map(|r| length(r, 5) + length(r, 6)).sum::<usize>();
-        let mut page = StoredPage::with_capacity(rows.len(), bytes.div_ceil(rows.len().max(1)));
+        let mut page = StoredPage::with_capacity(rows.len(), STORED_BYTES);
         for row in &rows {
             page.push(Stored {
                 position: row.try_get::<i64, _>(0).map_err(db_err)? as u64,
