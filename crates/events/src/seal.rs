@@ -88,6 +88,12 @@ impl Opening {
     pub fn metadata(&self, event_type: &str) -> bool {
         self.metadata.contains(&event_type)
     }
+
+    /// Whether a seal of an event of `event_type` may be opened (its payload's or its
+    /// metadata's): whether a reader needs the event's id and metadata at all.
+    pub fn names(&self, event_type: &str) -> bool {
+        self.payload(event_type) || self.metadata(event_type)
+    }
 }
 
 /// A [`DataKey`] made ready to seal and open: its AES key schedule and GHASH key, wiped

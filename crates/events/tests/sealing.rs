@@ -475,10 +475,12 @@ async fn a_fold_read_gives_what_a_read_opening_the_same_gives(log: Log) {
     assert_eq!(middle.iter().map(|e| e.position).collect::<Vec<_>>(), [3, 4]);
     assert!(log.instance().read_folding(10, 5, &OPENING).await.unwrap().is_empty());
 
-    // A failed login's metadata is read; a status change's is not.
+    // A failed login's metadata is read; a status change's is not, nor its id (which
+    // PostgreSQL's uuid column cannot hold damaged).
     if let Some(dir) = &log.dir {
         let db = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
         db.execute("UPDATE events SET metadata = x'ff0102' WHERE position IN (2, 4)", []).unwrap();
+        db.execute("UPDATE events SET event_id = x'ff01' WHERE position = 4", []).unwrap();
     }
     if let Some(pool) = &log.pool {
         let damage = "UPDATE events SET metadata = '\\xff0102'::bytea WHERE position IN (2, 4)";
@@ -494,6 +496,14 @@ async fn a_fold_read_gives_what_a_read_opening_the_same_gives(log: Log) {
     assert_eq!(as_folded(&past[1]), as_folded(&folded[3]), "metadata no fold reads is not decoded");
     let err = log.instance().read_all(3, 100).await.err();
     assert!(matches!(err, Some(StoreError::Corrupt { position: 4, .. })), "read_all: {err:?}");
+
+    // A type that is not UTF-8 is damage wherever it is.
+    if let Some(dir) = &log.dir {
+        let db = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+        db.execute("UPDATE events SET event_type = CAST(x'75ff' AS TEXT) WHERE position = 6", []).unwrap();
+        let err = log.instance().read_folding(3, 100, &OPENING).await.err();
+        assert!(matches!(err, Some(StoreError::Corrupt { position: 6, .. })), "read_folding: {err:?}");
+    }
 }
 
 #[tokio::test]

@@ -659,7 +659,7 @@ impl EventStore for SealingStore {
         limit: usize,
         opening: &'static Opening,
     ) -> Result<Vec<FoldEvent>, StoreError> {
-        let page = self.inner.read_stored(from_position, limit).await?;
+        let page = self.inner.read_stored(from_position, limit, opening).await?;
         self.fold_page(page, opening).await
     }
 

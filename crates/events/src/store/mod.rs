@@ -98,8 +98,14 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Events with `position >= from_position` in position order, at most `limit`, as
     /// stored and in one buffer (see [`StoredPage`]): for readers that decode in place.
-    async fn read_stored(&self, from_position: u64, limit: usize) -> Result<StoredPage, StoreError> {
-        Ok(StoredPage::from_records(&self.read_all(from_position, limit).await?))
+    /// Only events of the types `opening` names come with their id and metadata.
+    async fn read_stored(
+        &self,
+        from_position: u64,
+        limit: usize,
+        opening: &'static Opening,
+    ) -> Result<StoredPage, StoreError> {
+        Ok(StoredPage::from_records(&self.read_all(from_position, limit).await?, opening))
     }
 
     /// [`read_all_opening`](Self::read_all_opening) for folding: each event as the read

@@ -69,6 +69,10 @@ pub(crate) const STORED_BYTES: usize = 320;
 
 /// Up to a page of the log's events as stored (what a fold reads of them: not their
 /// stream), their metadata and payload side by side in one buffer, each type kept once.
+///
+/// A page is read for an [`Opening`]: an event of a type it does not name is read
+/// without its id and metadata (a nil id, empty metadata), since a fold reads neither
+/// of an event whose seals stay shut. A store skips those columns for most events.
 #[derive(Debug, Default)]
 pub struct StoredPage {
     bytes: Vec<u8>,
@@ -100,41 +104,64 @@ impl StoredPage {
         }
     }
 
-    /// The events of `records`, re-encoding their metadata (for stores that read events whole).
-    pub fn from_records(records: &[RecordedEvent]) -> Self {
+    /// The events of `records` as read for `opening`, re-encoding the metadata it needs
+    /// (for stores that read events whole).
+    pub fn from_records(records: &[RecordedEvent], opening: &Opening) -> Self {
         let mut page = StoredPage::with_capacity(records.len(), 0);
         for r in records {
-            let metadata = r.metadata.encode();
-            page.push(Stored {
-                position: r.position,
-                event_id: r.event_id,
-                event_type: &r.event_type,
-                schema_version: r.schema_version,
-                recorded_at: r.recorded_at.timestamp_micros(),
-                metadata: &metadata,
-                payload: &r.payload,
-            });
+            let metadata = if opening.names(&r.event_type) { r.metadata.encode() } else { Vec::new() };
+            page.push(
+                Stored {
+                    position: r.position,
+                    event_id: r.event_id,
+                    event_type: &r.event_type,
+                    schema_version: r.schema_version,
+                    recorded_at: r.recorded_at.timestamp_micros(),
+                    metadata: &metadata,
+                    payload: &r.payload,
+                },
+                opening,
+            );
         }
         page
     }
 
-    /// Adds an event after the others (in position order).
-    pub fn push(&mut self, e: Stored<'_>) {
+    /// Adds an event after the others (in position order), as read for `opening`: without
+    /// its id and metadata if `opening` does not name its type.
+    pub fn push(&mut self, e: Stored<'_>, opening: &Opening) {
+        let t = self.type_of(e.event_type.as_bytes()).expect("a `str` is UTF-8");
+        let (event_id, metadata) =
+            if self.names(t, opening) { (e.event_id, e.metadata) } else { (Uuid::nil(), &[][..]) };
+        self.push_typed(t, Stored { event_id, metadata, ..e });
+    }
+
+    /// The index in this page of the event type spelt `bytes`: the type of the event
+    /// before, most often, else one seen earlier in the page, else a new one (checked
+    /// to be UTF-8 only then).
+    pub(crate) fn type_of(&mut self, bytes: &[u8]) -> Result<usize, std::str::Utf8Error> {
+        let last = self.rows.last().map(|r| r.event_type);
+        if let Some(t) = last.filter(|t| self.types[*t].as_bytes() == bytes) {
+            return Ok(t);
+        }
+        if let Some(t) = self.types.iter().position(|t| t.as_bytes() == bytes) {
+            return Ok(t);
+        }
+        self.types.push(std::str::from_utf8(bytes)?.into());
+        Ok(self.types.len() - 1)
+    }
+
+    /// Whether a reader through `opening` needs the id and metadata of events of the
+    /// page's type `t` (see [`Opening::names`]).
+    pub(crate) fn names(&self, t: usize, opening: &Opening) -> bool {
+        opening.names(&self.types[t])
+    }
+
+    /// Adds an event of the page's type `t` (from [`type_of`](Self::type_of)) after the
+    /// others, as it is given (`e.event_type` is not read).
+    pub(crate) fn push_typed(&mut self, event_type: usize, e: Stored<'_>) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(e.metadata);
         self.bytes.extend_from_slice(e.payload);
-        // The type of the event before, most often; else one seen earlier in the page.
-        let last = self.rows.last().map(|r| r.event_type);
-        let event_type = match last.filter(|t| *self.types[*t] == *e.event_type) {
-            Some(t) => t,
-            None => match self.types.iter().position(|t| **t == *e.event_type) {
-                Some(t) => t,
-                None => {
-                    self.types.push(e.event_type.into());
-                    self.types.len() - 1
-                }
-            },
-        };
         self.rows.push(Row {
             position: e.position,
             event_id: e.event_id,
@@ -220,30 +247,36 @@ mod tests {
     fn a_page_gives_back_each_event_as_pushed() {
         let events = [
             ("user.registered", &b"\x00\x01meta"[..], &b"payload one"[..]),
-            ("session.started", b"", b"p"),
+            ("session.started", &b"m1"[..], &b"p"[..]),
             ("user.logged_out", b"m", b""),
-            ("session.started", b"m2", b"p2"),
             ("session.started", b"m3", b"p3"),
+            ("user.registered", b"m4", b"p4"),
         ];
+        // Session events are read without their id and metadata: the opening names no seal of theirs.
+        const OPENING: Opening = Opening { payloads: &["user.registered"], metadata: &["user.logged_out"] };
+        let whole = |t: &str| t != "session.started";
         let mut page = StoredPage::with_capacity(1, 4);
-        for (i, (t, m, p)) in events.iter().enumerate() {
-            page.push(Stored {
+        for (i, &(t, m, p)) in events.iter().enumerate() {
+            let stored = Stored {
                 position: i as u64 + 1,
-                event_id: Uuid::from_u128(i as u128),
+                event_id: Uuid::from_u128(i as u128 + 1),
                 event_type: t,
                 schema_version: i as u16,
                 recorded_at: -(i as i64),
                 metadata: m,
                 payload: p,
-            });
+            };
+            page.push(stored, &OPENING);
         }
         assert_eq!(page.len(), 5);
         assert_eq!(page.types.len(), 3, "each type kept once");
         for (i, (s, (t, m, p))) in page.iter().zip(events).enumerate() {
+            let id = if whole(t) { Uuid::from_u128(i as u128 + 1) } else { Uuid::nil() };
             assert_eq!(
                 (s.position, s.event_id, s.schema_version, s.recorded_at),
-                (i as u64 + 1, Uuid::from_u128(i as u128), i as u16, -(i as i64))
+                (i as u64 + 1, id, i as u16, -(i as i64))
             );
+            let m = if whole(t) { m } else { &b""[..] };
             assert_eq!((s.event_type, s.metadata, s.payload), (t, m, p));
         }
         let e = page.get_mut(0);
@@ -254,7 +287,7 @@ mod tests {
             page.get(1),
             Stored {
                 position: 2,
-                event_id: Uuid::from_u128(1),
+                event_id: Uuid::nil(),
                 event_type: "session.started",
                 schema_version: 1,
                 recorded_at: -1,
@@ -262,5 +295,15 @@ mod tests {
                 payload: &b"p"[..],
             }
         );
+    }
+
+    #[test]
+    fn a_type_is_checked_to_be_utf8_once_per_page() {
+        let mut page = StoredPage::default();
+        assert_eq!(page.type_of(b"user.registered"), Ok(0));
+        assert!(page.type_of(b"user.\xffregistered").is_err(), "not UTF-8");
+        assert_eq!(page.types.len(), 1, "nothing kept of a type that is not UTF-8");
+        assert_eq!(page.type_of(b"session.started"), Ok(1));
+        assert_eq!(page.type_of(b"user.registered"), Ok(0));
     }
 }

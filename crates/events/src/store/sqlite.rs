@@ -14,6 +14,7 @@ use super::{classify_existing, validate_redactions, EventStore, Existing, Redact
 use crate::chain::{self, ChainRecord, Digest};
 use crate::envelope::{from_micros, to_micros, AppendResult, EventData, ExpectedVersion, RecordedEvent, StreamId};
 use crate::error::StoreError;
+use crate::seal::Opening;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
@@ -161,9 +162,13 @@ fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
     Ok((conn, head))
 }
 
+/// Bytes of the log file a reader maps into memory rather than copying page by page.
+const READER_MMAP: u64 = 1 << 30;
+
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.query_row(&format!("PRAGMA mmap_size = {READER_MMAP}"), [], |_| Ok(()))?;
     Ok(conn)
 }
 
@@ -591,8 +596,10 @@ fn damaged(position: u64, reason: String) -> rusqlite::Error {
 /// The most rows a read makes room for before it sees them.
 const READ_CAPACITY: usize = 4096;
 
-/// Rows from `position` on, at most `limit`, copied as stored into one page.
-fn read_page(conn: &Connection, position: i64, limit: i64) -> rusqlite::Result<StoredPage> {
+/// Rows from `position` on, at most `limit`, copied as stored into one page, as read
+/// for `opening`: the id and metadata of an event whose type it does not name are not
+/// read from the row at all.
+fn read_page(conn: &Connection, position: i64, limit: i64, opening: &Opening) -> rusqlite::Result<StoredPage> {
     let mut stmt = conn.prepare_cached(
         "SELECT position, event_id, event_type, schema_version, recorded_at, metadata, payload FROM events \
          WHERE position >= ?1 ORDER BY position LIMIT ?2",
@@ -601,17 +608,28 @@ fn read_page(conn: &Connection, position: i64, limit: i64) -> rusqlite::Result<S
     let mut page = StoredPage::with_capacity(usize::try_from(limit).unwrap_or(0).min(READ_CAPACITY), STORED_BYTES);
     while let Some(r) = rows.next()? {
         let position = r.get::<_, i64>(0)? as u64;
-        let event_id =
-            Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(|e| damaged(position, format!("event id: {e}")))?;
-        page.push(Stored {
-            position,
-            event_id,
-            event_type: r.get_ref(2)?.as_str()?,
-            schema_version: r.get(3)?,
-            recorded_at: r.get(4)?,
-            metadata: r.get_ref(5)?.as_blob()?,
-            payload: r.get_ref(6)?.as_blob()?,
-        });
+        // The type's bytes are compared with the page's types before they are checked to be UTF-8.
+        let event_type =
+            page.type_of(r.get_ref(2)?.as_bytes()?).map_err(|e| damaged(position, format!("event type: {e}")))?;
+        let (event_id, metadata) = if page.names(event_type, opening) {
+            let id =
+                Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(|e| damaged(position, format!("event id: {e}")))?;
+            (id, r.get_ref(5)?.as_blob()?)
+        } else {
+            (Uuid::nil(), &[][..])
+        };
+        page.push_typed(
+            event_type,
+            Stored {
+                position,
+                event_id,
+                event_type: "",
+                schema_version: r.get(3)?,
+                recorded_at: r.get(4)?,
+                metadata,
+                payload: r.get_ref(6)?.as_blob()?,
+            },
+        );
     }
     Ok(page)
 }
@@ -672,9 +690,14 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn read_stored(&self, from_position: u64, limit: usize) -> Result<StoredPage, StoreError> {
+    async fn read_stored(
+        &self,
+        from_position: u64,
+        limit: usize,
+        opening: &'static Opening,
+    ) -> Result<StoredPage, StoreError> {
         let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
-        self.with_reader(move |c| read_page(c, from_position, limit)).await
+        self.with_reader(move |c| read_page(c, from_position, limit, opening)).await
     }
 
     async fn redact(&self, stream: &StreamId, redactions: Vec<Redaction>) -> Result<usize, StoreError> {

@@ -26,6 +26,7 @@ use crate::envelope::{
     from_micros, to_micros, AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, StreamId,
 };
 use crate::error::StoreError;
+use crate::seal::Opening;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
@@ -756,7 +757,12 @@ impl EventStore for PostgresStore {
         self.events(sqlx::query(&sql).bind(from_position).bind(limit)).await
     }
 
-    async fn read_stored(&self, from_position: u64, limit: usize) -> Result<StoredPage, StoreError> {
+    async fn read_stored(
+        &self,
+        from_position: u64,
+        limit: usize,
+        opening: &'static Opening,
+    ) -> Result<StoredPage, StoreError> {
         let (from_position, limit) = super::read_bounds("position", from_position, limit)?;
         let rows = sqlx::query(
             "SELECT position, event_id, event_type, schema_version, recorded_at, metadata, payload FROM events \
@@ -769,7 +775,7 @@ impl EventStore for PostgresStore {
         .map_err(db_err)?;
         let mut page = StoredPage::with_capacity(rows.len(), STORED_BYTES);
         for row in &rows {
-            page.push(Stored {
+            let stored = Stored {
                 position: row.try_get::<i64, _>(0).map_err(db_err)? as u64,
                 event_id: row.try_get(1).map_err(db_err)?,
                 event_type: row.try_get(2).map_err(db_err)?,
@@ -777,7 +783,8 @@ impl EventStore for PostgresStore {
                 recorded_at: row.try_get::<DateTime<Utc>, _>(4).map_err(db_err)?.timestamp_micros(),
                 metadata: row.try_get(5).map_err(db_err)?,
                 payload: row.try_get(6).map_err(db_err)?,
-            });
+            };
+            page.push(stored, opening);
         }
         Ok(page)
     }
