@@ -162,22 +162,9 @@ fn open_writer(path: &Path) -> Result<(Connection, u64), StoreError> {
     Ok((conn, head))
 }
 
-/// Bytes of the log file a reader maps into memory rather than copying page by page.
-const READER_MMAP: u64 = 1 << 30;
-
-impl SqliteStore {
-    /// A connection to the log file at `path` opened as the store's readers open theirs:
-    /// read-only, without SQLite's connection mutex (one thread uses it at a time), the
-    /// file mapped into memory. For baselines that read the same file as the store does.
-    pub fn reader_connection(path: &Path) -> rusqlite::Result<Connection> {
-        open_reader(path)
-    }
-}
-
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.query_row(&format!("PRAGMA mmap_size = {READER_MMAP}"), [], |_| Ok(()))?;
     Ok(conn)
 }
 

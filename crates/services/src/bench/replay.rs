@@ -156,9 +156,9 @@ pub async fn replay(scratch: &Scratch, events: u64) -> anyhow::Result<Vec<Measur
 /// Baseline: read every row and touch every column, decoding nothing.
 fn raw_scan(path: &std::path::Path) -> anyhow::Result<(u64, f64)> {
     // Opened as the store opens its readers: read-only, without SQLite's connection mutex
-    // (one thread uses it), which would otherwise be taken for every column read, and
-    // the file mapped into memory.
-    let conn = perfect21_events::store::SqliteStore::reader_connection(path)?;
+    // (one thread uses it), which would otherwise be taken for every column read.
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
     let start = Instant::now();
     let mut stmt = conn.prepare(
         "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, metadata, payload \
