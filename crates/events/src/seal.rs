@@ -336,6 +336,18 @@ mod tests {
     }
 
     #[test]
+    fn a_cipher_leaves_nothing_of_its_key_when_dropped() {
+        // An AES-256 key schedule alone is 240 bytes.
+        assert!(std::mem::size_of::<Cipher>() >= 240 + 16);
+        let mut slot = MaybeUninit::new(DataKey::from_bytes([7; 32]).cipher());
+        // SAFETY: initialized above, dropped once.
+        unsafe { slot.assume_init_drop() };
+        // SAFETY: the wiping wrote every byte of the cipher (padding too).
+        let bytes = unsafe { std::slice::from_raw_parts(slot.as_ptr().cast::<u8>(), std::mem::size_of::<Cipher>()) };
+        assert!(bytes.iter().all(|b| *b == 0), "wiped when dropped");
+    }
+
+    #[test]
     fn a_seal_opened_in_place_gives_its_plaintext_or_nothing_of_it() {
         let key = DataKey::random();
         let id = Uuid::now_v7();

@@ -347,7 +347,7 @@ fn plan_each(events: Vec<EventData>) -> Result<Vec<Planned>, StoreError> {
 
 /// The ciphers of the live keys among `keys`, made as they are needed. A subject's
 /// events sit close together in the log, so the last few made are kept (a cipher is
-/// about 2 KiB; they are wiped when dropped) and the rest made again if needed.
+/// about half a KiB; they are wiped when dropped) and the rest made again if needed.
 struct Ciphers<'a> {
     keys: &'a Keys,
     made: Vec<(Uuid, Cipher)>,
